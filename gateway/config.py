@@ -1,0 +1,404 @@
+"""The gateway's one YAML file, turned into typed settings and validated at start.
+
+Every error names the key path (``numbers[0].context``) and what is wrong with it, and all
+errors are reported together so an admin fixes the file in one pass. Secrets come from the
+environment through ``${VAR}`` references and are wrapped in :class:`Secret`, whose ``repr``
+and ``str`` never show the value, so a logged config cannot leak them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CODECS = ("g722", "ulaw", "alaw")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config file is unusable; ``problems`` lists every ``key: problem`` found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Secret:
+    """A value that must never reach a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class WhatsAppSettings:
+    graph_url: str
+    """Graph API base with version, e.g. https://graph.facebook.com/v23.0 (or the simulator)."""
+    access_token: Secret
+    app_secret: Secret
+    verify_token: Secret
+    graph_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class NumberSettings:
+    phone_number_id: str
+    """Meta's id of the business number: webhooks are routed by it, never by the display number."""
+    context: str
+    extension: str = "s"
+    display_number: str | None = None
+    max_calls: int = 100
+    closed_context: str | None = None
+    """Where calls outside the configured call hours go (issue: calling settings)."""
+    closed_extension: str = "s"
+    calling: dict[str, Any] = field(default_factory=dict)
+    """Meta calling settings for this number, as written in the YAML (validated by settings.py)."""
+
+
+@dataclass(frozen=True)
+class AmiSettings:
+    host: str
+    port: int
+    username: str
+    secret: Secret
+    connect_timeout_s: float = 5.0
+    action_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AsteriskSettings:
+    ami: AmiSettings
+    codec: str = "g722"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    rtp_address: str = "127.0.0.1"
+    """Address of the Asterisk leg's sockets: the one written in the UnicastRTP dial string."""
+    rtp_ports: PortRange = PortRange(40000, 40999)
+    webrtc_addresses: tuple[str, ...] = ()
+    """Local addresses the WebRTC leg gathers host candidates on; empty means every interface."""
+    public_ip: str | None = None
+    """Address WhatsApp must reach, written into our candidates when behind NAT."""
+    opus_bitrate: int = 32000
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    tokens: tuple[Secret, ...] = ()
+    """Bearer tokens accepted by /v1 (CRM click-to-call, call records); empty disables /v1."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    path: str = "var/gateway.sqlite3"
+
+
+@dataclass(frozen=True)
+class Config:
+    whatsapp: WhatsAppSettings
+    numbers: tuple[NumberSettings, ...]
+    asterisk: AsteriskSettings
+    media: MediaSettings = MediaSettings()
+    http: HttpSettings = HttpSettings()
+    api: ApiSettings = ApiSettings()
+    store: StoreSettings = StoreSettings()
+    source: str = "<memory>"
+
+    def number(self, phone_number_id: str) -> NumberSettings | None:
+        for n in self.numbers:
+            if n.phone_number_id == phone_number_id:
+                return n
+        return None
+
+
+class _Reader:
+    """Walks the parsed YAML collecting problems instead of stopping at the first one."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.problems: list[str] = []
+
+    def fail(self, key: str, problem: str) -> None:
+        self.problems.append(f"{key}: {problem}")
+
+    def section(self, data: dict, key: str, path: str, required: bool = True) -> dict:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.fail(path, "missing section")
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def unknown(self, data: dict, known: set[str], path: str) -> None:
+        for key in data:
+            if key not in known:
+                self.fail(f"{path}.{key}" if path else str(key), "unknown key (typo?)")
+
+    def expand(self, value: str, path: str) -> str:
+        def sub(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.fail(path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+
+    def string(self, data: dict, key: str, path: str, default: str | None = None,
+               required: bool = True) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if default is None and required:
+                self.fail(path, "missing")
+            return default
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            self.fail(path, f"must be a string, got {type(value).__name__}")
+            return default
+        text = self.expand(str(value), path)
+        if required and not text:
+            self.fail(path, "must not be empty")
+        return text
+
+    def secret(self, data: dict, key: str, path: str, required: bool = True) -> Secret:
+        return Secret(self.string(data, key, path, required=required) or "")
+
+    def integer(self, data: dict, key: str, path: str, default: int, low: int, high: int) -> int:
+        value = data.get(key, default)
+        if isinstance(value, str):
+            value = self.expand(value, path)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(path, f"must be a whole number, got {value!r}")
+            return default
+        if not low <= number <= high:
+            self.fail(path, f"must be between {low} and {high}, got {number}")
+            return default
+        return number
+
+    def number(self, data: dict, key: str, path: str, default: float, low: float) -> float:
+        value = data.get(key, default)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(path, f"must be a number, got {value!r}")
+            return default
+        if number < low:
+            self.fail(path, f"must be at least {low}, got {number}")
+            return default
+        return number
+
+    def address(self, value: Any, path: str) -> str | None:
+        try:
+            return str(ipaddress.ip_address(str(value)))
+        except ValueError:
+            self.fail(path, f"must be an IP address, got {value!r}")
+            return None
+
+    def host_port(self, value: Any, path: str, default: HttpSettings) -> HttpSettings:
+        if value is None:
+            return default
+        text = str(value)
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            self.fail(path, f"must be HOST:PORT, got {text!r}")
+            return default
+        return HttpSettings(host=host.strip("[]") or "0.0.0.0", port=int(port))
+
+    def port_range(self, value: Any, path: str, default: PortRange) -> PortRange:
+        if value is None:
+            return default
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(value))
+        if not match:
+            self.fail(path, f"must be FIRST-LAST, e.g. 40000-40999, got {value!r}")
+            return default
+        first, last = int(match.group(1)), int(match.group(2))
+        if not 1024 <= first <= last <= 65535:
+            self.fail(path, f"must lie within 1024-65535 with FIRST <= LAST, got {value!r}")
+            return default
+        return PortRange(first, last)
+
+
+def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<memory>") -> Config:
+    """Validate parsed YAML; raise :class:`ConfigError` listing every problem."""
+    r = _Reader(dict(os.environ) if env is None else env)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the file must hold a mapping of sections"])
+    r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store"}, "")
+
+    wa = r.section(data, "whatsapp", "whatsapp")
+    r.unknown(wa, {"graph_url", "access_token", "app_secret", "verify_token", "graph_timeout"},
+              "whatsapp")
+    graph_url = r.string(wa, "graph_url", "whatsapp.graph_url",
+                         default="https://graph.facebook.com/v23.0") or ""
+    if graph_url and not re.match(r"^https?://[^/]+/v\d+\.\d+/?$", graph_url):
+        r.fail("whatsapp.graph_url",
+               f"must be an http(s) URL ending in the API version, like "
+               f"https://graph.facebook.com/v23.0, got {graph_url!r}")
+    whatsapp = WhatsAppSettings(
+        graph_url=graph_url.rstrip("/"),
+        access_token=r.secret(wa, "access_token", "whatsapp.access_token"),
+        app_secret=r.secret(wa, "app_secret", "whatsapp.app_secret"),
+        verify_token=r.secret(wa, "verify_token", "whatsapp.verify_token"),
+        graph_timeout_s=r.number(wa, "graph_timeout", "whatsapp.graph_timeout", 10.0, 0.1),
+    )
+
+    numbers: list[NumberSettings] = []
+    raw_numbers = data.get("numbers")
+    if not isinstance(raw_numbers, list) or not raw_numbers:
+        r.fail("numbers", "must be a list with at least one business number")
+        raw_numbers = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw_numbers):
+        path = f"numbers[{i}]"
+        if not isinstance(item, dict):
+            r.fail(path, "must be a mapping with phone_number_id and context")
+            continue
+        r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
+                         "closed_context", "closed_extension", "calling"}, path)
+        pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
+        if pnid and not pnid.isdigit():
+            r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
+        if pnid in seen:
+            r.fail(f"{path}.phone_number_id", f"{pnid} is listed twice")
+        seen.add(pnid)
+        calling = item.get("calling") or {}
+        if not isinstance(calling, dict):
+            r.fail(f"{path}.calling", "must be a mapping of Meta calling settings")
+            calling = {}
+        numbers.append(NumberSettings(
+            phone_number_id=pnid,
+            context=r.string(item, "context", f"{path}.context") or "",
+            extension=r.string(item, "extension", f"{path}.extension", default="s") or "s",
+            display_number=r.string(item, "display_number", f"{path}.display_number",
+                                    required=False),
+            max_calls=r.integer(item, "max_calls", f"{path}.max_calls", 100, 1, 1000),
+            closed_context=r.string(item, "closed_context", f"{path}.closed_context",
+                                    required=False),
+            closed_extension=r.string(item, "closed_extension", f"{path}.closed_extension",
+                                      default="s") or "s",
+            calling=calling,
+        ))
+
+    ast = r.section(data, "asterisk", "asterisk")
+    r.unknown(ast, {"ami", "codec"}, "asterisk")
+    ami = r.section(ast, "ami", "asterisk.ami")
+    r.unknown(ami, {"host", "port", "username", "secret", "connect_timeout", "action_timeout"},
+              "asterisk.ami")
+    codec = str(ast.get("codec", "g722")).lower()
+    if codec not in CODECS:
+        r.fail("asterisk.codec", f"must be one of {', '.join(CODECS)}, got {codec!r}")
+        codec = "g722"
+    asterisk = AsteriskSettings(
+        ami=AmiSettings(
+            host=r.string(ami, "host", "asterisk.ami.host", default="127.0.0.1") or "127.0.0.1",
+            port=r.integer(ami, "port", "asterisk.ami.port", 5038, 1, 65535),
+            username=r.string(ami, "username", "asterisk.ami.username") or "",
+            secret=r.secret(ami, "secret", "asterisk.ami.secret"),
+            connect_timeout_s=r.number(ami, "connect_timeout", "asterisk.ami.connect_timeout",
+                                       5.0, 0.1),
+            action_timeout_s=r.number(ami, "action_timeout", "asterisk.ami.action_timeout",
+                                      5.0, 0.1),
+        ),
+        codec=codec,
+    )
+
+    med = r.section(data, "media", "media", required=False)
+    r.unknown(med, {"rtp_address", "rtp_ports", "webrtc_addresses", "public_ip", "opus_bitrate"},
+              "media")
+    raw_webrtc = med.get("webrtc_addresses") or []
+    if not isinstance(raw_webrtc, list):
+        r.fail("media.webrtc_addresses", "must be a list of IP addresses")
+        raw_webrtc = []
+    webrtc = [r.address(a, f"media.webrtc_addresses[{i}]") for i, a in enumerate(raw_webrtc)]
+    public_ip = med.get("public_ip")
+    media = MediaSettings(
+        rtp_address=r.address(med.get("rtp_address", "127.0.0.1"), "media.rtp_address")
+        or "127.0.0.1",
+        rtp_ports=r.port_range(med.get("rtp_ports"), "media.rtp_ports", MediaSettings.rtp_ports),
+        webrtc_addresses=tuple(a for a in webrtc if a),
+        public_ip=r.address(public_ip, "media.public_ip") if public_ip else None,
+        opus_bitrate=r.integer(med, "opus_bitrate", "media.opus_bitrate", 32000, 6000, 128000),
+    )
+
+    http_raw = r.section(data, "http", "http", required=False)
+    r.unknown(http_raw, {"listen"}, "http")
+    http = r.host_port(http_raw.get("listen"), "http.listen", HttpSettings())
+
+    api_raw = r.section(data, "api", "api", required=False)
+    r.unknown(api_raw, {"tokens"}, "api")
+    raw_tokens = api_raw.get("tokens") or []
+    if not isinstance(raw_tokens, list):
+        r.fail("api.tokens", "must be a list of tokens (use ${ENV} references)")
+        raw_tokens = []
+    tokens = tuple(Secret(r.expand(str(t), f"api.tokens[{i}]")) for i, t in enumerate(raw_tokens))
+
+    store_raw = r.section(data, "store", "store", required=False)
+    r.unknown(store_raw, {"path"}, "store")
+    store = StoreSettings(path=r.string(store_raw, "path", "store.path",
+                                        default=StoreSettings.path) or StoreSettings.path)
+
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Config(whatsapp=whatsapp, numbers=tuple(numbers), asterisk=asterisk, media=media,
+                  http=http, api=ApiSettings(tokens=tokens), store=store, source=source)
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) \
+            from None
+    return parse_config(data, env=env, source=str(path))

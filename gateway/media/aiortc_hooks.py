@@ -1,0 +1,120 @@
+"""The few places where the gateway reaches into aiortc, kept in one module.
+
+aiortc is pinned exactly in pyproject.toml because of this file; tests/unit/test_aiortc_hooks.py
+and the end-to-end tests cover every hook, so an upgrade that breaks one fails loudly.
+
+Why each hook exists (measurements in ../shared/reference/webrtc-media.md):
+- Codec table: WhatsApp offers Opus as PT 111 and telephone-event/8000 as PT 126; aiortc knows
+  no telephone-event, so without registering it the answer drops DTMF altogether.
+- Host addresses: aioice gathers on every interface but loopback; a gateway must gather on the
+  addresses the admin configured (and tests on loopback only).
+- Packet tap on the receiver: aiortc's audio jitter buffer adds ~300 ms after one lost packet and
+  its decoder would choke on telephone-event packets. The gateway takes every RTP packet before
+  that buffer, still feeding aiortc's statistics so RTCP receiver reports stay right.
+- Payload-type rewrite on send: aiortc sends every packet of a track with the codec's PT; an
+  RFC 4733 event must go out with PT 126 in the same SSRC and sequence space as audio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import aioice.ice
+from aiortc.codecs import CODECS
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtp import RtpPacket, is_rtcp
+
+log = logging.getLogger(__name__)
+
+OPUS_PT = 111
+TELEPHONE_EVENT_PT = 126
+
+_host_addresses: list[str] | None = None
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_installed = False
+
+
+def install() -> None:
+    """Register Opus/111 and telephone-event/8000/126 and the host-address hook (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    audio = [c for c in CODECS["audio"] if c.mimeType.lower() not in
+             ("audio/opus", "audio/telephone-event")]
+    CODECS["audio"][:] = [
+        RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
+                              payloadType=OPUS_PT),
+        RTCRtpCodecParameters(mimeType="audio/telephone-event", clockRate=8000, channels=1,
+                              payloadType=TELEPHONE_EVENT_PT),
+        *audio,
+    ]
+    aioice.ice.get_host_addresses = _get_host_addresses
+    _installed = True
+
+
+def set_host_addresses(addresses: Sequence[str] | None) -> None:
+    """Gather ICE host candidates on exactly these addresses (None: aioice's own choice)."""
+    global _host_addresses
+    _host_addresses = list(addresses) if addresses else None
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if _host_addresses is None:
+        return _original_get_host_addresses(use_ipv4, use_ipv6)
+    return [a for a in _host_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+
+PacketHandler = Callable[[RtpPacket], None]
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_packet: PacketHandler) -> None:
+    """Deliver every incoming RTP packet of ``receiver`` to ``on_packet`` instead of aiortc's
+    jitter buffer and decoder, keeping aiortc's per-SSRC statistics for RTCP."""
+    streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        # Events share the audio's sequence space: leaving them out would count them as lost.
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = StreamStatistics(48000)
+        stats.add(packet)
+        try:
+            on_packet(packet)
+        except Exception:  # one bad packet must not stop the transport's receive loop
+            log.exception("media: error handling an RTP packet (PT %d)", packet.payload_type)
+
+    receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+
+def receiver_statistics(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics]:
+    return receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+
+
+class PayloadTypeRewriter:
+    """Rewrites the payload type and marker of chosen outgoing RTP packets on one transport.
+
+    The sending track announces, just before it hands aiortc a packet, what the next RTP
+    packet's PT and marker must be; aiortc's sender then serialises that packet and calls the
+    transport's ``_send_rtp`` with no await point in between (rtcrtpsender.py ``_run_rtp``),
+    so the very next RTP packet on this transport is the one announced.
+    """
+
+    def __init__(self, transport: RTCDtlsTransport):
+        self._pending: tuple[int, bool] | None = None
+        self._send: Callable[[bytes], Awaitable[None]] = transport._send_rtp
+        transport._send_rtp = self._send_rtp  # type: ignore[method-assign]
+
+    def rewrite_next(self, payload_type: int, marker: bool) -> None:
+        self._pending = (payload_type, marker)
+
+    async def _send_rtp(self, data: bytes) -> None:
+        if self._pending is not None and not is_rtcp(data):
+            payload_type, marker = self._pending
+            self._pending = None
+            data = data[:1] + bytes([(0x80 if marker else 0) | payload_type]) + data[2:]
+        await self._send(data)

@@ -1,0 +1,133 @@
+"""Audio codecs of both legs over PyAV, around one internal format: 16 kHz mono s16, 20 ms.
+
+16 kHz is what WhatsApp plays (its offer says maxplaybackrate=16000) and what G.722 carries, so
+the wideband path needs no resampling at all; ulaw/alaw resample to 8 kHz at the Asterisk edge.
+Own Opus encoder rather than aiortc's: aiortc's is fixed at 96 kb/s stereo without FEC and costs
+twice the CPU (webrtc-media.md); ours is mono, ``application=voip``, in-band FEC on.
+"""
+
+from __future__ import annotations
+
+import fractions
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+RATE = 16000
+FRAME_SAMPLES = 320  # 20 ms at 16 kHz
+FRAME_BYTES = FRAME_SAMPLES * 2
+SILENCE = bytes(FRAME_BYTES)
+OPUS_CLOCK = 48000
+
+
+def _frame(pcm: bytes, rate: int, pts: int | None = None) -> av.AudioFrame:
+    samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.sample_rate = rate
+    if pts is not None:
+        frame.pts = pts
+        frame.time_base = fractions.Fraction(1, rate)
+    return frame
+
+
+def _pcm(frames: list[av.AudioFrame]) -> bytes:
+    return b"".join(bytes(f.to_ndarray().astype(np.int16).tobytes()) for f in frames)
+
+
+class OpusEncoder:
+    """16 kHz mono PCM frames in, one Opus packet per 20 ms out."""
+
+    def __init__(self, bitrate: int = 32000):
+        ctx = av.CodecContext.create("libopus", "w")
+        ctx.sample_rate = RATE
+        ctx.layout = "mono"
+        ctx.format = "s16"
+        ctx.bit_rate = bitrate
+        ctx.options = {"application": "voip", "fec": "1", "packet_loss": "5",
+                       "frame_duration": "20", "compression_level": "5"}
+        ctx.open()
+        self._ctx = ctx
+        self._pts = 0
+
+    def encode(self, pcm: bytes) -> bytes:
+        frame = _frame(pcm, RATE, self._pts)
+        self._pts += FRAME_SAMPLES
+        packets = self._ctx.encode(frame)
+        return bytes(packets[0]) if packets else b""
+
+
+class OpusDecoder:
+    """Opus packets in, 16 kHz mono PCM out (libopus always decodes at 48 kHz in PyAV)."""
+
+    def __init__(self) -> None:
+        self._ctx = av.CodecContext.create("libopus", "r")
+        self._ctx.sample_rate = OPUS_CLOCK
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+
+    def decode(self, payload: bytes) -> bytes:
+        try:
+            frames = self._ctx.decode(av.Packet(payload))
+        except av.error.FFmpegError:
+            return b""
+        out: list[av.AudioFrame] = []
+        for f in frames:
+            out += self._resampler.resample(f)
+        return _pcm(out)
+
+
+@dataclass(frozen=True)
+class AsteriskCodec:
+    """A codec of the Asterisk leg: static payload types only, since a UnicastRTP channel has
+    no SDP (asterisk-handoff.md)."""
+
+    name: str
+    ffmpeg: str
+    payload_type: int
+    rate: int
+    """Sample rate of the PCM the codec carries (G.722: 16 kHz, though its RTP clock is 8 kHz)."""
+    rtp_clock: int = 8000
+
+    @property
+    def timestamp_step(self) -> int:
+        return self.rtp_clock // 50
+
+
+ASTERISK_CODECS = {
+    "g722": AsteriskCodec("g722", "g722", 9, 16000),
+    "ulaw": AsteriskCodec("ulaw", "pcm_mulaw", 0, 8000),
+    "alaw": AsteriskCodec("alaw", "pcm_alaw", 8, 8000),
+}
+
+
+class AsteriskTranscoder:
+    """Encodes internal 16 kHz frames for Asterisk and decodes Asterisk's payloads back."""
+
+    def __init__(self, codec: AsteriskCodec):
+        self.codec = codec
+        self._enc = av.CodecContext.create(codec.ffmpeg, "w")
+        self._enc.sample_rate = codec.rate
+        self._enc.layout = "mono"
+        self._enc.format = "s16"
+        self._enc.open()
+        self._dec = av.CodecContext.create(codec.ffmpeg, "r")
+        self._dec.sample_rate = codec.rate
+        self._dec.layout = "mono"
+        narrow = codec.rate != RATE
+        self._down = av.AudioResampler(format="s16", layout="mono", rate=codec.rate) \
+            if narrow else None
+        self._up = av.AudioResampler(format="s16", layout="mono", rate=RATE) if narrow else None
+
+    def encode(self, pcm16k: bytes) -> bytes:
+        frame = _frame(pcm16k, RATE)
+        frames = self._down.resample(frame) if self._down else [frame]
+        return b"".join(bytes(p) for f in frames for p in self._enc.encode(f))
+
+    def decode(self, payload: bytes) -> bytes:
+        try:
+            frames = self._dec.decode(av.Packet(payload))
+        except av.error.FFmpegError:
+            return b""
+        if self._up:
+            frames = [g for f in frames for g in self._up.resample(f)]
+        return _pcm(frames)

@@ -1,0 +1,287 @@
+"""The WhatsApp leg: one aiortc peer connection, audio and RFC 4733 DTMF, both directions.
+
+Used by the gateway (answering Meta's offer, or offering for outbound calls) and by the
+simulator's phone, so both sides of a test run the same real WebRTC stack.
+
+Receive: packets are tapped before aiortc's jitter buffer (see aiortc_hooks), Opus-decoded to
+16 kHz and handed to ``on_audio`` as they arrive; telephone-events become ``on_dtmf`` digits.
+Send: :class:`OutgoingAudio` is paced by aiortc's sender at 20 ms and always returns a packet,
+silence when nothing is queued, because WhatsApp hangs up after 20 s without media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket
+
+from gateway.media import aiortc_hooks, rfc4733
+from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder
+
+log = logging.getLogger(__name__)
+
+aiortc_hooks.install()
+
+PTIME = 0.020
+MAX_QUEUED_BYTES = FRAME_BYTES * 10
+"""200 ms: beyond that the far side sends faster than real time and old audio is dropped."""
+
+
+class SdpError(ValueError):
+    """The remote SDP cannot be used (no audio, no Opus, ...); the reason is in the message."""
+
+
+@dataclass(frozen=True)
+class OfferInfo:
+    opus_pt: int
+    dtmf_pt: int | None
+
+
+def inspect_offer(sdp: str) -> OfferInfo:
+    """Check an SDP has what a WhatsApp call needs, before touching aiortc."""
+    if "m=audio" not in sdp:
+        raise SdpError("SDP has no audio section (m=audio)")
+    rtpmaps = dict(re.findall(r"a=rtpmap:(\d+) ([^\r\n]+)", sdp))
+    opus = [int(pt) for pt, enc in rtpmaps.items() if enc.lower().startswith("opus/48000")]
+    if not opus:
+        raise SdpError("SDP audio offers no Opus/48000")
+    dtmf = [int(pt) for pt, enc in rtpmaps.items()
+            if enc.lower().startswith("telephone-event/8000")]
+    return OfferInfo(opus_pt=opus[0], dtmf_pt=dtmf[0] if dtmf else None)
+
+
+def clean_local_sdp(sdp: str, public_ip: str | None = None) -> str:
+    """What Meta accepts from aiortc's SDP: one sha-256 fingerprint (aiortc lists three), and the
+    public address in place of the local one when the gateway sits behind 1:1 NAT."""
+    lines = [ln for ln in sdp.split("\r\n")
+             if not ln.startswith("a=fingerprint:") or ln.startswith("a=fingerprint:sha-256")]
+    out = "\r\n".join(lines)
+    if public_ip:
+        out = re.sub(r"(a=candidate:\S+ \d+ udp \d+ )(\d+\.\d+\.\d+\.\d+)( \d+ typ host)",
+                     rf"\g<1>{public_ip}\g<3>", out)
+        out = re.sub(r"c=IN IP4 \d+\.\d+\.\d+\.\d+", f"c=IN IP4 {public_ip}", out)
+    return out
+
+
+class OutgoingAudio(MediaStreamTrack):
+    """Audio toward the peer: queued PCM or silence every 20 ms, and RFC 4733 events in between.
+
+    Returns pre-encoded ``av.Packet`` s so aiortc's own encoder never runs (aiortc's sender
+    accepts packets in place of frames).
+    """
+
+    kind = "audio"
+
+    def __init__(self, bitrate: int):
+        super().__init__()
+        self._encoder = OpusEncoder(bitrate)
+        self._pcm = bytearray()
+        self._dtmf_queue: deque[tuple[bytes, bool, bool]] = deque()  # payload, marker, last
+        self._event_pts: int | None = None
+        self._pts = 0
+        self._start: float | None = None
+        self._rewriter: aiortc_hooks.PayloadTypeRewriter | None = None
+        self.dtmf_pt = aiortc_hooks.TELEPHONE_EVENT_PT
+        self.gate_open = True
+        """While False, queued audio is discarded and silence sent (before Meta's accept)."""
+        self.frames_sent = 0
+        self.events_sent: list[str] = []
+
+    def attach(self, rewriter: aiortc_hooks.PayloadTypeRewriter) -> None:
+        self._rewriter = rewriter
+
+    def queue_pcm(self, pcm: bytes) -> None:
+        if not self.gate_open:
+            return
+        self._pcm += pcm
+        if len(self._pcm) > MAX_QUEUED_BYTES:
+            del self._pcm[: len(self._pcm) - MAX_QUEUED_BYTES]
+
+    def clear(self) -> None:
+        self._pcm.clear()
+
+    def queue_dtmf(self, digits: str, duration_ms: int = 100, gap_ms: int = 60) -> None:
+        for d in digits:
+            payloads = list(rfc4733.event_payloads(d, duration_ms))
+            for i, (payload, marker) in enumerate(payloads):
+                self._dtmf_queue.append((payload, marker, i == len(payloads) - 1))
+            self.events_sent.append(d)
+            for _ in range(max(1, gap_ms // 20)):
+                self._dtmf_queue.append((b"", False, False))  # silence between digits
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            wait = self._start + self.frames_sent * PTIME - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -0.2:  # the loop stalled: do not burst to catch up
+                self._start = now - self.frames_sent * PTIME
+        self.frames_sent += 1
+        pts = self._pts
+        self._pts += 960  # 20 ms at Opus's 48 kHz RTP clock
+        if self._dtmf_queue and self._rewriter is not None:
+            payload, marker, last = self._dtmf_queue.popleft()
+            if payload:
+                if marker or self._event_pts is None:
+                    self._event_pts = pts
+                self._rewriter.rewrite_next(self.dtmf_pt, marker)
+                if last:
+                    self._event_pts, pts = None, self._event_pts
+                else:
+                    pts = self._event_pts
+                return self._packet(payload, pts)
+        if len(self._pcm) >= FRAME_BYTES:
+            pcm = bytes(self._pcm[:FRAME_BYTES])
+            del self._pcm[:FRAME_BYTES]
+        else:
+            pcm = SILENCE
+        return self._packet(self._encoder.encode(pcm), pts)
+
+    @staticmethod
+    def _packet(payload: bytes, pts: int) -> av.Packet:
+        packet = av.Packet(payload)
+        packet.pts = pts
+        packet.time_base = fractions.Fraction(1, 48000)
+        return packet
+
+
+class WebRtcLeg:
+    """One WebRTC audio call leg with packet-level receive and RFC 4733 both ways."""
+
+    def __init__(self, *, name: str = "", opus_bitrate: int = 32000,
+                 public_ip: str | None = None):
+        self.name = name
+        self.public_ip = public_ip
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.outgoing = OutgoingAudio(opus_bitrate)
+        self._decoder = OpusDecoder()
+        self._dtmf = rfc4733.DtmfDetector()
+        self._opus_pt = aiortc_hooks.OPUS_PT
+        self._dtmf_pt: int | None = aiortc_hooks.TELEPHONE_EVENT_PT
+        self._last_seq: int | None = None
+        self.on_audio: Callable[[bytes], None] = lambda pcm: None
+        self.on_dtmf: Callable[[str, int], None] = lambda digit, ms: None
+        self.on_state: Callable[[str], None] = lambda state: None
+        self.connected = asyncio.Event()
+        self.first_audio = asyncio.Event()
+        self.packets_received = 0
+        self.dtmf_received: list[str] = []
+        self._closed = False
+        self.transceiver = self.pc.addTransceiver(self.outgoing, direction="sendrecv")
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    # --- signalling -------------------------------------------------------------------------
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply a remote offer and return our answer SDP (raises :class:`SdpError`)."""
+        info = inspect_offer(offer_sdp)
+        self._opus_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        except ValueError as exc:
+            raise SdpError(f"SDP offer rejected by the WebRTC stack: {exc}") from exc
+        self._restrict_codecs()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._hook_media()
+        return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
+
+    async def offer(self) -> str:
+        """Create our offer: Opus and telephone-event/8000 only, as Meta asks."""
+        self._restrict_codecs()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
+
+    async def apply_answer(self, answer_sdp: str) -> None:
+        info = inspect_offer(answer_sdp)
+        self._opus_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+        except ValueError as exc:
+            raise SdpError(f"SDP answer rejected by the WebRTC stack: {exc}") from exc
+        self._hook_media()
+
+    def _restrict_codecs(self) -> None:
+        caps = RTCRtpSender.getCapabilities("audio").codecs
+        prefs = [c for c in caps if c.mimeType.lower() in ("audio/opus", "audio/telephone-event")]
+        self.transceiver.setCodecPreferences(prefs)
+
+    def _hook_media(self) -> None:
+        aiortc_hooks.tap_receiver(self.transceiver.receiver, self._on_packet)
+        self.outgoing.attach(aiortc_hooks.PayloadTypeRewriter(self.transceiver.sender.transport))
+        if self._dtmf_pt is not None:
+            self.outgoing.dtmf_pt = self._dtmf_pt
+
+    # --- media --------------------------------------------------------------------------------
+
+    def _on_packet(self, packet: RtpPacket) -> None:
+        pt = packet.payload_type
+        if pt == self._dtmf_pt:
+            for digit, ms in self._dtmf.feed(packet.timestamp, packet.payload):
+                self.dtmf_received.append(digit)
+                self.on_dtmf(digit, ms)
+            return
+        if pt != self._opus_pt:
+            return
+        seq = packet.sequence_number
+        if self._last_seq is not None and ((seq - self._last_seq) & 0xFFFF) > 0x8000:
+            return  # late or duplicate: its moment has passed
+        self._last_seq = seq
+        self.packets_received += 1
+        pcm = self._decoder.decode(packet.payload)
+        if pcm:
+            if not self.first_audio.is_set():
+                self.first_audio.set()
+            self.on_audio(pcm)
+
+    def play(self, pcm: bytes) -> None:
+        """Queue 16 kHz mono s16 PCM toward the peer."""
+        self.outgoing.queue_pcm(pcm)
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        self.outgoing.queue_dtmf(digits, duration_ms)
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("webrtc %s: connection %s", self.name, state)
+        if state == "connected":
+            self.connected.set()
+        self.on_state(state)
+
+    async def stats(self) -> dict[str, float]:
+        """Packets, loss, jitter and RTT as aiortc's RTCP machinery sees them."""
+        out: dict[str, float] = {"packets_received": self.packets_received,
+                                 "frames_sent": self.outgoing.frames_sent}
+        for s in aiortc_hooks.receiver_statistics(self.transceiver.receiver).values():
+            out["packets_lost"] = max(0, s.packets_lost)
+            out["jitter_seconds"] = s.jitter / 48000
+        try:
+            report = await self.transceiver.sender.getStats()
+            for stat in report.values():
+                if stat.type == "remote-inbound-rtp" and stat.roundTripTime is not None:
+                    out["rtt_seconds"] = stat.roundTripTime
+        except Exception:  # stats are best effort; never fail a call over them
+            pass
+        return out
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.outgoing.stop()
+        await self.pc.close()
