@@ -1,0 +1,185 @@
+"""The registry of live calls and the gate every webhook event goes through.
+
+Meta delivers webhooks at least once and in no guaranteed order (whatsapp-calling.md §7), so
+this is where idempotence lives: events are de-duplicated on (call id, event, timestamp), an
+ended call leaves a tombstone for a while so a late ``connect`` cannot revive it, and a
+``terminate`` that overtakes its ``connect`` leaves a tombstone too — the call is then never
+started, so nothing is left half-open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from gateway.calls.inbound import CallDeps, InboundCall
+from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
+from gateway.media.webrtc import SdpError, inspect_offer
+from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook
+from gateway.whatsapp.graph import GraphError
+
+log = logging.getLogger(__name__)
+
+TOMBSTONE_SECONDS = 600.0
+SEEN_EVENTS = 20000
+
+RouteHook = Callable[[CallEvent], tuple[str, str] | None]
+"""Returns (context, extension) to override the number's route (e.g. closed hours), or None."""
+
+
+class CallManager:
+    def __init__(self, deps: CallDeps):
+        self.deps = deps
+        self.calls: dict[str, InboundCall] = {}
+        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._tombstones: dict[str, float] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.route_hook: RouteHook | None = None
+        self.event_hooks: list[Callable[[Event], bool]] = []
+        """Handlers tried first for each event (outbound calls, permission replies); a hook
+        returning True has consumed the event."""
+        self.accepting = True
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+
+    def owns_channel(self, channel_id: str) -> bool:
+        return any(c.channel_id == channel_id for c in self.calls.values())
+
+    def active_for(self, phone_number_id: str) -> int:
+        return sum(1 for c in self.calls.values() if c.event.phone_number_id == phone_number_id)
+
+    def _is_duplicate(self, key: tuple) -> bool:
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        return False
+
+    def _tombstoned(self, call_id: str) -> bool:
+        now = time.monotonic()
+        for cid in [c for c, t in self._tombstones.items() if t < now]:
+            del self._tombstones[cid]
+        return call_id in self._tombstones
+
+    def tombstone(self, call_id: str) -> None:
+        self._tombstones[call_id] = time.monotonic() + TOMBSTONE_SECONDS
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def handle(self, parsed: ParsedWebhook) -> int:
+        """Dispatch every event of one webhook body; returns how many were duplicates."""
+        duplicates = 0
+        for what in parsed.ignored:
+            log.info("webhook: ignored %s", what)
+        for ev in parsed.events:
+            if self._is_duplicate(ev.dedup_key):
+                duplicates += 1
+                log.info("webhook: duplicate %s ignored", ev.dedup_key)
+                continue
+            if any(hook(ev) for hook in self.event_hooks):
+                continue
+            if isinstance(ev, CallEvent):
+                self._on_call_event(ev)
+            else:
+                log.info("webhook: %s for %s not handled here", type(ev).__name__,
+                         getattr(ev, "call_id", "?"))
+        return duplicates
+
+    def _on_call_event(self, ev: CallEvent) -> None:
+        call = self.calls.get(ev.call_id)
+        if ev.event == "connect" and ev.direction == "USER_INITIATED":
+            if call is not None or self._tombstoned(ev.call_id):
+                log.info("call %s: connect for a known or ended call ignored", ev.call_id)
+                return
+            self._admit(ev)
+        elif ev.event == "terminate":
+            if call is not None:
+                if ev.timestamp and ev.timestamp < call.last_event_ts:
+                    log.info("call %s: stale terminate ignored", ev.call_id)
+                    return
+                call.whatsapp_terminated(ev)
+            else:
+                # Before its connect (out of order) or after the call ended: never start it.
+                self.tombstone(ev.call_id)
+                log.info("call %s: terminate for no live call (tombstoned)", ev.call_id)
+        else:
+            log.info("call %s: unknown call event %r (%s) ignored", ev.call_id, ev.event,
+                     ev.direction)
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def _refusal(self, ev: CallEvent) -> str | None:
+        cfg = self.deps.config
+        number = cfg.number(ev.phone_number_id)
+        if number is None:
+            return f"unknown phone_number_id {ev.phone_number_id} (not in numbers:)"
+        if not self.accepting:
+            return "gateway is shutting down"
+        if not getattr(self.deps.ami, "connected", False):
+            return "Asterisk AMI not connected"
+        if self.active_for(ev.phone_number_id) >= number.max_calls:
+            return f"capacity: {number.max_calls} calls active for this number (max_calls)"
+        if self.deps.ports.free < 1:
+            return "capacity: no free RTP port in media.rtp_ports"
+        try:
+            inspect_offer(ev.sdp or "")
+        except SdpError as exc:
+            return f"unusable SDP offer: {exc}"
+        return None
+
+    def _admit(self, ev: CallEvent) -> None:
+        reason = self._refusal(ev)
+        if reason is not None:
+            self.tombstone(ev.call_id)
+            self._spawn(self._reject(ev, reason))
+            return
+        number = self.deps.config.number(ev.phone_number_id)
+        assert number is not None
+        route = self.route_hook(ev) if self.route_hook else None
+        context, extension = route if route else (None, None)
+        call = InboundCall(ev, number, self.deps, context=context, extension=extension)
+        self.calls[ev.call_id] = call
+        self._spawn(self._run(call))
+
+    async def _run(self, call: InboundCall) -> None:
+        try:
+            await call.run()
+        finally:
+            self.calls.pop(call.event.call_id, None)
+            self.tombstone(call.event.call_id)
+
+    async def _reject(self, ev: CallEvent, reason: str) -> None:
+        record = CallRecord(
+            wacid=ev.call_id, direction=Direction.INBOUND, phone_number_id=ev.phone_number_id,
+            from_number=ev.from_number, to_number=ev.to_number or ev.display_phone_number,
+            profile_name=ev.profile_name, outcome=Outcome.REJECTED, reason=reason,
+            hangup_side=HangupSide.GATEWAY)
+        log.warning("call %s: rejected: %s", ev.call_id, reason)
+        try:
+            await self.deps.graph.reject(ev.phone_number_id, ev.call_id)
+        except GraphError as exc:
+            record.meta_error_code = exc.code
+            record.meta_error_text = exc.meta_message
+            log.warning("call %s: reject failed: %s", ev.call_id, exc)
+        record.ended_at = time.time()
+        self.deps.observer.call_rejected(record)
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """End every live call on both sides (gateway stopping)."""
+        self.accepting = False
+        calls = list(self.calls.values())
+        for call in calls:
+            call._finish(HangupSide.GATEWAY, "gateway shutting down")
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)

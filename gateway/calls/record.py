@@ -1,0 +1,76 @@
+"""What the gateway remembers of one call: the row an admin joins with Asterisk's CDR.
+
+One :class:`CallRecord` lives inside each call object and is written to the store when the
+call is admitted and again when it ends, so a call that was running when the gateway died is
+still found (and closed as failed) on the next start.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"  # USER_INITIATED: a WhatsApp user calls the business
+    OUTBOUND = "outbound"  # BUSINESS_INITIATED: the business calls a WhatsApp user
+
+
+class Outcome(StrEnum):
+    ACTIVE = "active"
+    ANSWERED = "answered"  # media and both sides up; ended normally afterwards
+    REJECTED = "rejected"  # the gateway refused it, or (outbound) the user declined
+    ABANDONED = "abandoned"  # the caller hung up before Asterisk answered
+    NO_ANSWER = "no_answer"  # outbound: the user never picked up
+    FAILED = "failed"  # media, Meta, Asterisk or gateway failure
+
+
+class HangupSide(StrEnum):
+    WHATSAPP = "whatsapp"
+    ASTERISK = "asterisk"
+    GATEWAY = "gateway"
+
+
+@dataclass
+class CallRecord:
+    wacid: str
+    direction: Direction
+    phone_number_id: str
+    from_number: str
+    to_number: str
+    profile_name: str = ""
+    channel_id: str = ""
+    """Our id for the Asterisk channel (Originate ChannelId = its Uniqueid, and WA_CHANNEL_ID)."""
+    channel: str = ""
+    """Asterisk's channel name, e.g. UnicastRTP/127.0.0.1:40000-0x7f..."""
+    context: str = ""
+    codec: str = ""
+    webhook_at: float = field(default_factory=time.time)
+    answered_at: float | None = None
+    ended_at: float | None = None
+    outcome: Outcome = Outcome.ACTIVE
+    reason: str = ""
+    """Why, in words an admin understands (e.g. 'unknown phone_number_id 123')."""
+    hangup_side: HangupSide | None = None
+    q850_cause: int | None = None
+    meta_error_code: int | None = None
+    meta_error_text: str = ""
+    packets_in: int = 0
+    packets_out: int = 0
+    packets_lost: int = 0
+    jitter_seconds: float | None = None
+    rtt_seconds: float | None = None
+    dtmf_in: int = 0
+    dtmf_out: int = 0
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.answered_at is None or self.ended_at is None:
+            return None
+        return max(0.0, self.ended_at - self.answered_at)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["duration_seconds"] = self.duration_seconds
+        return data

@@ -1,0 +1,155 @@
+"""Graph API calls the gateway makes: the ``/calls`` actions (whatsapp-calling.md §2).
+
+Errors are branched on ``error.code`` only (the one documented stable field) and carried as
+:class:`GraphError` so callers can map Meta codes to Q.850 causes and metrics. Every request has
+a timeout: a hung Graph request must never hold a call (or the event loop) forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from gateway.config import WhatsAppSettings
+
+log = logging.getLogger(__name__)
+
+# §11: what each calling error code means, for logs and call records.
+ERROR_TEXT = {
+    100: "invalid parameter",
+    131055: "calling Graph endpoints used on a SIP-enabled number",
+    138000: "calling not enabled on this number",
+    138001: "receiver cannot be called",
+    138002: "1000 concurrent calls reached",
+    138003: "a call with this user is already in progress",
+    138004: "connection error while setting up",
+    138005: "call initiation rate limit",
+    138006: "no approved call permission",
+    138007: "connect timeout: SDP not applied in time",
+    138009: "permission request limit reached",
+    138012: "100 connected business-initiated calls per 24 h reached",
+    138013: "business-initiated calling not available in the number's country",
+    138014: "calling temporarily disabled (quality)",
+    138017: "permanent permission already exists",
+    138019: "call setup failed on the WhatsApp client",
+    138020: "client could not reach the media relay",
+    138021: "client received no media for too long",
+    138022: "client could not send media for too long",
+    138023: "call accepted but ended without any media",
+}
+
+
+class GraphError(Exception):
+    """A Graph request failed: Meta's error, an HTTP error without a body, or no answer."""
+
+    def __init__(self, action: str, message: str, *, code: int | None = None,
+                 http_status: int | None = None, details: str = ""):
+        self.action = action
+        self.code = code
+        self.http_status = http_status
+        self.details = details
+        text = f"Graph {action} failed"
+        if code is not None:
+            text += f": code {code}"
+        if http_status is not None:
+            text += f" (HTTP {http_status})"
+        super().__init__(f"{text}: {message}")
+        self.meta_message = message
+
+
+Observer = Callable[[str, str, float], None]
+"""(action, result, seconds): result is "ok", a Meta error code, "http_<status>" or "timeout"."""
+
+
+class GraphClient:
+    def __init__(self, settings: WhatsAppSettings, *, observer: Observer | None = None):
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._observer = observer or (lambda action, result, seconds: None)
+
+    async def start(self) -> None:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self.settings.graph_timeout_s)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, phone_number_id: str, path: str, action: str,
+                    body: dict[str, Any]) -> dict[str, Any]:
+        await self.start()
+        assert self._session is not None
+        url = f"{self.settings.graph_url}/{phone_number_id}/{path}"
+        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            async with self._session.post(url, json=body, headers=headers) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except (aiohttp.ContentTypeError, ValueError):
+                    data = None
+                if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
+                    err = data.get("error") if isinstance(data, dict) else None
+                    if isinstance(err, dict):
+                        code = err.get("code")
+                        code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() \
+                            else None
+                        details = (err.get("error_data") or {}).get("details", "") \
+                            if isinstance(err.get("error_data"), dict) else ""
+                        result = str(code) if code is not None else f"http_{resp.status}"
+                        raise GraphError(action, str(err.get("message", "")), code=code,
+                                         http_status=resp.status, details=str(details))
+                    result = f"http_{resp.status}"
+                    raise GraphError(action, "unexpected answer", http_status=resp.status)
+                return data
+        except TimeoutError:
+            result = "timeout"
+            raise GraphError(action, f"no answer within {self.settings.graph_timeout_s} s") \
+                from None
+        except aiohttp.ClientError as exc:
+            result = "unreachable"
+            raise GraphError(action, f"cannot reach the Graph API: {exc}") from None
+        finally:
+            self._observer(action, result, time.perf_counter() - started)
+
+    async def _call_action(self, phone_number_id: str, action: str, call_id: str,
+                           **extra: Any) -> dict[str, Any]:
+        body = {"messaging_product": "whatsapp", "call_id": call_id, "action": action, **extra}
+        return await self._post(phone_number_id, "calls", action, body)
+
+    async def pre_accept(self, phone_number_id: str, call_id: str, sdp: str) -> None:
+        await self._call_action(phone_number_id, "pre_accept", call_id,
+                                session={"sdp_type": "answer", "sdp": sdp})
+
+    async def accept(self, phone_number_id: str, call_id: str, sdp: str,
+                     callback_data: str | None = None) -> None:
+        extra: dict[str, Any] = {"session": {"sdp_type": "answer", "sdp": sdp}}
+        if callback_data:
+            extra["biz_opaque_callback_data"] = callback_data[:512]
+        await self._call_action(phone_number_id, "accept", call_id, **extra)
+
+    async def reject(self, phone_number_id: str, call_id: str) -> None:
+        await self._call_action(phone_number_id, "reject", call_id)
+
+    async def terminate(self, phone_number_id: str, call_id: str) -> None:
+        await self._call_action(phone_number_id, "terminate", call_id)
+
+    async def connect(self, phone_number_id: str, to: str, sdp: str,
+                      callback_data: str | None = None) -> str:
+        """Start a business-initiated call; returns Meta's call id (wacid)."""
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "to": to, "action": "connect",
+                                "session": {"sdp_type": "offer", "sdp": sdp}}
+        if callback_data:
+            body["biz_opaque_callback_data"] = callback_data[:512]
+        data = await self._post(phone_number_id, "calls", "connect", body)
+        try:
+            return str(data["calls"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise GraphError("connect", f"answer has no calls[0].id: {data}") from None

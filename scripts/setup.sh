@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install what the gateway needs on a fresh Debian/Ubuntu machine, idempotently:
+# Python venv + the package (with test tools), and a real Asterisk when none is installed
+# (a Debian sid chroot in a cache dir outside the repo, see scripts/asterisk-chroot.sh).
+# Sourced by scripts/demo and scripts/test; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "setup: $*" >&2; }
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null; then need_apt+=(debootstrap); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    log "please install: ${need_apt[*]} (needs root)"; exit 1
+  fi
+  log "apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  log "installing the gateway and its dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+scripts/asterisk-chroot.sh >/dev/null
+log "ready"

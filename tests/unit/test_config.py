@@ -1,0 +1,79 @@
+import pytest
+import yaml
+
+from gateway.config import ConfigError, Secret, load_config, parse_config
+
+GOOD = {
+    "whatsapp": {"graph_url": "https://graph.facebook.com/v23.0",
+                 "access_token": "${WA_ACCESS_TOKEN}", "app_secret": "${WA_APP_SECRET}",
+                 "verify_token": "${WA_VERIFY_TOKEN:-default-verify}"},
+    "numbers": [{"phone_number_id": "106540000000002", "context": "from-whatsapp"}],
+    "asterisk": {"ami": {"username": "gateway", "secret": "${AMI_SECRET}"}},
+}
+ENV = {"WA_ACCESS_TOKEN": "tok-123", "WA_APP_SECRET": "sec-456", "AMI_SECRET": "ami-789"}
+
+
+def problems(data, env=ENV):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env=env)
+    return info.value.problems
+
+
+def test_good_config_and_defaults():
+    cfg = parse_config(GOOD, env=ENV)
+    assert cfg.whatsapp.access_token.reveal() == "tok-123"
+    assert cfg.whatsapp.verify_token.reveal() == "default-verify"
+    assert cfg.asterisk.codec == "g722" and cfg.asterisk.ami.port == 5038
+    assert cfg.numbers[0].extension == "s" and cfg.numbers[0].max_calls == 100
+    assert cfg.media.rtp_ports.first == 40000 and len(cfg.media.rtp_ports) == 1000
+    assert cfg.number("106540000000002").context == "from-whatsapp"
+    assert cfg.number("999") is None
+
+
+def test_secrets_never_show_in_repr():
+    cfg = parse_config(GOOD, env=ENV)
+    text = repr(cfg) + str(cfg)
+    for secret in ENV.values():
+        assert secret not in text
+    assert repr(Secret("x")) == "Secret('***')"
+
+
+def test_missing_env_var_names_key_and_variable():
+    env = {k: v for k, v in ENV.items() if k != "WA_APP_SECRET"}
+    expected = "whatsapp.app_secret: environment variable WA_APP_SECRET is not set"
+    assert expected in problems(GOOD, env)
+
+
+def test_every_error_is_reported_with_its_key():
+    bad = {
+        "whatsapp": {"graph_url": "ftp://x", "access_token": "a", "app_secret": "b",
+                     "verify_token": "c", "typo_key": 1},
+        "numbers": [{"phone_number_id": "abc", "context": "x", "max_calls": 0},
+                    {"context": "y"}],
+        "asterisk": {"ami": {"username": "u", "secret": "s", "port": "http"}, "codec": "opus"},
+        "media": {"rtp_ports": "50000-40000", "public_ip": "not-an-ip"},
+        "http": {"listen": "nowhere"},
+    }
+    found = "\n".join(problems(bad))
+    for key in ("whatsapp.graph_url", "whatsapp.typo_key", "numbers[0].phone_number_id",
+                "numbers[0].max_calls", "numbers[1].phone_number_id", "asterisk.ami.port",
+                "asterisk.codec", "media.rtp_ports", "media.public_ip", "http.listen"):
+        assert key in found, key
+
+
+def test_duplicate_numbers_and_empty_numbers():
+    dup = dict(GOOD, numbers=GOOD["numbers"] * 2)
+    assert any("listed twice" in p for p in problems(dup))
+    assert any(p.startswith("numbers:") for p in problems(dict(GOOD, numbers=[])))
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("whatsapp: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(GOOD))
+    assert load_config(good, env=ENV).source == str(good)
