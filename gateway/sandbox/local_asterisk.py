@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class LocalAsterisk:
         self.chroot_script = Path(chroot_script)
         self.root: Path | None = None
         """The chroot on the host, known after :meth:`start`."""
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen | None = None
         self._output = None
 
     # -- paths -----------------------------------------------------------------------------
@@ -104,7 +105,7 @@ class LocalAsterisk:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._proc is not None and self._proc.poll() is None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,20 +118,10 @@ class LocalAsterisk:
         self.root = await self._chroot()
         await self._kill_stale()
         self._check_port_free(self.ami_port)
-        self._lay_out()
-        self._ensure_moh()
+        await asyncio.to_thread(self._prepare)
         await self._mount_proc()
-
-        out = self.instance_dir / "log" / "asterisk.out"
-        self._output = open(out, "ab")  # noqa: SIM115 - closed in stop()
         log.info("starting Asterisk %r (AMI 127.0.0.1:%d)", self.name, self.ami_port)
-        self._proc = await asyncio.create_subprocess_exec(
-            "chroot", str(self.root), ASTERISK, "-C", self.conf_path, "-f", "-U", "root",
-            stdin=asyncio.subprocess.DEVNULL, stdout=self._output, stderr=asyncio.subprocess.STDOUT,
-            # Its own session: a Ctrl-C meant for the test run must not kill it mid-test;
-            # stop() (or the next start's stale-process check) ends it.
-            start_new_session=True,
-        )
+        self._proc = await asyncio.to_thread(self._spawn)
         try:
             await self._wait_booted()
         except BaseException:
@@ -141,22 +132,49 @@ class LocalAsterisk:
     async def stop(self) -> None:
         """Stop Asterisk: ``core stop now``, then SIGTERM, then SIGKILL. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.poll() is None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._run_cli("core stop now"), 5)
-            for sig, grace in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                if sig is not None and proc.returncode is None:
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None and proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.send_signal(sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), grace)
+                if await self._exited(proc, 5.0):
                     break
-                except TimeoutError:
-                    continue
             log.info("Asterisk %r stopped (exit %s)", self.name, proc.returncode)
         if self._output is not None:
             self._output.close()
             self._output = None
+
+    def _prepare(self) -> None:
+        self._lay_out()
+        self._ensure_moh()
+        # Fresh logs per start, so an error's log tail shows this run only.
+        with contextlib.suppress(FileNotFoundError):
+            self.log_path.unlink()
+        self._output = open(self.instance_dir / "log" / "asterisk.out", "wb")  # noqa: SIM115
+
+    def _spawn(self) -> subprocess.Popen:
+        # subprocess.Popen, not asyncio's: the process outlives any one event loop (pytest
+        # starts it in a session fixture and tests run in their own loops), and Popen ties
+        # nothing to a loop. stop() polls it asynchronously.
+        return subprocess.Popen(
+            ["chroot", str(self.root), ASTERISK, "-C", self.conf_path, "-f", "-n", "-U", "root"],
+            stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C meant for the test run must not kill it mid-test;
+            # stop() (or the next start's stale-process check) ends it.
+            start_new_session=True,
+        )
+
+    @staticmethod
+    async def _exited(proc: subprocess.Popen, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while proc.poll() is None:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def restart(self) -> None:
         await self.stop()
@@ -203,25 +221,28 @@ class LocalAsterisk:
 
     async def _kill_stale(self) -> None:
         """A previous run that crashed may have left its Asterisk running: end it by its pid."""
-        pid_file = self.instance_dir / "run" / "asterisk.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
+        pid = self._stale_pid()
+        if pid is None:
             return
+        log.warning("ending Asterisk %r left running by an earlier run (pid %d)", self.name, pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            for _ in range(50):
+                if not _alive(pid):
+                    return
+                await asyncio.sleep(0.1)
+
+    def _stale_pid(self) -> int | None:
+        """The pid in this instance's pid file, if that process is our Asterisk."""
         try:
+            pid = int((self.instance_dir / "run" / "asterisk.pid").read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            cmdline = []
-        if b"asterisk" in b" ".join(cmdline) and self.conf_path.encode() in cmdline:
-            log.warning("ending Asterisk %r left running by an earlier run (pid %d)",
-                        self.name, pid)
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-                for _ in range(50):
-                    if not Path(f"/proc/{pid}").exists():
-                        return
-                    await asyncio.sleep(0.1)
+        except (OSError, ValueError):
+            return None
+        if cmdline and cmdline[0].endswith(b"asterisk") and self.conf_path.encode() in cmdline:
+            return pid
+        return None
 
     @staticmethod
     def _check_port_free(port: int) -> None:
@@ -242,7 +263,7 @@ class LocalAsterisk:
         etc = inst / "etc"
         if etc.exists():
             shutil.rmtree(etc)
-        for sub in ("etc", "run", "log", "spool", "lib", "cache"):
+        for sub in ("etc", "run", "log", "log/cdr-csv", "spool", "lib", "lib/keys", "cache"):
             (inst / sub).mkdir(parents=True, exist_ok=True)
         # Stale control socket and pid file from a crashed run would confuse -r and -x.
         for stale in ("asterisk.ctl", "asterisk.pid"):
@@ -317,13 +338,13 @@ class LocalAsterisk:
     async def _mount_proc(self) -> None:
         assert self.root is not None
         proc_dir = self.root / "proc"
-        if os.path.ismount(proc_dir):
+        if _is_mount(proc_dir):
             return
         proc = await asyncio.create_subprocess_exec(
             "mount", "-t", "proc", "proc", str(proc_dir),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
-        if proc.returncode != 0 and not os.path.ismount(proc_dir):
+        if proc.returncode != 0 and not _is_mount(proc_dir):
             raise LocalAsteriskError(f"cannot mount proc in {proc_dir}: {out.decode().strip()}")
 
     async def _wait_booted(self) -> None:
@@ -332,7 +353,7 @@ class LocalAsterisk:
         deadline = loop.time() + self.boot_timeout_s
         last_error = "AMI not answering yet"
         while loop.time() < deadline:
-            if self._proc is None or self._proc.returncode is not None:
+            if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc else None
                 raise LocalAsteriskError(
                     f"Asterisk {self.name!r} exited during start (code {code}):\n"
@@ -384,3 +405,11 @@ class LocalAsterisk:
         if not count:
             raise LocalAsteriskError(f"{path.name}: no line matching {pattern!r} to rewrite")
         path.write_text(text)
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _is_mount(path: Path) -> bool:
+    return os.path.ismount(path)
