@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.asterisk.ami import AmiClient, AmiError
-from gateway.calls.inbound import CallDeps
+from gateway.calls.base import CallDeps
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
 from gateway.calls.record import CallRecord
@@ -64,7 +64,6 @@ class Gateway:
 
     def __post_init__(self) -> None:
         aiortc_hooks.install()
-        aiortc_hooks.set_host_addresses(self.config.media.webrtc_addresses or None)
         self.observers = ObserverGroup(CallLog())
         self.graph = GraphClient(self.config.whatsapp, observer=self._graph_observed)
         self.ami = AmiClient(self.config.asterisk.ami)

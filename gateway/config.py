@@ -243,8 +243,8 @@ class _Reader:
             return default
         text = str(value)
         host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            self.fail(path, f"must be HOST:PORT, got {text!r}")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.fail(path, f"must be HOST:PORT (port 0 = any free port), got {text!r}")
             return default
         return HttpSettings(host=host.strip("[]") or "0.0.0.0", port=int(port))
 

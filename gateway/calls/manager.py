@@ -15,10 +15,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from gateway.calls.inbound import CallDeps, InboundCall
+from gateway.calls.base import CallDeps
+from gateway.calls.inbound import InboundCall
+from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
 from gateway.media.webrtc import SdpError, inspect_offer
-from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook
+from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook, StatusEvent
 from gateway.whatsapp.graph import GraphError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class CallManager:
     def __init__(self, deps: CallDeps):
         self.deps = deps
         self.calls: dict[str, InboundCall] = {}
+        """Inbound calls by wacid."""
+        self.outbound: dict[str, OutboundCall] = {}
+        """Outbound calls by our id (the wacid is only known once Meta answers connect)."""
         self._seen: OrderedDict[tuple, None] = OrderedDict()
         self._tombstones: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -42,14 +47,26 @@ class CallManager:
         """Handlers tried first for each event (outbound calls, permission replies); a hook
         returning True has consumed the event."""
         self.accepting = True
+        self.finished_outbound: dict[str, OutboundCall] = {}
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
     def owns_channel(self, channel_id: str) -> bool:
-        return any(c.channel_id == channel_id for c in self.calls.values())
+        return any(c.channel_id == channel_id
+                   for c in [*self.calls.values(), *self.outbound.values()])
+
+    def _outbound_for(self, call_id: str, callback_data: str | None) -> OutboundCall | None:
+        if callback_data and callback_data in self.outbound:
+            return self.outbound[callback_data]
+        return next((c for c in self.outbound.values() if c.record.wacid == call_id), None)
+
+    @property
+    def active_count(self) -> int:
+        return len(self.calls) + len(self.outbound)
 
     def active_for(self, phone_number_id: str) -> int:
-        return sum(1 for c in self.calls.values() if c.event.phone_number_id == phone_number_id)
+        return sum(1 for c in [*self.calls.values(), *self.outbound.values()]
+                   if c.record.phone_number_id == phone_number_id)
 
     def _is_duplicate(self, key: tuple) -> bool:
         if key in self._seen:
@@ -89,12 +106,27 @@ class CallManager:
                 continue
             if isinstance(ev, CallEvent):
                 self._on_call_event(ev)
+            elif isinstance(ev, StatusEvent):
+                call = self._outbound_for(ev.call_id, ev.biz_opaque_callback_data)
+                if call is not None:
+                    call.status_webhook(ev)
+                else:
+                    log.info("call %s: status %s for no live call", ev.call_id, ev.status)
             else:
                 log.info("webhook: %s for %s not handled here", type(ev).__name__,
                          getattr(ev, "call_id", "?"))
         return duplicates
 
     def _on_call_event(self, ev: CallEvent) -> None:
+        if ev.direction == "BUSINESS_INITIATED":
+            out = self._outbound_for(ev.call_id, ev.biz_opaque_callback_data)
+            if out is None:
+                log.info("call %s: %s for no live outbound call", ev.call_id, ev.event)
+            elif ev.event == "connect":
+                out.connect_webhook(ev)
+            elif ev.event == "terminate":
+                out.whatsapp_terminated(ev)
+            return
         call = self.calls.get(ev.call_id)
         if ev.event == "connect" and ev.direction == "USER_INITIATED":
             if call is not None or self._tombstoned(ev.call_id):
@@ -173,13 +205,35 @@ class CallManager:
         record.ended_at = time.time()
         self.deps.observer.call_rejected(record)
 
+    # --- outbound ---------------------------------------------------------------------------------
+
+    def dial(self, request: DialRequest) -> OutboundCall:
+        """Start an outbound call (its permission check runs inside the call)."""
+        call = OutboundCall(request, self.deps)
+        self.outbound[call.gateway_id] = call
+        self._spawn(self._run_outbound(call))
+        return call
+
+    async def _run_outbound(self, call: OutboundCall) -> None:
+        try:
+            await call.run()
+        finally:
+            self.outbound.pop(call.gateway_id, None)
+            if call.record.wacid:
+                self.tombstone(call.record.wacid)
+            self.finished_outbound[call.gateway_id] = call
+            while len(self.finished_outbound) > 1000:
+                self.finished_outbound.pop(next(iter(self.finished_outbound)))
+
+    def find_outbound(self, gateway_id: str) -> OutboundCall | None:
+        return self.outbound.get(gateway_id) or self.finished_outbound.get(gateway_id)
+
     # --- shutdown -------------------------------------------------------------------------------
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """End every live call on both sides (gateway stopping)."""
         self.accepting = False
-        calls = list(self.calls.values())
-        for call in calls:
+        for call in [*self.calls.values(), *self.outbound.values()]:
             call._finish(HangupSide.GATEWAY, "gateway shutting down")
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)

@@ -17,8 +17,10 @@ Why each hook exists (measurements in ../shared/reference/webrtc-media.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import aioice.ice
 from aiortc.codecs import CODECS
@@ -33,6 +35,7 @@ OPUS_PT = 111
 TELEPHONE_EVENT_PT = 126
 
 _host_addresses: list[str] | None = None
+_leg_addresses: ContextVar[list[str] | None] = ContextVar("leg_addresses", default=None)
 _original_get_host_addresses = aioice.ice.get_host_addresses
 _installed = False
 
@@ -61,10 +64,23 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
     _host_addresses = list(addresses) if addresses else None
 
 
+@contextlib.contextmanager
+def gathering_on(addresses: Sequence[str] | None) -> Iterator[None]:
+    """Within this block (aiortc gathers inside setLocalDescription), gather on these
+    addresses: one process can hold legs bound to different interfaces (the gateway and the
+    simulator's phones in one test, say)."""
+    token = _leg_addresses.set(list(addresses) if addresses else None)
+    try:
+        yield
+    finally:
+        _leg_addresses.reset(token)
+
+
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if _host_addresses is None:
+    chosen = _leg_addresses.get() or _host_addresses
+    if chosen is None:
         return _original_get_host_addresses(use_ipv4, use_ipv6)
-    return [a for a in _host_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+    return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
 
 PacketHandler = Callable[[RtpPacket], None]

@@ -2,6 +2,11 @@
 
 Asterisk's strict RTP accepts packets at once only from the address written in the dial string
 (asterisk-handoff.md), so every packet leaves from the socket whose port that string names.
+
+Audio toward Asterisk is paced here, one 20 ms frame every 20 ms, silence when WhatsApp sent
+nothing: measured on Asterisk 22, a UnicastRTP channel that receives no RTP does not advance
+its prompts (Playback/Background/Read's beep stall), so a gap in WhatsApp's stream must never
+become a gap toward Asterisk. A short queue (at most MAX_QUEUED_FRAMES) absorbs network jitter.
 Packets use aiortc's RtpPacket (parse/serialize) and PyAV codecs; nothing here is hand-rolled
 beyond sequence/timestamp bookkeeping.
 """
@@ -16,9 +21,13 @@ from collections.abc import Callable
 
 from aiortc.rtp import RtpPacket
 
-from gateway.media.codecs import AsteriskCodec, AsteriskTranscoder
+from gateway.media.codecs import FRAME_BYTES, SILENCE, AsteriskCodec, AsteriskTranscoder
 
 log = logging.getLogger(__name__)
+
+PTIME = 0.020
+MAX_QUEUED_FRAMES = 5
+"""100 ms of WhatsApp audio waiting for its slot; beyond that the oldest is dropped."""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -50,6 +59,8 @@ class AsteriskRtpLeg:
         self.packets_sent = 0
         self.packets_received = 0
         self.first_packet = asyncio.Event()
+        self._queue = bytearray()
+        self._pacer: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
@@ -61,18 +72,42 @@ class AsteriskRtpLeg:
             lambda: _Protocol(self), sock=self.sock)
 
     def set_remote(self, host: str, port: int) -> None:
-        """Where Asterisk listens (``UNICASTRTP_LOCAL_ADDRESS``/``_PORT`` from Getvar)."""
+        """Where Asterisk listens (``UNICASTRTP_LOCAL_ADDRESS``/``_PORT`` from Getvar); starts
+        the paced stream toward it."""
         self.remote = (host, port)
+        if self._pacer is None:
+            self._pacer = asyncio.ensure_future(self._pace())
 
-    def send(self, pcm16k: bytes, *, lost_frames: int = 0) -> None:
-        """Encode one 20 ms frame and send it; ``lost_frames`` advances the timestamp over a gap
-        so Asterisk's jitter handling sees the real timing."""
+    def send(self, pcm16k: bytes) -> None:
+        """Queue 16 kHz PCM toward Asterisk; the pacer sends it in 20 ms frames."""
+        self._queue += pcm16k
+        excess = len(self._queue) - MAX_QUEUED_FRAMES * FRAME_BYTES
+        if excess > 0:
+            del self._queue[:excess]
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        n = 0
+        while self._transport is not None:
+            if len(self._queue) >= FRAME_BYTES:
+                frame = bytes(self._queue[:FRAME_BYTES])
+                del self._queue[:FRAME_BYTES]
+            else:
+                frame = SILENCE
+            self._send_frame(frame)
+            n += 1
+            delay = start + n * PTIME - loop.time()
+            if delay < -0.2:  # the loop stalled: resynchronise instead of bursting
+                start, n, delay = loop.time(), 0, 0.0
+            await asyncio.sleep(max(0.0, delay))
+
+    def _send_frame(self, pcm16k: bytes) -> None:
         if self._transport is None or self.remote is None:
             return
         payload = self._transcoder.encode(pcm16k)
         if not payload:
             return
-        self._ts = (self._ts + lost_frames * self.codec.timestamp_step) & 0xFFFFFFFF
         packet = RtpPacket(payload_type=self.codec.payload_type, sequence_number=self._seq,
                            timestamp=self._ts, ssrc=self._ssrc, payload=payload)
         self._seq = (self._seq + 1) & 0xFFFF
@@ -96,6 +131,9 @@ class AsteriskRtpLeg:
             self.on_audio(pcm)
 
     def close(self) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -36,6 +37,12 @@ aiortc_hooks.install()
 PTIME = 0.020
 MAX_QUEUED_BYTES = FRAME_BYTES * 10
 """200 ms: beyond that the far side sends faster than real time and old audio is dropped."""
+MAX_GATED_BYTES = FRAME_BYTES * 50
+"""Up to 1 s of audio is held while the gate is closed (between pre_accept and accept's 200),
+so the start of the first prompt is delayed rather than clipped (whatsapp-calling.md §9)."""
+TARGET_BACKLOG = FRAME_BYTES * 3
+SILENT_PEAK = 300
+"""A frame whose samples all stay below this (about -40 dBFS) may be skipped to catch up."""
 
 
 class SdpError(ValueError):
@@ -94,7 +101,9 @@ class OutgoingAudio(MediaStreamTrack):
         self._rewriter: aiortc_hooks.PayloadTypeRewriter | None = None
         self.dtmf_pt = aiortc_hooks.TELEPHONE_EVENT_PT
         self.gate_open = True
-        """While False, queued audio is discarded and silence sent (before Meta's accept)."""
+        """While False, silence is sent and audio held (before Meta's accept returns)."""
+        self._backlog_limit = MAX_GATED_BYTES
+        """The held backlog may only shrink once the gate opened; new audio cannot grow it."""
         self.frames_sent = 0
         self.events_sent: list[str] = []
 
@@ -102,11 +111,25 @@ class OutgoingAudio(MediaStreamTrack):
         self._rewriter = rewriter
 
     def queue_pcm(self, pcm: bytes) -> None:
-        if not self.gate_open:
-            return
         self._pcm += pcm
-        if len(self._pcm) > MAX_QUEUED_BYTES:
-            del self._pcm[: len(self._pcm) - MAX_QUEUED_BYTES]
+        limit = MAX_QUEUED_BYTES if self.gate_open else MAX_GATED_BYTES
+        if len(self._pcm) > max(limit, self._backlog_limit):
+            del self._pcm[: len(self._pcm) - max(limit, self._backlog_limit)]
+
+    def _next_pcm(self) -> bytes:
+        """The next 20 ms to send. Held audio after the gate opens is a backlog (latency): it is
+        worked off by skipping silent frames, never by cutting speech."""
+        if not self.gate_open or len(self._pcm) < FRAME_BYTES:
+            return SILENCE
+        while len(self._pcm) >= TARGET_BACKLOG + FRAME_BYTES:
+            head = np.frombuffer(self._pcm[:FRAME_BYTES], dtype=np.int16)
+            if int(np.abs(head).max()) >= SILENT_PEAK:
+                break
+            del self._pcm[:FRAME_BYTES]
+        pcm = bytes(self._pcm[:FRAME_BYTES])
+        del self._pcm[:FRAME_BYTES]
+        self._backlog_limit = min(self._backlog_limit, len(self._pcm))
+        return pcm
 
     def clear(self) -> None:
         self._pcm.clear()
@@ -146,12 +169,7 @@ class OutgoingAudio(MediaStreamTrack):
                 else:
                     pts = self._event_pts
                 return self._packet(payload, pts)
-        if len(self._pcm) >= FRAME_BYTES:
-            pcm = bytes(self._pcm[:FRAME_BYTES])
-            del self._pcm[:FRAME_BYTES]
-        else:
-            pcm = SILENCE
-        return self._packet(self._encoder.encode(pcm), pts)
+        return self._packet(self._encoder.encode(self._next_pcm()), pts)
 
     @staticmethod
     def _packet(payload: bytes, pts: int) -> av.Packet:
@@ -165,9 +183,11 @@ class WebRtcLeg:
     """One WebRTC audio call leg with packet-level receive and RFC 4733 both ways."""
 
     def __init__(self, *, name: str = "", opus_bitrate: int = 32000,
-                 public_ip: str | None = None):
+                 public_ip: str | None = None, addresses: tuple[str, ...] | None = None):
         self.name = name
         self.public_ip = public_ip
+        self.addresses = addresses
+        """Local addresses to gather ICE candidates on (None: the process-wide default)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.outgoing = OutgoingAudio(opus_bitrate)
         self._decoder = OpusDecoder()
@@ -197,14 +217,16 @@ class WebRtcLeg:
         except ValueError as exc:
             raise SdpError(f"SDP offer rejected by the WebRTC stack: {exc}") from exc
         self._restrict_codecs()
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        with aiortc_hooks.gathering_on(self.addresses):
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._hook_media()
         return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
 
     async def offer(self) -> str:
         """Create our offer: Opus and telephone-event/8000 only, as Meta asks."""
         self._restrict_codecs()
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        with aiortc_hooks.gathering_on(self.addresses):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
         return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
 
     async def apply_answer(self, answer_sdp: str) -> None:

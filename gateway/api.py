@@ -1,0 +1,205 @@
+"""``/v1``: the HTTP API for CRMs and admins (click-to-call, call state, call records,
+permission requests). Bearer-token auth from ``api.tokens``; every error is JSON with the field
+or reason named, so a CRM developer can act on it without reading logs.
+
+    POST   /v1/calls                 {"to": "+5511...", "phone_number_id": "...",
+                                      "context": "agents", "extension": "100"}  or "channel"
+    GET    /v1/calls/{id}            state of an outbound call placed through the API
+    DELETE /v1/calls/{id}            hang it up
+    GET    /v1/calls?since=&until=&direction=&outcome=&limit=&format=csv   call records
+    POST   /v1/permission-requests   {"to": "...", "phone_number_id": "...", "body": "..."}
+    GET    /v1/permissions/{phone_number_id}/{user}
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.calls.manager import CallManager
+from gateway.calls.outbound import DialRequest, OutboundCall
+from gateway.config import Config
+
+E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
+
+
+def _error(status: int, message: str, **fields: Any) -> web.Response:
+    return web.json_response({"error": {"message": message, **fields}}, status=status)
+
+
+def _field_error(field: str, problem: str) -> web.Response:
+    return _error(400, f"{field}: {problem}", field=field)
+
+
+def _when(value: str | None, field: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ValueError(f"{field}: must be unix seconds or ISO 8601, got {value!r}") from None
+
+
+def call_state(call: OutboundCall) -> dict[str, Any]:
+    rec = call.record
+    return {
+        "id": call.gateway_id, "wacid": rec.wacid or None, "state": call.state,
+        "status": call.status.value if call.status else None, "to": f"+{rec.to_number}",
+        "phone_number_id": rec.phone_number_id, "asterisk_channel": rec.channel or None,
+        "outcome": rec.outcome.value, "reason": rec.reason or None,
+        "meta_error_code": rec.meta_error_code, "q850_cause": rec.q850_cause,
+        "answered_at": rec.answered_at, "ended_at": rec.ended_at,
+    }
+
+
+def add_api_routes(app: web.Application, config: Config, calls: CallManager,
+                   store: Any = None, ledger: Any = None,
+                   request_permission: Callable[..., Any] | None = None) -> None:
+    tokens = [t.reveal() for t in config.api.tokens if t.reveal()]
+
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        if not tokens:
+            return _error(403, "the /v1 API is disabled: set api.tokens in the config")
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not given or not any(hmac.compare_digest(given, t) for t in tokens):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer ...)")
+        return await handler(request)
+
+    app.middlewares.append(auth)
+
+    async def read_json(request: web.Request) -> dict | web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body must be a JSON object")
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        return body
+
+    def number_of(body: dict) -> tuple[str | None, web.Response | None]:
+        pnid = body.get("phone_number_id")
+        if pnid is None and len(config.numbers) == 1:
+            pnid = config.numbers[0].phone_number_id
+        if pnid is None:
+            return None, _field_error("phone_number_id", "required (several numbers configured)")
+        if config.number(str(pnid)) is None:
+            return None, _field_error("phone_number_id", f"{pnid} is not a configured number")
+        return str(pnid), None
+
+    async def create_call(request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        to = str(body.get("to", ""))
+        if not E164.match(to):
+            return _field_error("to", "must be an E.164 number like +5511987650000")
+        pnid, err = number_of(body)
+        if err:
+            return err
+        channel, context = body.get("channel"), body.get("context")
+        if bool(channel) == bool(context):
+            return _field_error("context", "give either context (+ extension) or channel")
+        extension = str(body.get("extension", "s"))
+        if ledger is not None:
+            decision = await ledger.can_call(pnid, to.lstrip("+"))
+            if not decision.allowed:
+                status = 429 if decision.reason.startswith("limit") else 409
+                return _error(status, decision.message, reason=decision.reason,
+                              next_allowed_at=decision.next_allowed_at,
+                              meta_code=decision.meta_code)
+        call = calls.dial(DialRequest(
+            to=to.lstrip("+"), phone_number_id=pnid, agent_channel=channel or None,
+            context=context or None, extension=extension, requested_by="api"))
+        return web.json_response(call_state(call), status=201,
+                                 headers={"Location": f"/v1/calls/{call.gateway_id}"})
+
+    async def get_call(request: web.Request) -> web.Response:
+        call = calls.find_outbound(request.match_info["id"])
+        if call is None:
+            if store is not None:
+                record = await store.get(request.match_info["id"])
+                if record is not None:
+                    return web.json_response(record.as_dict())
+            return _error(404, "no such call")
+        return web.json_response(call_state(call))
+
+    async def delete_call(request: web.Request) -> web.Response:
+        call = calls.find_outbound(request.match_info["id"])
+        if call is None:
+            return _error(404, "no such call")
+        call.hangup("hung up through the API")
+        await call.done.wait()
+        return web.json_response(call_state(call))
+
+    async def list_calls(request: web.Request) -> web.Response:
+        if store is None:
+            return _error(404, "call records are not enabled")
+        q = request.query
+        try:
+            filters = {"since": _when(q.get("since"), "since"),
+                       "until": _when(q.get("until"), "until"),
+                       "direction": q.get("direction") or None,
+                       "outcome": q.get("outcome") or None,
+                       "phone_number_id": q.get("phone_number_id") or None}
+            limit = int(q.get("limit", "1000"))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if q.get("format") == "csv":
+            out = io.StringIO()
+            await store.export_csv(out, **filters)
+            return web.Response(text=out.getvalue(), content_type="text/csv")
+        records = await store.list(limit=limit, **filters)
+        return web.json_response({"calls": [r.as_dict() for r in records]})
+
+    async def permission_request(request: web.Request) -> web.Response:
+        if ledger is None or request_permission is None:
+            return _error(404, "permission ledger not enabled")
+        body = await read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        to = str(body.get("to", ""))
+        if not E164.match(to):
+            return _field_error("to", "must be an E.164 number like +5511987650000")
+        pnid, err = number_of(body)
+        if err:
+            return err
+        decision, message_id = await request_permission(
+            pnid, to.lstrip("+"), str(body.get("body") or ""))
+        if not decision.allowed:
+            status = 429 if decision.reason.startswith("limit") else 409
+            return _error(status, decision.message, reason=decision.reason,
+                          next_allowed_at=decision.next_allowed_at, meta_code=decision.meta_code)
+        return web.json_response({"message_id": message_id, "sent_at": time.time()}, status=201)
+
+    async def get_permission(request: web.Request) -> web.Response:
+        if ledger is None:
+            return _error(404, "permission ledger not enabled")
+        pnid, user = request.match_info["pnid"], request.match_info["user"].lstrip("+")
+        state = await ledger.get(pnid, user)
+        call = await ledger.can_call(pnid, user)
+        req = await ledger.can_request(pnid, user)
+        return web.json_response({**state, "can_call": call.allowed, "call_reason": call.reason,
+                                  "can_request": req.allowed, "request_reason": req.reason,
+                                  "next_request_at": req.next_allowed_at})
+
+    app.router.add_post("/v1/calls", create_call)
+    app.router.add_get("/v1/calls", list_calls)
+    app.router.add_get("/v1/calls/{id}", get_call)
+    app.router.add_delete("/v1/calls/{id}", delete_call)
+    app.router.add_post("/v1/permission-requests", permission_request)
+    app.router.add_get("/v1/permissions/{pnid}/{user}", get_permission)

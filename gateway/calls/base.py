@@ -1,0 +1,242 @@
+"""What every call has, whichever side placed it: two legs, one end, one teardown.
+
+A call owns its WebRTC leg (WhatsApp), its RTP leg and port (Asterisk), its AMI channel listener
+and its tasks, and releases all of them in :meth:`Call._release` on every path. The first thing
+that ends the call — a terminate webhook, Asterisk's Hangup event, a media failure, a Graph
+error — resolves one future; everything after that is the same teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.calls.observer import CallObserver
+from gateway.calls.record import CallRecord, HangupSide
+from gateway.config import Config
+from gateway.media.codecs import ASTERISK_CODECS
+from gateway.media.ports import PortPool
+from gateway.media.rtp_leg import AsteriskRtpLeg
+from gateway.media.webrtc import WebRtcLeg
+from gateway.whatsapp.events import CallEvent
+from gateway.whatsapp.graph import ERROR_TEXT, GraphClient
+
+log = logging.getLogger(__name__)
+
+DTMF_DURATION_MS = 120
+"""Length of each digit played into Asterisk (PlayDTMF); Asterisk's own default is 100 ms."""
+
+
+@dataclass
+class CallDeps:
+    """What a call needs from the running gateway."""
+
+    config: Config
+    graph: GraphClient
+    ami: Any  # gateway.asterisk.ami.AmiClient
+    ports: PortPool
+    observer: CallObserver
+    ledger: Any = None  # gateway.calls.permissions.PermissionLedger (outbound calls)
+
+
+def caller_id(profile_name: str, number: str) -> str:
+    """``"Name" <+E164>``, as a PSTN trunk would present it; quotes and brackets removed."""
+    name = re.sub(r'["<>\\\r\n]', "", profile_name).strip()
+    num = number if number.startswith("+") else f"+{number}"
+    return f'"{name}" <{num}>' if name else f"<{num}>"
+
+
+class CallEnded(Exception):
+    """Raised inside set-up when the call ended while it was being set up."""
+
+
+class OriginateFailed(Exception):
+    """Asterisk would not create or describe the call's channel."""
+
+
+class Call:
+    def __init__(self, deps: CallDeps, record: CallRecord):
+        self.deps = deps
+        self.record = record
+        self.channel_id = record.channel_id
+        self._codec = ASTERISK_CODECS[deps.config.asterisk.codec]
+        record.codec = self._codec.name
+        self._t0 = time.perf_counter()
+        self._end: asyncio.Future[tuple[HangupSide, str]] = \
+            asyncio.get_running_loop().create_future()
+        self._dtmf_in: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Future] = []
+        self.leg: WebRtcLeg | None = None
+        self.rtp: AsteriskRtpLeg | None = None
+        self.channel_up = False
+        self.answered = False
+        """The WhatsApp side is answered (inbound: accept sent; outbound: the user picked up)."""
+        self.asterisk_cause: int | None = None
+        self.last_event_ts = 0
+        self.done = asyncio.Event()
+
+    @property
+    def wacid(self) -> str:
+        return self.record.wacid
+
+    # --- what the outside world tells the call -------------------------------------------------
+
+    def whatsapp_terminated(self, event: CallEvent) -> None:
+        """The user hung up, or Meta ended the call: the terminate webhook."""
+        err = event.errors[0] if event.errors else None
+        if err is not None:
+            self.record.meta_error_code = err.code
+            self.record.meta_error_text = err.message or ERROR_TEXT.get(err.code or 0, "")
+        self._finish(HangupSide.WHATSAPP, f"terminate webhook ({event.status or 'no status'})")
+
+    def _on_ami_event(self, ev: dict[str, str]) -> None:
+        name = ev.get("Event")
+        if name == "Hangup":
+            cause = ev.get("Cause", "")
+            self.asterisk_cause = int(cause) if cause.isdigit() else None
+            self._finish(HangupSide.ASTERISK,
+                         f"Asterisk hung up ({cause} {ev.get('Cause-txt', '')})".strip())
+        elif name == "DTMFEnd" and ev.get("Direction", "").lower() == "sent":
+            # Asterisk writes a digit to our channel (an agent's key press across a bridge):
+            # chan_rtp cannot send it, so it goes to WhatsApp as RFC 4733 (asterisk-handoff.md).
+            digit = ev.get("Digit", "")
+            duration = ev.get("DurationMs", "")
+            if self.leg is not None and digit:
+                self.leg.send_dtmf(digit, int(duration) if duration.isdigit() else 100)
+                self.record.dtmf_out += 1
+                self.deps.observer.call_event(self.record, "dtmf_out", digit=digit)
+
+    def _finish(self, side: HangupSide, why: str) -> None:
+        if not self._end.done():
+            self._end.set_result((side, why))
+
+    def hangup(self, why: str = "hung up through the API") -> None:
+        self._finish(HangupSide.GATEWAY, why)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    async def _until_end(self, aw, timeout: float | None = None):
+        """Await ``aw`` unless the call ends first (then raise CallEnded)."""
+        task = asyncio.ensure_future(aw)
+        done, _ = await asyncio.wait({task, self._end}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - abandoned either way
+            pass
+        if self._end.done():
+            raise CallEnded
+        raise TimeoutError
+
+    def _spawn(self, coro) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    # --- legs -----------------------------------------------------------------------------------
+
+    def _new_webrtc_leg(self) -> WebRtcLeg:
+        media = self.deps.config.media
+        leg = WebRtcLeg(name=self.wacid or self.channel_id, opus_bitrate=media.opus_bitrate,
+                        public_ip=media.public_ip, addresses=media.webrtc_addresses or None)
+        leg.on_state = self._on_webrtc_state
+        leg.on_dtmf = lambda digit, ms: self._dtmf_in.put_nowait(digit)
+        self.leg = leg
+        return leg
+
+    def _on_webrtc_state(self, state: str) -> None:
+        if state in ("failed", "closed") and not self._end.done():
+            self._finish(HangupSide.GATEWAY, f"WebRTC leg {state}")
+
+    async def _open_rtp_leg(self) -> AsteriskRtpLeg:
+        assert self.leg is not None
+        sock = self.deps.ports.bind(self.deps.config.media.rtp_address)
+        self.rtp = AsteriskRtpLeg(sock, self._codec, name=self.channel_id)
+        await self.rtp.start()
+        self.leg.on_audio = self.rtp.send
+        self.rtp.on_audio = self.leg.play
+        self.deps.ami.add_channel_listener(self.channel_id, self._on_ami_event)
+        return self.rtp
+
+    def _channel_variables(self, **extra: str) -> dict[str, str]:
+        rec = self.record
+        user = rec.from_number if rec.direction == "inbound" else rec.to_number
+        return {
+            "WA_CALL_ID": rec.wacid,
+            "WA_FROM": f"+{rec.from_number.lstrip('+')}",
+            "WA_TO": f"+{rec.to_number.lstrip('+')}",
+            "WA_USER": f"+{user.lstrip('+')}",
+            "WA_PHONE_NUMBER_ID": rec.phone_number_id,
+            "WA_DIRECTION": rec.direction.value,
+            "WA_CHANNEL_ID": self.channel_id,
+            **extra,
+        }
+
+    async def _originate(self, *, caller: str, variables: dict[str, str],
+                         context: str | None = None, exten: str | None = None,
+                         application: str | None = None, data: str | None = None) -> None:
+        """Create the UnicastRTP channel and point our RTP leg at Asterisk's port."""
+        assert self.rtp is not None
+        kwargs: dict[str, Any] = {"application": application, "data": data} if application \
+            else {"context": context, "exten": exten}
+        result = await self._until_end(self.deps.ami.originate_unicast(
+            channel_id=self.channel_id, rtp_host=self.rtp.local[0], rtp_port=self.rtp.port,
+            codec=self._codec.name, caller_id=caller, variables=variables, **kwargs))
+        if not result.success:
+            raise OriginateFailed(f"Asterisk refused the channel (reason {result.reason})")
+        self.channel_up = True
+        self.record.channel = result.channel
+        ami = self.deps.ami
+        port = await self._until_end(ami.getvar(self.channel_id, "UNICASTRTP_LOCAL_PORT"))
+        host = await self._until_end(ami.getvar(self.channel_id, "UNICASTRTP_LOCAL_ADDRESS"))
+        if not port or not str(port).isdigit():
+            raise OriginateFailed(f"Asterisk gave no RTP port for the channel ({port!r})")
+        self.rtp.set_remote(host if host and host != "0.0.0.0" else self.rtp.local[0], int(port))
+        self._spawn(self._forward_dtmf())
+
+    async def _forward_dtmf(self) -> None:
+        """WhatsApp key presses → PlayDTMF Receive:true, in order, one AMI action at a time."""
+        while True:
+            digit = await self._dtmf_in.get()
+            self.record.dtmf_in += 1
+            self.deps.observer.call_event(self.record, "dtmf", digit=digit)
+            try:
+                await self.deps.ami.play_dtmf(self.channel_id, digit, DTMF_DURATION_MS)
+            except Exception as exc:  # Asterisk gone: the Hangup path ends the call
+                log.warning("call %s: PlayDTMF %s failed: %s", self.wacid, digit, exc)
+
+    async def _hangup_channel(self, q850: int) -> None:
+        try:
+            await self.deps.ami.hangup(self.channel_id, q850)
+        except Exception as exc:
+            log.warning("call %s: AMI Hangup of %s failed: %s (the orphan sweep will catch it)",
+                        self.wacid, self.channel_id, exc)
+
+    async def _release(self) -> None:
+        """Close everything this call opened; collect media stats into the record."""
+        rec = self.record
+        for task in self._tasks:
+            task.cancel()
+        if self.leg is not None:
+            try:
+                stats = await asyncio.wait_for(self.leg.stats(), 1.0)
+                rec.packets_in = int(stats.get("packets_received", 0))
+                rec.packets_out = int(stats.get("frames_sent", 0))
+                rec.packets_lost = int(stats.get("packets_lost", 0))
+                rec.jitter_seconds = stats.get("jitter_seconds")
+                rec.rtt_seconds = stats.get("rtt_seconds")
+            except Exception:  # stats are best effort
+                pass
+            await self.leg.close()
+        self.deps.ami.remove_channel_listener(self.channel_id)
+        if self.rtp is not None:
+            self.rtp.close()
+            self.deps.ports.release(self.rtp.port)
+        rec.ended_at = rec.ended_at or time.time()
+        self.done.set()

@@ -1,0 +1,129 @@
+"""The whole product on loopback: the WhatsApp simulator, the gateway, and the real Asterisk.
+
+Each business number of the test config routes into one scenario context of
+asterisk-overlay/extensions_local.conf (or the sample IVR), so a test picks its dialplan by
+the number the simulated user calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.media import aiortc_hooks
+from gateway.sandbox.local_asterisk import LocalAsterisk
+from gateway.simulator.cloud_api import CloudApiSimulator
+
+PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+APP_SECRET = "e2e-app-secret"
+ACCESS_TOKEN = "e2e-access-token"
+API_TOKEN = "e2e-api-token"
+
+# phone_number_id -> (display number, context)
+NUMBERS = {
+    "100000000000001": ("15550000001", "test-marker"),
+    "100000000000002": ("15550000002", "test-echo"),
+    "100000000000003": ("15550000003", "test-read"),
+    "100000000000004": ("15550000004", "test-hangup"),
+    "100000000000005": ("15550000005", "from-whatsapp"),
+    "100000000000006": ("15550000006", "test-wait"),
+}
+
+
+def number_for(context: str) -> tuple[str, str]:
+    for pnid, (display, ctx) in NUMBERS.items():
+        if ctx == context:
+            return pnid, display
+    raise KeyError(context)
+
+
+@dataclass
+class Stack:
+    sim: CloudApiSimulator
+    gateway: Gateway
+    asterisk: LocalAsterisk
+    events: list[dict] = field(default_factory=list)
+    _waiters: list[tuple] = field(default_factory=list)
+
+    def on_event(self, ev: dict) -> None:
+        self.events.append(ev)
+        for predicate, fut in list(self._waiters):
+            if not fut.done() and predicate(ev):
+                fut.set_result(ev)
+
+    async def wait_event(self, predicate, timeout: float = 15.0) -> dict:
+        for ev in self.events:
+            if predicate(ev):
+                return ev
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, fut))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def place_call(self, context: str, **kwargs):
+        pnid, display = number_for(context)
+        kwargs.setdefault("from_wa_id", "15550002222")
+        return await self.sim.place_call(phone_number_id=pnid, display_phone_number=display,
+                                         **kwargs)
+
+    async def channels(self) -> list[dict]:
+        return [c for c in await self.gateway.ami.core_show_channels()
+                if c.get("Uniqueid", "").startswith("wa-")]
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until the gateway holds no call and Asterisk no channel of ours."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            tasks = set(self.gateway.calls._tasks)
+            if tasks:
+                await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
+            if not self.gateway.calls.calls and not await self.channels():
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"not idle: calls={list(self.gateway.calls.calls)} "
+                                     f"channels={await self.channels()}")
+            # Asterisk removes a hung-up channel asynchronously: poll its own listing.
+            await asyncio.sleep(0.05)
+
+
+def make_config(graph_url: str, ami_port: int, **overrides):
+    data = {
+        "whatsapp": {"graph_url": graph_url, "access_token": ACCESS_TOKEN,
+                     "app_secret": APP_SECRET, "verify_token": "e2e-verify"},
+        "numbers": [{"phone_number_id": pnid, "display_number": display, "context": ctx}
+                    for pnid, (display, ctx) in NUMBERS.items()],
+        "asterisk": {"ami": {"host": "127.0.0.1", "port": ami_port, "username": "gateway",
+                             "secret": "gateway-secret"}, "codec": "g722"},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "42000-42199"},
+        "http": {"listen": "127.0.0.1:0"},
+        "api": {"tokens": [API_TOKEN]},
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(data, env={})
+
+
+@pytest.fixture
+async def stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Stack]:
+    aiortc_hooks.install()
+    aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    config = make_config(sim.url, asterisk.ami_port,
+                         store={"path": str(tmp_path / "gateway.sqlite3")})
+    gateway = Gateway(config)
+    await gateway.start()
+    sim.webhook_url = f"{gateway.url}/webhook"
+    s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
+    gateway.ami.add_event_listener("*", s.on_event)
+    try:
+        yield s
+    finally:
+        await gateway.stop()
+        await sim.close()

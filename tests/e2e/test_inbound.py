@@ -1,0 +1,194 @@
+"""A WhatsApp user calls the business: simulator phone → gateway → real Asterisk dialplan.
+
+Each test reads like the scenario an admin would describe, runs against the dialplan in
+asterisk-overlay/extensions_local.conf (or the sample IVR), and asserts on what Asterisk itself
+reports (UserEvent markers, DTMFEnd, CoreShowChannels) and what the simulated phone heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from gateway.whatsapp.signature import sign
+
+from .conftest import APP_SECRET, PAYLOADS, Stack
+
+pytestmark = pytest.mark.asterisk
+
+
+def user_event(name: str):
+    return lambda ev: ev.get("Event") == "UserEvent" and ev.get("UserEvent") == name
+
+
+async def test_caller_id_call_id_and_context_reach_the_dialplan(stack: Stack):
+    call = await stack.place_call("test-marker", from_wa_id="5511999990000",
+                                  profile_name="Maria")
+    marker = await stack.wait_event(user_event("TestMarker"))
+    assert marker["CallerNum"] == "+5511999990000"
+    assert marker["CallerName"] == "Maria"
+    assert marker["WaCallId"] == call.call_id
+    assert marker["DialplanContext"] == "test-marker"
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    assert call.pre_accepted.is_set()
+    # pre_accept and accept carried the same SDP answer, with one sha-256 fingerprint
+    (pre,) = stack.sim.requests_for(call.call_id, "pre_accept")
+    (acc,) = stack.sim.requests_for(call.call_id, "accept")
+    assert pre.body["session"]["sdp"] == acc.body["session"]["sdp"]
+    answer = acc.body["session"]["sdp"]
+    assert "a=setup:active" in answer and "a=ice-lite" not in answer
+    assert [ln for ln in answer.split("\r\n") if ln.startswith("a=fingerprint")] == \
+        [ln for ln in answer.split("\r\n") if ln.startswith("a=fingerprint:sha-256")]
+    assert answer.count("a=fingerprint") == 1
+    assert "a=rtpmap:111 opus/48000/2" in answer and "a=rtpmap:126 telephone-event/8000" in answer
+    assert len({ln.split()[0] for ln in answer.split("\r\n") if ln.startswith("a=ssrc:")}) == 1
+    await call.hangup()
+    await stack.wait_idle()
+
+
+async def test_tone_comes_back_through_echo(stack: Stack):
+    call = await stack.place_call("test-echo")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await asyncio.wait_for(call.media_connected.wait(), 10)
+    started = call.transcript.now()
+    await call.phone.say_tone(700, 2.0)
+    heard = call.phone.heard(since=started + 0.5, until=call.transcript.now())
+    assert heard.kind == "tone", heard
+    assert heard.frequency == pytest.approx(700, abs=25), heard
+    assert heard.dbfs > -35, heard
+    await call.hangup()
+    await stack.wait_idle()
+
+
+async def test_ivr_prompt_reaches_the_caller(stack: Stack):
+    call = await stack.place_call("from-whatsapp")
+    await stack.wait_event(user_event("WhatsAppCallStart"))
+    first = await call.phone.wait_audio(timeout=10)
+    await asyncio.sleep(1.0)  # listen to one second of the menu prompt
+    heard = call.phone.heard(since=first, until=call.transcript.now())
+    assert heard.kind != "silence" and heard.dbfs > -40, f"menu prompt not heard: {heard}"
+    await call.hangup()
+    await stack.wait_idle()
+
+
+async def test_digits_reach_read_exactly_once(stack: Stack):
+    call = await stack.place_call("test-read")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await asyncio.wait_for(call.media_connected.wait(), 10)
+    await call.phone.press("123#")
+    read = await stack.wait_event(user_event("TestRead"))
+    assert read["Digits"] == "123"
+    channel_id = stack.gateway.calls.calls[call.call_id].channel_id
+    ends = [ev["Digit"] for ev in stack.events
+            if ev.get("Event") == "DTMFEnd" and ev.get("Uniqueid") == channel_id]
+    assert ends == ["1", "2", "3", "#"]
+    await call.hangup()
+    await stack.wait_idle()
+
+
+async def test_user_hangup_clears_asterisk_and_sends_no_terminate(stack: Stack):
+    call = await stack.place_call("test-wait")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    assert len(await stack.channels()) == 1
+    channel_id = stack.gateway.calls.calls[call.call_id].channel_id
+    await call.hangup()
+    hangup = await stack.wait_event(
+        lambda ev: ev.get("Event") == "Hangup" and ev.get("Uniqueid") == channel_id)
+    assert hangup["Cause"] == "16"
+    await stack.wait_idle()
+    assert stack.sim.requests_for(call.call_id, "terminate") == []
+    assert stack.gateway.ports.free == len(stack.gateway.config.media.rtp_ports)
+
+
+async def test_dialplan_hangup_terminates_the_whatsapp_call(stack: Stack):
+    call = await stack.place_call("test-hangup")
+    await asyncio.wait_for(call.ended.wait(), 15)
+    await stack.wait_idle()
+    assert len(stack.sim.requests_for(call.call_id, "terminate")) == 1
+    assert call.ended_by == "business"
+
+
+async def test_terminate_before_connect_never_starts_a_call(stack: Stack):
+    """Meta does not guarantee order: a terminate overtaking its connect must win."""
+    pnid = "100000000000006"
+    connect = json.loads(PAYLOADS.joinpath("webhook-connect-user-initiated.json").read_text())
+    terminate = json.loads(PAYLOADS.joinpath("webhook-terminate-completed.json").read_text())
+    for body in (terminate, connect):
+        body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = pnid
+    call_id = connect["entry"][0]["changes"][0]["value"]["calls"][0]["id"]
+    assert terminate["entry"][0]["changes"][0]["value"]["calls"][0]["id"] == call_id
+    assert (await stack.sim.send_webhook(terminate)).status == 200
+    assert (await stack.sim.send_webhook(connect)).status == 200
+    await stack.wait_idle()
+    assert call_id not in stack.gateway.calls.calls
+    assert stack.sim.requests_for(call_id) == []
+    assert await stack.channels() == []
+
+
+async def test_duplicate_connect_makes_one_call(stack: Stack):
+    call = await stack.place_call("test-wait")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    again = await stack.sim.redeliver(call.webhooks[0])
+    assert again.status == 200
+    assert len(await stack.channels()) == 1
+    assert len(stack.sim.requests_for(call.call_id, "pre_accept")) == 1
+    await call.hangup()
+    await stack.wait_idle()
+
+
+async def post_webhook(stack: Stack, body: bytes, signature: str | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.gateway.url}/webhook", data=body,
+                                headers=headers) as resp:
+            return resp.status
+
+
+async def test_bad_signatures_are_refused_and_start_nothing(stack: Stack):
+    call = await stack.place_call("test-wait")  # a real call, to have a real body to replay
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await call.hangup()
+    await stack.wait_idle()
+    body = stack.sim.encode(stack.sim.connect_payload(call)).replace(
+        call.call_id.encode(), b"wacid.FORGED0001")
+    assert await post_webhook(stack, body, None) == 403
+    assert await post_webhook(stack, body, sign("wrong-secret", body)) == 403
+    assert await post_webhook(stack, body + b" ", sign(APP_SECRET, body)) == 403
+    assert stack.sim.requests_for("wacid.FORGED0001") == []
+    assert await stack.channels() == []
+
+
+async def test_malformed_json_is_400(stack: Stack):
+    body = b'{"object": "whatsapp_business_account", "entry": ['
+    assert await post_webhook(stack, body, sign(APP_SECRET, body)) == 400
+
+
+async def test_unknown_number_is_rejected(stack: Stack):
+    call = await stack.sim.place_call(from_wa_id="15550002222",
+                                      phone_number_id="999999999999999",
+                                      display_phone_number="15559999999")
+    await asyncio.wait_for(call.ended.wait(), 10)
+    assert len(stack.sim.requests_for(call.call_id, "reject")) == 1
+    assert stack.sim.requests_for(call.call_id, "pre_accept") == []
+    assert await stack.channels() == []
+
+
+async def test_offer_without_audio_is_rejected(stack: Stack):
+    call = await stack.place_call("test-wait")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await call.hangup()
+    await stack.wait_idle()
+    payload = stack.sim.connect_payload(call)
+    value = payload["entry"][0]["changes"][0]["value"]
+    value["calls"][0]["id"] = "wacid.NOAUDIO0001"
+    sdp = value["calls"][0]["session"]["sdp"]
+    value["calls"][0]["session"]["sdp"] = sdp.split("m=audio")[0]
+    assert (await stack.sim.send_webhook(payload)).status == 200
+    await stack.wait_idle()  # includes the background task that sends the reject
+    assert len(stack.sim.requests_for("wacid.NOAUDIO0001", "reject")) == 1
+    assert await stack.channels() == []
