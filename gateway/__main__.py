@@ -89,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, args.log_format)
     from gateway.sandbox.demo import run_demo
 
-    asyncio.run(run_demo(Path(args.config) if args.config else None))
+    asyncio.run(run_demo(Path(args.config) if args.config else None, args.call))
     return 0
 
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="local Asterisk + WhatsApp simulator + gateway, no Meta "
                                     "account needed")
     common(p, config_default=None)
+    p.add_argument("--call", metavar="SCRIPT",
+                   help="place one simulated call with this script, print it, and stop")
     p.set_defaults(func=cmd_demo)
 
     try:
@@ -126,13 +128,153 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("sim", help="the WhatsApp Cloud API and phone simulator")
         add_subcommands(p.add_subparsers(dest="sim_command", required=True))
 
-    for extra in ("gateway.calls_cli", "gateway.settings_cli"):
-        try:
-            module = __import__(extra, fromlist=["add_subcommands"])
-        except ImportError:
-            continue
-        module.add_subcommands(sub)
+    p = sub.add_parser("calls", help="call records (one per call, joinable with Asterisk's CDR)")
+    calls_sub = p.add_subparsers(dest="calls_command", required=True)
+    q = calls_sub.add_parser("list", help="list call records, newest first (or CSV)")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--since", help="e.g. 24h, 2026-01-31, 2026-01-31T08:00, unix seconds")
+    q.add_argument("--until")
+    q.add_argument("--direction", choices=["inbound", "outbound"])
+    q.add_argument("--outcome")
+    q.add_argument("--phone-number-id")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--csv", action="store_true", help="CSV for a spreadsheet, oldest first")
+    q.set_defaults(func=cmd_calls_list)
+
+    p = sub.add_parser("settings", help="Meta calling settings kept in the config")
+    settings_sub = p.add_subparsers(dest="settings_command", required=True)
+    q = settings_sub.add_parser("apply", help="show the diff against Meta, then apply it")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--dry-run", action="store_true", help="only show the diff")
+    q.add_argument("--phone-number-id", action="append")
+    q.set_defaults(func=cmd_settings_apply)
+
+    p = sub.add_parser("permissions", help="outbound call permissions (ledger and requests)")
+    perm_sub = p.add_subparsers(dest="permissions_command", required=True)
+    q = perm_sub.add_parser("show", help="what the ledger knows of one user")
+    q.add_argument("user", help="the WhatsApp user, E.164")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--phone-number-id")
+    q.set_defaults(func=cmd_permissions_show)
+    q = perm_sub.add_parser("request", help="send a call-permission request message")
+    q.add_argument("user", help="the WhatsApp user, E.164")
+    q.add_argument("--body", default="May we call you on WhatsApp about your request?")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--phone-number-id")
+    q.set_defaults(func=cmd_permissions_request)
     return parser
+
+
+def _number_id(config: Config, given: str | None) -> str:
+    if given:
+        if config.number(given) is None:
+            raise SystemExit(f"--phone-number-id {given} is not in the config's numbers")
+        return given
+    if len(config.numbers) != 1:
+        raise SystemExit("several numbers are configured: give --phone-number-id")
+    return config.numbers[0].phone_number_id
+
+
+def cmd_calls_list(args: argparse.Namespace) -> int:
+    from gateway.store import CallStore, filters_from_query
+
+    config = _load(args.config)
+    query = {k: v for k, v in {"since": args.since, "until": args.until,
+                               "direction": args.direction, "outcome": args.outcome,
+                               "phone_number_id": args.phone_number_id}.items() if v}
+    try:
+        filters = filters_from_query(query)
+    except ValueError as exc:
+        raise SystemExit(f"calls list: {exc}") from None
+
+    async def run() -> None:
+        store = await CallStore.open(config.store.path)
+        try:
+            if args.csv:
+                await store.export_csv(sys.stdout, **filters)
+                return
+            records = await store.list(limit=args.limit, **filters)
+            print(f"{'webhook (UTC)':19}  {'dir':8} {'from':>14} {'to':>14}  {'outcome':9} "
+                  f"{'dur':>5}  {'side':8} {'q850':>4} {'meta':>6}  wacid / channel")
+            import datetime as dt
+
+            for r in records:
+                when = dt.datetime.fromtimestamp(r.webhook_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+                dur = f"{r.duration_seconds:.0f}" if r.duration_seconds is not None else "-"
+                print(f"{when:19}  {r.direction.value:8} {r.from_number:>14} {r.to_number:>14}  "
+                      f"{r.outcome.value:9} {dur:>5}  "
+                      f"{r.hangup_side.value if r.hangup_side else '-':8} "
+                      f"{r.q850_cause if r.q850_cause is not None else '-':>4} "
+                      f"{r.meta_error_code or '-':>6}  {r.wacid} {r.channel_id or ''}")
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_settings_apply(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from gateway.settings import apply_settings
+
+    config = _load(args.config)
+
+    async def run() -> int:
+        async with aiohttp.ClientSession() as session:
+            return await apply_settings(config, session, args.dry_run, sys.stdout,
+                                        args.phone_number_id)
+
+    return asyncio.run(run())
+
+
+def cmd_permissions_show(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.calls.permissions import PermissionLedger
+
+    config = _load(args.config)
+    pnid = _number_id(config, args.phone_number_id)
+    user = args.user.lstrip("+")
+
+    async def run() -> None:
+        ledger = await PermissionLedger.open(config.store.path)
+        try:
+            state = await ledger.get(pnid, user)
+            call = await ledger.can_call(pnid, user)
+            req = await ledger.can_request(pnid, user)
+            print(json.dumps({**state, "can_call": call.to_dict(), "can_request": req.to_dict()},
+                             indent=2, default=str))
+        finally:
+            await ledger.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_permissions_request(args: argparse.Namespace) -> int:
+    from gateway.calls.permissions import PermissionLedger, request_permission
+    from gateway.whatsapp.graph import GraphClient
+
+    config = _load(args.config)
+    pnid = _number_id(config, args.phone_number_id)
+
+    async def run() -> int:
+        ledger = await PermissionLedger.open(config.store.path)
+        graph = GraphClient(config.whatsapp)
+        try:
+            decision, message_id = await request_permission(graph, ledger, pnid,
+                                                            args.user.lstrip("+"), args.body)
+        finally:
+            await graph.close()
+            await ledger.close()
+        if decision.allowed:
+            print(f"permission request sent to {args.user} (message {message_id})")
+            return 0
+        print(f"not sent: {decision.message}", file=sys.stderr)
+        return 1
+
+    return asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,60 +2,37 @@
 
 Nothing here makes decisions about calls; it builds the pieces from the validated config,
 connects them, and starts/stops them in an order that never loses a call record: the store
-opens before the first webhook is accepted and closes after the last call has ended.
+opens (and closes the records a previous run left active) before the first webhook is accepted,
+and closes after the last call has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.calls.base import CallDeps
 from gateway.calls.manager import CallManager
-from gateway.calls.observer import CallObserver, ObserverGroup
-from gateway.calls.record import CallRecord
+from gateway.calls.observer import ObserverGroup
 from gateway.config import Config
+from gateway.health import PortUsage, ReadinessInputs, add_health_routes
+from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
+from gateway.metrics import GatewayMetrics, MetricsObserver
+from gateway.settings import route_for
+from gateway.store import CallStore, StoreObserver
+from gateway.whatsapp.events import CallEvent
 from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
 
 log = logging.getLogger(__name__)
-
-
-class CallLog(CallObserver):
-    """One log line per call event, with the WhatsApp call id and the Asterisk channel id, so
-    an admin can follow a call across both systems (grep either id)."""
-
-    def _line(self, record: CallRecord, event: str, level: int = logging.INFO,
-              **fields: object) -> None:
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, ""))
-        log.log(level, "call event=%s wacid=%s channel=%s %s", event, record.wacid,
-                record.channel_id or "-", extra)
-
-    def call_admitted(self, record: CallRecord) -> None:
-        self._line(record, "admitted", number=record.phone_number_id,
-                   caller=f"+{record.from_number}", context=record.context)
-
-    def call_rejected(self, record: CallRecord) -> None:
-        self._line(record, "rejected", logging.WARNING, reason=repr(record.reason))
-
-    def call_setup(self, record: CallRecord, stage: str, seconds: float) -> None:
-        self._line(record, f"setup_{stage}", seconds=f"{seconds:.3f}")
-
-    def call_event(self, record: CallRecord, event: str, **fields: object) -> None:
-        self._line(record, event, **fields)
-
-    def call_ended(self, record: CallRecord) -> None:
-        self._line(record, "ended", outcome=record.outcome.value,
-                   side=record.hangup_side.value if record.hangup_side else None,
-                   q850=record.q850_cause, meta_code=record.meta_error_code,
-                   duration=f"{record.duration_seconds:.1f}" if record.duration_seconds else None,
-                   reason=repr(record.reason))
 
 
 @dataclass
@@ -64,45 +41,103 @@ class Gateway:
 
     def __post_init__(self) -> None:
         aiortc_hooks.install()
-        self.observers = ObserverGroup(CallLog())
-        self.graph = GraphClient(self.config.whatsapp, observer=self._graph_observed)
-        self.ami = AmiClient(self.config.asterisk.ami)
-        self.ports = PortPool(self.config.media.rtp_ports)
-        self.calls = CallManager(CallDeps(config=self.config, graph=self.graph, ami=self.ami,
+        cfg = self.config
+        self.metrics = GatewayMetrics.from_config(cfg)
+        self.store: CallStore | None = None
+        self.observers = ObserverGroup(LogObserver(), MetricsObserver(self.metrics))
+        self.graph = GraphClient(cfg.whatsapp, observer=self.metrics.graph_request)
+        self.ami = AmiClient(cfg.asterisk.ami)
+        self.ami.on_connection_change.append(self.metrics.ami_connection)
+        self.ports = PortPool(cfg.media.rtp_ports)
+        self.ledger = None
+        self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
+        self.calls.route_hook = self._route
         self.ami.owned = self.calls.owns_channel
         self.web = web.Application()
-        add_webhook_routes(self.web, self.config.whatsapp, self.calls.handle,
-                           self._webhook_observed)
+        add_webhook_routes(self.web, cfg.whatsapp, self.calls.handle, self.metrics.webhook)
+        self.metrics.add_route(self.web)
+        add_health_routes(self.web, self._readiness)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
-    # Hooks for metrics (issue: operators); logging only until then.
-    def _graph_observed(self, action: str, result: str, seconds: float) -> None:
-        log.debug("graph %s -> %s in %.3f s", action, result, seconds)
+    def _route(self, event: CallEvent) -> tuple[str, str] | None:
+        """Closed hours send the call to the number's closed_context (settings.call_hours)."""
+        number = self.config.number(event.phone_number_id)
+        if number is None:
+            return None
+        route = route_for(number, dt.datetime.now(dt.UTC))
+        return route.context, route.extension
 
-    def _webhook_observed(self, result: str) -> None:
-        log.debug("webhook %s", result)
+    async def _readiness(self) -> ReadinessInputs:
+        self.metrics.rtp_ports(self.ports.free)
+        writable, detail = (await self.store.check_writable()) if self.store \
+            else (False, "store not open")
+        return ReadinessInputs(
+            ami_connected=self.ami.connected,
+            ami_detail=f"AMI {self.config.asterisk.ami.host}:{self.config.asterisk.ami.port}",
+            store_writable=writable, store_detail=detail,
+            port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
+            draining=not self.calls.accepting)
 
     @property
     def url(self) -> str:
         return f"http://{self.config.http.host}:{self.port}"
 
     async def start(self) -> None:
+        self.store = await CallStore.open(self.config.store.path)
+        closed = await self.store.close_orphans()
+        if closed:
+            log.warning("closed %d call record(s) left active by a previous run as failed",
+                        closed)
+        self.observers.observers.append(StoreObserver(self.store))
+        await self._start_ledger()
         await self.graph.start()
         try:
             await self.ami.connect()
         except AmiError as exc:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
+        add_api_routes(self.web, self.config, self.calls, store=self.store, ledger=self.ledger,
+                       request_permission=self._request_permission)
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
+
+    async def _start_ledger(self) -> None:
+        """The outbound permission ledger, in the same SQLite file as the call records."""
+        try:
+            from gateway.calls.permissions import PermissionLedger
+        except ImportError:  # pragma: no cover
+            return
+        self.ledger = await PermissionLedger.open(self.config.store.path)
+        self.calls.deps.ledger = self.ledger
+        self.calls.event_hooks.append(self._permission_reply)
+
+    def _permission_reply(self, event) -> bool:
+        from gateway.whatsapp.events import PermissionReply
+
+        if not isinstance(event, PermissionReply) or self.ledger is None:
+            return False
+        self.calls._spawn(self.ledger.apply_reply(event))
+        self.metrics.permission_request(
+            "accepted" if event.response == "accept" else "rejected", event.phone_number_id)
+        return True
+
+    async def _request_permission(self, pnid: str, user: str, body: str):
+        from gateway.calls.permissions import request_permission
+
+        decision, message_id = await request_permission(self.graph, self.ledger, pnid, user,
+                                                        body)
+        if decision.allowed:
+            self.metrics.permission_request("sent", pnid)
+        else:
+            self.metrics.permission_refused(decision.reason, pnid, what="request")
+        return decision, message_id
 
     async def stop(self) -> None:
         await self.calls.shutdown()
@@ -111,6 +146,11 @@ class Gateway:
             self._runner = None
         await self.ami.close()
         await self.graph.close()
+        if self.ledger is not None:
+            await self.ledger.close()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
 
     async def serve_forever(self) -> None:
         await self.start()

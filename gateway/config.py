@@ -309,6 +309,10 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         if not isinstance(calling, dict):
             r.fail(f"{path}.calling", "must be a mapping of Meta calling settings")
             calling = {}
+        else:
+            from gateway.settings import validate_calling  # settings imports this module
+
+            r.problems.extend(validate_calling(calling, f"{path}.calling"))
         numbers.append(NumberSettings(
             phone_number_id=pnid,
             context=r.string(item, "context", f"{path}.context") or "",

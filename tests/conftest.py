@@ -34,7 +34,8 @@ def asterisk() -> Iterator[LocalAsterisk]:
     Synchronous on purpose: it is just a process, and each asyncio.run() here leaves nothing
     bound to an event loop, so tests in their own loops can use it.
     """
-    instance = LocalAsterisk("pytest", overlay_dir=OVERLAY, ami_port=test_ami_port())
+    instance = LocalAsterisk(os.environ.get("WA_TEST_ASTERISK_NAME", "pytest"), overlay_dir=OVERLAY,
+                             ami_port=test_ami_port())
     asyncio.run(instance.start())
     try:
         yield instance

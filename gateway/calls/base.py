@@ -27,6 +27,7 @@ from gateway.whatsapp.graph import ERROR_TEXT, GraphClient
 
 log = logging.getLogger(__name__)
 
+MEDIA_LOSS_GRACE_S = 2.0
 DTMF_DURATION_MS = 120
 """Length of each digit played into Asterisk (PlayDTMF); Asterisk's own default is 100 ms."""
 
@@ -152,7 +153,16 @@ class Call:
 
     def _on_webrtc_state(self, state: str) -> None:
         if state in ("failed", "closed") and not self._end.done():
-            self._finish(HangupSide.GATEWAY, f"WebRTC leg {state}")
+            self._spawn(self._media_lost(state))
+
+    async def _media_lost(self, state: str) -> None:
+        """The WebRTC leg went down. When the user hangs up, the phone's DTLS close usually
+        overtakes Meta's terminate webhook: wait a moment for it, so a normal hangup is not
+        recorded as a media failure (and no needless terminate is sent)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._end), MEDIA_LOSS_GRACE_S)
+        except TimeoutError:
+            self._finish(HangupSide.GATEWAY, f"WebRTC leg {state} (media lost)")
 
     async def _open_rtp_leg(self) -> AsteriskRtpLeg:
         assert self.leg is not None

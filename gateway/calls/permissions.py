@@ -313,13 +313,14 @@ class PermissionLedger:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(db, *args)`` on the ledger thread inside one write transaction."""
+    async def _tx(self, fn: Callable[..., T], *args: Any, write: bool = True) -> T:
+        """Run ``fn(db, *args)`` on the ledger thread inside one transaction (a read-only one
+        takes no write lock, so it never waits for the call store's writes)."""
         def work() -> T:
             db = self._db
             if db is None:
                 raise LedgerClosed(f"permission ledger {self.path} is closed")
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 out = fn(db, *args)
             except BaseException:
@@ -357,16 +358,19 @@ class PermissionLedger:
     async def can_call(self, phone_number_id: str, user: str,
                        now: float | None = None) -> Decision:
         """May the business start a call to ``user`` now (before ``POST /calls connect``)?"""
-        return await self._tx(self._decide_call, phone_number_id, user, _now(now))
+        return await self._tx(self._decide_call, phone_number_id, user, _now(now),
+                              write=False)
 
     async def can_request(self, phone_number_id: str, user: str,
                           now: float | None = None) -> Decision:
         """May the business send ``user`` a call permission request now?"""
-        return await self._tx(self._decide_request, phone_number_id, user, _now(now))
+        return await self._tx(self._decide_request, phone_number_id, user, _now(now),
+                              write=False)
 
     async def get(self, phone_number_id: str, user: str, now: float | None = None) -> dict:
         """Everything the ledger knows of the pair, JSON-ready, for the API."""
-        return await self._tx(self._describe, phone_number_id, user, _now(now))
+        return await self._tx(self._describe, phone_number_id, user, _now(now),
+                              write=False)
 
     # ---- recording -----------------------------------------------------------------------
 
@@ -612,6 +616,9 @@ class PermissionLedger:
             log.warning("call permission %s/%s revoked: %d business calls in a row unanswered",
                         pnid, user, streak)
             self._set_permission(db, pnid, user, "no_permission", None, "automatic", now)
+            # Meta's count restarts with the revocation (a new grant starts from zero).
+            db.execute("UPDATE permissions SET unanswered_streak = 0 "
+                       "WHERE phone_number_id = ? AND wa_id = ?", (pnid, user))
         elif streak == self.limits.unanswered_to_nudge:
             log.info("call permission %s/%s: %d unanswered calls in a row; WhatsApp now nudges "
                      "the user to revoke", pnid, user, streak)
@@ -719,7 +726,7 @@ class PermissionLedger:
         else:
             table, at = "business_calls", "at"
             extra = " AND answered = 1"
-            columns, values = "(phone_number_id, wa_id, at, origin, answered)", "?, ?, ?, 1"
+            columns, values = "(phone_number_id, wa_id, at, answered, origin)", "?, ?, ?, 1"
         shorter = 0.0
         for period, maximum, usage, expiry in sorted(windows):
             if usage is None or usage < 0:

@@ -153,3 +153,63 @@ class GraphClient:
             return str(data["calls"][0]["id"])
         except (KeyError, IndexError, TypeError):
             raise GraphError("connect", f"answer has no calls[0].id: {data}") from None
+
+    # ---- outbound calls: messages and call permissions (whatsapp-calling.md §3, §5) -------
+
+    async def _get(self, phone_number_id: str, path: str, action: str,
+                   params: dict[str, str]) -> dict[str, Any]:
+        """A GET with the same error handling, timeout and observer as :meth:`_post`."""
+        await self.start()
+        assert self._session is not None
+        url = f"{self.settings.graph_url}/{phone_number_id}/{path}"
+        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            async with self._session.get(url, params=params, headers=headers) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except (aiohttp.ContentTypeError, ValueError):
+                    data = None
+                if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
+                    err = data.get("error") if isinstance(data, dict) else None
+                    if isinstance(err, dict):
+                        code = err.get("code")
+                        code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() \
+                            else None
+                        error_data = err.get("error_data")
+                        details = error_data.get("details", "") \
+                            if isinstance(error_data, dict) else ""
+                        result = str(code) if code is not None else f"http_{resp.status}"
+                        raise GraphError(action, str(err.get("message", "")), code=code,
+                                         http_status=resp.status, details=str(details))
+                    result = f"http_{resp.status}"
+                    raise GraphError(action, "unexpected answer", http_status=resp.status)
+                return data
+        except TimeoutError:
+            result = "timeout"
+            raise GraphError(action, f"no answer within {self.settings.graph_timeout_s} s") \
+                from None
+        except aiohttp.ClientError as exc:
+            result = "unreachable"
+            raise GraphError(action, f"cannot reach the Graph API: {exc}") from None
+        finally:
+            self._observer(action, result, time.perf_counter() - started)
+
+    async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> str:
+        """``POST /{pnid}/messages`` (§5); returns Meta's message id (``wamid.``...).
+
+        ``body`` is the message without ``messaging_product``, which is added here."""
+        data = await self._post(phone_number_id, "messages", "messages",
+                                {"messaging_product": "whatsapp", **body})
+        try:
+            return str(data["messages"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise GraphError("messages", f"answer has no messages[0].id: {data}") from None
+
+    async def get_call_permissions(self, phone_number_id: str, user_wa_id: str) -> dict[str, Any]:
+        """``GET /{pnid}/call_permissions?user_wa_id=`` (§3): Meta's permission and limits.
+
+        Meta allows about 5 of these per second (§3 ⚠, error 613 beyond)."""
+        return await self._get(phone_number_id, "call_permissions", "call_permissions",
+                               {"user_wa_id": user_wa_id})

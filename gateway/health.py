@@ -1,0 +1,108 @@
+"""/healthz and /readyz: is the process alive, and can it take a call right now.
+
+``/healthz`` answers 200 as long as the event loop runs (a hung loop never answers, which is
+what a liveness probe wants to notice). ``/readyz`` answers 200 only when a new call could be
+taken: AMI connected, ports left in every range, the call store writable; otherwise 503. Both
+bodies are JSON with the reasons in words, so ``curl`` tells the operator what to fix.
+
+The app supplies a probe coroutine returning :class:`ReadinessInputs`; this module knows
+nothing of AMI, sockets or SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class PortUsage:
+    name: str
+    """What the ports are for, e.g. ``asterisk_rtp`` (media.rtp_ports)."""
+    free: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ReadinessInputs:
+    ami_connected: bool
+    store_writable: bool
+    port_pools: tuple[PortUsage, ...] = ()
+    ami_detail: str = ""
+    """E.g. 'connection refused by 127.0.0.1:5038' when not connected."""
+    store_detail: str = ""
+    """Why the store is not writable (CallStore.check_writable's message)."""
+    draining: bool = False
+    """The gateway is shutting down and takes no new calls."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth showing (e.g. active calls); does not affect readiness."""
+
+
+def liveness(started_at: float, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    return {"status": "alive", "uptime_seconds": round(now - started_at, 1)}
+
+
+def readiness(inputs: ReadinessInputs, min_free_ports: int = 1) -> tuple[bool, dict[str, Any]]:
+    """(ready, body): body lists every check with ok/detail and the reasons it is not ready."""
+    checks: dict[str, dict[str, Any]] = {}
+    reasons: list[str] = []
+
+    def check(name: str, ok: bool, detail: str, **more: Any) -> None:
+        checks[name] = {"ok": ok, "detail": detail, **more}
+        if not ok:
+            reasons.append(f"{name}: {detail}")
+
+    check("ami", inputs.ami_connected,
+          "connected" if inputs.ami_connected
+          else f"not connected to Asterisk{': ' + inputs.ami_detail if inputs.ami_detail else ''}")
+    check("store", inputs.store_writable,
+          "writable" if inputs.store_writable else (inputs.store_detail or "not writable"))
+    for pool in inputs.port_pools:
+        ok = pool.free >= min_free_ports
+        check(f"ports.{pool.name}", ok,
+              f"{pool.free} of {pool.total} free" if ok
+              else f"exhausted: {pool.free} of {pool.total} free", free=pool.free,
+              total=pool.total)
+    if inputs.draining:
+        check("draining", False, "shutting down, taking no new calls")
+
+    body: dict[str, Any] = {"status": "ready" if not reasons else "not ready",
+                            "reasons": reasons, "checks": checks}
+    if inputs.extra:
+        body["info"] = inputs.extra
+    return not reasons, body
+
+
+def add_health_routes(app: web.Application,
+                      probe: Callable[[], Awaitable[ReadinessInputs]], *,
+                      min_free_ports: int = 1, probe_deadline_s: float = 3.0,
+                      started_at: float | None = None) -> None:
+    """Add ``GET /healthz`` and ``GET /readyz``; ``probe`` gathers the readiness inputs."""
+    born = time.time() if started_at is None else started_at
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(liveness(born))
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            inputs = await asyncio.wait_for(probe(), probe_deadline_s)
+        except TimeoutError:
+            return _not_ready(f"readiness probe did not answer within {probe_deadline_s:g} s")
+        except Exception as exc:  # the probe itself broke: say so, stay up
+            return _not_ready(f"readiness probe failed: {type(exc).__name__}: {exc}")
+        ready, body = readiness(inputs, min_free_ports)
+        return web.json_response(body, status=200 if ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+def _not_ready(reason: str) -> web.Response:
+    return web.json_response({"status": "not ready", "reasons": [reason], "checks": {}},
+                             status=503)

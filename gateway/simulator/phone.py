@@ -1,0 +1,403 @@
+"""A WhatsApp user's phone, as the business sees it through Meta's relay: a real WebRTC peer.
+
+The phone offers what WhatsApp offers (whatsapp-calling.md §9, payloads/webhook-connect-user-
+initiated.json): an ICE-lite relay with one IPv4 and one IPv6 host candidate, DTLS ``actpass``
+with one sha-256 fingerprint, Opus/111 with WhatsApp's fmtp and telephone-event/8000 on 126, one
+SSRC named ``WhatsAppAudioStream1``. Underneath runs the project's own :class:`WebRtcLeg`, so the
+media is real Opus over SRTP and key presses are real RFC 4733 events.
+
+It behaves like the WhatsApp client where that matters to a gateway:
+- it sends audio from the moment media connects (silence unless told to play something);
+- it hangs up with 138021 when it gets no media from the business for 20 s after the call
+  starts connecting, or for 30 s once media has flowed (§9 "Keep media flowing"); RTP and RTCP
+  both count, as the reference accepts "audio ... or at least RTCP";
+- it records everything it hears, with arrival times, and describes it in plain words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCSessionDescription
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket
+
+from gateway.media.codecs import FRAME_BYTES, RATE
+from gateway.media.webrtc import WebRtcLeg
+from gateway.simulator import audio
+from gateway.simulator.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+WHATSAPP_OPUS_FMTP = ("maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;"
+                      "sprop-maxcapturerate=16000;useinbandfec=1")
+NO_MEDIA_ERROR = 138021
+"""Client received no media for too long (whatsapp-calling.md §11)."""
+FEED_LEAD_FRAMES = 3
+"""Frames queued ahead of the sender's 20 ms clock: enough to ride out loop jitter, well under
+the 200 ms the outgoing queue keeps."""
+
+
+@dataclass(frozen=True)
+class PhoneTimers:
+    """WhatsApp's media timeouts; tests shorten them."""
+
+    no_media_at_start_s: float = 20.0
+    """From the moment the call starts connecting (the business's answer SDP reaches the phone)."""
+    no_media_mid_call_s: float = 30.0
+    """Once media has flowed: longest gap the client tolerates."""
+
+
+DEFAULT_TIMERS = PhoneTimers()
+
+
+@dataclass
+class HeardSegment:
+    """A stretch of the call that sounded the same to the phone (times since call start)."""
+
+    start: float
+    end: float
+    heard: audio.Heard | None
+    """None when no packet arrived at all in that stretch."""
+
+    def __str__(self) -> str:
+        what = "no media" if self.heard is None else str(self.heard)
+        return f"{self.start:.1f}-{self.end:.1f} s {what}"
+
+
+class SimulatedPhone:
+    """One WhatsApp user's phone for one call.
+
+    ``on_give_up(error_code, reason)`` is called when the phone ends the call on its own (the
+    no-media rule); the call object turns that into Meta's terminate webhook.
+    """
+
+    def __init__(self, *, transcript: Transcript | None = None, name: str = "phone",
+                 timers: PhoneTimers = DEFAULT_TIMERS, idle_audio: bytes | None = None,
+                 hearing_window_s: float = 0.5):
+        self.transcript = transcript or Transcript()
+        self.timers = timers
+        self.idle_audio = idle_audio
+        """Looped toward the business when nothing else is being said (None: silence)."""
+        self.hearing_window_s = hearing_window_s
+        self.leg = WebRtcLeg(name=name)
+        self.leg.on_audio = self._on_audio
+        self.leg.on_dtmf = self._on_dtmf
+        self.leg.on_state = self._on_state
+        self.connected = self.leg.connected
+        self.offer_sdp: str | None = None
+        self.answer_sdp: str | None = None
+        self.state = "idle"
+        """idle → offered → connecting → connected → ended."""
+        self.received: list[tuple[float, bytes]] = []
+        """Every decoded 20 ms frame heard, with its arrival time (seconds since call start)."""
+        self.heard_segments: list[HeardSegment] = []
+        self.digits_pressed: list[str] = []
+        self.dtmf_received: list[str] = []
+        self.on_give_up: Callable[[int, str], None] = lambda code, reason: None
+        self._connecting_since: float | None = None
+        self._last_media: float | None = None
+        self._tx = bytearray()
+        self._tx_drained = asyncio.Event()
+        self._tx_drained.set()
+        self._idle_pos = 0
+        self._audio_waiters: list[asyncio.Future[float]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- signalling ---------------------------------------------------------------------------
+
+    async def make_offer(self) -> str:
+        """Create the phone's offer and return it in WhatsApp's shape."""
+        pc = self.leg.pc
+        caps = RTCRtpSender.getCapabilities("audio").codecs
+        self.leg.transceiver.setCodecPreferences(
+            [c for c in caps if c.mimeType.lower() in ("audio/opus", "audio/telephone-event")])
+        offer = await pc.createOffer()
+        # WhatsApp names its one m-section "audio"; munge before setLocalDescription so the
+        # answer's mid matches what aiortc remembers as our offer.
+        munged = re.sub(r"a=mid:\S+", "a=mid:audio", offer.sdp)
+        munged = re.sub(r"a=group:BUNDLE [^\r\n]+", "a=group:BUNDLE audio", munged)
+        await pc.setLocalDescription(RTCSessionDescription(munged, "offer"))
+        # The text says ice-lite, so the business will be controlling: aiortc made itself
+        # controlling when it set an offer, and two controlling agents would fight.
+        for t in pc._RTCPeerConnection__iceTransports:  # type: ignore[attr-defined]
+            t._connection.ice_controlling = False
+        self.offer_sdp = whatsapp_offer(pc.localDescription.sdp)
+        self.state = "offered"
+        return self.offer_sdp
+
+    async def apply_answer(self, sdp: str) -> None:
+        """Apply the business's answer (from pre_accept, or accept without pre_accept): ICE and
+        DTLS start, and so does the no-media clock. Raises SdpError / ValueError if unusable."""
+        if self.answer_sdp is not None:
+            return
+        # Count every RTP packet as media, DTMF included, before the leg hooks its receiver.
+        on_packet = self.leg._on_packet
+
+        def counting(packet: RtpPacket) -> None:
+            self._last_media = time.monotonic()
+            on_packet(packet)
+
+        self.leg._on_packet = counting  # type: ignore[method-assign]
+        await self.leg.apply_answer(sdp)
+        self.answer_sdp = sdp
+        receiver = self.leg.transceiver.receiver
+        handle_rtcp = receiver._handle_rtcp_packet
+
+        async def rtcp_counting(packet) -> None:  # type: ignore[no-untyped-def]
+            self._last_media = time.monotonic()
+            await handle_rtcp(packet)
+
+        receiver._handle_rtcp_packet = rtcp_counting  # type: ignore[method-assign]
+        self.state = "connecting"
+        self._connecting_since = time.monotonic()
+        self._spawn(self._watch_media())
+
+    # --- what the user does ---------------------------------------------------------------------
+
+    async def say_tone(self, freq: float, seconds: float, dbfs: float = -18.0) -> None:
+        """Send a tone toward the business; returns once it has been handed to the sender."""
+        self.transcript.add(f"phone sends tone {freq:g} Hz for {seconds:g} s")
+        await self.say(audio.tone(freq, seconds, dbfs))
+
+    async def say(self, pcm: bytes) -> None:
+        """Send 16 kHz mono PCM toward the business (queued behind anything still playing)."""
+        self._tx += pcm
+        self._tx_drained.clear()
+        await self._tx_drained.wait()
+
+    async def press(self, digits: str, duration_ms: int = 100) -> None:
+        """Press keys on the dial pad: RFC 4733 events in the audio stream, like WhatsApp."""
+        if not self.connected.is_set() or self.state == "ended":
+            raise RuntimeError("cannot press keys: media is not connected")
+        self.leg.send_dtmf(digits, duration_ms)
+        self.digits_pressed += list(digits)
+        self.transcript.add(f"pressed {digits}")
+        # Pacing only: each digit occupies the stream for its duration plus the end packets
+        # and gap (gateway/media/webrtc.py OutgoingAudio.queue_dtmf).
+        await asyncio.sleep(len(digits) * (duration_ms + 120) / 1000)
+
+    async def hangup(self) -> None:
+        """End the phone's side: media stops. Signalling is the call's business."""
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        if self.received:
+            self._close_segment(self.transcript.now())
+        for task in self._tasks:
+            task.cancel()
+        for waiter in self._audio_waiters:
+            if not waiter.done():
+                waiter.cancel()
+        await self.leg.close()
+
+    # --- what the user hears ------------------------------------------------------------------
+
+    async def wait_audio(self, timeout: float | None = None) -> float:
+        """Wait until the phone hears something that is not silence; returns the time (seconds
+        since call start). Raises TimeoutError."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._audio_waiters.append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._audio_waiters.remove(fut)
+
+    def heard_pcm(self, since: float | None = None, until: float | None = None) -> bytes:
+        """Audio heard between two times (seconds since call start), back to back."""
+        return b"".join(pcm for t, pcm in self.received
+                        if (since is None or t >= since) and (until is None or t < until))
+
+    def heard(self, since: float | None = None, until: float | None = None) -> audio.Heard:
+        """What the phone heard in that span, described (silence / tone at X Hz / audio)."""
+        return audio.describe(self.heard_pcm(since, until))
+
+    def save_wav(self, path: str) -> None:
+        """Everything heard as a 16 kHz mono WAV, gaps without packets filled with silence."""
+        out = bytearray()
+        for t, pcm in self.received:
+            gap = int((t - len(out) / 2 / RATE) * RATE) * 2
+            if gap > 3 * FRAME_BYTES:  # a real gap, not arrival jitter
+                out += bytes(gap)
+            out += pcm
+        with wave.open(path, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(bytes(out))
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    def _on_state(self, state: str) -> None:
+        if state == "connected" and self.state == "connecting":
+            self.state = "connected"
+            self.transcript.add("media connected (ICE+DTLS)")
+            self._spawn(self._feed())
+            self._spawn(self._listen())
+        elif state == "failed" and self.state != "ended":
+            self.transcript.add("media failed (ICE or DTLS)")
+
+    def _on_audio(self, pcm: bytes) -> None:
+        now = self.transcript.now()
+        self.received.append((now, pcm))
+        if self._audio_waiters and audio.rms_dbfs(pcm) >= audio.SILENCE_DBFS:
+            for fut in self._audio_waiters:
+                if not fut.done():
+                    fut.set_result(now)
+
+    def _on_dtmf(self, digit: str, duration_ms: int) -> None:
+        self.dtmf_received.append(digit)
+        self.transcript.add(f"phone got DTMF {digit} (RFC 4733, {duration_ms} ms)")
+
+    def _give_up(self, reason: str) -> None:
+        self.transcript.add(f"phone gives up: {reason}")
+        self.on_give_up(NO_MEDIA_ERROR, reason)
+
+    async def _watch_media(self) -> None:
+        start_limit, mid_limit = self.timers.no_media_at_start_s, self.timers.no_media_mid_call_s
+        tick = max(0.02, min(0.25, start_limit / 10, mid_limit / 10))
+        while self.state != "ended":
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if self._last_media is None:
+                if now - (self._connecting_since or now) >= start_limit:
+                    return self._give_up(f"no media from the business for {start_limit:g} s "
+                                         "after the call started connecting")
+            elif now - self._last_media >= mid_limit:
+                return self._give_up(f"no media from the business for {mid_limit:g} s")
+
+    async def _feed(self) -> None:
+        """Keep the sender's queue a few frames ahead with what the user says, or idle audio."""
+        t0 = time.monotonic()
+        sent = 0
+        while True:
+            target = int((time.monotonic() - t0) / 0.020) + FEED_LEAD_FRAMES
+            while sent < target:
+                frame = self._next_frame()
+                if frame is not None:
+                    self.leg.play(frame)
+                sent += 1
+            await asyncio.sleep(0.020)
+
+    def _next_frame(self) -> bytes | None:
+        if self._tx:
+            frame = bytes(self._tx[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\0")
+            del self._tx[:FRAME_BYTES]
+            if not self._tx:
+                self._tx_drained.set()
+            return frame
+        if self.idle_audio:
+            loop = self.idle_audio
+            frame = bytearray()
+            while len(frame) < FRAME_BYTES:
+                chunk = loop[self._idle_pos:self._idle_pos + FRAME_BYTES - len(frame)]
+                frame += chunk
+                self._idle_pos = (self._idle_pos + len(chunk)) % len(loop)
+            return bytes(frame)
+        return None
+
+    async def _listen(self) -> None:
+        """Describe what is heard, window by window, in the transcript; repeats coalesce."""
+        window = self.hearing_window_s
+        w0 = self.transcript.now()
+        seen = len(self.received)
+        while True:
+            await asyncio.sleep(max(0.0, w0 + window - self.transcript.now()))
+            w1 = w0 + window
+            frames = self.received[seen:]
+            seen = len(self.received)
+            heard = audio.describe(b"".join(p for _, p in frames)) if frames else None
+            self._extend_segment(w0, w1, heard)
+            w0 = w1
+
+    def _extend_segment(self, w0: float, w1: float, heard: audio.Heard | None) -> None:
+        last = self.heard_segments[-1] if self.heard_segments else None
+        key = None if heard is None else heard.key
+        if last is not None and (None if last.heard is None else last.heard.key) == key:
+            last.end = w1
+            return
+        self.heard_segments.append(HeardSegment(w0, w1, heard))
+        self.transcript.add("hearing " + ("nothing (no media packets)" if heard is None
+                                          else str(heard)), at=w0)
+
+    def _close_segment(self, now: float) -> None:
+        if self.heard_segments:
+            self.heard_segments[-1].end = max(self.heard_segments[-1].end, now)
+
+
+def whatsapp_offer(local_sdp: str) -> str:
+    """Rewrite aiortc's offer into the shape WhatsApp's relay offers (see module docstring).
+
+    Only presentation changes: ICE credentials, fingerprint, candidates and SSRC are the real
+    ones of the phone's peer connection, so the business's answer works against it.
+    """
+    def one(pattern: str) -> str:
+        m = re.search(pattern, local_sdp)
+        if not m:
+            raise ValueError(f"aiortc offer lacks {pattern!r}")
+        return m.group(1)
+
+    ufrag = one(r"a=ice-ufrag:(\S+)")
+    pwd = one(r"a=ice-pwd:(\S+)")
+    fingerprint = one(r"a=fingerprint:sha-256 (\S+)")
+    ssrc = one(r"a=ssrc:(\d+) ")
+    v4 = v6 = None
+    for m in re.finditer(r"a=candidate:(\S+) 1 udp (\d+) (\S+) (\d+) typ host", local_sdp):
+        foundation, priority, addr, port = m.groups()
+        if ":" in addr and v6 is None:
+            v6 = (foundation, priority, addr, port)
+        elif ":" not in addr and v4 is None:
+            v4 = (foundation, priority, addr, port)
+    if v4 is None and v6 is None:
+        raise ValueError("aiortc offer has no host candidate")
+    default = v4 or v6
+    assert default is not None
+    stream = str(uuid.uuid4())
+    lines = [
+        "v=0",
+        f"o=- {int(time.time() * 1000)} 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE audio",
+        f"a=msid-semantic: WMS {stream}",
+        "a=ice-lite",
+        f"m=audio {default[3]} UDP/TLS/RTP/SAVPF 111 126",
+        f"c=IN IP4 {v4[2]}" if v4 else f"c=IN IP6 {default[2]}",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+    ]
+    for cand in (v4, v6):
+        if cand:
+            foundation, priority, addr, port = cand
+            # WhatsApp's foundations are decimal; the value only groups our own candidates.
+            numeric = int(foundation, 16) % 10**10 if re.fullmatch(r"[0-9a-f]+", foundation) \
+                else foundation
+            lines.append(f"a=candidate:{numeric} 1 udp {priority} {addr} {port} typ host "
+                         "generation 0 network-cost 50")
+    lines += [
+        f"a=ice-ufrag:{ufrag}",
+        f"a=ice-pwd:{pwd}",
+        f"a=fingerprint:sha-256 {fingerprint}",
+        "a=setup:actpass",
+        "a=mid:audio",
+        "a=sendrecv",
+        f"a=msid:{stream} WhatsAppTrack1",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=rtcp-fb:111 transport-cc",
+        f"a=fmtp:111 {WHATSAPP_OPUS_FMTP}",
+        "a=rtpmap:126 telephone-event/8000",
+        "a=maxptime:20",
+        "a=ptime:20",
+        f"a=ssrc:{ssrc} cname:WhatsAppAudioStream1",
+    ]
+    return "\r\n".join(lines) + "\r\n"

@@ -1,0 +1,152 @@
+"""A minimal business written from the reference alone, for the simulator's tests.
+
+What whatsapp-calling.md §8 describes, nothing more: a webhook receiver that checks Meta's
+signature, and real WebRtcLegs that answer the phone's offer, with pre_accept / accept /
+terminate sent over HTTP. No gateway code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.media.webrtc import WebRtcLeg
+from gateway.simulator.cloud_api import CloudApiSimulator
+
+APP_SECRET = "0123456789abcdef0123456789abcdef"
+TOKEN = "EAAG-test-token"
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+IPV6 = _has_ipv6_loopback()
+
+
+class Business:
+    """Webhook receiver + Graph client, the way a business integrates per the reference."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.raw: list[tuple[bytes, str | None]] = []
+        self.bad_signatures = 0
+        self.legs: list[WebRtcLeg] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.fail_next = 0
+        """Answer this many deliveries with HTTP 500 (to see Meta's retries)."""
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/webhook", self._webhook)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/webhook"
+        self.http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for leg in self.legs:
+            await leg.close()
+        await self.http.close()
+        await self._runner.cleanup()
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        header = request.headers.get("X-Hub-Signature-256")
+        self.raw.append((body, header))
+        expected = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if header is None or not hmac.compare_digest(expected, header):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.fail_next:
+            self.fail_next -= 1
+            return web.Response(status=500)
+        for entry in json.loads(body)["entry"]:
+            for change in entry["changes"]:
+                for call in change["value"].get("calls", []):
+                    self.events.put_nowait({"value": change["value"], "call": call})
+        return web.Response(text="ok")
+
+    async def next_event(self, event: str, timeout: float = 10) -> dict[str, Any]:
+        while True:
+            item = await asyncio.wait_for(self.events.get(), timeout)
+            if item["call"]["event"] == event:
+                return item
+
+    async def post(self, sim: CloudApiSimulator, body: dict[str, Any],
+                   token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.post(f"{sim.url}/{sim.default_phone_number_id}/calls",
+                                  json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def answer(self, offer: str) -> tuple[WebRtcLeg, str]:
+        leg = WebRtcLeg(name="business")
+        self.legs.append(leg)
+        return leg, await leg.answer(offer)
+
+    async def action(self, sim: CloudApiSimulator, action: str, call_id: str,
+                     sdp: str | None = None, **extra: Any) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "call_id": call_id,
+                                "action": action, **extra}
+        if sdp is not None:
+            body["session"] = {"sdp_type": "answer", "sdp": sdp}
+        return await self.post(sim, body)
+
+
+def make_sim(business: Business, **kw: Any) -> CloudApiSimulator:
+    """A simulator wired to ``business``; no webhook retries, so tests see each delivery once."""
+    kw.setdefault("webhook_retry_delays", ())
+    return CloudApiSimulator(app_secret=APP_SECRET, access_token=TOKEN,
+                             webhook_url=business.url, **kw)
+
+
+async def auto_answer(business: Business, sim: CloudApiSimulator, *, tone_hz: float | None = 440,
+                      hangup_after: float | None = None) -> list[str]:
+    """Answer the next call like §8 says (pre_accept, accept), play a tone to the caller for as
+    long as the call lasts, optionally terminate after ``hangup_after`` s. Returns the list the
+    caller's digits are appended to, filled while the call runs."""
+    from gateway.simulator import audio
+
+    item = await business.next_event("connect")
+    call_id = item["call"]["id"]
+    leg, answer = await business.answer(item["call"]["session"]["sdp"])
+    digits: list[str] = []
+    leg.on_dtmf = lambda d, ms: digits.append(d)
+    await business.action(sim, "pre_accept", call_id, answer)
+    await leg.connected.wait()
+    await business.action(sim, "accept", call_id, answer)
+
+    async def play() -> None:
+        started = asyncio.get_running_loop().time()
+        while sim.calls[call_id].state == "accepted":
+            if tone_hz:
+                leg.play(audio.tone(tone_hz, 0.1))
+            await asyncio.sleep(0.1)
+            if hangup_after is not None and \
+                    asyncio.get_running_loop().time() - started >= hangup_after:
+                await business.action(sim, "terminate", call_id)
+                return
+
+    business.tasks.append(asyncio.ensure_future(play()))
+    return digits
