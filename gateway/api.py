@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import json
 import re
 import time
 from collections.abc import Callable
@@ -26,8 +27,13 @@ from aiohttp import web
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.config import Config
+from gateway.whatsapp.graph import GraphError
 
 E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o))
 
 
 def _error(status: int, message: str, **fields: Any) -> web.Response:
@@ -178,8 +184,14 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         pnid, err = number_of(body)
         if err:
             return err
-        decision, message_id = await request_permission(
-            pnid, to.lstrip("+"), str(body.get("body") or ""))
+        try:
+            decision, message_id = await request_permission(
+                pnid, to.lstrip("+"), str(body.get("body") or ""))
+        except GraphError as exc:
+            return _error(502, f"Meta refused the request: {exc.meta_message or exc}",
+                          meta_code=exc.code)
+        except ValueError as exc:
+            return _field_error("body", str(exc))
         if not decision.allowed:
             status = 429 if decision.reason.startswith("limit") else 409
             return _error(status, decision.message, reason=decision.reason,
@@ -190,12 +202,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         if ledger is None:
             return _error(404, "permission ledger not enabled")
         pnid, user = request.match_info["pnid"], request.match_info["user"].lstrip("+")
-        state = await ledger.get(pnid, user)
-        call = await ledger.can_call(pnid, user)
-        req = await ledger.can_request(pnid, user)
-        return web.json_response({**state, "can_call": call.allowed, "call_reason": call.reason,
-                                  "can_request": req.allowed, "request_reason": req.reason,
-                                  "next_request_at": req.next_allowed_at})
+        return web.json_response(await ledger.get(pnid, user), dumps=_dumps)
 
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls", list_calls)

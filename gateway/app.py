@@ -19,7 +19,13 @@ from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.calls.base import CallDeps
 from gateway.calls.manager import CallManager
-from gateway.calls.observer import ObserverGroup
+from gateway.calls.observer import CallObserver, ObserverGroup
+from gateway.calls.permissions import (
+    PermissionLedger,
+    display_numbers_from_config,
+    request_permission,
+)
+from gateway.calls.record import CallRecord
 from gateway.config import Config
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
 from gateway.logs import LogObserver
@@ -28,11 +34,23 @@ from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
 from gateway.settings import route_for
 from gateway.store import CallStore, StoreObserver
-from gateway.whatsapp.events import CallEvent
+from gateway.whatsapp.events import CallEvent, Event, PermissionReply
 from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
 
 log = logging.getLogger(__name__)
+
+
+class _PermissionMetrics(CallObserver):
+    """Outbound calls the ledger refused before dialing, by the ledger's reason."""
+
+    def __init__(self, metrics: GatewayMetrics):
+        self.metrics = metrics
+
+    def call_event(self, record: CallRecord, event: str, **fields: object) -> None:
+        if event == "permission_refused":
+            self.metrics.permission_refused(str(fields.get("reason")), record.phone_number_id,
+                                            what="call")
 
 
 @dataclass
@@ -44,12 +62,13 @@ class Gateway:
         cfg = self.config
         self.metrics = GatewayMetrics.from_config(cfg)
         self.store: CallStore | None = None
-        self.observers = ObserverGroup(LogObserver(), MetricsObserver(self.metrics))
+        self.observers = ObserverGroup(LogObserver(), MetricsObserver(self.metrics),
+                                       _PermissionMetrics(self.metrics))
         self.graph = GraphClient(cfg.whatsapp, observer=self.metrics.graph_request)
         self.ami = AmiClient(cfg.asterisk.ami)
         self.ami.on_connection_change.append(self.metrics.ami_connection)
         self.ports = PortPool(cfg.media.rtp_ports)
-        self.ledger = None
+        self.ledger: PermissionLedger | None = None
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
@@ -110,17 +129,12 @@ class Gateway:
 
     async def _start_ledger(self) -> None:
         """The outbound permission ledger, in the same SQLite file as the call records."""
-        try:
-            from gateway.calls.permissions import PermissionLedger
-        except ImportError:  # pragma: no cover
-            return
-        self.ledger = await PermissionLedger.open(self.config.store.path)
+        numbers = display_numbers_from_config(self.config.numbers)
+        self.ledger = await PermissionLedger.open(self.config.store.path, display_numbers=numbers)
         self.calls.deps.ledger = self.ledger
         self.calls.event_hooks.append(self._permission_reply)
 
-    def _permission_reply(self, event) -> bool:
-        from gateway.whatsapp.events import PermissionReply
-
+    def _permission_reply(self, event: Event) -> bool:
         if not isinstance(event, PermissionReply) or self.ledger is None:
             return False
         self.calls._spawn(self.ledger.apply_reply(event))
@@ -129,8 +143,6 @@ class Gateway:
         return True
 
     async def _request_permission(self, pnid: str, user: str, body: str):
-        from gateway.calls.permissions import request_permission
-
         decision, message_id = await request_permission(self.graph, self.ledger, pnid, user,
                                                         body)
         if decision.allowed:

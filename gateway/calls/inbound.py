@@ -104,6 +104,8 @@ class InboundCall(Call):
         self.record.answered_at = time.time()
         leg.outgoing.gate_open = True
         obs.call_event(self.record, "accepted")
+        if deps.ledger is not None:  # a connected call resets the permission-request counters
+            await deps.ledger.record_user_call(ev.phone_number_id, ev.from_number)
 
     async def _watch_media(self) -> None:
         """ICE/DTLS must come up in time, or the call is a media failure on both sides."""

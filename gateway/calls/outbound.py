@@ -193,6 +193,7 @@ class OutboundCall(Call):
             return True
         self.status = LEDGER_STATUS.get(decision.reason, DialStatus.NO_PERMISSION)
         self.record.meta_error_code = decision.meta_code
+        self.deps.observer.call_event(self.record, "permission_refused", reason=decision.reason)
         self._finish(HangupSide.GATEWAY, f"refused before dialing: {decision.message}")
         return False
 
@@ -286,10 +287,14 @@ class OutboundCall(Call):
                        DialStatus.NOANSWER: Outcome.NO_ANSWER, DialStatus.CANCEL:
                        Outcome.ABANDONED}.get(self.status or DialStatus.FAILED, Outcome.FAILED)
         rec.outcome = outcome
-        if deps.ledger is not None and rec.wacid:
+        # Only what the user did counts toward Meta's unanswered streak (4 revoke permission):
+        # a call we failed to set up or cancelled ourselves says nothing about the user.
+        if deps.ledger is not None and rec.wacid and self.status in (
+                DialStatus.ANSWER, DialStatus.REJECTED, DialStatus.NOANSWER):
             try:
                 await deps.ledger.record_call_result(rec.phone_number_id, rec.to_number,
-                                                     answered=self.answered, now=time.time())
+                                                     answered=self.answered, now=time.time(),
+                                                     call_id=rec.wacid)
             except Exception:
                 log.exception("outbound %s: ledger update failed", rec.wacid)
         if self.request.agent_uniqueid:
