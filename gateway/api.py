@@ -19,7 +19,6 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +26,7 @@ from aiohttp import web
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.config import Config
+from gateway.store import filters_from_query
 from gateway.whatsapp.graph import GraphError
 
 E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
@@ -42,19 +42,6 @@ def _error(status: int, message: str, **fields: Any) -> web.Response:
 
 def _field_error(field: str, problem: str) -> web.Response:
     return _error(400, f"{field}: {problem}", field=field)
-
-
-def _when(value: str | None, field: str) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise ValueError(f"{field}: must be unix seconds or ISO 8601, got {value!r}") from None
 
 
 def call_state(call: OutboundCall) -> dict[str, Any]:
@@ -155,21 +142,17 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
     async def list_calls(request: web.Request) -> web.Response:
         if store is None:
             return _error(404, "call records are not enabled")
-        q = request.query
+        query = {k: v for k, v in request.query.items() if k != "format"}
         try:
-            filters = {"since": _when(q.get("since"), "since"),
-                       "until": _when(q.get("until"), "until"),
-                       "direction": q.get("direction") or None,
-                       "outcome": q.get("outcome") or None,
-                       "phone_number_id": q.get("phone_number_id") or None}
-            limit = int(q.get("limit", "1000"))
+            filters = filters_from_query(query)
         except ValueError as exc:
             return _error(400, str(exc))
-        if q.get("format") == "csv":
+        if request.query.get("format") == "csv":
+            filters.pop("limit", None)
             out = io.StringIO()
             await store.export_csv(out, **filters)
             return web.Response(text=out.getvalue(), content_type="text/csv")
-        records = await store.list(limit=limit, **filters)
+        records = await store.list(**filters)
         return web.json_response({"calls": [r.as_dict() for r in records]})
 
     async def permission_request(request: web.Request) -> web.Response:

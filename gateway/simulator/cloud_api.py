@@ -714,6 +714,7 @@ class CloudApiSimulator:
             call.biz_opaque_callback_data = opaque
         call.state = "accepted"
         call.accepted_at = time.time()
+        call.phone.answered = True
         call.transcript.add("business sent accept: call answered")
         call.accepted.set()
 

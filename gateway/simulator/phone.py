@@ -102,6 +102,8 @@ class SimulatedPhone:
         self.digits_pressed: list[str] = []
         self.dtmf_received: list[str] = []
         self.on_give_up: Callable[[int, str], None] = lambda code, reason: None
+        self.answered = False
+        """Set by the call when the business's accept arrives (the phone's timer starts)."""
         self._connecting_since: float | None = None
         self._last_media: float | None = None
         self._tx = bytearray()
@@ -327,8 +329,12 @@ class SimulatedPhone:
             last.end = w1
             return
         self.heard_segments.append(HeardSegment(w0, w1, heard))
-        self.transcript.add("hearing " + ("nothing (no media packets)" if heard is None
-                                          else str(heard)), at=w0)
+        text = "hearing " + ("nothing (no media packets)" if heard is None else str(heard))
+        if heard is not None and heard.kind != "silence" and not self.answered:
+            # §9: audio before accept "may count as answered or be lost"; the caller may or
+            # may not hear it on a real phone.
+            text += " (before accept: WhatsApp may drop it)"
+        self.transcript.add(text, at=w0)
 
     def _close_segment(self, now: float) -> None:
         if self.heard_segments:

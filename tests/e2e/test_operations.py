@@ -1,0 +1,207 @@
+"""What operators see after real calls: /metrics, call records, /readyz, and a gateway that
+dies mid-call (its record is closed as failed on restart and Asterisk's channel is swept)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import Gateway
+from gateway.calls.record import Outcome
+from gateway.config import parse_config
+from gateway.sandbox.local_asterisk import LocalAsterisk
+from gateway.simulator.cloud_api import CloudApiSimulator
+from gateway.store import CallStore
+from gateway.whatsapp.signature import sign
+
+from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, Stack, make_config, number_for
+
+pytestmark = pytest.mark.asterisk
+
+
+async def fetch(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            return resp.status, await resp.text()
+
+
+def samples(text: str) -> list[tuple[str, dict, float]]:
+    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
+            for s in fam.samples]
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return sum(v for n, lab, v in samples(text)
+               if n == name and all(lab.get(k) == want for k, want in labels.items()))
+
+
+async def test_metrics_after_an_answered_call_a_rejected_call_and_a_forged_webhook(
+        stack: Stack):
+    pnid, _ = number_for("test-echo")
+    call = await stack.place_call("test-echo")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await asyncio.wait_for(call.media_connected.wait(), 10)
+    await call.phone.press("5")
+    await call.phone.say_tone(700, 0.5)
+    await call.hangup()
+    rejected = await stack.sim.place_call(from_wa_id="15550003333",
+                                          phone_number_id="999999999999999")
+    await asyncio.wait_for(rejected.ended.wait(), 10)
+    body = b'{"object":"whatsapp_business_account","entry":[]}'
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.gateway.url}/webhook", data=body,
+                                headers={"X-Hub-Signature-256": sign("forged", body)}) as r:
+            assert r.status == 403
+    await stack.wait_idle()
+
+    status, text = await fetch(f"{stack.gateway.url}/metrics")
+    assert status == 200
+    m = "whatsapp_gateway_"
+    assert value(text, f"{m}calls_total", phone_number_id=pnid, direction="inbound",
+                 outcome="answered", hangup_side="whatsapp") == 1
+    assert value(text, f"{m}calls_total", phone_number_id="unknown",
+                 outcome="rejected", hangup_side="gateway") == 1
+    assert value(text, f"{m}webhook_requests_total", result="bad_signature") == 1
+    assert value(text, f"{m}webhook_requests_total", result="ok") >= 3
+    assert value(text, f"{m}active_calls", phone_number_id=pnid) == 0
+    for stage in ("pre_accept", "dialplan", "media"):
+        assert value(text, f"{m}call_setup_seconds_count", phone_number_id=pnid,
+                     stage=stage) == 1, stage
+    assert value(text, f"{m}graph_requests_total", action="pre_accept", result="ok") == 1
+    assert value(text, f"{m}graph_requests_total", action="accept", result="ok") == 1
+    assert value(text, f"{m}graph_requests_total", action="reject", result="ok") == 1
+    assert value(text, f"{m}graph_request_duration_seconds_count", action="accept") == 1
+    assert value(text, f"{m}rtp_packets_received_total", phone_number_id=pnid) > 20
+    assert value(text, f"{m}dtmf_digits_total", phone_number_id=pnid, sender="whatsapp") == 1
+    # Echo() plays the digit back: Asterisk → WhatsApp as RFC 4733, and the phone got it
+    assert value(text, f"{m}dtmf_digits_total", phone_number_id=pnid, sender="asterisk") == 1
+    assert call.phone.dtmf_received == ["5"]
+    assert value(text, f"{m}ami_connected") == 1
+
+    # ... and one call record each, with outcome and cause
+    answered = await stack.gateway.store.get(call.call_id)
+    assert answered.outcome == Outcome.ANSWERED and answered.hangup_side == "whatsapp"
+    assert answered.q850_cause == 16 and answered.dtmf_in == 1
+    assert answered.channel.startswith("UnicastRTP/127.0.0.1:")
+    assert answered.duration_seconds and answered.duration_seconds > 0.5
+    refused = await stack.gateway.store.get(rejected.call_id)
+    assert refused.outcome == Outcome.REJECTED and "unknown phone_number_id" in refused.reason
+
+
+async def test_call_records_api_and_csv(stack: Stack):
+    call = await stack.place_call("test-hangup")
+    await asyncio.wait_for(call.ended.wait(), 15)
+    await stack.wait_idle()
+    headers = {"Authorization": "Bearer e2e-api-token"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(f"{stack.gateway.url}/v1/calls?since=1h") as resp:
+            assert resp.status == 200
+            (record,) = (await resp.json())["calls"]
+        assert record["wacid"] == call.call_id
+        assert record["outcome"] == "answered" and record["hangup_side"] == "asterisk"
+        assert record["q850_cause"] == 21
+        async with session.get(f"{stack.gateway.url}/v1/calls?format=csv") as resp:
+            csv_text = await resp.text()
+        assert call.call_id in csv_text and "wa_call_id" in csv_text.splitlines()[0]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack.gateway.url}/v1/calls") as resp:
+            assert resp.status == 401
+
+
+async def test_readyz_follows_asterisk(tmp_path):
+    """AMI goes away: not ready, with the reason; Asterisk returns: ready again."""
+    ast = LocalAsterisk("readyz", ami_port=5095)
+    await ast.start()
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    gw = Gateway(make_config(sim.url, 5095, store={"path": str(tmp_path / "g.sqlite3")}))
+    changes: asyncio.Queue[bool] = asyncio.Queue()
+    gw.ami.on_connection_change.append(changes.put_nowait)
+    await gw.start()
+    try:
+        assert changes.get_nowait() is True  # the first connection
+        status, body = await fetch(f"{gw.url}/readyz")
+        assert status == 200, body
+        await ast.stop()
+        assert await asyncio.wait_for(changes.get(), 15) is False
+        status, body = await fetch(f"{gw.url}/readyz")
+        assert status == 503 and "ami" in body and "not connected" in body
+        assert (await fetch(f"{gw.url}/healthz"))[0] == 200
+        await ast.start()
+        assert await asyncio.wait_for(changes.get(), 40) is True
+        status, body = await fetch(f"{gw.url}/readyz")
+        assert status == 200, body
+    finally:
+        await gw.stop()
+        await sim.close()
+        await ast.stop()
+
+
+async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAsterisk,
+                                                                tmp_path):
+    """SIGKILL the gateway process during a call: the next start closes the record as failed
+    and hangs up the channel the dead gateway left in Asterisk."""
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    db = tmp_path / "gateway.sqlite3"
+    config = {
+        "whatsapp": {"graph_url": sim.url, "access_token": ACCESS_TOKEN,
+                     "app_secret": APP_SECRET, "verify_token": "v"},
+        "numbers": [{"phone_number_id": pnid, "context": ctx}
+                    for pnid, (_d, ctx) in NUMBERS.items()],
+        "asterisk": {"ami": {"port": asterisk.ami_port, "username": "gateway",
+                             "secret": "gateway-secret"}},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "43000-43099"},
+        "http": {"listen": "127.0.0.1:18555"},
+        "store": {"path": str(db)},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        while True:  # the gateway says when it listens
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "gateway exited before listening"
+            if b"gateway listening" in line:
+                break
+        sim.webhook_url = "http://127.0.0.1:18555/webhook"
+        pnid, display = number_for("test-wait")
+        call = await sim.place_call(from_wa_id="15550004444", phone_number_id=pnid,
+                                    display_phone_number=display)
+        await asyncio.wait_for(call.accepted.wait(), 15)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await call.phone.hangup()
+        await sim.close()
+
+    store = await CallStore.open(db)
+    record = await store.get(call.call_id)
+    assert record.outcome == Outcome.ACTIVE  # what the dead process left behind
+    await store.close()
+
+    cfg = parse_config(config, env={})
+    gw = Gateway(cfg)
+    await gw.start()  # closes orphaned records, sweeps orphaned channels on AMI connect
+    try:
+        record = await gw.store.get(call.call_id)
+        assert record.outcome == Outcome.FAILED
+        assert "stopped" in record.reason
+        channels = [c for c in await gw.ami.core_show_channels()
+                    if c.get("Uniqueid", "").startswith("wa-")]
+        assert channels == []
+    finally:
+        await gw.stop()
