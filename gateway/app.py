@@ -73,6 +73,7 @@ class Gateway:
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
         self.ami.owned = self.calls.owns_channel
+        self.ami.add_event_listener("UserEvent", self._on_user_event)
         self.web = web.Application()
         add_webhook_routes(self.web, cfg.whatsapp, self.calls.handle, self.metrics.webhook)
         self.metrics.add_route(self.web)
@@ -87,6 +88,10 @@ class Gateway:
             return None
         route = route_for(number, dt.datetime.now(dt.UTC))
         return route.context, route.extension
+
+    def _on_user_event(self, ev: dict[str, str]) -> None:
+        if ev.get("UserEvent") == "WhatsAppDial":
+            self.calls.dial_from_dialplan(ev)
 
     async def _readiness(self) -> ReadinessInputs:
         self.metrics.rtp_ports(self.ports.free)

@@ -225,6 +225,37 @@ class CallManager:
             while len(self.finished_outbound) > 1000:
                 self.finished_outbound.pop(next(iter(self.finished_outbound)))
 
+    def dial_from_dialplan(self, ev: dict[str, str]) -> OutboundCall | None:
+        """AMI ``UserEvent(WhatsAppDial,To: +E164,From: <business number>)`` from a waiting
+        channel (asterisk-conf/extensions.conf [to-whatsapp])."""
+        to = ev.get("To", "").strip().lstrip("+")
+        source = ev.get("From", "").strip().lstrip("+")
+        channel, uniqueid = ev.get("Channel", ""), ev.get("Uniqueid", "")
+        numbers = self.deps.config.numbers
+        number = next((n for n in numbers if source and source in
+                       (n.phone_number_id, (n.display_number or "").lstrip("+"))), None)
+        if number is None and not source and len(numbers) == 1:
+            number = numbers[0]
+        if not to.isdigit() or number is None or not channel:
+            why = "To: is not a number" if not to.isdigit() else \
+                f"From: {source or '(missing)'} is not a configured business number" \
+                if number is None else "no channel"
+            log.warning("WhatsAppDial from %s refused: %s", channel or "?", why)
+            if channel:
+                self._spawn(self._refuse_dial(channel, why))
+            return None
+        return self.dial(DialRequest(to=to, phone_number_id=number.phone_number_id,
+                                     agent_channel=channel, agent_uniqueid=uniqueid or None))
+
+    async def _refuse_dial(self, channel: str, why: str) -> None:
+        ami = self.deps.ami
+        try:
+            await ami.setvar(channel, "WA_DIAL_STATUS", "FAILED")
+            await ami.hangup(channel, 41)
+        except Exception as exc:
+            log.warning("could not hang up %s after a bad WhatsAppDial (%s): %s", channel, why,
+                        exc)
+
     def find_outbound(self, gateway_id: str) -> OutboundCall | None:
         return self.outbound.get(gateway_id) or self.finished_outbound.get(gateway_id)
 

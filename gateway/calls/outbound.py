@@ -27,7 +27,8 @@ from gateway.whatsapp.graph import GraphError
 
 log = logging.getLogger(__name__)
 
-RING_TIMEOUT_S = 60.0
+RING_TIMEOUT_S = 45.0
+"""Meta lets a call ring about 60 s; we stop sooner so the agent is not kept waiting."""
 ANSWER_SDP_TIMEOUT_S = 20.0
 """Meta's connect webhook with its answer normally follows connect within a second or two."""
 
