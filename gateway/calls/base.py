@@ -164,6 +164,21 @@ class Call:
         except TimeoutError:
             self._finish(HangupSide.GATEWAY, f"WebRTC leg {state} (media lost)")
 
+    async def _watch_media_flow(self) -> None:
+        """End the call when the WhatsApp leg goes silent at the packet level (no RTP at all,
+        not merely a quiet caller: WhatsApp sends packets during silence)."""
+        assert self.leg is not None
+        limit = self.deps.config.media.no_media_timeout_s
+        loop = asyncio.get_running_loop()
+        seen, since = self.leg.packets_received, loop.time()
+        while not self._end.done():
+            await asyncio.sleep(min(1.0, limit / 4))
+            if self.leg.packets_received != seen:
+                seen, since = self.leg.packets_received, loop.time()
+            elif loop.time() - since >= limit:
+                self._finish(HangupSide.GATEWAY,
+                             f"no media from WhatsApp for {limit:g} s (WebRTC leg lost)")
+
     async def _open_rtp_leg(self) -> AsteriskRtpLeg:
         assert self.leg is not None
         sock = self.deps.ports.bind(self.deps.config.media.rtp_address)

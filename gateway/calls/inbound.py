@@ -26,9 +26,6 @@ from gateway.whatsapp.graph import GraphError
 
 log = logging.getLogger(__name__)
 
-MEDIA_CONNECT_TIMEOUT_S = 20.0
-"""ICE+DTLS must be up by then: WhatsApp itself gives up after 20 s without media (§9)."""
-
 
 class InboundCall(Call):
     def __init__(self, event: CallEvent, number: NumberSettings, deps: CallDeps,
@@ -108,16 +105,21 @@ class InboundCall(Call):
             await deps.ledger.record_user_call(ev.phone_number_id, ev.from_number)
 
     async def _watch_media(self) -> None:
-        """ICE/DTLS must come up in time, or the call is a media failure on both sides."""
+        """ICE/DTLS must come up in time, and media keep flowing, or the call is a media
+        failure on both sides."""
         assert self.leg is not None
+        limit = self.deps.config.media.connect_timeout_s
         try:
             await self._until_end(self.leg.connected.wait(),
-                                  timeout=max(0.1, MEDIA_CONNECT_TIMEOUT_S - self._elapsed()))
+                                  timeout=max(0.1, limit - self._elapsed()))
             self.deps.observer.call_setup(self.record, "media", self._elapsed())
         except CallEnded:
             return
         except TimeoutError:
-            self._finish(HangupSide.GATEWAY, "media never connected (ICE/DTLS timeout)")
+            self._finish(HangupSide.GATEWAY,
+                         f"media never connected (ICE/DTLS not up after {limit:g} s)")
+            return
+        await self._watch_media_flow()
 
     async def _teardown(self, outcome: Outcome | None) -> None:
         deps, rec, ev = self.deps, self.record, self.event

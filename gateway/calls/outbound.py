@@ -157,6 +157,7 @@ class OutboundCall(Call):
             await self._until_end(self._ring(), timeout=RING_TIMEOUT_S)
             await self._bridge()
             obs.call_event(self.record, "bridged", asterisk_channel=self.record.channel)
+            self._spawn(self._watch_media_flow())
             await self._end
         except CallEnded:
             pass

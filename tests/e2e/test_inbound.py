@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -192,3 +193,28 @@ async def test_offer_without_audio_is_rejected(stack: Stack):
     await stack.wait_idle()  # includes the background task that sends the reject
     assert len(stack.sim.requests_for("wacid.NOAUDIO0001", "reject")) == 1
     assert await stack.channels() == []
+
+
+def pull_the_cable(call) -> None:
+    """The caller's network disappears without a goodbye (no DTLS close, no terminate)."""
+    for transport in call.phone.leg.pc._RTCPeerConnection__iceTransports:
+        for protocol in transport._connection._protocols:
+            protocol.transport.close()
+
+
+async def test_media_loss_ends_the_call_on_both_sides(stack: Stack):
+    cfg = stack.gateway.calls.deps.config
+    stack.gateway.calls.deps.config = replace(cfg, media=replace(cfg.media,
+                                                                 no_media_timeout_s=2.0))
+    call = await stack.place_call("test-wait")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await asyncio.wait_for(call.media_connected.wait(), 10)
+    channel_id = stack.gateway.calls.calls[call.call_id].channel_id
+    pull_the_cable(call)
+    hangup = await stack.wait_event(
+        lambda ev: ev.get("Event") == "Hangup" and ev.get("Uniqueid") == channel_id)
+    assert hangup["Cause"] == "41"  # NORMAL_TEMPORARY_FAILURE: not a normal clearing
+    await stack.wait_idle()
+    assert len(stack.sim.requests_for(call.call_id, "terminate")) == 1
+    record = await stack.gateway.store.get(call.call_id)
+    assert record.outcome == "failed" and "no media" in record.reason

@@ -205,3 +205,39 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
         assert channels == []
     finally:
         await gw.stop()
+
+
+async def test_calls_outside_call_hours_go_to_the_closed_context(asterisk: LocalAsterisk,
+                                                                 tmp_path):
+    """The number is open only tomorrow: today's caller lands in closed_context."""
+    import datetime as dt
+
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%A").upper()
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    cfg = make_config(sim.url, asterisk.ami_port,
+                      numbers=[{"phone_number_id": "100000000000009",
+                                "display_number": "15550000009", "context": "test-echo",
+                                "closed_context": "test-marker",
+                                "calling": {"call_hours": {
+                                    "status": "ENABLED", "timezone_id": "UTC",
+                                    "weekly_operating_hours": [
+                                        {"day_of_week": tomorrow, "open_time": "0000",
+                                         "close_time": "2359"}]}}}],
+                      store={"path": str(tmp_path / "g.sqlite3")})
+    gw = Gateway(cfg)
+    events: asyncio.Queue[dict] = asyncio.Queue()
+    gw.ami.add_event_listener("UserEvent", events.put_nowait)
+    await gw.start()
+    sim.webhook_url = f"{gw.url}/webhook"
+    try:
+        call = await sim.place_call(from_wa_id="15550005555", phone_number_id="100000000000009",
+                                    display_phone_number="15550000009")
+        marker = await asyncio.wait_for(events.get(), 15)
+        assert marker["UserEvent"] == "TestMarker"
+        assert marker["DialplanContext"] == "test-marker"
+        assert marker["WaCallId"] == call.call_id
+        await call.hangup()
+    finally:
+        await gw.stop()
+        await sim.close()
