@@ -392,17 +392,32 @@ class AmiClient:
         """
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+        host = f"[{rtp_host}]" if ":" in rtp_host else rtp_host
+        return await self.originate(
+            f"UnicastRTP/{host}:{rtp_port}/c({codec})", channel_id=channel_id,
+            context=context, exten=exten, priority=priority, caller_id=caller_id,
+            variables=variables, application=application, data=data, timeout_s=timeout_s)
+
+    async def originate(
+        self, channel: str, *, channel_id: str | None = None,
+        context: str | None = None, exten: str | None = None, priority: int = 1,
+        caller_id: str = "", variables: Mapping[str, str] | None = None,
+        application: str | None = None, data: str | None = None, timeout_s: float = 10,
+    ) -> OriginateResult:
+        """Originate any channel (e.g. ``Local/100@agents``) into the dialplan or an
+        application, and wait for its OriginateResponse. See :meth:`originate_unicast`."""
         if (application is None) == (context is None or exten is None):
             raise ValueError("give either context and exten, or application (and data)")
-        host = f"[{rtp_host}]" if ":" in rtp_host else rtp_host
         action: dict[str, Any] = {
             "Action": "Originate",
-            "Channel": f"UnicastRTP/{host}:{rtp_port}/c({codec})",
-            "ChannelId": channel_id,
-            "CallerID": caller_id,
+            "Channel": channel,
             "Timeout": str(int(timeout_s * 1000)),
             "Async": "true",
         }
+        if channel_id:
+            action["ChannelId"] = channel_id
+        if caller_id:
+            action["CallerID"] = caller_id
         if application is not None:
             action["Application"] = application
             action["Data"] = data or ""
