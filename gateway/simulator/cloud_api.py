@@ -6,8 +6,11 @@ validation and error bodies per §2/§11/§14, webhook bodies shaped like the sa
 reference/payloads/, signatures per payloads/webhook-verification.md. Where the reference is
 silent, the choice made is written next to the code as an ASSUMPTION.
 
-Only user-initiated calls exist so far; the business-initiated side (``connect`` from the
-business, status webhooks, ``call_permissions``) has its place marked but is not built.
+Both directions: a user calls the business (:meth:`CloudApiSimulator.place_call`), or the
+business calls a user with ``connect`` (connect webhook with Meta's answer, RINGING / ACCEPTED /
+REJECTED status webhooks, terminate). The users Meta knows (:class:`SimulatedUser`: call
+permission, behaviour, Meta's counters) also drive ``GET call_permissions``, permission requests
+and call buttons on ``POST messages``, and the number's ``GET|POST settings``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.simulator import settings as number_settings
 from gateway.simulator.phone import DEFAULT_TIMERS, NO_MEDIA_ERROR, PhoneTimers, SimulatedPhone
 from gateway.simulator.transcript import Transcript
+from gateway.simulator.users import (
+    TEMPORARY_PERMISSION_S,
+    UNANSWERED_TO_REVOKE,
+    PairCounters,
+    SimulatedUser,
+    call_limits,
+    exhausted,
+    permissions_body,
+    request_limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,34 @@ TROUBLESHOOTING_URL = ("https://developers.facebook.com/documentation/business-m
                        "whatsapp/calling/troubleshooting")
 SIGN = object()
 """``signature=SIGN``: sign the body with the app secret, as Meta does."""
+USER_INITIATED = "USER_INITIATED"
+BUSINESS_INITIATED = "BUSINESS_INITIATED"
+CALL_PERMISSIONS_PER_S = 5
+"""§3/§14: design for 5 ``call_permissions`` GETs per second; beyond: 613 / HTTP 429."""
+BLOCKED_CALLING_CODES = {"1": "USA/Canada", "20": "Egypt", "84": "Vietnam", "234": "Nigeria"}
+"""§10: business numbers of these countries cannot call users (138013)."""
+NANP_NOT_US_CA = frozenset({
+    "242", "246", "264", "268", "284", "345", "441", "473", "649", "658", "664", "721", "758",
+    "767", "784", "809", "829", "849", "868", "869", "876"})
+"""+1 area codes of the Caribbean and Bermuda: other countries than the USA and Canada."""
+TEST_AREA_CODE = "555"
+"""+1 555 numbers are test numbers (every fake number of the project): not USA/Canada here."""
+
+
+def business_country_block(display_number: str) -> str | None:
+    """The country whose business numbers may not place calls (138013), or None."""
+    digits = re.sub(r"\D", "", display_number)
+    for code, country in BLOCKED_CALLING_CODES.items():
+        if digits.startswith(code):
+            if code == "1" and digits[1:4] in NANP_NOT_US_CA | {TEST_AREA_CODE}:
+                return None
+            return country
+    return None
+
+
+def new_wamid() -> str:
+    """A message id shaped like Meta's ``wamid.`` + base64."""
+    return "wamid." + base64.b64encode(b"HBgL" + secrets.token_bytes(24)).decode()
 
 
 class GraphError(Exception):
@@ -80,9 +122,16 @@ class ApiRequest:
     phone_number_id: str
     status: int = 0
     response: dict[str, Any] = field(default_factory=dict)
+    endpoint: str = "calls"
+    """calls | messages | call_permissions | settings"""
+    method: str = "POST"
+    created_call_id: str | None = None
+    """The wacid a successful ``connect`` returned."""
 
     @property
     def call_id(self) -> str | None:
+        if self.created_call_id:
+            return self.created_call_id
         return self.body.get("call_id") if isinstance(self.body, dict) else None
 
     @property
@@ -170,19 +219,26 @@ class CallSummary:
 
 
 class SimulatedCall:
-    """One user-initiated call: the phone, its state at Meta, and the story so far.
+    """One call, either direction: the user's phone, its state at Meta, and the story so far.
 
-    State: ``ringing`` → ``pre_accepted`` → ``accepted`` → ``ended`` (pre_accept optional).
+    User-initiated: ``ringing`` → ``pre_accepted`` → ``accepted`` → ``ended`` (pre_accept
+    optional). Business-initiated: ``connecting`` (connect answered, connect webhook pending) →
+    ``ringing`` (RINGING sent) → ``accepted`` (the user picked up) → ``ended``.
+    Events: ``ringing``, ``accepted``, ``ended`` (and ``pre_accepted`` for user-initiated).
     """
 
     def __init__(self, sim: CloudApiSimulator, *, call_id: str, from_wa_id: str,
                  profile_name: str | None, phone_number_id: str, display_phone_number: str,
                  cta_payload: str | None, deeplink_payload: str | None,
-                 transcript: Transcript, phone: SimulatedPhone):
+                 transcript: Transcript, phone: SimulatedPhone,
+                 direction: str = USER_INITIATED):
         self.sim = sim
         self.call_id = call_id
-        self.direction = "USER_INITIATED"
+        self.direction = direction
         self.from_wa_id = from_wa_id
+        """The user's number, whichever side called (kept under this name for callers of the
+        user-initiated API); ``wa_id`` says the same."""
+        self.wa_id = from_wa_id
         self.profile_name = profile_name
         self.phone_number_id = phone_number_id
         self.display_phone_number = display_phone_number
@@ -190,22 +246,35 @@ class SimulatedCall:
         self.deeplink_payload = deeplink_payload
         self.transcript = transcript
         self.phone = phone
-        self.state = "ringing"
+        self.state = "ringing" if direction == USER_INITIATED else "connecting"
+        self.ringing = asyncio.Event()
+        if direction == USER_INITIATED:
+            self.ringing.set()
         self.pre_accepted = asyncio.Event()
         self.accepted = asyncio.Event()
         self.ended = asyncio.Event()
         self.answer_sdp: str | None = None
+        """The SDP answer: the business's (user-initiated) or Meta's (business-initiated)."""
+        self.offer_sdp: str | None = None
+        """The business's offer (business-initiated only)."""
+        self.rejected = False
+        """The user declined the business's call."""
         self.biz_opaque_callback_data: str | None = None
         self.started_at = time.time()
         self.accepted_at: float | None = None
         self.ended_at: float | None = None
         self.ended_by: str | None = None
-        """``user``, ``business`` (terminate/reject), ``ring timeout`` or ``phone`` (no media)."""
+        """``user`` (hung up, or declined a business call), ``business`` (terminate/reject),
+        ``ring timeout`` or ``phone`` (no media)."""
         self.end_status: str | None = None
         self.error_code: int | None = None
         self.webhooks: list[WebhookDelivery] = []
         self.lock = asyncio.Lock()
         phone.on_give_up = self._phone_gave_up
+
+    @property
+    def outbound(self) -> bool:
+        return self.direction == BUSINESS_INITIATED
 
     @property
     def is_over(self) -> bool:
@@ -279,6 +348,8 @@ class SimulatedCall:
         await self.sim._send_call_webhook(self, self.sim.terminate_payload(
             self, error_code=error_code, error_detail=error_detail))
         self.ended.set()
+        if self.outbound:
+            await self.sim._outbound_ended(self)
 
 
 class CloudApiSimulator:

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 WHATSAPP_OPUS_FMTP = ("maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;"
                       "sprop-maxcapturerate=16000;useinbandfec=1")
+META_ANSWER_OPUS_FMTP = "minptime=10;useinbandfec=1"
+"""Opus fmtp of Meta's answer to a business's offer (payloads/webhook-connect-business-initiated
+.json)."""
+META_DTMF_PT = 126
+"""§9: without telephone-event/8000 in the business's offer Meta still uses PT 126 at 8 kHz."""
 NO_MEDIA_ERROR = 138021
 """Client received no media for too long (whatsapp-calling.md §11)."""
 FEED_LEAD_FRAMES = 3
@@ -112,6 +117,17 @@ class SimulatedPhone:
         self._idle_pos = 0
         self._audio_waiters: list[asyncio.Future[float]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.picked_up = asyncio.Event()
+        """Set when the user picks up. A phone called by the business sends no RTP before
+        that (it rings; ICE and DTLS may already be up); a calling phone is set at once."""
+        self.picked_up.set()
+        outgoing_recv = self.leg.outgoing.recv
+
+        async def gated_recv():  # type: ignore[no-untyped-def]
+            await self.picked_up.wait()
+            return await outgoing_recv()
+
+        self.leg.outgoing.recv = gated_recv  # type: ignore[method-assign]
 
     # --- signalling ---------------------------------------------------------------------------
 
@@ -135,11 +151,28 @@ class SimulatedPhone:
         self.state = "offered"
         return self.offer_sdp
 
-    async def apply_answer(self, sdp: str) -> None:
-        """Apply the business's answer (from pre_accept, or accept without pre_accept): ICE and
-        DTLS start, and so does the no-media clock. Raises SdpError / ValueError if unusable."""
-        if self.answer_sdp is not None:
-            return
+    async def answer_offer(self, offer_sdp: str) -> str:
+        """The business calls this phone: answer its offer the way Meta does and return the
+        answer in Meta's shape (:func:`meta_answer`). ICE/DTLS may start at once, but the phone
+        sends no RTP until :meth:`pick_up`. Raises SdpError / ValueError if the offer is
+        unusable."""
+        self.picked_up.clear()
+        self._count_media()
+        local = await self.leg.answer(offer_sdp)
+        if self.leg._dtmf_pt is None:
+            self.leg._dtmf_pt = META_DTMF_PT
+            self.leg.outgoing.dtmf_pt = META_DTMF_PT
+        self.offer_sdp = offer_sdp
+        self.answer_sdp = meta_answer(local)
+        self._after_negotiation()
+        return self.answer_sdp
+
+    def pick_up(self) -> None:
+        """The user takes the business's call: the phone starts sending audio."""
+        self.answered = True
+        self.picked_up.set()
+
+    def _count_media(self) -> None:
         # Count every RTP packet as media, DTMF included, before the leg hooks its receiver.
         on_packet = self.leg._on_packet
 
@@ -148,8 +181,18 @@ class SimulatedPhone:
             on_packet(packet)
 
         self.leg._on_packet = counting  # type: ignore[method-assign]
+
+    async def apply_answer(self, sdp: str) -> None:
+        """Apply the business's answer (from pre_accept, or accept without pre_accept): ICE and
+        DTLS start, and so does the no-media clock. Raises SdpError / ValueError if unusable."""
+        if self.answer_sdp is not None:
+            return
+        self._count_media()
         await self.leg.apply_answer(sdp)
         self.answer_sdp = sdp
+        self._after_negotiation()
+
+    def _after_negotiation(self) -> None:
         receiver = self.leg.transceiver.receiver
         handle_rtcp = receiver._handle_rtcp_packet
 
@@ -191,6 +234,7 @@ class SimulatedPhone:
         if self.state == "ended":
             return
         self.state = "ended"
+        self.picked_up.set()  # let a gated sender see the closed track and stop
         if self.received:
             self._close_segment(self.transcript.now())
         for task in self._tasks:
@@ -403,6 +447,89 @@ def whatsapp_offer(local_sdp: str) -> str:
         f"a=fmtp:111 {WHATSAPP_OPUS_FMTP}",
         "a=rtpmap:126 telephone-event/8000",
         "a=maxptime:20",
+        "a=ptime:20",
+        f"a=ssrc:{ssrc} cname:WhatsAppAudioStream1",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def meta_answer(local_sdp: str) -> str:
+    """Rewrite aiortc's answer to a business's offer into the shape of Meta's answer
+    (payloads/webhook-connect-business-initiated.json, §9 ⚠): session-level ``a=ice-lite``,
+    ``a=ice-options:trickle``, one sha-256 fingerprint, the DTLS role aiortc chose (``active``
+    against an ``actpass`` offer, as in Meta's sample), mid and payload types mirrored from the
+    offer, Meta's Opus fmtp, host candidates of one IPv4 and one IPv6 address, one SSRC.
+
+    Only presentation changes: ICE credentials, fingerprint, DTLS role, candidates and SSRC are
+    the phone's real ones.
+    """
+    def one(pattern: str) -> str:
+        m = re.search(pattern, local_sdp)
+        if not m:
+            raise ValueError(f"aiortc answer lacks {pattern!r}")
+        return m.group(1)
+
+    ufrag = one(r"a=ice-ufrag:(\S+)")
+    pwd = one(r"a=ice-pwd:(\S+)")
+    fingerprint = one(r"a=fingerprint:sha-256 (\S+)")
+    setup = one(r"a=setup:(\S+)")
+    mid = one(r"a=mid:(\S+)")
+    ssrc = one(r"a=ssrc:(\d+) ")
+    direction = re.search(r"a=(sendrecv|sendonly|recvonly|inactive)", local_sdp)
+    rtpmaps = dict(re.findall(r"a=rtpmap:(\d+) ([^\r\n]+)", local_sdp))
+    opus = next((pt for pt, enc in rtpmaps.items() if enc.lower().startswith("opus/48000")),
+                None)
+    if opus is None:
+        raise ValueError("aiortc answer has no Opus")
+    dtmf = next((pt for pt, enc in rtpmaps.items()
+                 if enc.lower().startswith("telephone-event/8000")), None)
+    v4 = v6 = None
+    for m in re.finditer(r"a=candidate:(\S+) 1 udp (\d+) (\S+) (\d+) typ host", local_sdp):
+        foundation, priority, addr, port = m.groups()
+        if ":" in addr and v6 is None:
+            v6 = (foundation, priority, addr, port)
+        elif ":" not in addr and v4 is None:
+            v4 = (foundation, priority, addr, port)
+    if v4 is None and v6 is None:
+        raise ValueError("aiortc answer has no host candidate")
+    default = v4 or v6
+    assert default is not None
+    pts = " ".join(pt for pt in (opus, dtmf) if pt)
+    lines = [
+        "v=0",
+        f"o=- {int(time.time() * 1000)} 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        f"a=group:BUNDLE {mid}",
+        f"a=msid-semantic: WMS {uuid.uuid4()}",
+        "a=ice-lite",
+        f"m=audio {default[3]} UDP/TLS/RTP/SAVPF {pts}",
+        f"c=IN IP4 {v4[2]}" if v4 else f"c=IN IP6 {default[2]}",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+    ]
+    for cand in (v4, v6):
+        if cand:
+            foundation, priority, addr, port = cand
+            numeric = int(foundation, 16) % 10**10 if re.fullmatch(r"[0-9a-f]+", foundation) \
+                else foundation
+            lines.append(f"a=candidate:{numeric} 1 udp {priority} {addr} {port} typ host "
+                         "generation 0 network-cost 50")
+    lines += [
+        f"a=ice-ufrag:{ufrag}",
+        f"a=ice-pwd:{pwd}",
+        "a=ice-options:trickle",
+        f"a=fingerprint:sha-256 {fingerprint}",
+        f"a=setup:{setup}",
+        f"a=mid:{mid}",
+        f"a={direction.group(1) if direction else 'sendrecv'}",
+        "a=rtcp-mux",
+        f"a=rtpmap:{opus} opus/48000/2",
+        f"a=rtcp-fb:{opus} transport-cc",
+        f"a=fmtp:{opus} {META_ANSWER_OPUS_FMTP}",
+    ]
+    if dtmf:
+        lines.append(f"a=rtpmap:{dtmf} telephone-event/8000")
+    lines += [
         "a=ptime:20",
         f"a=ssrc:{ssrc} cname:WhatsAppAudioStream1",
     ]

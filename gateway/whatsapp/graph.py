@@ -61,6 +61,19 @@ class GraphError(Exception):
         self.meta_message = message
 
 
+def _meta_error(action: str, data: Any, status: int) -> GraphError:
+    """Meta's error body (§2: branch on ``code`` only), or a bare HTTP failure."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        return GraphError(action, "unexpected answer", http_status=status)
+    raw = err.get("code")
+    code = int(raw) if isinstance(raw, (int, str)) and str(raw).isdigit() else None
+    error_data = err.get("error_data")
+    details = error_data.get("details", "") if isinstance(error_data, dict) else ""
+    return GraphError(action, str(err.get("message", "")), code=code, http_status=status,
+                      details=str(details))
+
+
 Observer = Callable[[str, str, float], None]
 """(action, result, seconds): result is "ok", a Meta error code, "http_<status>" or "timeout"."""
 
@@ -83,6 +96,16 @@ class GraphClient:
 
     async def _post(self, phone_number_id: str, path: str, action: str,
                     body: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", phone_number_id, path, action, json=body)
+
+    async def _get(self, phone_number_id: str, path: str, action: str,
+                   params: dict[str, str]) -> dict[str, Any]:
+        return await self._request("GET", phone_number_id, path, action, params=params)
+
+    async def _request(self, method: str, phone_number_id: str, path: str, action: str,
+                       **kwargs: Any) -> dict[str, Any]:
+        """One Graph request: Bearer auth, timeout, Meta's error body turned into GraphError,
+        and one observer call with the result, whatever happens."""
         await self.start()
         assert self._session is not None
         url = f"{self.settings.graph_url}/{phone_number_id}/{path}"
@@ -90,24 +113,15 @@ class GraphClient:
         started = time.perf_counter()
         result = "ok"
         try:
-            async with self._session.post(url, json=body, headers=headers) as resp:
+            async with self._session.request(method, url, headers=headers, **kwargs) as resp:
                 try:
                     data = await resp.json(content_type=None)
                 except (aiohttp.ContentTypeError, ValueError):
                     data = None
                 if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
-                    err = data.get("error") if isinstance(data, dict) else None
-                    if isinstance(err, dict):
-                        code = err.get("code")
-                        code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() \
-                            else None
-                        details = (err.get("error_data") or {}).get("details", "") \
-                            if isinstance(err.get("error_data"), dict) else ""
-                        result = str(code) if code is not None else f"http_{resp.status}"
-                        raise GraphError(action, str(err.get("message", "")), code=code,
-                                         http_status=resp.status, details=str(details))
-                    result = f"http_{resp.status}"
-                    raise GraphError(action, "unexpected answer", http_status=resp.status)
+                    err = _meta_error(action, data, resp.status)
+                    result = str(err.code) if err.code is not None else f"http_{resp.status}"
+                    raise err
                 return data
         except TimeoutError:
             result = "timeout"
@@ -155,46 +169,6 @@ class GraphClient:
             raise GraphError("connect", f"answer has no calls[0].id: {data}") from None
 
     # ---- outbound calls: messages and call permissions (whatsapp-calling.md §3, §5) -------
-
-    async def _get(self, phone_number_id: str, path: str, action: str,
-                   params: dict[str, str]) -> dict[str, Any]:
-        """A GET with the same error handling, timeout and observer as :meth:`_post`."""
-        await self.start()
-        assert self._session is not None
-        url = f"{self.settings.graph_url}/{phone_number_id}/{path}"
-        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
-        started = time.perf_counter()
-        result = "ok"
-        try:
-            async with self._session.get(url, params=params, headers=headers) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except (aiohttp.ContentTypeError, ValueError):
-                    data = None
-                if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
-                    err = data.get("error") if isinstance(data, dict) else None
-                    if isinstance(err, dict):
-                        code = err.get("code")
-                        code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() \
-                            else None
-                        error_data = err.get("error_data")
-                        details = error_data.get("details", "") \
-                            if isinstance(error_data, dict) else ""
-                        result = str(code) if code is not None else f"http_{resp.status}"
-                        raise GraphError(action, str(err.get("message", "")), code=code,
-                                         http_status=resp.status, details=str(details))
-                    result = f"http_{resp.status}"
-                    raise GraphError(action, "unexpected answer", http_status=resp.status)
-                return data
-        except TimeoutError:
-            result = "timeout"
-            raise GraphError(action, f"no answer within {self.settings.graph_timeout_s} s") \
-                from None
-        except aiohttp.ClientError as exc:
-            result = "unreachable"
-            raise GraphError(action, f"cannot reach the Graph API: {exc}") from None
-        finally:
-            self._observer(action, result, time.perf_counter() - started)
 
     async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> str:
         """``POST /{pnid}/messages`` (§5); returns Meta's message id (``wamid.``...).
