@@ -23,7 +23,6 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import IO, Any, TypeVar
 
 from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
+from gateway.sqlite_thread import DatabaseClosed, SqliteThread
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def filters_from_query(query: Mapping[str, str], now: float | None = None) -> di
     return out
 
 
-class StoreClosed(RuntimeError):
+class StoreClosed(DatabaseClosed):
     """The store was used after :meth:`CallStore.close` (or before open)."""
 
 
@@ -218,8 +218,7 @@ class CallStore:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
+        self._sql = SqliteThread(path, "call-store", StoreClosed)
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -227,60 +226,31 @@ class CallStore:
     async def open(cls, path: str | Path) -> CallStore:
         """Open (creating the file and its folder if needed) and bring the schema up to date."""
         store = cls(path)
-        store._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="call-store")
-        try:
-            await store._run(store._open_db)
-        except BaseException:
-            store._executor.shutdown(wait=False)
-            store._executor = None
-            raise
+        await store._sql.open(store._migrate)
         return store
 
     async def close(self) -> None:
         """Wait for queued writes, then close the file. Safe to call twice."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executor, self._close_db)
-        executor.shutdown(wait=True)
+        await self._sql.close()
 
     @property
     def schema_version(self) -> int:
         return len(MIGRATIONS)
 
-    def _open_db(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crash
+    def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            db.close()
             raise RuntimeError(f"{self.path}: schema version {version} is newer than this "
                                f"gateway knows ({len(MIGRATIONS)}); upgrade the gateway")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-        self._db = db
-
-    def _close_db(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise StoreClosed(f"call store {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await self._sql.run(fn, *args)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreClosed(f"call store {self.path} is closed")
-        return self._db
+        return self._sql.conn
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -292,9 +262,7 @@ class CallStore:
         """Queue a save without awaiting it (for synchronous callers such as observers).
 
         Saves still happen in call order; a failure is logged, not raised."""
-        if self._executor is None:
-            raise StoreClosed(f"call store {self.path} is closed")
-        future = self._executor.submit(self._save_row, record_to_row(record))
+        future = self._sql.submit(self._save_row, record_to_row(record))
         future.add_done_callback(_log_failure)
 
     def _save_row(self, row: tuple) -> None:

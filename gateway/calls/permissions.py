@@ -29,11 +29,11 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.sqlite_thread import DatabaseClosed, SqliteThread
 from gateway.whatsapp.events import PermissionReply
 from gateway.whatsapp.graph import GraphClient, GraphError
 
@@ -143,7 +143,7 @@ class Decision:
 OK = Decision(True, "ok", "allowed")
 
 
-class LedgerClosed(RuntimeError):
+class LedgerClosed(DatabaseClosed):
     """The ledger was used after :meth:`PermissionLedger.close` (or before open)."""
 
 
@@ -263,8 +263,7 @@ class PermissionLedger:
         self.limits = limits or Limits()
         self._display_numbers: dict[str, str] = dict(display_numbers or {})
         self._meta_country_blocked: set[str] = set()
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
+        self._sql = SqliteThread(path, "permissions", LedgerClosed)
         self._locks: dict[tuple[str, str], list[Any]] = {}
 
     # ---- life ----------------------------------------------------------------------------
@@ -274,52 +273,21 @@ class PermissionLedger:
                    display_numbers: Mapping[str, str] | None = None) -> PermissionLedger:
         """Open (creating the file, its folder and the ledger's tables if needed)."""
         ledger = cls(path, limits=limits, display_numbers=display_numbers)
-        ledger._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="permissions")
-        try:
-            await ledger._run(ledger._open_db)
-        except BaseException:
-            ledger._executor.shutdown(wait=False)
-            ledger._executor = None
-            raise
+        await ledger._sql.open(lambda db: db.executescript(f"BEGIN; {SCHEMA} COMMIT;"))
         return ledger
 
     async def close(self) -> None:
         """Wait for queued work, then close the file. Safe to call twice."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(executor, self._close_db)
-        executor.shutdown(wait=True)
-
-    def _open_db(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
-        self._db = db
-
-    def _close_db(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        await self._sql.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise LedgerClosed(f"permission ledger {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await self._sql.run(fn, *args)
 
     async def _tx(self, fn: Callable[..., T], *args: Any, write: bool = True) -> T:
         """Run ``fn(db, *args)`` on the ledger thread inside one transaction (a read-only one
         takes no write lock, so it never waits for the call store's writes)."""
         def work() -> T:
-            db = self._db
-            if db is None:
-                raise LedgerClosed(f"permission ledger {self.path} is closed")
+            db = self._sql.conn
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 out = fn(db, *args)
