@@ -162,7 +162,40 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
     q.add_argument("--phone-number-id")
     q.set_defaults(func=cmd_permissions_request)
+    q = perm_sub.add_parser("button", help="send the voice-call button message (user calls you)")
+    q.add_argument("user", help="the WhatsApp user, E.164")
+    q.add_argument("--body", default="Tap to call us on WhatsApp.")
+    q.add_argument("--display-text", default="Call Now", help="button text, at most 20 chars")
+    q.add_argument("--ttl-minutes", type=int, default=10080)
+    q.add_argument("--payload", help="comes back as WA_CTA_PAYLOAD on the user's call")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--phone-number-id")
+    q.set_defaults(func=cmd_permissions_button)
     return parser
+
+
+def cmd_permissions_button(args: argparse.Namespace) -> int:
+    from gateway.calls.permissions import send_call_button
+    from gateway.whatsapp.graph import GraphClient, GraphError
+
+    config = _load(args.config)
+    pnid = _number_id(config, args.phone_number_id)
+
+    async def run() -> int:
+        graph = GraphClient(config.whatsapp)
+        try:
+            message_id = await send_call_button(
+                graph, pnid, args.user.lstrip("+"), args.body, args.display_text,
+                args.ttl_minutes, args.payload)
+        except (ValueError, GraphError) as exc:
+            print(f"not sent: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await graph.close()
+        print(f"call button sent to {args.user} (message {message_id})")
+        return 0
+
+    return asyncio.run(run())
 
 
 def _number_id(config: Config, given: str | None) -> str:

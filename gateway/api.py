@@ -8,6 +8,8 @@ or reason named, so a CRM developer can act on it without reading logs.
     DELETE /v1/calls/{id}            hang it up
     GET    /v1/calls?since=&until=&direction=&outcome=&limit=&format=csv   call records
     POST   /v1/permission-requests   {"to": "...", "phone_number_id": "...", "body": "..."}
+    POST   /v1/call-buttons          {"to": "...", "body": "...", "display_text": "Call Now",
+                                      "ttl_minutes": 10080, "payload": "order-123"}
     GET    /v1/permissions/{phone_number_id}/{user}
 """
 
@@ -25,6 +27,7 @@ from aiohttp import web
 
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
+from gateway.calls.permissions import send_call_button
 from gateway.config import Config
 from gateway.store import filters_from_query
 from gateway.whatsapp.graph import GraphError
@@ -57,7 +60,7 @@ def call_state(call: OutboundCall) -> dict[str, Any]:
 
 
 def add_api_routes(app: web.Application, config: Config, calls: CallManager,
-                   store: Any = None, ledger: Any = None,
+                   store: Any = None, ledger: Any = None, graph: Any = None,
                    request_permission: Callable[..., Any] | None = None) -> None:
     tokens = [t.reveal() for t in config.api.tokens if t.reveal()]
 
@@ -181,6 +184,33 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
                           next_allowed_at=decision.next_allowed_at, meta_code=decision.meta_code)
         return web.json_response({"message_id": message_id, "sent_at": time.time()}, status=201)
 
+    async def call_button(request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        to = str(body.get("to", ""))
+        if not E164.match(to):
+            return _field_error("to", "must be an E.164 number like +5511987650000")
+        pnid, err = number_of(body)
+        if err:
+            return err
+        try:
+            ttl = int(body.get("ttl_minutes", 10080))
+        except (TypeError, ValueError):
+            return _field_error("ttl_minutes", "must be a whole number of minutes")
+        try:
+            message_id = await send_call_button(
+                graph, pnid, to.lstrip("+"), str(body.get("body") or ""),
+                display_text=str(body.get("display_text") or "Call Now"), ttl_minutes=ttl,
+                payload=body.get("payload"))
+        except ValueError as exc:  # "field: problem", from the message builder's checks
+            field, _, problem = str(exc).partition(": ")
+            return _field_error("body" if field == "body_text" else field, problem)
+        except GraphError as exc:
+            return _error(502, f"Meta refused the message: {exc.meta_message or exc}",
+                          meta_code=exc.code)
+        return web.json_response({"message_id": message_id}, status=201)
+
     async def get_permission(request: web.Request) -> web.Response:
         if ledger is None:
             return _error(404, "permission ledger not enabled")
@@ -192,4 +222,5 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
     app.router.add_get("/v1/calls/{id}", get_call)
     app.router.add_delete("/v1/calls/{id}", delete_call)
     app.router.add_post("/v1/permission-requests", permission_request)
+    app.router.add_post("/v1/call-buttons", call_button)
     app.router.add_get("/v1/permissions/{pnid}/{user}", get_permission)

@@ -123,7 +123,7 @@ class Gateway:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
         add_api_routes(self.web, self.config, self.calls, store=self.store, ledger=self.ledger,
-                       request_permission=self._request_permission)
+                       graph=self.graph, request_permission=self._request_permission)
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
