@@ -9,6 +9,12 @@ Mounted by the project's CLI as ``whatsapp-gateway sim serve|call`` through
 
 Point the gateway's ``whatsapp.graph_url`` at the URL ``serve`` prints, and give both the same
 app secret and access token (WA_APP_SECRET / WA_ACCESS_TOKEN).
+
+For outbound dialplans, say how the users the business calls behave (or per user with
+``POST /_sim/users``)::
+
+    python -m gateway.simulator serve --webhook-url ... --default-permission temporary \\
+        --default-on-call answer --default-answer-after 3 --default-script "wait 5; hangup"
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from gateway.simulator.cloud_api import (
     CloudApiSimulator,
     SimulatedCall,
 )
-from gateway.simulator.control import add_control_routes
+from gateway.simulator.control import ScriptError, add_control_routes, parse_script
+from gateway.simulator.users import ON_CALL, ON_REQUEST, PERMISSIONS, SimulatedUser
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,6 +65,21 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--media-address", action="append", default=None,
                        help="address the simulated phones gather ICE candidates on "
                             "(repeatable; default 127.0.0.1 and ::1)")
+    users = serve.add_argument_group(
+        "users the business calls", "defaults for users not configured with POST /_sim/users")
+    users.add_argument("--default-permission", choices=PERMISSIONS, default="no_permission",
+                       help="call permission at Meta (temporary: 7 days from start)")
+    users.add_argument("--default-on-call", choices=ON_CALL, default="answer",
+                       help="what the user does when the business calls")
+    users.add_argument("--default-answer-after", type=float, default=2.0, metavar="SECONDS",
+                       help="ringing time before answering or declining (default 2)")
+    users.add_argument("--default-on-permission-request", choices=ON_REQUEST,
+                       default="accept", help="reply to a call permission request")
+    users.add_argument("--default-reply-after", type=float, default=2.0, metavar="SECONDS",
+                       help="delay before that reply (default 2)")
+    users.add_argument("--default-script", default=None,
+                       help="what the user does once picked up, e.g. \"wait 3; press 1; wait 5; "
+                            "hangup\" (default: stay on until someone hangs up)")
     serve.set_defaults(func=lambda a: _run(serve_main(a)), async_func=serve_main)
 
     call = subparsers.add_parser(
@@ -99,17 +121,24 @@ async def serve_main(args: argparse.Namespace) -> int:
         return 2
     host, _, port = args.listen.rpartition(":")
     aiortc_hooks.set_host_addresses(args.media_address or _default_media_addresses())
+    try:
+        default_user = _default_user(args)
+    except (ValueError, ScriptError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sim = CloudApiSimulator(
         app_secret=args.app_secret, access_token=args.access_token,
         webhook_url=args.webhook_url, host=host.strip("[]") or "127.0.0.1", port=int(port),
         version=args.api_version, waba_id=args.waba_id, phone_number_id=args.phone_number_id,
-        display_phone_number=args.display_number, ring_timeout_s=args.ring_timeout)
+        display_phone_number=args.display_number, ring_timeout_s=args.ring_timeout,
+        default_user=default_user)
     add_control_routes(sim)
     printers: set[asyncio.Task[None]] = set()
 
     def print_transcript(call: SimulatedCall) -> None:
+        """Follows every call, either direction (outbound ones are marked →)."""
         async def follow() -> None:
-            short = call.call_id[:18] + "…"
+            short = ("→ " if call.outbound else "") + call.call_id[:18] + "…"
             async for line in call.transcript.follow():
                 print(f"[{short}] {line}", flush=True)
         task = asyncio.ensure_future(follow())
@@ -117,12 +146,15 @@ async def serve_main(args: argparse.Namespace) -> int:
         task.add_done_callback(printers.discard)
 
     sim.call_listeners.append(print_transcript)
+    sim.note_listeners.append(lambda line: print(f"[account] {line}", flush=True))
     await sim.start()
     print(f"Cloud API simulator: graph_url {sim.url}\n"
           f"  number {args.phone_number_id} ({args.display_number}), webhooks → "
           f"{args.webhook_url}\n"
           f"  scripted calls: POST {sim.base_url}/_sim/calls  (or: sim call --sim-url "
-          f"{sim.base_url} --script ...)", flush=True)
+          f"{sim.base_url} --script ...)\n"
+          f"  users the business calls: {args.default_permission} permission, "
+          f"{args.default_on_call}; per user: POST {sim.base_url}/_sim/users", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,6 +167,17 @@ async def serve_main(args: argparse.Namespace) -> int:
         for task in list(printers):
             task.cancel()
     return 0
+
+
+def _default_user(args: argparse.Namespace) -> SimulatedUser:
+    user = SimulatedUser(
+        permission=args.default_permission, on_call=args.default_on_call,
+        answer_after_s=args.default_answer_after,
+        on_permission_request=args.default_on_permission_request,
+        reply_after_s=args.default_reply_after, script=args.default_script)
+    if user.script:
+        parse_script(user.script)
+    return user
 
 
 async def call_main(args: argparse.Namespace) -> int:

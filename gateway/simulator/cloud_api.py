@@ -367,7 +367,10 @@ class CloudApiSimulator:
                  ring_timeout_s: float = 60.0, phone_timers: PhoneTimers = DEFAULT_TIMERS,
                  webhook_timeout_s: float = 20.0,
                  webhook_retry_delays: tuple[float, ...] = (1.0, 3.0),
-                 hearing_window_s: float = 0.5):
+                 hearing_window_s: float = 0.5,
+                 default_user: SimulatedUser | None = None,
+                 connect_webhook_delay_s: float = 0.2, ringing_delay_s: float = 0.3,
+                 callback_grant_delay_s: float = 5.0):
         self.app_secret = app_secret
         self.access_token = access_token
         self.webhook_url = webhook_url
@@ -387,10 +390,41 @@ class CloudApiSimulator:
         self.calls: dict[str, SimulatedCall] = {}
         self.webhooks: list[WebhookDelivery] = []
         self.call_listeners: list[Callable[[SimulatedCall], None]] = []
-        """Called with each new call before its connect webhook goes out (e.g. to print its
-        transcript live)."""
+        """Called with each new call, either direction, before its connect webhook goes out
+        (e.g. to print its transcript live); ``call.direction`` tells them apart."""
+        self.users: dict[str, SimulatedUser] = {}
+        """wa_id → the users Meta knows; unknown users are made from :attr:`default_user`."""
+        self.default_user = default_user or SimulatedUser()
+        """Template for users not in :attr:`users` (its ``wa_id`` is ignored)."""
+        self.counters: dict[tuple[str, str], PairCounters] = {}
+        """(phone_number_id, wa_id) → Meta's counters for the pair."""
+        self.settings: dict[str, dict[str, Any]] = {}
+        """phone_number_id → the number's settings (``GET|POST settings``); see
+        :meth:`number_settings`."""
+        self.messages: list[dict[str, Any]] = []
+        """Every message the business sent: ``{id, to, type, interactive_type, body, time}``."""
+        self.connect_webhook_delay_s = connect_webhook_delay_s
+        """After a business's connect: until Meta's connect webhook with the answer."""
+        self.ringing_delay_s = ringing_delay_s
+        """After that webhook: until the user's phone rings (RINGING)."""
+        self.callback_grant_delay_s = callback_grant_delay_s
+        """After a user's call starts: until the automatic callback permission arrives (the
+        samples' timestamps are 5 s apart)."""
+        self.notes = Transcript()
+        """Account-level story: permission requests and replies, settings changes, users."""
+        self.note_listeners: list[Callable[[str], None]] = []
         self.app = web.Application()
         self.app.router.add_post("/{version}/{phone_number_id}/calls", self._handle_calls)
+        self.app.router.add_post("/{version}/{phone_number_id}/messages", self._handle_messages)
+        self.app.router.add_get("/{version}/{phone_number_id}/call_permissions",
+                                self._handle_call_permissions)
+        self.app.router.add_get("/{version}/{phone_number_id}/settings",
+                                self._handle_get_settings)
+        self.app.router.add_post("/{version}/{phone_number_id}/settings",
+                                 self._handle_post_settings)
+        self._permission_gets: dict[str, list[float]] = {}
+        self._claimed: set[str] = set()
+        self._outbound_added = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -440,6 +474,71 @@ class CloudApiSimulator:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def note(self, text: str) -> None:
+        """Add a line to the account-level story (:attr:`notes`)."""
+        line = self.notes.add(text)
+        for listener in self.note_listeners:
+            listener(line)
+
+    # --- users, their counters, the number's settings -----------------------------------------
+
+    def user(self, wa_id: str, profile_name: str | None = None) -> SimulatedUser:
+        """The user Meta knows by this number, made from :attr:`default_user` if new."""
+        wa_id = wa_id.lstrip("+")
+        user = self.users.get(wa_id)
+        if user is None:
+            user = self.default_user.copy_for(wa_id)
+            if profile_name is not None:
+                user.name = profile_name
+            if user.permission == "temporary" and user.permission_expires_at is None:
+                # A default temporary permission is granted when Meta first sees the user.
+                user.permission_expires_at = time.time() + TEMPORARY_PERMISSION_S
+            self.users[wa_id] = user
+        return user
+
+    def add_user(self, wa_id: str, **fields: Any) -> SimulatedUser:
+        """Configure a user (replacing any earlier one): ``sim.add_user("15550002222",
+        permission="temporary", on_call="reject", answer_after_s=0.5)``. A temporary permission
+        without ``permission_expires_at`` lasts 7 days from now."""
+        user = SimulatedUser(wa_id=wa_id.lstrip("+"), **fields)
+        if user.permission == "temporary" and user.permission_expires_at is None:
+            user.permission_expires_at = time.time() + TEMPORARY_PERMISSION_S
+        self.users[user.wa_id] = user
+        return user
+
+    def pair(self, phone_number_id: str, wa_id: str) -> PairCounters:
+        """Meta's counters for a business number + user pair."""
+        return self.counters.setdefault((phone_number_id, wa_id.lstrip("+")), PairCounters())
+
+    def number_settings(self, phone_number_id: str) -> dict[str, Any]:
+        """The number's settings (``{"calling": {...}}``), created from the sample on first use.
+        Tests may edit them directly (e.g. add ``calling.restrictions``)."""
+        if phone_number_id not in self.settings:
+            self.settings[phone_number_id] = number_settings.default_settings()
+        return self.settings[phone_number_id]
+
+    @property
+    def outbound_calls(self) -> list[SimulatedCall]:
+        """Business-initiated calls, oldest first."""
+        return [c for c in self.calls.values() if c.outbound]
+
+    async def wait_outbound_call(self, to: str | None = None,
+                                 timeout: float | None = 10.0) -> SimulatedCall:
+        """The next business-initiated call (to ``to`` if given) not returned before by this
+        method: an earlier one if it already exists, else the next to arrive. Raises
+        TimeoutError."""
+        wanted = to.lstrip("+") if to else None
+
+        def find() -> SimulatedCall | None:
+            return next((c for c in self.outbound_calls if c.call_id not in self._claimed
+                         and (wanted is None or c.wa_id == wanted)), None)
+
+        async with self._outbound_added:
+            call = await asyncio.wait_for(self._outbound_added.wait_for(find), timeout)
+        assert call is not None
+        self._claimed.add(call.call_id)
+        return call
+
     # --- the user calls -----------------------------------------------------------------------
 
     async def place_call(self, *, from_wa_id: str, profile_name: str | None = "Test User",
@@ -466,11 +565,35 @@ class CloudApiSimulator:
         self.calls[call.call_id] = call
         transcript.t0 = time.monotonic()
         call.started_at = time.time()
+        user = self.user(from_wa_id, profile_name)
+        user.in_service_window = True  # §10: a call opens the customer-service window
         self._spawn(self._ring_timeout(call))
         for listener in self.call_listeners:
             listener(call)
         await self._send_call_webhook(call, self.connect_payload(call))
+        calling = self.number_settings(phone_number_id).get("calling", {})
+        if calling.get("callback_permission_status") == "ENABLED":
+            self._spawn(self._callback_grant(call, user))
         return call
+
+    async def _callback_grant(self, call: SimulatedCall, user: SimulatedUser) -> None:
+        """§4 callback_permission_status ENABLED: a user who calls (answered or missed) grants
+        a temporary permission; the reply webhook names the call (context.id = wacid, payloads/
+        webhook-call-permission-reply-automatic-callback.json).
+
+        ASSUMPTION: nothing is granted (nor sent) while a permanent permission exists; an
+        existing temporary one is renewed for 7 days, with a webhook."""
+        await asyncio.sleep(self.callback_grant_delay_s)
+        if user.permission_status(time.time()) == "permanent":
+            return
+        now = time.time()
+        user.set_permission("temporary", now)
+        call.transcript.add("callback permission granted automatically (temporary, 7 days)")
+        self.note(f"user {user.wa_id} called: temporary call permission granted automatically")
+        await self._send_permission_reply(call.phone_number_id, user, response="accept",
+                                          source="automatic", context_id=call.call_id,
+                                          permanent=False, now=now,
+                                          transcript=call.transcript)
 
     async def _ring_timeout(self, call: SimulatedCall) -> None:
         waits = [asyncio.ensure_future(call.accepted.wait()),
@@ -484,15 +607,19 @@ class CloudApiSimulator:
         if not done:
             async with call.lock:
                 if not call.is_over and call.accepted_at is None:
-                    call.transcript.add(f"not answered within {self.ring_timeout_s:g} s: "
-                                        'phone shows "Not answered"')
+                    if call.outbound:
+                        call.transcript.add(f"the user did not pick up within "
+                                            f"{self.ring_timeout_s:g} s: the phone stops ringing")
+                    else:
+                        call.transcript.add(f"not answered within {self.ring_timeout_s:g} s: "
+                                            'phone shows "Not answered"')
                     await call._end(by="ring timeout")
 
     # --- webhook bodies -----------------------------------------------------------------------
 
     def _envelope(self, call: SimulatedCall, calls: list[dict[str, Any]],
                   errors: list[dict[str, Any]] | None = None,
-                  contacts: bool = False) -> dict[str, Any]:
+                  contacts: bool = False, key: str = "calls") -> dict[str, Any]:
         value: dict[str, Any] = {
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": call.display_phone_number,
@@ -500,22 +627,37 @@ class CloudApiSimulator:
         }
         if contacts:
             contact: dict[str, Any] = {"wa_id": call.from_wa_id}
-            if call.profile_name:
+            if call.profile_name and not call.outbound:
+                # Business-initiated connects carry only the wa_id (payloads/webhook-connect-
+                # business-initiated.json).
                 contact = {"profile": {"name": call.profile_name}, "wa_id": call.from_wa_id}
             value["contacts"] = [contact]
-        value["calls"] = calls
+        value[key] = calls
         if errors:
             value["errors"] = errors
         return {"object": "whatsapp_business_account",
                 "entry": [{"id": self.waba_id,
                            "changes": [{"value": value, "field": "calls"}]}]}
 
+    @staticmethod
+    def _parties(call: SimulatedCall) -> dict[str, str]:
+        if call.outbound:
+            return {"to": call.wa_id, "from": call.display_phone_number}
+        return {"to": call.display_phone_number, "from": call.wa_id}
+
     def connect_payload(self, call: SimulatedCall) -> dict[str, Any]:
-        """Shaped like payloads/webhook-connect-user-initiated.json."""
-        item: dict[str, Any] = {
+        """Shaped like payloads/webhook-connect-{user,business}-initiated.json."""
+        if call.outbound:
+            item: dict[str, Any] = {"id": call.call_id, **self._parties(call),
+                                    "event": "connect", "timestamp": str(int(time.time())),
+                                    "direction": call.direction}
+            if call.biz_opaque_callback_data is not None:
+                item["biz_opaque_callback_data"] = call.biz_opaque_callback_data
+            item["session"] = {"sdp_type": "answer", "sdp": call.answer_sdp}
+            return self._envelope(call, [item], contacts=True)
+        item = {
             "id": call.call_id,
-            "to": call.display_phone_number,
-            "from": call.from_wa_id,
+            **self._parties(call),
             "event": "connect",
             "timestamp": str(int(call.started_at)),
             "direction": call.direction,
@@ -532,8 +674,7 @@ class CloudApiSimulator:
         """Shaped like payloads/webhook-terminate-{completed,failed}.json."""
         item: dict[str, Any] = {
             "id": call.call_id,
-            "to": call.display_phone_number,
-            "from": call.from_wa_id,
+            **self._parties(call),
             "event": "terminate",
             "direction": call.direction,
         }
@@ -557,6 +698,66 @@ class CloudApiSimulator:
                                "error_data": {"details": details}}]
         return self._envelope(call, [item], errors)
 
+    def status_payload(self, call: SimulatedCall, status: str) -> dict[str, Any]:
+        """Shaped like payloads/webhook-status-{ringing,accepted,rejected}.json."""
+        item: dict[str, Any] = {"id": call.call_id, "timestamp": str(int(time.time())),
+                                "type": "call", "status": status, "recipient_id": call.wa_id}
+        if call.biz_opaque_callback_data is not None:
+            item["biz_opaque_callback_data"] = call.biz_opaque_callback_data
+        return self._envelope(call, [item], key="statuses")
+
+    def _messages_envelope(self, phone_number_id: str, key: str, items: list[dict[str, Any]],
+                           user: SimulatedUser | None = None) -> dict[str, Any]:
+        """Field ``messages`` (§6 permission replies; message statuses)."""
+        value: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": self.numbers.get(phone_number_id,
+                                                                  DEFAULT_DISPLAY_NUMBER),
+                         "phone_number_id": phone_number_id},
+        }
+        if user is not None:
+            contact: dict[str, Any] = {"wa_id": user.wa_id}
+            if user.name:
+                contact = {"profile": {"name": user.name}, "wa_id": user.wa_id}
+            value["contacts"] = [contact]
+        value[key] = items
+        return {"object": "whatsapp_business_account",
+                "entry": [{"id": self.waba_id,
+                           "changes": [{"value": value, "field": "messages"}]}]}
+
+    def permission_reply_payload(self, phone_number_id: str, user: SimulatedUser, *,
+                                 response: str, source: str, context_id: str | None,
+                                 permanent: bool, expires_at: float | None,
+                                 now: float) -> dict[str, Any]:
+        """Shaped like payloads/webhook-call-permission-reply*.json. ASSUMPTION: a reject
+        carries only ``response`` and ``response_source`` (as the auto-revoked sample)."""
+        reply: dict[str, Any] = {"response": response}
+        if response == "accept":
+            reply["is_permanent"] = permanent
+            if not permanent and expires_at is not None:
+                reply["expiration_timestamp"] = str(int(expires_at))
+        reply["response_source"] = source
+        message: dict[str, Any] = {"from": user.wa_id, "id": new_wamid(),
+                                   "timestamp": str(int(now))}
+        if context_id is not None:
+            message["context"] = {"from": user.wa_id, "id": context_id}
+        message["type"] = "interactive"
+        message["interactive"] = {"type": "call_permission_reply",
+                                  "call_permission_reply": reply}
+        return self._messages_envelope(phone_number_id, "messages", [message], user)
+
+    async def _send_permission_reply(self, phone_number_id: str, user: SimulatedUser, *,
+                                     response: str, source: str, context_id: str | None,
+                                     permanent: bool, now: float,
+                                     transcript: Transcript | None = None) -> WebhookDelivery:
+        payload = self.permission_reply_payload(
+            phone_number_id, user, response=response, source=source, context_id=context_id,
+            permanent=permanent, expires_at=user.permission_expires_at, now=now)
+        if transcript is not None:
+            transcript.add(f"call_permission_reply webhook sent ({response}, {source})")
+        self.note(f"call_permission_reply webhook sent for {user.wa_id}: {response} ({source})")
+        return await self.send_webhook(payload, transcript=transcript)
+
     # --- webhook delivery ---------------------------------------------------------------------
 
     @staticmethod
@@ -565,8 +766,9 @@ class CloudApiSimulator:
         return json.dumps(payload, separators=(",", ":")).encode()
 
     async def _send_call_webhook(self, call: SimulatedCall, payload: dict[str, Any]) -> None:
-        event = payload["entry"][0]["changes"][0]["value"]["calls"][0]
-        what = event["event"]
+        value = payload["entry"][0]["changes"][0]["value"]
+        event = (value.get("calls") or value.get("statuses"))[0]
+        what = event.get("event") or f"status {event['status']}"
         if what == "terminate":
             what += f" {event['status']}"
             if call.error_code:
@@ -652,23 +854,33 @@ class CloudApiSimulator:
 
     # --- recorded API traffic -----------------------------------------------------------------
 
-    def requests_for(self, call_id: str | None = None,
-                     action: str | None = None) -> list[ApiRequest]:
+    def requests_for(self, call_id: str | None = None, action: str | None = None,
+                     endpoint: str | None = None) -> list[ApiRequest]:
+        """Recorded requests. ``action``: the calls action, the message type
+        (``call_permission_request``, ``voice_call``, ``text``, ``template``...),
+        ``call_permissions``, ``get_settings`` or ``set_settings``."""
         return [r for r in self.requests
                 if (call_id is None or r.call_id == call_id)
-                and (action is None or r.action == action)]
+                and (action is None or r.action == action)
+                and (endpoint is None or r.endpoint == endpoint)]
 
-    # --- POST /{version}/{phone_number_id}/calls ----------------------------------------------
-
-    async def _handle_calls(self, request: web.Request) -> web.Response:
+    async def _api(self, request: web.Request, endpoint: str,
+                   handle: Callable[[str, Any, ApiRequest], Awaitable[dict[str, Any]]],
+                   action: Callable[[Any], str | None]) -> web.Response:
+        """Record a Graph request, check token, version and number, run ``handle`` and answer
+        its result or its :class:`GraphError`."""
         phone_number_id = request.match_info["phone_number_id"]
-        raw = await request.read()
-        try:
-            body: Any = json.loads(raw) if raw else {}
-        except ValueError:
-            body = raw.decode(errors="replace")
-        rec = ApiRequest(action=body.get("action") if isinstance(body, dict) else None,
-                         body=body, time=time.time(), phone_number_id=phone_number_id)
+        if request.method == "GET":
+            body: Any = dict(request.query)
+        else:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = raw.decode(errors="replace")
+        rec = ApiRequest(action=action(body) if isinstance(body, dict) else None, body=body,
+                         time=time.time(), phone_number_id=phone_number_id, endpoint=endpoint,
+                         method=request.method)
         self.requests.append(rec)
         try:
             self._check_auth(request)
@@ -677,18 +889,32 @@ class CloudApiSimulator:
                 raise invalid("The request body is not a JSON object")
             if phone_number_id not in self.numbers:
                 raise GraphError(
-                    100, f"Unsupported post request. Object with ID '{phone_number_id}' does "
-                    "not exist, cannot be loaded due to missing permissions, or does not "
-                    "support this operation.", subcode=33)
-            result = await self._calls_action(phone_number_id, body)
+                    100, f"Unsupported {request.method.lower()} request. Object with ID "
+                    f"'{phone_number_id}' does not exist, cannot be loaded due to missing "
+                    "permissions, or does not support this operation.", subcode=33)
+            result = await handle(phone_number_id, body, rec)
             rec.status, rec.response = 200, result
         except GraphError as err:
             rec.status, rec.response = err.status, err.body()
-            call = self.calls.get(rec.call_id or "")
-            if call is not None:
-                call.transcript.add(f"business sent {rec.action}: refused with error "
-                                    f"{err.code} ({err.details or err.message})")
         return web.json_response(rec.response, status=rec.status)
+
+    # --- POST /{version}/{phone_number_id}/calls ----------------------------------------------
+
+    async def _handle_calls(self, request: web.Request) -> web.Response:
+        async def handle(phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
+            try:
+                result = await self._calls_action(phone_number_id, body)
+            except GraphError as err:
+                call = self.calls.get(rec.call_id or "")
+                if call is not None:
+                    call.transcript.add(f"business sent {rec.action}: refused with error "
+                                        f"{err.code} ({err.details or err.message})")
+                raise
+            if rec.action == "connect":
+                rec.created_call_id = result["calls"][0]["id"]
+            return result
+
+        return await self._api(request, "calls", handle, lambda body: body.get("action"))
 
     def _check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
@@ -710,10 +936,14 @@ class CloudApiSimulator:
     async def _calls_action(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("messaging_product") != "whatsapp":
             raise invalid("messaging_product must be \"whatsapp\"")
+        sip = self.number_settings(phone_number_id).get("calling", {}).get("sip", {})
+        if sip.get("status") == "ENABLED":
+            # §13: a SIP-enabled number refuses the calling Graph endpoints.
+            raise GraphError(131055, "Calling Graph API endpoints are not available for a "
+                             "number with SIP enabled", "Disable calling.sip to use /calls")
         action = body.get("action")
         if action == "connect":
-            # Business-initiated calls (connect, status webhooks, call_permissions) come later.
-            raise invalid("The simulator does not place business-initiated calls yet")
+            return await self._connect(phone_number_id, body)
         if action not in ("pre_accept", "accept", "reject", "terminate"):
             raise invalid(f"action must be one of connect, pre_accept, accept, reject, "
                           f"terminate; got {action!r}")
@@ -724,6 +954,11 @@ class CloudApiSimulator:
         if call is None or call.phone_number_id != phone_number_id:
             # ASSUMPTION: an unknown call id is an invalid parameter (code 100).
             raise invalid(f"Unknown call_id {call_id} for phone number {phone_number_id}")
+        if call.outbound and action != "terminate":
+            # ASSUMPTION: pre_accept/accept/reject are the user-initiated actions (§2 table);
+            # on a business-initiated call they are an invalid parameter.
+            raise invalid(f"{action} is for calls from users; call {call_id} was placed by the "
+                          "business (use terminate)")
         async with call.lock:
             if action in ("pre_accept", "accept"):
                 await self._answer(call, action, body)
@@ -788,6 +1023,7 @@ class CloudApiSimulator:
         call.phone.answered = True
         call.transcript.add("business sent accept: call answered")
         call.accepted.set()
+        self.pair(call.phone_number_id, call.wa_id).reset_requests()  # §10: a connected call
 
     async def _reject(self, call: SimulatedCall) -> None:
         if call.is_over:
@@ -801,7 +1037,11 @@ class CloudApiSimulator:
     async def _terminate(self, call: SimulatedCall) -> None:
         if call.is_over:
             raise invalid(f"Call {call.call_id} has already ended")
-        if call.state == "ringing":
+        if call.outbound:
+            call.transcript.add("hung up by the business (terminate)" if call.accepted_at
+                                else "the business cancelled the call (terminate) before the "
+                                "user picked up")
+        elif call.state == "ringing":
             # The reference: reject is for a call not yet accepted, terminate ends a connected
             # call. Meta's answer to terminate on a ringing call is not documented: end it, say so.
             call.transcript.add("business sent terminate on a call it never pre-accepted or "
@@ -816,3 +1056,374 @@ class CloudApiSimulator:
         async with call.lock:
             if call.state != "ended":
                 await call._end(by="business")
+
+    # --- business-initiated calls: POST /calls action connect ---------------------------------
+
+    async def _connect(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """§2/§8/§9: check the request and the user, answer with the wacid; Meta's connect
+        webhook (with the phone's answer), RINGING and the user's reaction follow."""
+        to = body.get("to")
+        if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
+            raise invalid("to must be the user's phone number (digits, optionally with +)")
+        wa_id = to.strip().lstrip("+")
+        session = body.get("session")
+        if not isinstance(session, dict):
+            raise invalid("session {sdp_type, sdp} is required for connect")
+        if session.get("sdp_type") != "offer":
+            raise invalid(f"session.sdp_type must be \"offer\" for connect, "
+                          f"got {session.get('sdp_type')!r}")
+        sdp = session.get("sdp")
+        if not isinstance(sdp, str) or "m=audio" not in sdp:
+            raise invalid("session.sdp must be an SDP offer with an audio section")
+        if not re.search(r"a=rtpmap:\d+ opus/48000", sdp, re.IGNORECASE):
+            raise invalid("SDP offer has no Opus/48000 codec")
+        if "a=fingerprint:sha-256 " not in sdp:
+            raise invalid("SDP offer needs a sha-256 DTLS fingerprint")
+        opaque = body.get("biz_opaque_callback_data")
+        if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
+            raise invalid(f"biz_opaque_callback_data must be a string of at most {OPAQUE_MAX} "
+                          "characters")
+        calling = self.number_settings(phone_number_id).get("calling", {})
+        if calling.get("status") != "ENABLED":
+            raise GraphError(138000, "Calling is not enabled for this phone number",
+                             "Enable calling in the number's settings first", status=401)
+        display = self.numbers[phone_number_id]
+        country = business_country_block(display)
+        if country:
+            raise GraphError(138013, "Business-initiated calling is not available in this "
+                             "country", f"Business numbers from {country} cannot call users")
+        now = time.time()
+        for r in (calling.get("restrictions") or {}).get("restrictions_list") or []:
+            if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING" and \
+                    float(r.get("expiration") or 0) > now:
+                raise GraphError(138014, "Calling is temporarily disabled for this phone number",
+                                 str(r.get("reason") or "Business-initiated calling restricted"))
+        user = self.user(wa_id)
+        if user.app_too_old:
+            # ASSUMPTION: a client too old for calling is "unsupported client" (138001).
+            raise GraphError(138001, "Receiver cannot be called",
+                             "The user's WhatsApp client does not support business calls")
+        if user.permission_status(now) == "no_permission":
+            raise GraphError(138006, "No approved call permission from the recipient",
+                             "The user has not granted this business permission to call.",
+                             status=401)
+        counters = self.pair(phone_number_id, wa_id)
+        full = exhausted(call_limits(counters, now))
+        if full is not None:
+            raise GraphError(138012, "Business-initiated call limit reached",
+                             f"{full['max_allowed']} connected calls per 24 h reached; the next "
+                             f"call is allowed at {full['limit_expiration_time']} (unix time)")
+        ongoing = any(c.wa_id == wa_id and c.phone_number_id == phone_number_id
+                      and not c.is_over for c in self.calls.values())
+        if user.on_call == "busy" or ongoing:
+            raise GraphError(138003, "A call with this user is already in progress",
+                             "Wait for the current call with this user to end")
+        transcript = Transcript()
+        phone = SimulatedPhone(transcript=transcript, name=f"phone {wa_id}",
+                               timers=self.phone_timers, idle_audio=user.idle_audio,
+                               hearing_window_s=self.hearing_window_s)
+        try:
+            answer = await phone.answer_offer(sdp)
+        except ValueError as exc:  # SdpError included
+            await phone.hangup()
+            raise invalid(f"SDP offer rejected: {exc}") from exc
+        call = SimulatedCall(self, call_id=new_wacid(wa_id, user_initiated=False),
+                             from_wa_id=wa_id, profile_name=user.name,
+                             phone_number_id=phone_number_id, display_phone_number=display,
+                             cta_payload=None, deeplink_payload=None, transcript=transcript,
+                             phone=phone, direction=BUSINESS_INITIATED)
+        call.offer_sdp, call.answer_sdp = sdp, answer
+        call.biz_opaque_callback_data = opaque
+        if sdp.count("a=fingerprint:") > 1:
+            transcript.add("note: the offer lists several fingerprints; §9 asks for one sha-256")
+        transcript.add(f"business calls {wa_id} (connect): accepted as {call.call_id}")
+        self.calls[call.call_id] = call
+        user.in_service_window = True  # §10: a call opens the customer-service window
+        for listener in self.call_listeners:
+            listener(call)
+        async with self._outbound_added:
+            self._outbound_added.notify_all()
+        self._spawn(self._run_outbound(call, user))
+        return {"messaging_product": "whatsapp", "calls": [{"id": call.call_id}]}
+
+    async def _run_outbound(self, call: SimulatedCall, user: SimulatedUser) -> None:
+        """Meta's side of a business-initiated call, after connect returned."""
+        await asyncio.sleep(self.connect_webhook_delay_s)
+        async with call.lock:
+            if call.is_over:
+                return
+            await self._send_call_webhook(call, self.connect_payload(call))
+        await asyncio.sleep(self.ringing_delay_s)
+        async with call.lock:
+            if call.is_over:
+                return
+            call.state = "ringing"
+            call.ringing.set()
+            call.transcript.add(f"the user's phone rings ({user.on_call}"
+                                + (f" after {user.answer_after_s:g} s)"
+                                   if user.on_call in ("answer", "reject") else ")"))
+            await self._send_call_webhook(call, self.status_payload(call, "RINGING"))
+        self._spawn(self._ring_timeout(call))
+        if user.on_call not in ("answer", "reject"):
+            return  # ignore: rings until the ring timeout
+        try:
+            await asyncio.wait_for(call.ended.wait(), user.answer_after_s)
+            return
+        except TimeoutError:
+            pass
+        async with call.lock:
+            if call.is_over:
+                return
+            if user.on_call == "reject":
+                call.rejected = True
+                call.transcript.add("the user declined the call")
+                await self._send_call_webhook(call, self.status_payload(call, "REJECTED"))
+                # ASSUMPTION: the terminate after REJECTED is FAILED without errors[].
+                await call._end(by="user")
+                return
+            call.state = "accepted"
+            call.accepted_at = time.time()
+            call.phone.pick_up()
+            call.transcript.add("the user picked up: the phone sends audio")
+            call.accepted.set()
+            counters = self.pair(call.phone_number_id, call.wa_id)
+            counters.calls.append(call.accepted_at)
+            counters.unanswered_streak = 0
+            counters.reset_requests()  # §10: any connected call resets the request counters
+            # §6: ACCEPTED typically arrives after media already flows.
+            await self._send_call_webhook(call, self.status_payload(call, "ACCEPTED"))
+        if user.script:
+            self._spawn(self._run_user_script(call, user.script))
+
+    async def _run_user_script(self, call: SimulatedCall, script: str) -> None:
+        from gateway.simulator.control import ScriptError, parse_script, run_script
+        try:
+            steps = parse_script(script)
+        except ScriptError as exc:
+            call.transcript.add(f"user script not run: {exc}")
+            return
+        result = await run_script(call, steps)
+        call.transcript.add("user script " + ("passed" if result.ok
+                                              else f"failed: {result.reason}"))
+
+    async def _outbound_ended(self, call: SimulatedCall) -> None:
+        """§10: declined or unanswered business calls in a row; 4 revoke the permission, with
+        an automatic reject reply (payloads/webhook-call-permission-reply-auto-revoked.json).
+
+        ASSUMPTION: only what the user did counts (declined, or not picked up before the ring
+        timeout); a call the business cancelled or that failed on media does not."""
+        if call.accepted_at is not None or call.ended_by not in ("user", "ring timeout"):
+            return
+        counters = self.pair(call.phone_number_id, call.wa_id)
+        counters.unanswered_streak += 1
+        call.transcript.add(f"unanswered business calls in a row: {counters.unanswered_streak}")
+        if counters.unanswered_streak < UNANSWERED_TO_REVOKE:
+            return
+        counters.unanswered_streak = 0
+        user = self.user(call.wa_id)
+        now = time.time()
+        user.set_permission("no_permission", now)
+        call.transcript.add(f"{UNANSWERED_TO_REVOKE} unanswered calls in a row: call permission "
+                            "revoked automatically")
+        await self._send_permission_reply(call.phone_number_id, user, response="reject",
+                                          source="automatic", context_id=None,
+                                          permanent=False, now=now, transcript=call.transcript)
+
+    # --- GET /{version}/{phone_number_id}/call_permissions ------------------------------------
+
+    async def _handle_call_permissions(self, request: web.Request) -> web.Response:
+        async def handle(phone_number_id: str, query: Any, rec: ApiRequest) -> dict[str, Any]:
+            recent = [t for t in self._permission_gets.get(phone_number_id, [])
+                      if t > time.monotonic() - 1.0]
+            if len(recent) >= CALL_PERMISSIONS_PER_S:
+                raise GraphError(613, "(#613) Calls to this api have exceeded the rate limit.",
+                                 f"At most {CALL_PERMISSIONS_PER_S} call_permissions requests "
+                                 "per second", status=429)
+            recent.append(time.monotonic())
+            self._permission_gets[phone_number_id] = recent
+            wa_id = str(query.get("user_wa_id", "")).strip().lstrip("+")
+            if not wa_id.isdigit():
+                raise invalid("user_wa_id is required: the user's phone number")
+            now = time.time()
+            return permissions_body(self.user(wa_id), self.pair(phone_number_id, wa_id), now)
+
+        return await self._api(request, "call_permissions", handle,
+                               lambda body: "call_permissions")
+
+    # --- GET|POST /{version}/{phone_number_id}/settings ---------------------------------------
+
+    async def _handle_get_settings(self, request: web.Request) -> web.Response:
+        async def handle(phone_number_id: str, query: Any, rec: ApiRequest) -> dict[str, Any]:
+            return json.loads(json.dumps(self.number_settings(phone_number_id)))
+
+        return await self._api(request, "settings", handle, lambda body: "get_settings")
+
+    async def _handle_post_settings(self, request: web.Request) -> web.Response:
+        async def handle(phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
+            current = self.number_settings(phone_number_id)
+            trial = json.loads(json.dumps(current))
+            try:
+                changed = number_settings.apply_settings(trial, body)
+            except ValueError as exc:
+                raise invalid(str(exc)) from None
+            self.settings[phone_number_id] = trial
+            self.note(f"settings of {phone_number_id} updated"
+                      + (f": {', '.join(changed)} changed" if changed else " (no change)"))
+            return {"success": True}
+
+        return await self._api(request, "settings", handle, lambda body: "set_settings")
+
+    # --- POST /{version}/{phone_number_id}/messages -------------------------------------------
+
+    async def _handle_messages(self, request: web.Request) -> web.Response:
+        def action(body: dict[str, Any]) -> str | None:
+            if body.get("type") == "interactive" and isinstance(body.get("interactive"), dict):
+                return body["interactive"].get("type")
+            return body.get("type")
+
+        return await self._api(request, "messages", self._message, action)
+
+    async def _message(self, phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
+        """§5: validate, record, answer per payloads/response-message-send.json; a permission
+        request is answered by the user later, like on a phone."""
+        if body.get("messaging_product") != "whatsapp":
+            raise invalid("messaging_product must be \"whatsapp\"")
+        to = body.get("to")
+        if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
+            raise invalid("to must be the user's phone number")
+        wa_id = to.strip().lstrip("+")
+        kind = body.get("type", "text")
+        if not isinstance(kind, str) or kind not in body:
+            raise invalid(f"the message needs a {kind!r} object matching its type")
+        user = self.user(wa_id)
+        now = time.time()
+        interactive_type = None
+        is_request = False
+        if kind == "interactive":
+            interactive = body["interactive"]
+            if not isinstance(interactive, dict):
+                raise invalid("interactive must be an object")
+            interactive_type = interactive.get("type")
+            if interactive_type == "call_permission_request":
+                _check_permission_request(interactive)
+                is_request = True
+            elif interactive_type == "voice_call":
+                _check_voice_call(interactive)
+            if interactive_type in ("call_permission_request", "voice_call") and \
+                    not user.in_service_window:
+                # ASSUMPTION: 131047 is Meta's code for free-form messages outside the 24 h
+                # customer-service window (§5 says templates are needed then; no code given).
+                raise GraphError(131047, "Re-engagement message",
+                                 "More than 24 hours have passed since the user last wrote; "
+                                 "use a template")
+        elif kind == "template":
+            template = body["template"]
+            components = template.get("components") if isinstance(template, dict) else None
+            is_request = any(isinstance(c, dict) and c.get("type") == "call_permission_request"
+                             for c in components or [])
+        wamid = new_wamid()
+        undeliverable = user.app_too_old and (
+            is_request or interactive_type == "voice_call"
+            or (kind == "template" and "voice_call" in json.dumps(body["template"])))
+        if is_request and not undeliverable:
+            counters = self.pair(phone_number_id, wa_id)
+            if user.permission_status(now) == "permanent":
+                raise GraphError(138017, "Permission request not sent: permanent permission "
+                                 "exists", "The user already granted a permanent permission")
+            full = exhausted(request_limits(counters, now))
+            if full is not None:
+                raise GraphError(138009, "Call permission request limit reached",
+                                 f"At most {full['max_allowed']} per {full['time_period']}; "
+                                 f"the next request is allowed at "
+                                 f"{full['limit_expiration_time']} (unix time)")
+            counters.requests.append(now)
+        self.messages.append({"id": wamid, "to": wa_id, "type": kind,
+                              "interactive_type": interactive_type, "body": body, "time": now,
+                              "phone_number_id": phone_number_id})
+        self.note(f"business sent {interactive_type or kind} to {wa_id} ({wamid})")
+        if undeliverable:
+            self._spawn(self._undeliverable(phone_number_id, user, wamid))
+        elif is_request:
+            self._spawn(self._reply_to_request(phone_number_id, user, wamid))
+        return {"messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": wa_id}],
+                "messages": [{"id": wamid}]}
+
+    async def _reply_to_request(self, phone_number_id: str, user: SimulatedUser,
+                                wamid: str) -> None:
+        """The user answers the permission request on the phone (§6 permission reply).
+
+        ASSUMPTION: a decline leaves the user without permission (the latest answer wins)."""
+        how = user.on_permission_request
+        if how == "ignore":
+            self.note(f"user {user.wa_id} ignores the permission request {wamid}")
+            return
+        await asyncio.sleep(user.reply_after_s)
+        now = time.time()
+        if how == "reject":
+            user.set_permission("no_permission", now)
+        else:
+            user.set_permission("permanent" if how == "accept_permanent" else "temporary", now)
+        self.note(f"user {user.wa_id} answers the permission request: "
+                  f"{'reject' if how == 'reject' else user.permission}")
+        await self._send_permission_reply(
+            phone_number_id, user, response="reject" if how == "reject" else "accept",
+            source="user_action", context_id=wamid, permanent=how == "accept_permanent",
+            now=now)
+
+    async def _undeliverable(self, phone_number_id: str, user: SimulatedUser,
+                             wamid: str) -> None:
+        """§11 131026: the user's app is too old; Meta reports it with a failed status.
+        ASSUMPTION: the usual Cloud API message status shape (``statuses[]`` on field
+        ``messages``, status ``failed``), which the reference does not show."""
+        await asyncio.sleep(0.1)
+        status = {"id": wamid, "status": "failed", "timestamp": str(int(time.time())),
+                  "recipient_id": user.wa_id,
+                  "errors": [{"code": 131026, "title": "Message undeliverable",
+                              "message": "Message undeliverable",
+                              "error_data": {"details": "The user's WhatsApp version cannot "
+                                             "show this message"}}]}
+        self.note(f"message {wamid} to {user.wa_id} undeliverable (131026)")
+        await self.send_webhook(self._messages_envelope(phone_number_id, "statuses", [status]))
+
+
+def _check_permission_request(interactive: dict[str, Any]) -> None:
+    """§5 / payloads/request-message-call-permission-request.json."""
+    action = interactive.get("action")
+    if not isinstance(action, dict) or action.get("name") != "call_permission_request":
+        raise invalid("interactive.action.name must be \"call_permission_request\"")
+    for part in ("header", "footer"):
+        if part in interactive:
+            raise invalid(f"a free-form call permission request takes no {part}")
+    if "body" in interactive:
+        body = interactive["body"]
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str) \
+                or not body["text"].strip():
+            raise invalid("interactive.body must be {\"text\": \"...\"}")
+        if len(body["text"]) > 1024:
+            raise invalid("interactive.body.text is limited to 1024 characters")
+
+
+def _check_voice_call(interactive: dict[str, Any]) -> None:
+    """§5 / payloads/request-message-voice-call-button.json."""
+    body = interactive.get("body")
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str) \
+            or not body["text"].strip():
+        raise invalid("interactive.body.text is required for a voice_call message")
+    action = interactive.get("action")
+    if not isinstance(action, dict) or action.get("name") != "voice_call":
+        raise invalid("interactive.action.name must be \"voice_call\"")
+    params = action.get("parameters", {})
+    if not isinstance(params, dict):
+        raise invalid("interactive.action.parameters must be an object")
+    display = params.get("display_text", "Call Now")
+    if not isinstance(display, str) or not display or len(display) > 20:
+        raise invalid("display_text must be 1 to 20 characters")
+    ttl = params.get("ttl_minutes", 10080)
+    if isinstance(ttl, str) and ttl.isdigit():
+        ttl = int(ttl)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= 43200:
+        raise invalid("ttl_minutes must be between 1 and 43200")
+    payload = params.get("payload")
+    if payload is not None and (not isinstance(payload, str) or len(payload) > 512):
+        raise invalid("payload must be a string of at most 512 characters")

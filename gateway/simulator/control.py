@@ -16,7 +16,15 @@ A script is what a tester would do on a phone, one step per ``;`` or line::
 
 ``POST /_sim/calls`` with ``{"from", "name", "phone_number_id", "script"}`` places the call, runs
 the script and streams the transcript back (chunked text/plain), then a summary and a last line
-``result: PASS`` or ``result: FAIL: <why>``.
+``result: PASS`` or ``result: FAIL: <why>``. ``GET /_sim/calls`` lists calls, both directions.
+
+Users the business calls (outbound dialplans without Meta): ``POST /_sim/users`` with
+``{"wa_id": "15550002222", "permission": "temporary", "on_call": "answer",
+"answer_after_s": 3, "script": "wait 2; press 1; wait 5; hangup", ...}`` (any field of
+:class:`~gateway.simulator.users.SimulatedUser` but ``idle_audio``; fields left out keep their
+value; ``"wa_id": "default"`` changes the template for users not configured yet) answers the
+user as now configured; ``GET /_sim/users`` lists the default and every known user with Meta's
+counters per business number.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.simulator.cloud_api import CloudApiSimulator, SimulatedCall
+from gateway.simulator.users import SimulatedUser, update_user
 
 DIGITS = re.compile(r"[0-9*#A-Da-d]+")
 DEFAULT_TIMEOUTS = {"wait-answer": 60.0, "wait-audio": 30.0, "expect-hangup": 30.0}
@@ -177,13 +187,65 @@ def add_control_routes(sim: CloudApiSimulator) -> None:
     """Mount the admin control API under ``/_sim/`` on the simulator's own server."""
     sim.app.router.add_post("/_sim/calls", _post_call(sim))
     sim.app.router.add_get("/_sim/calls", _list_calls(sim))
+    sim.app.router.add_post("/_sim/users", _post_user(sim))
+    sim.app.router.add_get("/_sim/users", _list_users(sim))
+
+
+def _user_view(sim: CloudApiSimulator, user: SimulatedUser) -> dict[str, Any]:
+    now = time.time()
+    out = user.to_dict()
+    out["permission_status"] = user.permission_status(now)
+    out["counters"] = {pnid: c.to_dict(now) for (pnid, wa_id), c in sim.counters.items()
+                       if wa_id == user.wa_id}
+    return out
+
+
+def _list_users(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({
+            "default": sim.default_user.to_dict(),
+            "users": [_user_view(sim, u) for u in sim.users.values()]})
+    return handler
+
+
+def _post_user(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            wa_id = str(data.get("wa_id") or "").lstrip("+")
+            if wa_id == "default":
+                if data.get("script"):
+                    parse_script(str(data["script"]))
+                update_user(sim.default_user, data, time.time())
+                sim.note("default user updated")
+                return web.json_response(sim.default_user.to_dict())
+            if not wa_id.isdigit():
+                raise ValueError("'wa_id' must be the user's number, digits only "
+                                 "(or \"default\")")
+            if data.get("script"):
+                parse_script(str(data["script"]))
+            user = sim.user(wa_id)
+            update_user(user, data, time.time())
+        except ScriptError as exc:
+            return web.json_response({"error": f"script: {exc}"}, status=400)
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        sim.note(f"user {wa_id} configured: permission {user.permission_status(time.time())}, "
+                 f"on call {user.on_call}, on permission request {user.on_permission_request}")
+        return web.json_response(_user_view(sim, user))
+    return handler
 
 
 def _list_calls(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
         return web.json_response([
-            {"call_id": c.call_id, "from": c.from_wa_id, "state": c.state,
-             "phone_number_id": c.phone_number_id, "ended_by": c.ended_by}
+            {"call_id": c.call_id, "direction": c.direction, "user": c.wa_id,
+             "from": c.display_phone_number if c.outbound else c.wa_id,
+             "to": c.wa_id if c.outbound else c.display_phone_number, "state": c.state,
+             "phone_number_id": c.phone_number_id, "ended_by": c.ended_by,
+             "biz_opaque_callback_data": c.biz_opaque_callback_data}
             for c in sim.calls.values()])
     return handler
 

@@ -41,6 +41,10 @@ class Business:
 
     def __init__(self) -> None:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        """``calls`` field items; call status webhooks come as ``{"event": "status", ...}``."""
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        """``messages`` field items (permission replies)."""
+        self.message_statuses: list[dict[str, Any]] = []
         self.raw: list[tuple[bytes, str | None]] = []
         self.bad_signatures = 0
         self.legs: list[WebRtcLeg] = []
@@ -83,8 +87,18 @@ class Business:
             return web.Response(status=500)
         for entry in json.loads(body)["entry"]:
             for change in entry["changes"]:
-                for call in change["value"].get("calls", []):
-                    self.events.put_nowait({"value": change["value"], "call": call})
+                value = change["value"]
+                if change["field"] == "messages":
+                    for msg in value.get("messages", []):
+                        self.messages.put_nowait({"value": value, "message": msg})
+                    for st in value.get("statuses", []):
+                        self.message_statuses.append(st)
+                    continue
+                for call in value.get("calls", []):
+                    self.events.put_nowait({"value": value, "call": call})
+                for status in value.get("statuses", []):
+                    self.events.put_nowait({"value": value, "call": {"event": "status",
+                                                                     **status}})
         return web.Response(text="ok")
 
     async def next_event(self, event: str, timeout: float = 10) -> dict[str, Any]:
@@ -99,6 +113,23 @@ class Business:
         async with self.http.post(f"{sim.url}/{sim.default_phone_number_id}/calls",
                                   json=body, headers=headers) as resp:
             return resp.status, await resp.json()
+
+    async def graph(self, sim: CloudApiSimulator, method: str, path: str,
+                    body: dict[str, Any] | None = None,
+                    params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """Any Graph request on the default number: ``graph(sim, "GET", "call_permissions",
+        params={"user_wa_id": ...})``."""
+        async with self.http.request(
+                method, f"{sim.url}/{sim.default_phone_number_id}/{path}", json=body,
+                params=params, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            return resp.status, await resp.json()
+
+    async def next_status(self, timeout: float = 10) -> dict[str, Any]:
+        """The next call event that is a status webhook item (others are dropped)."""
+        return (await self.next_event("status", timeout))["call"]
+
+    async def next_message(self, timeout: float = 10) -> dict[str, Any]:
+        return await asyncio.wait_for(self.messages.get(), timeout)
 
     async def answer(self, offer: str) -> tuple[WebRtcLeg, str]:
         leg = WebRtcLeg(name="business")

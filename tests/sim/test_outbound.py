@@ -1,0 +1,317 @@
+"""Business-initiated calls through the simulator, with a real WebRtcLeg offering as the business:
+connect, Meta's answer, status webhooks, media, DTMF, the users' behaviours and Meta's counters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.media.webrtc import WebRtcLeg
+from gateway.simulator import audio
+from gateway.simulator.cloud_api import business_country_block
+from tests.sim.business import Business, make_sim
+
+PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+USER = "15550002222"
+OPAQUE = "gw-outbound-0001"
+
+
+def sample(name: str) -> dict[str, Any]:
+    return json.loads((PAYLOADS / name).read_text())
+
+
+def value_of(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload["entry"][0]["changes"][0]["value"]
+
+
+@pytest.fixture
+async def fast_sim(business):
+    sim = make_sim(business, connect_webhook_delay_s=0.05, ringing_delay_s=0.05,
+                   ring_timeout_s=0.6)
+    await sim.start()
+    yield sim
+    await sim.close()
+
+
+async def dial(business: Business, sim, to: str = USER, opaque: str | None = OPAQUE,
+               **overrides: Any) -> tuple[WebRtcLeg, int, dict[str, Any]]:
+    """The business's connect with a real offer from WebRtcLeg.offer()."""
+    leg = WebRtcLeg(name="business-out")
+    business.legs.append(leg)
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "to": to, "action": "connect",
+                            "session": {"sdp_type": "offer", "sdp": await leg.offer()}}
+    if opaque is not None:
+        body["biz_opaque_callback_data"] = opaque
+    body.update(overrides)
+    status, resp = await business.post(sim, body)
+    return leg, status, resp
+
+
+async def next_item(business: Business, timeout: float = 10) -> dict[str, Any]:
+    return await asyncio.wait_for(business.events.get(), timeout)
+
+
+async def test_answered_outbound_call_end_to_end(sim, business):
+    sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=1.0)
+    leg, status, resp = await dial(business, sim)
+    assert status == 200
+    assert resp == {"messaging_product": "whatsapp", "calls": [{"id": resp["calls"][0]["id"]}]}
+    wacid = resp["calls"][0]["id"]
+    assert wacid.startswith("wacid.")
+    call = await sim.wait_outbound_call(to=USER, timeout=5)
+    assert call.call_id == wacid and call.direction == "BUSINESS_INITIATED"
+    assert sim.outbound_calls == [call]
+    assert [r.status for r in sim.requests_for(wacid, "connect")] == [200]
+
+    # Connect webhook: exactly the sample's shape, with a real answer.
+    item = await next_item(business)
+    ref = value_of(sample("webhook-connect-business-initiated.json"))
+    value, c = item["value"], item["call"]
+    assert list(value) == list(ref) and value["contacts"] == [{"wa_id": USER}]
+    assert value["metadata"] == ref["metadata"]
+    assert list(c) == list(ref["calls"][0])
+    assert (c["id"], c["to"], c["from"], c["event"], c["direction"]) == (
+        wacid, USER, "15550001111", "connect", "BUSINESS_INITIATED")
+    assert c["biz_opaque_callback_data"] == OPAQUE and c["timestamp"].isdigit()
+    assert c["session"]["sdp_type"] == "answer"
+    assert json.loads(business.raw[0][0])["entry"][0]["changes"][0]["field"] == "calls"
+    sdp = c["session"]["sdp"]
+    lines = sdp.split("\r\n")
+    assert sdp.endswith("\r\n") and "a=ice-lite" in sdp.split("m=audio")[0]
+    assert [ln for ln in lines if ln.startswith("a=fingerprint:")][0].startswith(
+        "a=fingerprint:sha-256 ")
+    assert len([ln for ln in lines if ln.startswith("a=fingerprint:")]) == 1
+    for needed in ("a=setup:active", "a=ice-options:trickle", "a=rtcp-mux", "a=sendrecv",
+                   "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
+                   "a=rtcp-fb:111 transport-cc", "a=rtpmap:126 telephone-event/8000",
+                   "a=ptime:20"):
+        assert needed in lines, needed
+    assert any(re.fullmatch(r"m=audio \d+ UDP/TLS/RTP/SAVPF 111 126", ln) for ln in lines)
+    assert len([ln for ln in lines if ln.startswith("a=ssrc:")]) == 1
+    await leg.apply_answer(sdp)
+
+    ringing = (await next_item(business))["call"]
+    ref_status = value_of(sample("webhook-status-ringing.json"))["statuses"][0]
+    assert list(ringing)[1:] == list(ref_status)  # after our "event" marker
+    assert (ringing["id"], ringing["status"], ringing["type"], ringing["recipient_id"],
+            ringing["biz_opaque_callback_data"]) == (wacid, "RINGING", "call", USER, OPAQUE)
+    assert call.ringing.is_set()
+    await asyncio.wait_for(leg.connected.wait(), 10)
+    if not call.accepted.is_set():
+        # Ringing: ICE/DTLS are up, but the phone sends no audio before the user picks up.
+        assert not leg.first_audio.is_set()
+    accepted = (await next_item(business))["call"]
+    assert (accepted["status"], accepted["biz_opaque_callback_data"]) == ("ACCEPTED", OPAQUE)
+    assert call.accepted.is_set() and call.state == "accepted"
+    await asyncio.wait_for(leg.first_audio.wait(), 5)
+
+    # Business → phone.
+    since = call.transcript.now()
+    for _ in range(10):
+        leg.play(audio.tone(440, 0.1))
+        await asyncio.sleep(0.1)
+    heard = call.phone.heard(since + 0.2)
+    assert heard.kind == "tone" and abs(heard.frequency - 440) < 10, heard
+    # Phone → business.
+    got: list[bytes] = []
+    leg.on_audio = got.append
+    await call.phone.say_tone(1000, 0.6)
+    await asyncio.sleep(0.2)
+    back = audio.describe(b"".join(got)[audio.RATE * 2 // 5:])
+    assert back.kind == "tone" and abs(back.frequency - 1000) < 10, back
+    # DTMF from the business reaches the phone, once per digit.
+    leg.send_dtmf("12#9")
+    await asyncio.sleep(4 * 0.2 + 0.3)
+    assert call.phone.dtmf_received == list("12#9")
+    # And the user's key presses reach the business.
+    await call.phone.press("5")
+    await asyncio.sleep(0.3)
+    assert leg.dtmf_received == ["5"]
+
+    await asyncio.sleep(1.0)  # a call of more than a second
+    await call.hangup()
+    t = (await business.next_event("terminate"))["call"]
+    assert (t["id"], t["from"], t["to"], t["direction"], t["status"]) == (
+        wacid, "15550001111", USER, "BUSINESS_INITIATED", "COMPLETED")
+    assert t["biz_opaque_callback_data"] == OPAQUE
+    assert t["duration"] == int(t["end_time"]) - int(t["start_time"]) >= 1
+    assert call.ended_by == "user" and business.bad_signatures == 0
+    counters = sim.pair(sim.default_phone_number_id, USER)
+    assert len(counters.calls) == 1 and counters.unanswered_streak == 0
+
+
+async def test_connect_without_permission_is_138006_and_sends_nothing(sim, business):
+    sim.add_user(USER, permission="no_permission")
+    _, status, resp = await dial(business, sim)
+    assert status == 401 and resp["error"]["code"] == 138006
+    assert resp["error"]["type"] == "OAuthException" and "fbtrace_id" in resp["error"]
+    # An expired temporary permission is no permission either.
+    sim.add_user(USER, permission="temporary", permission_expires_at=time.time() - 1)
+    assert (await dial(business, sim))[2]["error"]["code"] == 138006
+    await asyncio.sleep(0.6)
+    assert business.raw == [] and sim.outbound_calls == []
+
+
+async def test_connect_validation_is_error_100(sim, business):
+    sim.add_user(USER, permission="permanent")
+    leg = WebRtcLeg(name="x")
+    business.legs.append(leg)
+    offer = await leg.offer()
+    good = {"messaging_product": "whatsapp", "to": USER, "action": "connect",
+            "session": {"sdp_type": "offer", "sdp": offer}}
+    bad_bodies = [
+        {k: v for k, v in good.items() if k != "messaging_product"},
+        {k: v for k, v in good.items() if k != "to"},
+        {**good, "to": "not-a-number"},
+        {k: v for k, v in good.items() if k != "session"},
+        {**good, "session": {"sdp_type": "answer", "sdp": offer}},
+        {**good, "session": {"sdp_type": "offer", "sdp": "v=0\r\n"}},
+        {**good, "session": {"sdp_type": "offer",
+                             "sdp": offer.replace("opus/48000/2", "PCMU/8000")}},
+        {**good, "biz_opaque_callback_data": "x" * 513},
+    ]
+    for body in bad_bodies:
+        status, resp = await business.post(sim, body)
+        assert (status, resp["error"]["code"]) == (400, 100), body
+    assert sim.outbound_calls == []
+
+
+async def test_reject_gives_rejected_then_failed_terminate(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="temporary", on_call="reject", answer_after_s=0.2)
+    leg, status, resp = await dial(business, sim)
+    assert status == 200
+    connect = (await next_item(business))["call"]
+    await leg.apply_answer(connect["session"]["sdp"])
+    statuses = [(await next_item(business))["call"] for _ in range(2)]
+    assert [s["status"] for s in statuses] == ["RINGING", "REJECTED"]
+    assert all(s["biz_opaque_callback_data"] == OPAQUE for s in statuses)
+    t = (await business.next_event("terminate"))["call"]
+    assert t["status"] == "FAILED" and "start_time" not in t and "duration" not in t
+    assert t["biz_opaque_callback_data"] == OPAQUE
+    call = sim.outbound_calls[0]
+    assert call.rejected and call.ended_by == "user" and not call.phone.answered
+    assert sim.pair(sim.default_phone_number_id, USER).unanswered_streak == 1
+
+
+async def test_ignored_call_ends_after_the_ring_timeout(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="temporary", on_call="ignore")
+    await dial(business, sim, opaque=None)
+    assert (await next_item(business))["call"]["event"] == "connect"
+    ringing = (await next_item(business))["call"]
+    assert ringing["status"] == "RINGING" and "biz_opaque_callback_data" not in ringing
+    started = time.monotonic()
+    t = (await business.next_event("terminate"))["call"]
+    assert t["status"] == "FAILED" and 0.4 < time.monotonic() - started < 2
+    assert sim.outbound_calls[0].ended_by == "ring timeout"
+
+
+async def test_business_terminate_cancels_or_hangs_up(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=0.1)
+    leg, _, resp = await dial(business, sim)
+    wacid = resp["calls"][0]["id"]
+    await leg.apply_answer((await next_item(business))["call"]["session"]["sdp"])
+    await asyncio.wait_for(sim.calls[wacid].accepted.wait(), 5)
+    # The user-initiated actions make no sense on the business's own call.
+    assert (await business.action(sim, "reject", wacid))[1]["error"]["code"] == 100
+    assert (await business.action(sim, "terminate", wacid))[0] == 200
+    t = (await business.next_event("terminate"))["call"]
+    assert t["status"] == "COMPLETED" and t["biz_opaque_callback_data"] == OPAQUE
+    assert sim.calls[wacid].ended_by == "business"
+
+    sim.add_user(USER, permission="temporary", on_call="ignore")
+    _, _, resp = await dial(business, sim)
+    await business.next_event("status")
+    assert (await business.action(sim, "terminate", resp["calls"][0]["id"]))[0] == 200
+    t = (await business.next_event("terminate"))["call"]
+    assert t["status"] == "FAILED"
+    # A cancelled call says nothing about the user.
+    assert sim.pair(sim.default_phone_number_id, USER).unanswered_streak == 0
+
+
+async def test_four_unanswered_calls_revoke_the_permission(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="temporary", on_call="reject", answer_after_s=0.0)
+    for n in range(4):
+        _, status, _ = await dial(business, sim)
+        assert status == 200, n
+        await business.next_event("terminate")
+        if n < 3:
+            assert sim.users[USER].permission == "temporary"
+    item = await business.next_message()
+    got, ref = item["value"], value_of(sample("webhook-call-permission-reply-auto-revoked.json"))
+    assert list(got) == list(ref) and list(item["message"]) == list(ref["messages"][0])
+    assert item["message"]["interactive"] == ref["messages"][0]["interactive"]
+    assert item["message"]["from"] == USER and item["message"]["id"].startswith("wamid.")
+    assert json.loads(business.raw[-1][0])["entry"][0]["changes"][0]["field"] == "messages"
+    assert sim.users[USER].permission == "no_permission"
+    assert (await dial(business, sim))[2]["error"]["code"] == 138006
+
+
+async def test_busy_user_and_call_in_progress_are_138003(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="permanent", on_call="busy")
+    assert (await dial(business, sim))[2]["error"]["code"] == 138003
+    sim.add_user(USER, permission="permanent", on_call="ignore")
+    assert (await dial(business, sim))[1] == 200
+    assert (await dial(business, sim))[2]["error"]["code"] == 138003
+
+
+async def test_business_number_country_rule(business):
+    assert business_country_block("15550001111") is None  # +1 555: test numbers
+    assert business_country_block("12125550100") == "USA/Canada"
+    assert business_country_block("14165550100") == "USA/Canada"
+    assert business_country_block("18765550100") is None  # Jamaica
+    assert business_country_block("201001234567") == "Egypt"
+    assert business_country_block("84901234567") == "Vietnam"
+    assert business_country_block("2348012345678") == "Nigeria"
+    assert business_country_block("5511912345678") is None
+    async with make_sim(business, display_phone_number="12125550100") as sim:
+        sim.add_user(USER, permission="permanent")
+        _, status, resp = await dial(business, sim)
+        assert (status, resp["error"]["code"]) == (400, 138013)
+
+
+async def test_user_script_runs_after_pick_up(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="temporary", answer_after_s=0.1,
+                 script="wait-audio 5; press 7; wait 0.3; hangup")
+    leg, _, resp = await dial(business, sim)
+    await leg.apply_answer((await next_item(business))["call"]["session"]["sdp"])
+
+    async def play() -> None:
+        while True:
+            leg.play(audio.tone(600, 0.1))
+            await asyncio.sleep(0.1)
+
+    player = asyncio.ensure_future(play())
+    try:
+        t = (await business.next_event("terminate"))["call"]
+    finally:
+        player.cancel()
+    assert t["status"] == "COMPLETED"
+    assert leg.dtmf_received == ["7"]
+    assert "user script passed" in str(sim.outbound_calls[0].transcript)
+
+
+async def test_wait_outbound_call_waits_for_the_next_one(fast_sim, business):
+    sim = fast_sim
+    sim.add_user(USER, permission="temporary", on_call="ignore")
+    seen = []
+    sim.call_listeners.append(seen.append)
+    waiter = asyncio.ensure_future(sim.wait_outbound_call(to="+" + USER, timeout=5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    _, _, resp = await dial(business, sim)
+    call = await waiter
+    assert call.call_id == resp["calls"][0]["id"] and seen == [call]
+    with pytest.raises(TimeoutError):
+        await sim.wait_outbound_call(to=USER, timeout=0.2)  # already claimed
