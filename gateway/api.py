@@ -27,7 +27,7 @@ from aiohttp import web
 
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
-from gateway.calls.permissions import send_call_button
+from gateway.calls.permissions import decide_call, send_call_button
 from gateway.config import Config
 from gateway.store import filters_from_query
 from gateway.whatsapp.graph import GraphError
@@ -112,7 +112,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
             return _field_error("context", "give either context (+ extension) or channel")
         extension = str(body.get("extension", "s"))
         if ledger is not None:
-            decision = await ledger.can_call(pnid, to.lstrip("+"))
+            decision = await decide_call(graph, ledger, pnid, to.lstrip("+"))
             if not decision.allowed:
                 status = 429 if decision.reason.startswith("limit") else 409
                 return _error(status, decision.message, reason=decision.reason,

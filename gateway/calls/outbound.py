@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from gateway.asterisk import causes
 from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
+from gateway.calls.permissions import decide_call
 from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
 from gateway.media.webrtc import SdpError
 from gateway.whatsapp.events import CallEvent, StatusEvent
@@ -190,7 +191,8 @@ class OutboundCall(Call):
         ledger = self.deps.ledger
         if ledger is None:
             return True
-        decision = await ledger.can_call(self.record.phone_number_id, self.record.to_number)
+        decision = await decide_call(self.deps.graph, ledger, self.record.phone_number_id,
+                                     self.record.to_number)
         if decision.allowed:
             return True
         self.status = LEDGER_STATUS.get(decision.reason, DialStatus.NO_PERMISSION)

@@ -825,6 +825,32 @@ def permission_request_body(user: str, body_text: str | None) -> dict[str, Any]:
             "interactive": interactive}
 
 
+META_REFRESH_S = 600.0
+"""How long a "no permission" the ledger learned from Meta is trusted without asking again."""
+
+
+async def decide_call(graph: GraphClient, ledger: PermissionLedger, pnid: str, user: str,
+                      now: float | None = None) -> Decision:
+    """May the business call this user now? The ledger answers; when it would refuse for lack
+    of permission but has heard nothing from Meta about the pair lately (a new user, or a
+    grant made outside our view, e.g. from the business profile), Meta's call_permissions
+    decides first (§3), so a fresh ledger never blocks a user who did grant permission."""
+    decision = await ledger.can_call(pnid, user, now)
+    if decision.allowed or decision.reason not in ("no_permission", "permission_expired"):
+        return decision
+    state = await ledger.get(pnid, user, now)
+    heard = max(state.get("meta_checked_at") or 0, state["permission"].get("updated_at") or 0)
+    if heard and _now(now) - heard < META_REFRESH_S:
+        return decision
+    try:
+        answer = await graph.get_call_permissions(pnid, user)
+    except GraphError as exc:
+        log.warning("call_permissions for +%s not available (%s); the ledger decides", user, exc)
+        return decision
+    await ledger.apply_meta_permissions(pnid, user, answer, now)
+    return await ledger.can_call(pnid, user, now)
+
+
 async def request_permission(graph: GraphClient, ledger: PermissionLedger, pnid: str, user: str,
                              body_text: str | None, *,
                              now: float | None = None) -> tuple[Decision, str | None]:

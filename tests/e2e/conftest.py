@@ -116,6 +116,8 @@ async def stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Stack]:
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
+        sim.numbers[pnid] = display
     await sim.start()
     config = make_config(sim.url, asterisk.ami_port,
                          store={"path": str(tmp_path / "gateway.sqlite3")})
