@@ -176,3 +176,39 @@ async def test_crm_api_answers_409_without_permission(stack: Stack):
     assert status == 409 and body["error"]["reason"] == "no_permission", body
     assert body["error"]["meta_code"] == 138006
     assert not [r for r in stack.sim.requests if r.action == "connect"]
+
+
+async def test_permission_request_reply_then_call(stack: Stack):
+    """Ask, the user accepts (reply webhook), a second ask is refused locally with the time it
+    is allowed again, and the call now goes through."""
+    stack.sim.add_user(USER, permission="no_permission", on_permission_request="accept",
+                       reply_after_s=0.2, on_call="answer", answer_after_s=0.2)
+    ledger = stack.gateway.ledger
+    replied = asyncio.Event()
+    apply_reply = ledger.apply_reply
+
+    async def observed(reply, now=None):
+        await apply_reply(reply, now)
+        replied.set()
+
+    ledger.apply_reply = observed
+    ask = {"to": f"+{USER}", "phone_number_id": "100000000000002", "body": "May we call you?"}
+    status, body = await api(stack, "POST", "/v1/permission-requests", ask)
+    assert status == 201 and body["message_id"].startswith("wamid."), body
+    await asyncio.wait_for(replied.wait(), 10)
+
+    status, body = await api(stack, "POST", "/v1/permission-requests", ask)
+    assert status == 429 and body["error"]["reason"] == "limit_requests_24h", body
+    assert body["error"]["next_allowed_at"] > time.time() + 23 * 3600
+    assert len(stack.sim.messages) == 1
+
+    status, state = await api(stack, "GET", f"/v1/permissions/100000000000002/{USER}")
+    assert state["permission"]["status"] == "temporary" and state["can_call"]["allowed"]
+    status, body = await api(stack, "POST", "/v1/calls",
+                             {"to": f"+{USER}", "phone_number_id": "100000000000002",
+                              "context": "test-echo"})
+    assert status == 201, body
+    call = await stack.sim.wait_outbound_call(to=USER, timeout=15)
+    await asyncio.wait_for(call.accepted.wait(), 15)
+    await call.hangup()
+    await stack.wait_idle()
