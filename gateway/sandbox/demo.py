@@ -35,7 +35,7 @@ GATEWAY_PORT = 8080
 DEMO_SECRETS = {"WA_ACCESS_TOKEN": "demo-access-token", "WA_APP_SECRET": "demo-app-secret",
                 "WA_VERIFY_TOKEN": "demo-verify-token", "AMI_SECRET": "gateway-secret",
                 "GATEWAY_API_TOKEN": "demo-api-token"}
-EXAMPLE_SCRIPT = "wait-answer; wait-audio; wait 3; press 3; wait 2; press 1234#; wait 4; hangup"
+EXAMPLE_SCRIPT = "wait-answer; wait-audio; wait 3; press 3; wait 2; press 1234#; wait 6; hangup"
 
 
 def demo_config(path: Path) -> dict:
@@ -89,6 +89,18 @@ async def run_demo(config_path: Path | None = None, call_script: str | None = No
 
     sim.call_listeners.append(follow)
     gateway = Gateway(config)
+
+    def show_dialplan_event(ev: dict[str, str]) -> None:
+        """What the dialplan itself reports (UserEvent markers in asterisk-conf/), so a
+        newcomer sees the caller's digits arrive in Asterisk, not just leave the phone."""
+        skip = {"Event", "Privilege", "UserEvent", "Channel", "ChannelState", "ChannelStateDesc",
+                "ConnectedLineNum", "ConnectedLineName", "Language", "AccountCode", "Priority",
+                "Uniqueid", "Linkedid", "Exten", "Context", "CallerIDNum", "CallerIDName"}
+        fields = ", ".join(f"{k}: {v}" for k, v in ev.items() if k not in skip)
+        print(f"[asterisk] UserEvent {ev.get('UserEvent')} ({fields}) on {ev.get('Channel')}",
+              flush=True)
+
+    gateway.ami.add_event_listener("UserEvent", show_dialplan_event)
     print("Starting Asterisk (first run builds its chroot, about a minute)...", flush=True)
     await asterisk.start()
     try:
