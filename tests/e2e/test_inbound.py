@@ -218,3 +218,49 @@ async def test_media_loss_ends_the_call_on_both_sides(stack: Stack):
     assert len(stack.sim.requests_for(call.call_id, "terminate")) == 1
     record = await stack.gateway.store.get(call.call_id)
     assert record.outcome == "failed" and "no media" in record.reason
+
+
+async def test_calls_beyond_max_calls_are_rejected_with_the_reason(stack: Stack):
+    cfg = stack.gateway.calls.deps.config
+    numbers = tuple(replace(n, max_calls=1) if n.context == "test-wait" else n
+                    for n in cfg.numbers)
+    stack.gateway.calls.deps.config = replace(cfg, numbers=numbers)
+    first = await stack.place_call("test-wait", from_wa_id="15550001001")
+    await asyncio.wait_for(first.accepted.wait(), 10)
+    second = await stack.place_call("test-wait", from_wa_id="15550001002")
+    await asyncio.wait_for(second.ended.wait(), 10)
+    assert len(stack.sim.requests_for(second.call_id, "reject")) == 1
+    assert stack.sim.requests_for(second.call_id, "pre_accept") == []
+    record = await stack.gateway.store.get(second.call_id)
+    assert record.outcome == "rejected" and "max_calls" in record.reason
+    assert len(await stack.channels()) == 1
+    await first.hangup()
+    await stack.wait_idle()
+
+
+async def test_calls_are_rejected_while_asterisk_is_unreachable(tmp_path):
+    """No Asterisk behind the AMI port: the gateway still answers webhooks, and rejects
+    calls with the reason instead of leaving callers ringing."""
+    from gateway.app import Gateway
+    from gateway.simulator.cloud_api import CloudApiSimulator
+
+    from .conftest import ACCESS_TOKEN, make_config
+
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    cfg = make_config(sim.url, 5099, store={"path": str(tmp_path / "g.sqlite3")})
+    cfg = replace(cfg, asterisk=replace(cfg.asterisk, ami=replace(cfg.asterisk.ami,
+                                                                  connect_timeout_s=0.5)))
+    gw = Gateway(cfg)
+    await gw.start()
+    sim.webhook_url = f"{gw.url}/webhook"
+    try:
+        call = await sim.place_call(from_wa_id="15550002222", phone_number_id="100000000000006",
+                                    display_phone_number="15550000006")
+        await asyncio.wait_for(call.ended.wait(), 10)
+        assert len(sim.requests_for(call.call_id, "reject")) == 1
+        record = await gw.store.get(call.call_id)
+        assert record.outcome == "rejected" and "AMI not connected" in record.reason
+    finally:
+        await gw.stop()
+        await sim.close()
