@@ -1,0 +1,77 @@
+"""The places the gateway reaches into aiortc (pinned exactly in pyproject.toml), exercised with
+two real aiortc peers on loopback: if an aiortc upgrade moves what a hook touches, this fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from aiortc.codecs import CODECS
+
+from gateway.media import aiortc_hooks
+from gateway.media.webrtc import SdpError, WebRtcLeg, clean_local_sdp, inspect_offer
+
+
+def test_codec_table_has_whatsapps_payload_types():
+    aiortc_hooks.install()
+    audio = {c.mimeType.lower(): c.payloadType for c in CODECS["audio"]}
+    assert audio["audio/opus"] == 111
+    assert audio["audio/telephone-event"] == 126
+
+
+def test_gathering_addresses_follow_the_context():
+    aiortc_hooks.install()
+    with aiortc_hooks.gathering_on(["127.0.0.1", "::1"]):
+        assert aiortc_hooks._get_host_addresses(True, True) == ["127.0.0.1", "::1"]
+        assert aiortc_hooks._get_host_addresses(True, False) == ["127.0.0.1"]
+
+
+def test_sdp_checks_and_cleaning():
+    with pytest.raises(SdpError, match="no audio"):
+        inspect_offer("v=0\r\ns=-\r\n")
+    with pytest.raises(SdpError, match="Opus"):
+        inspect_offer("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    sdp = ("a=fingerprint:sha-256 AA\r\na=fingerprint:sha-384 BB\r\na=fingerprint:sha-512 CC\r\n"
+           "c=IN IP4 10.0.0.5\r\na=candidate:1 1 udp 2130706431 10.0.0.5 5000 typ host\r\n")
+    out = clean_local_sdp(sdp, public_ip="198.51.100.7")
+    assert out.count("a=fingerprint") == 1 and "sha-256" in out
+    assert "198.51.100.7 5000 typ host" in out and "c=IN IP4 198.51.100.7" in out
+
+
+async def test_two_legs_carry_audio_and_dtmf_both_ways():
+    aiortc_hooks.install()
+    a = WebRtcLeg(name="a", addresses=("127.0.0.1",))
+    b = WebRtcLeg(name="b", addresses=("127.0.0.1",))
+    heard_a: list[bytes] = []
+    heard_b: list[bytes] = []
+    digits_a: asyncio.Queue = asyncio.Queue()
+    digits_b: asyncio.Queue = asyncio.Queue()
+    a.on_audio, b.on_audio = heard_a.append, heard_b.append
+    a.on_dtmf = lambda d, ms: digits_a.put_nowait((d, ms))
+    b.on_dtmf = lambda d, ms: digits_b.put_nowait((d, ms))
+    try:
+        answer = await b.answer(await a.offer())
+        assert "a=rtpmap:126 telephone-event/8000" in answer
+        assert answer.count("a=fingerprint") == 1
+        await a.apply_answer(answer)
+        await asyncio.wait_for(asyncio.gather(a.connected.wait(), b.connected.wait()), 10)
+        t = np.arange(3200) / 16000  # 200 ms: what the outgoing queue holds at most
+        a.play((np.sin(2 * np.pi * 1000 * t) * 8000).astype(np.int16).tobytes())
+        a.send_dtmf("12#", 100)
+        b.send_dtmf("9", 200)
+        got_b = [await asyncio.wait_for(digits_b.get(), 5) for _ in range(3)]
+        got_a = await asyncio.wait_for(digits_a.get(), 5)
+        assert [d for d, _ in got_b] == ["1", "2", "#"]
+        assert all(ms == 100 for _, ms in got_b)
+        assert got_a == ("9", 200)
+        await asyncio.wait_for(b.first_audio.wait(), 5)
+        pcm = np.frombuffer(b"".join(heard_b), dtype=np.int16).astype(float)
+        spectrum = np.abs(np.fft.rfft(pcm))
+        assert abs(np.argmax(spectrum) * 16000 / len(pcm) - 1000) < 10
+        stats = await b.stats()
+        assert stats["packets_received"] > 0 and stats["packets_lost"] == 0
+        assert digits_b.empty()  # the end packet is sent three times: still one digit each
+    finally:
+        await a.close()
+        await b.close()
