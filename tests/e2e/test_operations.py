@@ -241,3 +241,56 @@ async def test_calls_outside_call_hours_go_to_the_closed_context(asterisk: Local
     finally:
         await gw.stop()
         await sim.close()
+
+
+async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path):
+    """Stopping the service (SIGTERM) hangs up both sides of every live call and closes its
+    record, instead of leaving callers in Asterisk."""
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    db = tmp_path / "gateway.sqlite3"
+    config = {
+        "whatsapp": {"graph_url": sim.url, "access_token": ACCESS_TOKEN,
+                     "app_secret": APP_SECRET, "verify_token": "v"},
+        "numbers": [{"phone_number_id": pnid, "context": ctx}
+                    for pnid, (_d, ctx) in NUMBERS.items()],
+        "asterisk": {"ami": {"port": asterisk.ami_port, "username": "gateway",
+                             "secret": "gateway-secret"}},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "43100-43199"},
+        "http": {"listen": "127.0.0.1:18556"},
+        "store": {"path": str(db)},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "gateway exited before listening"
+            if b"gateway listening" in line:
+                break
+        sim.webhook_url = "http://127.0.0.1:18556/webhook"
+        pnid, display = number_for("test-wait")
+        call = await sim.place_call(from_wa_id="15550006666", phone_number_id=pnid,
+                                    display_phone_number=display)
+        await asyncio.wait_for(call.accepted.wait(), 15)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(call.ended.wait(), 15)
+        assert call.ended_by == "business"
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await sim.close()
+    store = await CallStore.open(db)
+    try:
+        record = await store.get(call.call_id)
+        assert record.outcome != Outcome.ACTIVE and "shutting down" in record.reason
+    finally:
+        await store.close()
+    channels = await asterisk.cli("core show channels concise")
+    assert "UnicastRTP/127.0.0.1:431" not in channels, channels

@@ -212,3 +212,18 @@ async def test_permission_request_reply_then_call(stack: Stack):
     await asyncio.wait_for(call.accepted.wait(), 15)
     await call.hangup()
     await stack.wait_idle()
+
+
+async def test_agent_hanging_up_while_ringing_cancels_the_whatsapp_call(stack: Stack):
+    stack.sim.add_user(USER, permission="temporary", on_call="ignore")
+    agent_dials(stack)
+    dial = await stack.wait_event(lambda ev: ev.get("UserEvent") == "WhatsAppDial")
+    call = await stack.sim.wait_outbound_call(to=USER, timeout=15)
+    await asyncio.wait_for(call.ringing.wait(), 10)
+    await stack.gateway.ami.hangup(dial["Channel"], 16)  # the agent gives up
+    await asyncio.wait_for(call.ended.wait(), 10)
+    assert call.ended_by == "business"
+    assert len(stack.sim.requests_for(call.call_id, "terminate")) == 1
+    await stack.wait_idle()
+    record = await stack.gateway.store.get(call.call_id)
+    assert record.outcome == "abandoned" and record.hangup_side == "asterisk"
