@@ -23,21 +23,10 @@ log = logging.getLogger("gateway")
 DEFAULT_CONFIG = "gateway.yaml"
 
 
-def _setup_logging(level: str, fmt: str = "text", secrets: list[str] | None = None) -> None:
-    try:
-        from gateway.logs import setup_logging
-    except ImportError:  # pragma: no cover - logs module arrives with the operators issue
-        logging.basicConfig(level=level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
-    setup_logging(level.upper(), fmt, secrets=secrets or [])
+def _setup_logging(level: str, fmt: str = "text", config: Config | None = None) -> None:
+    from gateway.logs import config_secrets, setup_logging
 
-
-def _secrets(config: Config) -> list[str]:
-    wa = config.whatsapp
-    values = [wa.access_token, wa.app_secret, wa.verify_token, config.asterisk.ami.secret,
-              *config.api.tokens]
-    return [s.reveal() for s in values if s.reveal()]
+    setup_logging(level.upper(), fmt, secrets=config_secrets(config) if config else [])
 
 
 def _load(path: str) -> Config:
@@ -77,7 +66,7 @@ async def _run_until_signal(start, stop) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    _setup_logging(args.log_level, args.log_format, _secrets(config))
+    _setup_logging(args.log_level, args.log_format, config)
     from gateway.app import Gateway
 
     gateway = Gateway(config)

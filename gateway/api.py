@@ -43,6 +43,12 @@ def _error(status: int, message: str, **fields: Any) -> web.Response:
     return web.json_response({"error": {"message": message, **fields}}, status=status)
 
 
+def _bad_request(message: str, **fields: Any) -> web.HTTPBadRequest:
+    """A 400 to raise from a helper, with the JSON body every /v1 error has."""
+    return web.HTTPBadRequest(text=json.dumps({"error": {"message": message, **fields}}),
+                              content_type="application/json")
+
+
 def _field_error(field: str, problem: str) -> web.Response:
     return _error(400, f"{field}: {problem}", field=field)
 
@@ -78,48 +84,43 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
 
     app.middlewares.append(auth)
 
-    async def read_json(request: web.Request) -> dict | web.Response:
+    async def recipient(request: web.Request) -> tuple[dict, str, str]:
+        """The JSON body, the WhatsApp user (E.164 digits) and the business number id."""
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "body must be a JSON object")
+            body = None
         if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object")
-        return body
-
-    def number_of(body: dict) -> tuple[str | None, web.Response | None]:
+            raise _bad_request("body must be a JSON object")
+        to = str(body.get("to", ""))
+        if not E164.match(to):
+            raise _bad_request("to: must be an E.164 number like +5511987650000", field="to")
         pnid = body.get("phone_number_id")
         if pnid is None and len(config.numbers) == 1:
             pnid = config.numbers[0].phone_number_id
         if pnid is None:
-            return None, _field_error("phone_number_id", "required (several numbers configured)")
+            raise _bad_request("phone_number_id: required (several numbers configured)",
+                         field="phone_number_id")
         if config.number(str(pnid)) is None:
-            return None, _field_error("phone_number_id", f"{pnid} is not a configured number")
-        return str(pnid), None
+            raise _bad_request(f"phone_number_id: {pnid} is not a configured number",
+                         field="phone_number_id")
+        return body, to.lstrip("+"), str(pnid)
 
     async def create_call(request: web.Request) -> web.Response:
-        body = await read_json(request)
-        if isinstance(body, web.Response):
-            return body
-        to = str(body.get("to", ""))
-        if not E164.match(to):
-            return _field_error("to", "must be an E.164 number like +5511987650000")
-        pnid, err = number_of(body)
-        if err:
-            return err
+        body, to, pnid = await recipient(request)
         channel, context = body.get("channel"), body.get("context")
         if bool(channel) == bool(context):
             return _field_error("context", "give either context (+ extension) or channel")
         extension = str(body.get("extension", "s"))
         if ledger is not None:
-            decision = await decide_call(graph, ledger, pnid, to.lstrip("+"))
+            decision = await decide_call(graph, ledger, pnid, to)
             if not decision.allowed:
                 status = 429 if decision.reason.startswith("limit") else 409
                 return _error(status, decision.message, reason=decision.reason,
                               next_allowed_at=decision.next_allowed_at,
                               meta_code=decision.meta_code)
         call = calls.dial(DialRequest(
-            to=to.lstrip("+"), phone_number_id=pnid, agent_channel=channel or None,
+            to=to, phone_number_id=pnid, agent_channel=channel or None,
             context=context or None, extension=extension, requested_by="api"))
         return web.json_response(call_state(call), status=201,
                                  headers={"Location": f"/v1/calls/{call.gateway_id}"})
@@ -161,18 +162,10 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
     async def permission_request(request: web.Request) -> web.Response:
         if ledger is None or request_permission is None:
             return _error(404, "permission ledger not enabled")
-        body = await read_json(request)
-        if isinstance(body, web.Response):
-            return body
-        to = str(body.get("to", ""))
-        if not E164.match(to):
-            return _field_error("to", "must be an E.164 number like +5511987650000")
-        pnid, err = number_of(body)
-        if err:
-            return err
+        body, to, pnid = await recipient(request)
         try:
-            decision, message_id = await request_permission(
-                pnid, to.lstrip("+"), str(body.get("body") or ""))
+            decision, message_id = await request_permission(pnid, to,
+                                                            str(body.get("body") or ""))
         except GraphError as exc:
             return _error(502, f"Meta refused the request: {exc.meta_message or exc}",
                           meta_code=exc.code)
@@ -185,22 +178,14 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         return web.json_response({"message_id": message_id, "sent_at": time.time()}, status=201)
 
     async def call_button(request: web.Request) -> web.Response:
-        body = await read_json(request)
-        if isinstance(body, web.Response):
-            return body
-        to = str(body.get("to", ""))
-        if not E164.match(to):
-            return _field_error("to", "must be an E.164 number like +5511987650000")
-        pnid, err = number_of(body)
-        if err:
-            return err
+        body, to, pnid = await recipient(request)
         try:
             ttl = int(body.get("ttl_minutes", 10080))
         except (TypeError, ValueError):
             return _field_error("ttl_minutes", "must be a whole number of minutes")
         try:
             message_id = await send_call_button(
-                graph, pnid, to.lstrip("+"), str(body.get("body") or ""),
+                graph, pnid, to, str(body.get("body") or ""),
                 display_text=str(body.get("display_text") or "Call Now"), ttl_minutes=ttl,
                 payload=body.get("payload"))
         except ValueError as exc:  # "field: problem", from the message builder's checks

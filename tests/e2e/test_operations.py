@@ -37,6 +37,39 @@ def samples(text: str) -> list[tuple[str, dict, float]]:
             for s in fam.samples]
 
 
+def process_config(sim: CloudApiSimulator, asterisk: LocalAsterisk, tmp_path, http_port: int,
+                   rtp_ports: str) -> tuple[dict, str]:
+    """A config for a gateway run as its own process, and the file it is written to."""
+    config = {
+        "whatsapp": {"graph_url": sim.url, "access_token": ACCESS_TOKEN,
+                     "app_secret": APP_SECRET, "verify_token": "v"},
+        "numbers": [{"phone_number_id": pnid, "context": ctx}
+                    for pnid, (_d, ctx) in NUMBERS.items()],
+        "asterisk": {"ami": {"port": asterisk.ami_port, "username": "gateway",
+                             "secret": "gateway-secret"}},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": rtp_ports},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "store": {"path": str(tmp_path / "gateway.sqlite3")},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return config, str(path)
+
+
+async def start_gateway_process(config_path: str) -> asyncio.subprocess.Process:
+    """``whatsapp-gateway serve`` as a real process; returns once it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", config_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    while True:  # the gateway says when it listens
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if not line:
+            raise AssertionError("gateway exited before listening")
+        if b"gateway listening" in line:
+            return proc
+
+
 def value(text: str, name: str, **labels: str) -> float:
     return sum(v for n, lab, v in samples(text)
                if n == name and all(lab.get(k) == want for k, want in labels.items()))
@@ -150,30 +183,10 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
     and hangs up the channel the dead gateway left in Asterisk."""
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    db = tmp_path / "gateway.sqlite3"
-    config = {
-        "whatsapp": {"graph_url": sim.url, "access_token": ACCESS_TOKEN,
-                     "app_secret": APP_SECRET, "verify_token": "v"},
-        "numbers": [{"phone_number_id": pnid, "context": ctx}
-                    for pnid, (_d, ctx) in NUMBERS.items()],
-        "asterisk": {"ami": {"port": asterisk.ami_port, "username": "gateway",
-                             "secret": "gateway-secret"}},
-        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "43000-43099"},
-        "http": {"listen": "127.0.0.1:18555"},
-        "store": {"path": str(db)},
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    config, path = process_config(sim, asterisk, tmp_path, 18555, "43000-43099")
+    db = config["store"]["path"]
+    proc = await start_gateway_process(path)
     try:
-        while True:  # the gateway says when it listens
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert line, "gateway exited before listening"
-            if b"gateway listening" in line:
-                break
         sim.webhook_url = "http://127.0.0.1:18555/webhook"
         pnid, display = number_for("test-wait")
         call = await sim.place_call(from_wa_id="15550004444", phone_number_id=pnid,
@@ -190,8 +203,9 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
 
     store = await CallStore.open(db)
     record = await store.get(call.call_id)
-    assert record.outcome == Outcome.ACTIVE  # what the dead process left behind
+    assert record.outcome == Outcome.ACTIVE  # what the dead process left behind ...
     await store.close()
+    assert "UnicastRTP/127.0.0.1:430" in await asterisk.cli("core show channels concise")
 
     cfg = parse_config(config, env={})
     gw = Gateway(cfg)
@@ -248,30 +262,10 @@ async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path
     record, instead of leaving callers in Asterisk."""
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    db = tmp_path / "gateway.sqlite3"
-    config = {
-        "whatsapp": {"graph_url": sim.url, "access_token": ACCESS_TOKEN,
-                     "app_secret": APP_SECRET, "verify_token": "v"},
-        "numbers": [{"phone_number_id": pnid, "context": ctx}
-                    for pnid, (_d, ctx) in NUMBERS.items()],
-        "asterisk": {"ami": {"port": asterisk.ami_port, "username": "gateway",
-                             "secret": "gateway-secret"}},
-        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "43100-43199"},
-        "http": {"listen": "127.0.0.1:18556"},
-        "store": {"path": str(db)},
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    config, path = process_config(sim, asterisk, tmp_path, 18556, "43100-43199")
+    db = config["store"]["path"]
+    proc = await start_gateway_process(path)
     try:
-        while True:
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert line, "gateway exited before listening"
-            if b"gateway listening" in line:
-                break
         sim.webhook_url = "http://127.0.0.1:18556/webhook"
         pnid, display = number_for("test-wait")
         call = await sim.place_call(from_wa_id="15550006666", phone_number_id=pnid,
