@@ -50,7 +50,10 @@ async def test_caller_id_call_id_and_context_reach_the_dialplan(stack: Stack):
     await stack.wait_idle()
 
 
-async def test_tone_comes_back_through_echo(stack: Stack):
+@pytest.mark.parametrize("codec", ["g722", "ulaw", "alaw"])
+async def test_tone_comes_back_through_echo(stack: Stack, codec: str):
+    cfg = stack.gateway.calls.deps.config
+    stack.gateway.calls.deps.config = replace(cfg, asterisk=replace(cfg.asterisk, codec=codec))
     call = await stack.place_call("test-echo")
     await asyncio.wait_for(call.accepted.wait(), 10)
     await asyncio.wait_for(call.media_connected.wait(), 10)
@@ -60,6 +63,8 @@ async def test_tone_comes_back_through_echo(stack: Stack):
     assert heard.kind == "tone", heard
     assert heard.frequency == pytest.approx(700, abs=25), heard
     assert heard.dbfs > -35, heard
+    record_codec = stack.gateway.calls.calls[call.call_id].record.codec
+    assert record_codec == codec
     await call.hangup()
     await stack.wait_idle()
 
