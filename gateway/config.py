@@ -112,6 +112,8 @@ class MediaSettings:
     public_ip: str | None = None
     """Address WhatsApp must reach, written into our candidates when behind NAT."""
     opus_bitrate: int = 32000
+    opus_complexity: int = 5
+    """libopus complexity 0-10: the main CPU knob (see gateway/media/codecs.py for costs)."""
     connect_timeout_s: float = 20.0
     """ICE+DTLS must be up this long after pre_accept (WhatsApp itself gives up after 20 s)."""
     no_media_timeout_s: float = 30.0
@@ -357,7 +359,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
 
     med = r.section(data, "media", "media", required=False)
     r.unknown(med, {"rtp_address", "rtp_ports", "webrtc_addresses", "public_ip", "opus_bitrate",
-                    "connect_timeout", "no_media_timeout"}, "media")
+                    "opus_complexity", "connect_timeout", "no_media_timeout"}, "media")
     raw_webrtc = med.get("webrtc_addresses") or []
     if not isinstance(raw_webrtc, list):
         r.fail("media.webrtc_addresses", "must be a list of IP addresses")
@@ -371,6 +373,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         webrtc_addresses=tuple(a for a in webrtc if a),
         public_ip=r.address(public_ip, "media.public_ip") if public_ip else None,
         opus_bitrate=r.integer(med, "opus_bitrate", "media.opus_bitrate", 32000, 6000, 128000),
+        opus_complexity=r.integer(med, "opus_complexity", "media.opus_complexity", 5, 0, 10),
         connect_timeout_s=r.number(med, "connect_timeout", "media.connect_timeout", 20.0, 0.5),
         no_media_timeout_s=r.number(med, "no_media_timeout", "media.no_media_timeout", 30.0,
                                     1.0),

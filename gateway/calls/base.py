@@ -145,7 +145,8 @@ class Call:
     def _new_webrtc_leg(self) -> WebRtcLeg:
         media = self.deps.config.media
         leg = WebRtcLeg(name=self.wacid or self.channel_id, opus_bitrate=media.opus_bitrate,
-                        public_ip=media.public_ip, addresses=media.webrtc_addresses or None)
+                        opus_complexity=media.opus_complexity, public_ip=media.public_ip,
+                        addresses=media.webrtc_addresses or None)
         leg.on_state = self._on_webrtc_state
         leg.on_dtmf = lambda digit, ms: self._dtmf_in.put_nowait(digit)
         self.leg = leg

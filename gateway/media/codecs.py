@@ -12,7 +12,6 @@ import fractions
 from dataclasses import dataclass
 
 import av
-import numpy as np
 
 RATE = 16000
 FRAME_SAMPLES = 320  # 20 ms at 16 kHz
@@ -22,8 +21,9 @@ OPUS_CLOCK = 48000
 
 
 def _frame(pcm: bytes, rate: int, pts: int | None = None) -> av.AudioFrame:
-    samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
-    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    # Filling the plane directly costs a third of AudioFrame.from_ndarray (measured: 4 vs 11 us).
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+    frame.planes[0].update(pcm)
     frame.sample_rate = rate
     if pts is not None:
         frame.pts = pts
@@ -32,20 +32,25 @@ def _frame(pcm: bytes, rate: int, pts: int | None = None) -> av.AudioFrame:
 
 
 def _pcm(frames: list[av.AudioFrame]) -> bytes:
-    return b"".join(bytes(f.to_ndarray().astype(np.int16).tobytes()) for f in frames)
+    """Packed s16 mono frames to bytes (the plane may be padded past the samples)."""
+    return b"".join(bytes(f.planes[0])[: f.samples * 2] for f in frames)
 
 
 class OpusEncoder:
-    """16 kHz mono PCM frames in, one Opus packet per 20 ms out."""
+    """16 kHz mono PCM frames in, one Opus packet per 20 ms out.
 
-    def __init__(self, bitrate: int = 32000):
+    ``complexity`` (libopus 0-10) is the main CPU knob of the whole gateway. Measured per 20 ms
+    frame of speech-like audio on this project's 2-core machine: 0: 120 us, 3: 245 us,
+    5: 300 us, 10: 430 us (silence costs far less)."""
+
+    def __init__(self, bitrate: int = 32000, complexity: int = 5):
         ctx = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = RATE
         ctx.layout = "mono"
         ctx.format = "s16"
         ctx.bit_rate = bitrate
         ctx.options = {"application": "voip", "fec": "1", "packet_loss": "5",
-                       "frame_duration": "20", "compression_level": "5"}
+                       "frame_duration": "20", "compression_level": str(complexity)}
         ctx.open()
         self._ctx = ctx
         self._pts = 0

@@ -90,9 +90,9 @@ class OutgoingAudio(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, bitrate: int):
+    def __init__(self, bitrate: int, complexity: int = 5):
         super().__init__()
-        self._encoder = OpusEncoder(bitrate)
+        self._encoder = OpusEncoder(bitrate, complexity)
         self._pcm = bytearray()
         self._dtmf_queue: deque[tuple[bytes, bool, bool]] = deque()  # payload, marker, last
         self._event_pts: int | None = None
@@ -182,14 +182,14 @@ class OutgoingAudio(MediaStreamTrack):
 class WebRtcLeg:
     """One WebRTC audio call leg with packet-level receive and RFC 4733 both ways."""
 
-    def __init__(self, *, name: str = "", opus_bitrate: int = 32000,
+    def __init__(self, *, name: str = "", opus_bitrate: int = 32000, opus_complexity: int = 5,
                  public_ip: str | None = None, addresses: tuple[str, ...] | None = None):
         self.name = name
         self.public_ip = public_ip
         self.addresses = addresses
         """Local addresses to gather ICE candidates on (None: the process-wide default)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.outgoing = OutgoingAudio(opus_bitrate)
+        self.outgoing = OutgoingAudio(opus_bitrate, opus_complexity)
         self._decoder = OpusDecoder()
         self._dtmf = rfc4733.DtmfDetector()
         self._opus_pt = aiortc_hooks.OPUS_PT
