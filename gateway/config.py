@@ -204,8 +204,9 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             self.fail(path, f"must be a string, got {type(value).__name__}")
             return default
+        reported = len(self.problems)
         text = self.expand(str(value), path)
-        if required and not text:
+        if required and not text and len(self.problems) == reported:
             self.fail(path, "must not be empty")
         return text
 
