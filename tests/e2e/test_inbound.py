@@ -269,3 +269,38 @@ async def test_calls_are_rejected_while_asterisk_is_unreachable(tmp_path):
     finally:
         await gw.stop()
         await sim.close()
+
+
+async def test_nothing_outlives_a_call(stack: Stack):
+    """After a call ends: no Asterisk channel, no RTP port, no task, no peer connection."""
+    import gc
+
+    from aiortc import RTCPeerConnection
+
+    def live_peers() -> int:
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, RTCPeerConnection) and o.connectionState != "closed")
+
+    def call_tasks() -> list:
+        """Live tasks of the gateway's call machinery or the WebRTC stack (not the test's,
+        the simulator's or aiohttp's keep-alive connections)."""
+        out = []
+        for task in asyncio.all_tasks():
+            code = getattr(task.get_coro(), "cr_code", None)
+            where = code.co_filename if code else ""
+            if ("/aiortc/" in where or "/aioice/" in where or "/gateway/" in where) \
+                    and "/gateway/simulator/" not in where and not task.done():
+                out.append(task)
+        return out
+
+    before = set(call_tasks())  # the gateway's own long-lived tasks (AMI supervisor, ...)
+    call = await stack.place_call("test-echo")
+    await asyncio.wait_for(call.accepted.wait(), 10)
+    await asyncio.wait_for(call.media_connected.wait(), 10)
+    assert live_peers() == 2  # the gateway's and the phone's
+    await call.phone.press("1")
+    await call.hangup()
+    await stack.wait_idle()
+    assert live_peers() == 0
+    assert stack.gateway.ports.free == len(stack.gateway.config.media.rtp_ports)
+    assert set(call_tasks()) - before == set()
