@@ -27,6 +27,7 @@ from gateway.simulator.cloud_api import (
     SimulatedCall,
 )
 from gateway.simulator.control import add_control_routes, parse_script, run_script
+from gateway.simulator.users import SimulatedUser
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,15 @@ async def run_demo(config_path: Path | None = None, call_script: str | None = No
 
     asterisk = LocalAsterisk("demo", ami_port=config.asterisk.ami.port)
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
+    # Demo users may be called back: they hold a temporary permission, answer after 2 s,
+    # press 1 and hang up after a while (so an outbound call shows something happening).
     sim = CloudApiSimulator(app_secret=config.whatsapp.app_secret.reveal(),
                             access_token=config.whatsapp.access_token.reveal(),
                             webhook_url=f"http://127.0.0.1:{config.http.port}/webhook",
-                            port=SIM_PORT)
+                            port=SIM_PORT,
+                            default_user=SimulatedUser(permission="temporary",
+                                                       answer_after_s=2.0,
+                                                       script="wait 3; press 1; wait 8; hangup"))
     add_control_routes(sim)
     printers: set[asyncio.Task] = set()
 
@@ -117,7 +123,19 @@ Place a simulated WhatsApp call from another terminal:
       --name "Test User" --script "{EXAMPLE_SCRIPT}"
 
 The caller hears the IVR of asterisk-conf/extensions.conf [from-whatsapp]: 3 reads a code and
-says it back. Press Ctrl-C here to stop everything.
+says it back.
+
+Call a WhatsApp user from a CRM (the simulated user answers, presses 1, hangs up):
+
+  curl -s -X POST {gateway.url}/v1/calls -H "Authorization: Bearer demo-api-token" \\
+      -d '{{"to": "+15550003333", "context": "from-whatsapp"}}'
+
+or from the dialplan, as an agent would (asterisk-conf [to-whatsapp]):
+
+  chroot {asterisk.root} asterisk -C {asterisk.conf_path} \\
+      -rx "channel originate Local/+15550003333@to-whatsapp application Echo"
+
+Press Ctrl-C here to stop everything.
 """, flush=True)
         if call_script:
             call = await sim.place_call(from_wa_id="15550002222", profile_name="Test User")

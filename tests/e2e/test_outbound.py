@@ -68,9 +68,14 @@ async def test_agent_call_answered_audio_and_agent_dtmf_reach_the_user(stack: St
 
     await call.hangup()  # the WhatsApp user hangs up
     result = await stack.wait_event(dial_result)
-    assert result["Status"] == "ANSWER"
+    assert (result["Status"], result["Cause"]) == ("ANSWER", "16")
+    agent_gone = await stack.wait_event(
+        lambda ev: ev.get("Event") == "Hangup" and ev.get("Channel", "").startswith(AGENT)
+        and ev["Channel"].endswith(";1"))
+    assert agent_gone["Cause"] == "16"  # a normal end on the agent's side too
     await asyncio.wait_for(agent, 10)
     await stack.wait_idle()
+    assert len([ev for ev in stack.events if dial_result(ev)]) == 1
     record = await stack.gateway.store.get(call.call_id)
     assert record.direction == "outbound" and record.outcome == "answered"
     assert record.dtmf_out == 3
