@@ -56,7 +56,8 @@ def _field_error(field: str, problem: str) -> web.Response:
 def call_state(call: OutboundCall) -> dict[str, Any]:
     rec = call.record
     return {
-        "id": call.gateway_id, "wacid": rec.wacid or None, "state": call.state,
+        "id": call.gateway_id, "state": call.state,
+        "wacid": rec.wacid if rec.wacid and rec.wacid != call.gateway_id else None,
         "status": call.status.value if call.status else None, "to": f"+{rec.to_number}",
         "phone_number_id": rec.phone_number_id, "asterisk_channel": rec.channel or None,
         "outcome": rec.outcome.value, "reason": rec.reason or None,

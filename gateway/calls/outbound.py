@@ -153,7 +153,6 @@ class OutboundCall(Call):
             if not await self._permitted():
                 outcome = Outcome.REJECTED
                 return
-            obs.call_admitted(self.record)
             await self._place()
             await self._until_end(self._ring(), timeout=RING_TIMEOUT_S)
             await self._bridge()
@@ -210,6 +209,8 @@ class OutboundCall(Call):
             self.record.phone_number_id, self.record.to_number, offer,
             callback_data=self.gateway_id))
         self.record.wacid = wacid
+        # Recorded from here on: the call record is keyed by Meta's call id.
+        deps.observer.call_admitted(self.record)
         deps.observer.call_event(self.record, "connect_sent")
         answer = await self._until_end(asyncio.shield(self._answer_sdp),
                                        timeout=ANSWER_SDP_TIMEOUT_S)
@@ -304,5 +305,7 @@ class OutboundCall(Call):
         if self.request.agent_uniqueid:
             deps.ami.remove_channel_listener(self.request.agent_uniqueid)
         await self._release()
+        if not rec.wacid:  # Meta never assigned an id (refused before or at connect): the
+            rec.wacid = self.gateway_id  # record is still kept, under our id
         deps.observer.call_ended(rec)
         log.info("outbound call to +%s: %s (%s)", rec.to_number, self.status, why)

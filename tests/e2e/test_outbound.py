@@ -111,6 +111,9 @@ async def test_no_permission_is_refused_before_dialing(stack: Stack):
     assert result["Status"] == "NO_PERMISSION"
     assert [r.action for r in stack.sim.requests] == ["call_permissions"]
     await stack.wait_idle()
+    records = await stack.gateway.store.list()  # one record per attempt, none left active
+    assert [(r.direction, r.outcome, r.meta_error_code) for r in records] == \
+        [("outbound", "rejected", 138006)] * 2
 
 
 async def test_meta_refusal_wins_over_the_ledger_and_is_remembered(stack: Stack):
