@@ -195,7 +195,6 @@ class CallManager:
             from_number=ev.from_number, to_number=ev.to_number or ev.display_phone_number,
             profile_name=ev.profile_name, outcome=Outcome.REJECTED, reason=reason,
             hangup_side=HangupSide.GATEWAY)
-        log.warning("call %s: rejected: %s", ev.call_id, reason)
         try:
             await self.deps.graph.reject(ev.phone_number_id, ev.call_id)
         except GraphError as exc:
