@@ -67,6 +67,7 @@ class Gateway:
         self.graph = GraphClient(cfg.whatsapp, observer=self.metrics.graph_request)
         self.ami = AmiClient(cfg.asterisk.ami)
         self.ami.on_connection_change.append(self.metrics.ami_connection)
+        self.ami.on_connection_change.append(self._ami_connection_changed)
         self.ports = PortPool(cfg.media.rtp_ports)
         self.ledger: PermissionLedger | None = None
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
@@ -88,6 +89,10 @@ class Gateway:
             return None
         route = route_for(number, dt.datetime.now(dt.UTC))
         return route.context, route.extension
+
+    def _ami_connection_changed(self, connected: bool) -> None:
+        if connected and (self.calls.calls or self.calls.outbound):
+            self.calls._spawn(self.calls.reconcile_channels())
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
         if ev.get("UserEvent") == "WhatsAppDial":

@@ -258,6 +258,28 @@ class CallManager:
     def find_outbound(self, gateway_id: str) -> OutboundCall | None:
         return self.outbound.get(gateway_id) or self.finished_outbound.get(gateway_id)
 
+    # --- Asterisk reconnects -------------------------------------------------------------------
+
+    async def reconcile_channels(self) -> None:
+        """After an AMI reconnect: end the calls whose Asterisk channel no longer exists.
+
+        While AMI was down, Asterisk may have restarted (taking every channel with it) or hung
+        channels up without the gateway hearing the Hangup event; those WhatsApp callers would
+        otherwise sit in silence until they gave up."""
+        try:
+            channels = await self.deps.ami.core_show_channels()
+        except Exception as exc:
+            log.warning("cannot list Asterisk channels after reconnect: %s", exc)
+            return
+        alive = {c.get("Uniqueid", "") for c in channels}
+        for call in [*self.calls.values(), *self.outbound.values()]:
+            if call.channel_up and call.channel_id not in alive:
+                call._finish(HangupSide.ASTERISK,
+                             "the Asterisk channel vanished while AMI was down")
+            agent = getattr(getattr(call, "request", None), "agent_uniqueid", None)
+            if agent and not call.answered and agent not in alive:
+                call.cancel_dial("the waiting channel vanished while AMI was down")
+
     # --- shutdown -------------------------------------------------------------------------------
 
     async def shutdown(self, timeout: float = 10.0) -> None:

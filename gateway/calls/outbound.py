@@ -139,8 +139,12 @@ class OutboundCall(Call):
 
     def _on_agent_event(self, ev: dict[str, str]) -> None:
         if ev.get("Event") == "Hangup" and not self.answered:
-            self.status = DialStatus.CANCEL
-            self._finish(HangupSide.ASTERISK, "the waiting channel hung up before the answer")
+            self.cancel_dial("the waiting channel hung up before the answer")
+
+    def cancel_dial(self, why: str) -> None:
+        """The agent is gone before the user answered: stop ringing the user."""
+        self.status = DialStatus.CANCEL
+        self._finish(HangupSide.ASTERISK, why)
 
     # --- the call's life ----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -288,3 +289,38 @@ async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path
         await store.close()
     channels = await asterisk.cli("core show channels concise")
     assert "UnicastRTP/127.0.0.1:431" not in channels, channels
+
+
+async def test_asterisk_crash_mid_call_ends_the_whatsapp_call_after_reconnect(tmp_path):
+    """Asterisk dies (SIGKILL: no Hangup events) during a call and comes back: on the AMI
+    reconnect the gateway finds the channel gone and ends the WhatsApp call."""
+    ast = LocalAsterisk("crash", ami_port=5098,
+                        overlay_dir=Path(__file__).parent / "asterisk-overlay")
+    await ast.start()
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    gw = Gateway(make_config(sim.url, 5098, store={"path": str(tmp_path / "g.sqlite3")}))
+    changes: asyncio.Queue[bool] = asyncio.Queue()
+    gw.ami.on_connection_change.append(changes.put_nowait)
+    await gw.start()
+    sim.webhook_url = f"{gw.url}/webhook"
+    try:
+        assert changes.get_nowait() is True
+        pnid, display = number_for("test-wait")
+        call = await sim.place_call(from_wa_id="15550008888", phone_number_id=pnid,
+                                    display_phone_number=display)
+        await asyncio.wait_for(call.accepted.wait(), 15)
+        ast._proc.kill()  # no goodbye: no Hangup event reaches the gateway
+        assert await asyncio.wait_for(changes.get(), 20) is False
+        assert not call.ended.is_set()
+        await ast.start()
+        assert await asyncio.wait_for(changes.get(), 40) is True
+        await asyncio.wait_for(call.ended.wait(), 10)
+        assert call.ended_by == "business"
+        assert len(sim.requests_for(call.call_id, "terminate")) == 1
+        record = await gw.store.get(call.call_id)
+        assert record.hangup_side == "asterisk" and "vanished" in record.reason
+    finally:
+        await gw.stop()
+        await sim.close()
+        await ast.stop()
