@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 
 import aioice.ice
+from aiortc import RTCPeerConnection
 from aiortc.codecs import CODECS
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -105,6 +106,25 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: PacketHandler) -> None:
             log.exception("media: error handling an RTP packet (PT %d)", packet.payload_type)
 
     receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+
+def tap_rtcp(receiver: RTCRtpReceiver, on_rtcp: Callable[[], None]) -> None:
+    """Call ``on_rtcp()`` for every RTCP packet the receiver gets (then aiortc handles it)."""
+    handle = receiver._handle_rtcp_packet
+
+    async def tapped(packet) -> None:  # type: ignore[no-untyped-def]
+        on_rtcp()
+        await handle(packet)
+
+    receiver._handle_rtcp_packet = tapped  # type: ignore[method-assign]
+
+
+def make_ice_controlled(pc: RTCPeerConnection) -> None:
+    """Turn an offerer's ICE agents into the controlled side. aiortc makes the offerer
+    controlling; an ICE-lite peer (what WhatsApp's offer says it is) is always controlled, so
+    a full agent standing in for one must be too, or both sides would try to control."""
+    for transport in pc._RTCPeerConnection__iceTransports:  # type: ignore[attr-defined]
+        transport._connection.ice_controlling = False
 
 
 def receiver_statistics(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics]:

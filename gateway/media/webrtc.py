@@ -198,6 +198,9 @@ class WebRtcLeg:
         self.on_audio: Callable[[bytes], None] = lambda pcm: None
         self.on_dtmf: Callable[[str, int], None] = lambda digit, ms: None
         self.on_state: Callable[[str], None] = lambda state: None
+        self.on_media: Callable[[], None] = lambda: None
+        """Called for every packet received (RTP of any payload type, and RTCP): the peer is
+        alive. Cheap on purpose: it runs for every packet."""
         self.connected = asyncio.Event()
         self.first_audio = asyncio.Event()
         self.packets_received = 0
@@ -222,12 +225,32 @@ class WebRtcLeg:
         self._hook_media()
         return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
 
-    async def offer(self) -> str:
-        """Create our offer: Opus and telephone-event/8000 only, as Meta asks."""
+    async def offer(self, *, mid: str | None = None, ice_controlled: bool = False) -> str:
+        """Create our offer: Opus and telephone-event/8000 only, as Meta asks.
+
+        ``mid`` renames the m-section (WhatsApp calls it "audio"); ``ice_controlled`` makes
+        this offerer the ICE-controlled side, as an ICE-lite peer would be."""
         self._restrict_codecs()
+        offer = await self.pc.createOffer()
+        if mid is not None:  # before setLocalDescription, so aiortc remembers the new name
+            sdp = re.sub(r"a=mid:\S+", f"a=mid:{mid}", offer.sdp)
+            sdp = re.sub(r"a=group:BUNDLE [^\r\n]+", f"a=group:BUNDLE {mid}", sdp)
+            offer = RTCSessionDescription(sdp, "offer")
         with aiortc_hooks.gathering_on(self.addresses):
-            await self.pc.setLocalDescription(await self.pc.createOffer())
+            await self.pc.setLocalDescription(offer)
+        if ice_controlled:
+            aiortc_hooks.make_ice_controlled(self.pc)
         return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
+
+    @property
+    def dtmf_payload_type(self) -> int | None:
+        """The telephone-event payload type negotiated (None when the peer offered none)."""
+        return self._dtmf_pt
+
+    @dtmf_payload_type.setter
+    def dtmf_payload_type(self, pt: int) -> None:
+        self._dtmf_pt = pt
+        self.outgoing.dtmf_pt = pt
 
     async def apply_answer(self, answer_sdp: str) -> None:
         info = inspect_offer(answer_sdp)
@@ -245,6 +268,7 @@ class WebRtcLeg:
 
     def _hook_media(self) -> None:
         aiortc_hooks.tap_receiver(self.transceiver.receiver, self._on_packet)
+        aiortc_hooks.tap_rtcp(self.transceiver.receiver, lambda: self.on_media())
         self.outgoing.attach(aiortc_hooks.PayloadTypeRewriter(self.transceiver.sender.transport))
         if self._dtmf_pt is not None:
             self.outgoing.dtmf_pt = self._dtmf_pt
@@ -252,6 +276,7 @@ class WebRtcLeg:
     # --- media --------------------------------------------------------------------------------
 
     def _on_packet(self, packet: RtpPacket) -> None:
+        self.on_media()
         pt = packet.payload_type
         if pt == self._dtmf_pt:
             for digit, ms in self._dtmf.feed(packet.timestamp, packet.payload):

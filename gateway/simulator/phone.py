@@ -25,10 +25,6 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiortc import RTCSessionDescription
-from aiortc.rtcrtpsender import RTCRtpSender
-from aiortc.rtp import RtpPacket
-
 from gateway.media.codecs import FRAME_BYTES, RATE
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator import audio
@@ -133,21 +129,10 @@ class SimulatedPhone:
 
     async def make_offer(self) -> str:
         """Create the phone's offer and return it in WhatsApp's shape."""
-        pc = self.leg.pc
-        caps = RTCRtpSender.getCapabilities("audio").codecs
-        self.leg.transceiver.setCodecPreferences(
-            [c for c in caps if c.mimeType.lower() in ("audio/opus", "audio/telephone-event")])
-        offer = await pc.createOffer()
-        # WhatsApp names its one m-section "audio"; munge before setLocalDescription so the
-        # answer's mid matches what aiortc remembers as our offer.
-        munged = re.sub(r"a=mid:\S+", "a=mid:audio", offer.sdp)
-        munged = re.sub(r"a=group:BUNDLE [^\r\n]+", "a=group:BUNDLE audio", munged)
-        await pc.setLocalDescription(RTCSessionDescription(munged, "offer"))
-        # The text says ice-lite, so the business will be controlling: aiortc made itself
-        # controlling when it set an offer, and two controlling agents would fight.
-        for t in pc._RTCPeerConnection__iceTransports:  # type: ignore[attr-defined]
-            t._connection.ice_controlling = False
-        self.offer_sdp = whatsapp_offer(pc.localDescription.sdp)
+        # WhatsApp names its one m-section "audio", and says ice-lite: the business will be
+        # controlling, so this full ICE agent must act as the controlled side.
+        local = await self.leg.offer(mid="audio", ice_controlled=True)
+        self.offer_sdp = whatsapp_offer(local)
         self.state = "offered"
         return self.offer_sdp
 
@@ -159,9 +144,8 @@ class SimulatedPhone:
         self.picked_up.clear()
         self._count_media()
         local = await self.leg.answer(offer_sdp)
-        if self.leg._dtmf_pt is None:
-            self.leg._dtmf_pt = META_DTMF_PT
-            self.leg.outgoing.dtmf_pt = META_DTMF_PT
+        if self.leg.dtmf_payload_type is None:
+            self.leg.dtmf_payload_type = META_DTMF_PT
         self.offer_sdp = offer_sdp
         self.answer_sdp = meta_answer(local)
         self._after_negotiation()
@@ -173,14 +157,11 @@ class SimulatedPhone:
         self.picked_up.set()
 
     def _count_media(self) -> None:
-        # Count every RTP packet as media, DTMF included, before the leg hooks its receiver.
-        on_packet = self.leg._on_packet
-
-        def counting(packet: RtpPacket) -> None:
+        # Every RTP packet (DTMF included) and every RTCP packet counts as media.
+        def seen() -> None:
             self._last_media = time.monotonic()
-            on_packet(packet)
 
-        self.leg._on_packet = counting  # type: ignore[method-assign]
+        self.leg.on_media = seen
 
     async def apply_answer(self, sdp: str) -> None:
         """Apply the business's answer (from pre_accept, or accept without pre_accept): ICE and
@@ -193,14 +174,6 @@ class SimulatedPhone:
         self._after_negotiation()
 
     def _after_negotiation(self) -> None:
-        receiver = self.leg.transceiver.receiver
-        handle_rtcp = receiver._handle_rtcp_packet
-
-        async def rtcp_counting(packet) -> None:  # type: ignore[no-untyped-def]
-            self._last_media = time.monotonic()
-            await handle_rtcp(packet)
-
-        receiver._handle_rtcp_packet = rtcp_counting  # type: ignore[method-assign]
         self.state = "connecting"
         self._connecting_since = time.monotonic()
         self._spawn(self._watch_media())

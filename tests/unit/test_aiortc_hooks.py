@@ -75,3 +75,26 @@ async def test_two_legs_carry_audio_and_dtmf_both_ways():
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_offerer_can_stand_in_for_an_ice_lite_peer():
+    """The simulator's phone offers like WhatsApp (mid "audio", ICE controlled): the answerer
+    must become the controlling side and media must still flow."""
+    aiortc_hooks.install()
+    phone = WebRtcLeg(name="phone", addresses=("127.0.0.1",))
+    gateway = WebRtcLeg(name="gateway", addresses=("127.0.0.1",))
+    seen = []
+    gateway.on_media = lambda: seen.append(1)
+    try:
+        offer = await phone.offer(mid="audio", ice_controlled=True)
+        assert "a=mid:audio" in offer and "a=group:BUNDLE audio" in offer
+        answer = await gateway.answer(offer.replace("a=group:BUNDLE audio",
+                                                    "a=ice-lite\r\na=group:BUNDLE audio"))
+        await phone.apply_answer(answer)
+        await asyncio.wait_for(asyncio.gather(phone.connected.wait(),
+                                              gateway.connected.wait()), 10)
+        await asyncio.wait_for(gateway.first_audio.wait(), 5)
+        assert seen
+    finally:
+        await phone.close()
+        await gateway.close()
