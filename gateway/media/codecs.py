@@ -12,12 +12,30 @@ import fractions
 from dataclasses import dataclass
 
 import av
+import numpy as np
 
 RATE = 16000
 FRAME_SAMPLES = 320  # 20 ms at 16 kHz
 FRAME_BYTES = FRAME_SAMPLES * 2
 SILENCE = bytes(FRAME_BYTES)
 OPUS_CLOCK = 48000
+
+
+QUIET_PEAK = 300
+"""A 20 ms frame whose samples all stay below this (about -40 dBFS) carries nothing a listener
+would miss: it may be dropped to work off a backlog (latency) without cutting speech."""
+
+
+def trim_backlog(queue: bytearray, keep_frames: int = 3) -> None:
+    """Drop quiet frames from the head of a PCM queue holding more than ``keep_frames`` + 1
+    frames. Audio that arrived in a burst (network jitter, or held until Meta's accept) would
+    otherwise stay as extra delay for the rest of the call."""
+    while len(queue) >= (keep_frames + 1) * FRAME_BYTES:
+        head = np.frombuffer(queue, dtype=np.int16, count=FRAME_SAMPLES)
+        if int(np.abs(head).max()) >= QUIET_PEAK:
+            return
+        del head
+        del queue[:FRAME_BYTES]
 
 
 def _frame(pcm: bytes, rate: int, pts: int | None = None) -> av.AudioFrame:
@@ -122,11 +140,22 @@ class AsteriskTranscoder:
         self._down = av.AudioResampler(format="s16", layout="mono", rate=codec.rate) \
             if narrow else None
         self._up = av.AudioResampler(format="s16", layout="mono", rate=RATE) if narrow else None
+        self._narrow = bytearray()
 
     def encode(self, pcm16k: bytes) -> bytes:
+        """One 20 ms frame in, one 20 ms payload out (160 bytes for all three codecs)."""
         frame = _frame(pcm16k, RATE)
-        frames = self._down.resample(frame) if self._down else [frame]
-        return b"".join(bytes(p) for f in frames for p in self._enc.encode(f))
+        if self._down is None:
+            return b"".join(bytes(p) for p in self._enc.encode(frame))
+        # The resampler holds back a few samples at first: keep whole 20 ms frames toward
+        # Asterisk by paying that once, as 2 ms of silence in front of the first frame.
+        self._narrow += _pcm(self._down.resample(frame))
+        size = self.codec.rate // 50 * 2
+        if len(self._narrow) < size:
+            self._narrow[:0] = bytes(size - len(self._narrow))
+        out = _frame(bytes(self._narrow[:size]), self.codec.rate)
+        del self._narrow[:size]
+        return b"".join(bytes(p) for p in self._enc.encode(out))
 
     def decode(self, payload: bytes) -> bytes:
         try:

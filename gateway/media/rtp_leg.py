@@ -21,7 +21,13 @@ from collections.abc import Callable
 
 from aiortc.rtp import RtpPacket
 
-from gateway.media.codecs import FRAME_BYTES, SILENCE, AsteriskCodec, AsteriskTranscoder
+from gateway.media.codecs import (
+    FRAME_BYTES,
+    SILENCE,
+    AsteriskCodec,
+    AsteriskTranscoder,
+    trim_backlog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,7 @@ class AsteriskRtpLeg:
         start = loop.time()
         n = 0
         while self._transport is not None:
+            trim_backlog(self._queue)
             if len(self._queue) >= FRAME_BYTES:
                 frame = bytes(self._queue[:FRAME_BYTES])
                 del self._queue[:FRAME_BYTES]

@@ -21,14 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
 from gateway.media import aiortc_hooks, rfc4733
-from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder
+from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder, trim_backlog
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,6 @@ MAX_QUEUED_BYTES = FRAME_BYTES * 10
 MAX_GATED_BYTES = FRAME_BYTES * 50
 """Up to 1 s of audio is held while the gate is closed (between pre_accept and accept's 200),
 so the start of the first prompt is delayed rather than clipped (whatsapp-calling.md §9)."""
-TARGET_BACKLOG = FRAME_BYTES * 3
-SILENT_PEAK = 300
-"""A frame whose samples all stay below this (about -40 dBFS) may be skipped to catch up."""
 
 
 class SdpError(ValueError):
@@ -121,11 +117,7 @@ class OutgoingAudio(MediaStreamTrack):
         worked off by skipping silent frames, never by cutting speech."""
         if not self.gate_open or len(self._pcm) < FRAME_BYTES:
             return SILENCE
-        while len(self._pcm) >= TARGET_BACKLOG + FRAME_BYTES:
-            head = np.frombuffer(self._pcm[:FRAME_BYTES], dtype=np.int16)
-            if int(np.abs(head).max()) >= SILENT_PEAK:
-                break
-            del self._pcm[:FRAME_BYTES]
+        trim_backlog(self._pcm)
         pcm = bytes(self._pcm[:FRAME_BYTES])
         del self._pcm[:FRAME_BYTES]
         self._backlog_limit = min(self._backlog_limit, len(self._pcm))
