@@ -47,7 +47,9 @@ Event = dict[str, str]
 PING_INTERVAL_S = 10.0
 BOOT_TIMEOUT_S = 60.0
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 5.0
+"""Short: while AMI is down every new call is refused, so a returning Asterisk must be seen
+within seconds; a connection attempt to it costs next to nothing."""
 ORPHAN_CAUSE = NORMAL_TEMPORARY_FAILURE
 """Cause for swept orphans: the call ended because the gateway lost it, not normally."""
 
