@@ -358,58 +358,72 @@ class SimulatedPhone:
             self.heard_segments[-1].end = max(self.heard_segments[-1].end, now)
 
 
+class _LocalSdp:
+    """What the simulator keeps of aiortc's own SDP when it re-dresses it as WhatsApp's or
+    Meta's: the real ICE credentials, fingerprint, DTLS role, mid, SSRC and host candidates
+    (one IPv4, one IPv6), so the other side's answer or offer still works against the phone."""
+
+    def __init__(self, sdp: str, what: str):
+        self.sdp, self.what = sdp, what
+        self.ufrag = self.one(r"a=ice-ufrag:(\S+)")
+        self.pwd = self.one(r"a=ice-pwd:(\S+)")
+        self.fingerprint = self.one(r"a=fingerprint:sha-256 (\S+)")
+        self.ssrc = self.one(r"a=ssrc:(\d+) ")
+        self.v4 = self.v6 = None
+        for m in re.finditer(r"a=candidate:(\S+) 1 udp (\d+) (\S+) (\d+) typ host", sdp):
+            foundation, priority, addr, port = m.groups()
+            if ":" in addr and self.v6 is None:
+                self.v6 = (foundation, priority, addr, port)
+            elif ":" not in addr and self.v4 is None:
+                self.v4 = (foundation, priority, addr, port)
+        if self.v4 is None and self.v6 is None:
+            raise ValueError(f"aiortc {what} has no host candidate")
+
+    def one(self, pattern: str) -> str:
+        m = re.search(pattern, self.sdp)
+        if not m:
+            raise ValueError(f"aiortc {self.what} lacks {pattern!r}")
+        return m.group(1)
+
+    def head(self, mid: str, payload_types: str, stream: str | None = None) -> list[str]:
+        """Session lines, the m-line and the host candidates, in WhatsApp's style."""
+        default = self.v4 or self.v6
+        assert default is not None
+        lines = [
+            "v=0",
+            f"o=- {int(time.time() * 1000)} 2 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            f"a=group:BUNDLE {mid}",
+            f"a=msid-semantic: WMS {stream or uuid.uuid4()}",
+            "a=ice-lite",
+            f"m=audio {default[3]} UDP/TLS/RTP/SAVPF {payload_types}",
+            f"c=IN IP4 {self.v4[2]}" if self.v4 else f"c=IN IP6 {default[2]}",
+            "a=rtcp:9 IN IP4 0.0.0.0",
+        ]
+        for cand in (self.v4, self.v6):
+            if cand:
+                foundation, priority, addr, port = cand
+                # WhatsApp's foundations are decimal; the value only groups our candidates.
+                numeric = int(foundation, 16) % 10**10 \
+                    if re.fullmatch(r"[0-9a-f]+", foundation) else foundation
+                lines.append(f"a=candidate:{numeric} 1 udp {priority} {addr} {port} typ host "
+                             "generation 0 network-cost 50")
+        return lines
+
+
 def whatsapp_offer(local_sdp: str) -> str:
     """Rewrite aiortc's offer into the shape WhatsApp's relay offers (see module docstring).
 
     Only presentation changes: ICE credentials, fingerprint, candidates and SSRC are the real
     ones of the phone's peer connection, so the business's answer works against it.
     """
-    def one(pattern: str) -> str:
-        m = re.search(pattern, local_sdp)
-        if not m:
-            raise ValueError(f"aiortc offer lacks {pattern!r}")
-        return m.group(1)
-
-    ufrag = one(r"a=ice-ufrag:(\S+)")
-    pwd = one(r"a=ice-pwd:(\S+)")
-    fingerprint = one(r"a=fingerprint:sha-256 (\S+)")
-    ssrc = one(r"a=ssrc:(\d+) ")
-    v4 = v6 = None
-    for m in re.finditer(r"a=candidate:(\S+) 1 udp (\d+) (\S+) (\d+) typ host", local_sdp):
-        foundation, priority, addr, port = m.groups()
-        if ":" in addr and v6 is None:
-            v6 = (foundation, priority, addr, port)
-        elif ":" not in addr and v4 is None:
-            v4 = (foundation, priority, addr, port)
-    if v4 is None and v6 is None:
-        raise ValueError("aiortc offer has no host candidate")
-    default = v4 or v6
-    assert default is not None
+    local = _LocalSdp(local_sdp, "offer")
     stream = str(uuid.uuid4())
-    lines = [
-        "v=0",
-        f"o=- {int(time.time() * 1000)} 2 IN IP4 127.0.0.1",
-        "s=-",
-        "t=0 0",
-        "a=group:BUNDLE audio",
-        f"a=msid-semantic: WMS {stream}",
-        "a=ice-lite",
-        f"m=audio {default[3]} UDP/TLS/RTP/SAVPF 111 126",
-        f"c=IN IP4 {v4[2]}" if v4 else f"c=IN IP6 {default[2]}",
-        "a=rtcp:9 IN IP4 0.0.0.0",
-    ]
-    for cand in (v4, v6):
-        if cand:
-            foundation, priority, addr, port = cand
-            # WhatsApp's foundations are decimal; the value only groups our own candidates.
-            numeric = int(foundation, 16) % 10**10 if re.fullmatch(r"[0-9a-f]+", foundation) \
-                else foundation
-            lines.append(f"a=candidate:{numeric} 1 udp {priority} {addr} {port} typ host "
-                         "generation 0 network-cost 50")
-    lines += [
-        f"a=ice-ufrag:{ufrag}",
-        f"a=ice-pwd:{pwd}",
-        f"a=fingerprint:sha-256 {fingerprint}",
+    lines = local.head("audio", "111 126", stream) + [
+        f"a=ice-ufrag:{local.ufrag}",
+        f"a=ice-pwd:{local.pwd}",
+        f"a=fingerprint:sha-256 {local.fingerprint}",
         "a=setup:actpass",
         "a=mid:audio",
         "a=sendrecv",
@@ -421,7 +435,7 @@ def whatsapp_offer(local_sdp: str) -> str:
         "a=rtpmap:126 telephone-event/8000",
         "a=maxptime:20",
         "a=ptime:20",
-        f"a=ssrc:{ssrc} cname:WhatsAppAudioStream1",
+        f"a=ssrc:{local.ssrc} cname:WhatsAppAudioStream1",
     ]
     return "\r\n".join(lines) + "\r\n"
 
@@ -436,18 +450,9 @@ def meta_answer(local_sdp: str) -> str:
     Only presentation changes: ICE credentials, fingerprint, DTLS role, candidates and SSRC are
     the phone's real ones.
     """
-    def one(pattern: str) -> str:
-        m = re.search(pattern, local_sdp)
-        if not m:
-            raise ValueError(f"aiortc answer lacks {pattern!r}")
-        return m.group(1)
-
-    ufrag = one(r"a=ice-ufrag:(\S+)")
-    pwd = one(r"a=ice-pwd:(\S+)")
-    fingerprint = one(r"a=fingerprint:sha-256 (\S+)")
-    setup = one(r"a=setup:(\S+)")
-    mid = one(r"a=mid:(\S+)")
-    ssrc = one(r"a=ssrc:(\d+) ")
+    local = _LocalSdp(local_sdp, "answer")
+    setup = local.one(r"a=setup:(\S+)")
+    mid = local.one(r"a=mid:(\S+)")
     direction = re.search(r"a=(sendrecv|sendonly|recvonly|inactive)", local_sdp)
     rtpmaps = dict(re.findall(r"a=rtpmap:(\d+) ([^\r\n]+)", local_sdp))
     opus = next((pt for pt, enc in rtpmaps.items() if enc.lower().startswith("opus/48000")),
@@ -456,42 +461,11 @@ def meta_answer(local_sdp: str) -> str:
         raise ValueError("aiortc answer has no Opus")
     dtmf = next((pt for pt, enc in rtpmaps.items()
                  if enc.lower().startswith("telephone-event/8000")), None)
-    v4 = v6 = None
-    for m in re.finditer(r"a=candidate:(\S+) 1 udp (\d+) (\S+) (\d+) typ host", local_sdp):
-        foundation, priority, addr, port = m.groups()
-        if ":" in addr and v6 is None:
-            v6 = (foundation, priority, addr, port)
-        elif ":" not in addr and v4 is None:
-            v4 = (foundation, priority, addr, port)
-    if v4 is None and v6 is None:
-        raise ValueError("aiortc answer has no host candidate")
-    default = v4 or v6
-    assert default is not None
-    pts = " ".join(pt for pt in (opus, dtmf) if pt)
-    lines = [
-        "v=0",
-        f"o=- {int(time.time() * 1000)} 2 IN IP4 127.0.0.1",
-        "s=-",
-        "t=0 0",
-        f"a=group:BUNDLE {mid}",
-        f"a=msid-semantic: WMS {uuid.uuid4()}",
-        "a=ice-lite",
-        f"m=audio {default[3]} UDP/TLS/RTP/SAVPF {pts}",
-        f"c=IN IP4 {v4[2]}" if v4 else f"c=IN IP6 {default[2]}",
-        "a=rtcp:9 IN IP4 0.0.0.0",
-    ]
-    for cand in (v4, v6):
-        if cand:
-            foundation, priority, addr, port = cand
-            numeric = int(foundation, 16) % 10**10 if re.fullmatch(r"[0-9a-f]+", foundation) \
-                else foundation
-            lines.append(f"a=candidate:{numeric} 1 udp {priority} {addr} {port} typ host "
-                         "generation 0 network-cost 50")
-    lines += [
-        f"a=ice-ufrag:{ufrag}",
-        f"a=ice-pwd:{pwd}",
+    lines = local.head(mid, " ".join(pt for pt in (opus, dtmf) if pt)) + [
+        f"a=ice-ufrag:{local.ufrag}",
+        f"a=ice-pwd:{local.pwd}",
         "a=ice-options:trickle",
-        f"a=fingerprint:sha-256 {fingerprint}",
+        f"a=fingerprint:sha-256 {local.fingerprint}",
         f"a=setup:{setup}",
         f"a=mid:{mid}",
         f"a={direction.group(1) if direction else 'sendrecv'}",
@@ -504,6 +478,6 @@ def meta_answer(local_sdp: str) -> str:
         lines.append(f"a=rtpmap:{dtmf} telephone-event/8000")
     lines += [
         "a=ptime:20",
-        f"a=ssrc:{ssrc} cname:WhatsAppAudioStream1",
+        f"a=ssrc:{local.ssrc} cname:WhatsAppAudioStream1",
     ]
     return "\r\n".join(lines) + "\r\n"
