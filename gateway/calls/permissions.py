@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.sqlite_thread import DatabaseClosed, SqliteThread
-from gateway.whatsapp.events import PermissionReply
+from gateway.whatsapp.events import PermissionReply, as_int
 from gateway.whatsapp.graph import GraphClient, GraphError
 
 T = TypeVar("T")
@@ -232,15 +232,6 @@ def _when(at: float | None) -> str:
     if at is None:
         return "unknown"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
-
-
-def _int(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass
@@ -631,7 +622,7 @@ class PermissionLedger:
         if isinstance(permission, Mapping):
             status = str(permission.get("status") or "").lower()
             if status in STATUSES:
-                expires = _int(permission.get("expiration_time"))
+                expires = as_int(permission.get("expiration_time"))
                 expires_at = float(expires) if expires is not None else (
                     row["expires_at"] if row["status"] == "temporary" else None)
                 source = row["source"] if row["status"] == status and row["source"] \
@@ -651,11 +642,11 @@ class PermissionLedger:
                 if not isinstance(limit, Mapping):
                     continue
                 period = period_seconds(limit.get("time_period"))
-                maximum = _int(limit.get("max_allowed"))
+                maximum = as_int(limit.get("max_allowed"))
                 if period is None or maximum is None:
                     continue
-                expiry = _int(limit.get("limit_expiration_time"))
-                windows.append((period, maximum, _int(limit.get("current_usage")),
+                expiry = as_int(limit.get("limit_expiration_time"))
+                windows.append((period, maximum, as_int(limit.get("current_usage")),
                                 float(expiry) if expiry else None))
                 live.setdefault(name, {})[str(period)] = maximum
             self._reconcile(db, name, pnid, user, windows, now)

@@ -108,7 +108,8 @@ def _str(value: Any) -> str:
     return str(value)
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """Meta's numbers arrive as numbers or strings (and lists where one was documented)."""
     if isinstance(value, list):
         value = value[0] if value else None
     if value is None or isinstance(value, bool):
@@ -136,7 +137,7 @@ def _errors(*lists: Any) -> tuple[MetaError, ...]:
         for err in _list(raw):
             if not isinstance(err, dict):
                 continue
-            code = _int(err.get("code"))
+            code = as_int(err.get("code"))
             if code in seen:
                 continue
             seen[code] = MetaError(
@@ -200,14 +201,14 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
             display_phone_number=display,
             from_number=from_number,
             to_number=_str(call.get("to")),
-            timestamp=_int(call.get("timestamp")) or 0,
+            timestamp=as_int(call.get("timestamp")) or 0,
             profile_name=names.get(user, ""),
             sdp=_str(session.get("sdp")) or None,
             sdp_type=_str(session.get("sdp_type")).lower() or None,
             status=_str(status).upper() or None if status is not None else None,
-            start_time=_int(call.get("start_time")),
-            end_time=_int(call.get("end_time")),
-            duration=_int(call.get("duration")),
+            start_time=as_int(call.get("start_time")),
+            end_time=as_int(call.get("end_time")),
+            duration=as_int(call.get("duration")),
             biz_opaque_callback_data=_str(call.get("biz_opaque_callback_data")) or None,
             cta_payload=_str(call.get("cta_payload")) or None,
             deeplink_payload=_str(call.get("deeplink_payload")) or None,
@@ -224,7 +225,7 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
             status=_str(st.get("status")).upper(),
             phone_number_id=pnid,
             recipient_id=_str(st.get("recipient_id")),
-            timestamp=_int(st.get("timestamp")) or 0,
+            timestamp=as_int(st.get("timestamp")) or 0,
             biz_opaque_callback_data=_str(st.get("biz_opaque_callback_data")) or None,
             errors=_errors(st.get("errors"), value.get("errors")),
         ))
@@ -244,10 +245,10 @@ def _parse_messages_value(value: dict, out: ParsedWebhook) -> None:
             phone_number_id=pnid,
             user=_str(msg.get("from")),
             message_id=_str(msg.get("id")),
-            timestamp=_int(msg.get("timestamp")) or 0,
+            timestamp=as_int(msg.get("timestamp")) or 0,
             response=_str(reply.get("response")).lower(),
             is_permanent=permanent is True or _str(permanent).lower() == "true",
-            expiration_timestamp=_int(reply.get("expiration_timestamp")),
+            expiration_timestamp=as_int(reply.get("expiration_timestamp")),
             response_source=_str(reply.get("response_source")).lower() or "user_action",
             context_id=_str(_dict(msg.get("context")).get("id")) or None,
         ))
