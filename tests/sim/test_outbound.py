@@ -14,7 +14,7 @@ import pytest
 
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator import audio
-from gateway.simulator.cloud_api import business_country_block
+from gateway.simulator.meta import business_country_block
 from tests.sim.business import Business, make_sim
 
 PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"

@@ -1,0 +1,198 @@
+"""One call as the simulated Meta sees it: its phone, its state, its story (transcript)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.simulator.meta import (
+    BUSINESS_INITIATED,
+    USER_INITIATED,
+    WebhookDelivery,
+)
+from gateway.simulator.phone import SimulatedPhone
+from gateway.simulator.transcript import Transcript
+
+if TYPE_CHECKING:
+    from gateway.simulator.cloud_api import CloudApiSimulator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallSummary:
+    """How a simulated call went, in the terms an admin asks about."""
+
+    call_id: str
+    answered: bool
+    answered_after_s: float | None
+    pre_accepted: bool
+    media_connected: bool
+    digits_pressed: str
+    dtmf_received: str
+    heard: list[str]
+    ended_by: str | None
+    status: str | None
+    error_code: int | None
+    duration_s: int | None
+    api_errors: list[str]
+
+    def lines(self) -> list[str]:
+        answered = (f"yes, after {self.answered_after_s:.1f} s" if self.answered
+                    else "no" + (" (pre-accepted only)" if self.pre_accepted else ""))
+        ended = f"{self.ended_by or 'still up'}"
+        if self.status:
+            ended += f", terminate webhook {self.status}"
+        if self.error_code:
+            ended += f" with error {self.error_code}"
+        if self.duration_s is not None:
+            ended += f", duration {self.duration_s} s"
+        out = [
+            f"call       {self.call_id}",
+            f"answered   {answered}",
+            f"media      {'connected' if self.media_connected else 'never connected'}",
+            f"pressed    {self.digits_pressed or '-'}",
+            f"got DTMF   {self.dtmf_received or '-'}",
+            "heard      " + ("; ".join(self.heard) if self.heard else "-"),
+            f"ended      {ended}",
+        ]
+        if self.api_errors:
+            out.append("API errors " + "; ".join(self.api_errors))
+        return out
+
+
+class SimulatedCall:
+    """One call, either direction: the user's phone, its state at Meta, and the story so far.
+
+    User-initiated: ``ringing`` → ``pre_accepted`` → ``accepted`` → ``ended`` (pre_accept
+    optional). Business-initiated: ``connecting`` (connect answered, connect webhook pending) →
+    ``ringing`` (RINGING sent) → ``accepted`` (the user picked up) → ``ended``.
+    Events: ``ringing``, ``accepted``, ``ended`` (and ``pre_accepted`` for user-initiated).
+    """
+
+    def __init__(self, sim: CloudApiSimulator, *, call_id: str, from_wa_id: str,
+                 profile_name: str | None, phone_number_id: str, display_phone_number: str,
+                 cta_payload: str | None, deeplink_payload: str | None,
+                 transcript: Transcript, phone: SimulatedPhone,
+                 direction: str = USER_INITIATED):
+        self.sim = sim
+        self.call_id = call_id
+        self.direction = direction
+        self.from_wa_id = from_wa_id
+        """The user's number, whichever side called (kept under this name for callers of the
+        user-initiated API); ``wa_id`` says the same."""
+        self.wa_id = from_wa_id
+        self.profile_name = profile_name
+        self.phone_number_id = phone_number_id
+        self.display_phone_number = display_phone_number
+        self.cta_payload = cta_payload
+        self.deeplink_payload = deeplink_payload
+        self.transcript = transcript
+        self.phone = phone
+        self.state = "ringing" if direction == USER_INITIATED else "connecting"
+        self.ringing = asyncio.Event()
+        if direction == USER_INITIATED:
+            self.ringing.set()
+        self.pre_accepted = asyncio.Event()
+        self.accepted = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.answer_sdp: str | None = None
+        """The SDP answer: the business's (user-initiated) or Meta's (business-initiated)."""
+        self.offer_sdp: str | None = None
+        """The business's offer (business-initiated only)."""
+        self.rejected = False
+        """The user declined the business's call."""
+        self.biz_opaque_callback_data: str | None = None
+        self.started_at = time.time()
+        self.accepted_at: float | None = None
+        self.ended_at: float | None = None
+        self.ended_by: str | None = None
+        """``user`` (hung up, or declined a business call), ``business`` (terminate/reject),
+        ``ring timeout`` or ``phone`` (no media)."""
+        self.end_status: str | None = None
+        self.error_code: int | None = None
+        self.webhooks: list[WebhookDelivery] = []
+        self.lock = asyncio.Lock()
+        phone.on_give_up = self._phone_gave_up
+
+    @property
+    def outbound(self) -> bool:
+        return self.direction == BUSINESS_INITIATED
+
+    @property
+    def is_over(self) -> bool:
+        """Ended, or ending (the business's terminate/reject is being processed)."""
+        return self.state in ("ending", "ended")
+
+    @property
+    def media_connected(self) -> asyncio.Event:
+        return self.phone.connected
+
+    async def hangup(self) -> None:
+        """The user hangs up: media stops and Meta sends the terminate webhook."""
+        async with self.lock:
+            if self.is_over:
+                return
+            self.transcript.add("user hung up")
+            await self._end(by="user")
+
+    async def wait_ended(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.ended.wait(), timeout)
+
+    def summary(self) -> CallSummary:
+        api_errors = [f"{r.action} → {r.error_code}" for r in self.sim.requests_for(self.call_id)
+                      if r.error_code is not None]
+        duration = None
+        if self.accepted_at is not None and self.ended_at is not None:
+            duration = int(self.ended_at) - int(self.accepted_at)
+        return CallSummary(
+            call_id=self.call_id,
+            answered=self.accepted_at is not None,
+            answered_after_s=None if self.accepted_at is None
+            else self.accepted_at - self.started_at,
+            pre_accepted=self.pre_accepted.is_set(),
+            media_connected=self.phone.connected.is_set(),
+            digits_pressed="".join(self.phone.digits_pressed),
+            dtmf_received="".join(self.phone.dtmf_received),
+            heard=[str(s) for s in self.phone.heard_segments],
+            ended_by=self.ended_by,
+            status=self.end_status,
+            error_code=self.error_code,
+            duration_s=duration,
+            api_errors=api_errors,
+        )
+
+    # --- Meta's side -------------------------------------------------------------------------
+
+    def _phone_gave_up(self, code: int, reason: str) -> None:
+        async def end() -> None:
+            async with self.lock:
+                if not self.is_over:
+                    await self._end(by="phone", error_code=code, error_detail=reason)
+        self.sim._spawn(end())
+
+    async def _end(self, *, by: str, error_code: int | None = None,
+                   error_detail: str | None = None) -> None:
+        """End the call once, whoever ended it, and send Meta's terminate webhook.
+
+        ASSUMPTION: Meta sends the terminate webhook for every call end, including ends the
+        business asked for with terminate or reject (§6 "terminate (any call end, either
+        direction)"; §2 only waives the business's terminate when the *user* hung up). Status is
+        COMPLETED for a call that was accepted and FAILED otherwise (missed, rejected, cancelled,
+        or ended by an error), with start/end/duration only when it was accepted.
+        """
+        self.state = "ended"
+        self.ended_at = time.time()
+        self.ended_by = by
+        self.error_code = error_code
+        self.end_status = "COMPLETED" if self.accepted_at is not None and error_code is None \
+            else "FAILED"
+        await self.phone.hangup()
+        await self.sim._send_call_webhook(self, self.sim.terminate_payload(
+            self, error_code=error_code, error_detail=error_detail))
+        self.ended.set()
+        if self.outbound:
+            await self.sim._outbound_ended(self)

@@ -1,0 +1,145 @@
+"""The simulated Meta's vocabulary: ids, error bodies, recorded requests and webhook
+deliveries, and the country rule for business-initiated calls (whatsapp-calling.md §10-11)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_WABA_ID = "102290000000001"
+DEFAULT_PHONE_NUMBER_ID = "106540000000002"
+DEFAULT_DISPLAY_NUMBER = "15550001111"
+MIN_CALLING_VERSION = (17, 0)
+"""Calling needs Graph v17.0 or later (whatsapp-calling.md §1)."""
+OPAQUE_MAX = 512
+TROUBLESHOOTING_URL = ("https://developers.facebook.com/documentation/business-messaging/"
+                       "whatsapp/calling/troubleshooting")
+SIGN = object()
+"""``signature=SIGN``: sign the body with the app secret, as Meta does."""
+USER_INITIATED = "USER_INITIATED"
+BUSINESS_INITIATED = "BUSINESS_INITIATED"
+CALL_PERMISSIONS_PER_S = 5
+"""§3/§14: design for 5 ``call_permissions`` GETs per second; beyond: 613 / HTTP 429."""
+BLOCKED_CALLING_CODES = {"1": "USA/Canada", "20": "Egypt", "84": "Vietnam", "234": "Nigeria"}
+"""§10: business numbers of these countries cannot call users (138013)."""
+NANP_NOT_US_CA = frozenset({
+    "242", "246", "264", "268", "284", "345", "441", "473", "649", "658", "664", "721", "758",
+    "767", "784", "809", "829", "849", "868", "869", "876"})
+"""+1 area codes of the Caribbean and Bermuda: other countries than the USA and Canada."""
+TEST_AREA_CODE = "555"
+"""+1 555 numbers are test numbers (every fake number of the project): not USA/Canada here."""
+
+
+def business_country_block(display_number: str) -> str | None:
+    """The country whose business numbers may not place calls (138013), or None."""
+    digits = re.sub(r"\D", "", display_number)
+    for code, country in BLOCKED_CALLING_CODES.items():
+        if digits.startswith(code):
+            if code == "1" and digits[1:4] in NANP_NOT_US_CA | {TEST_AREA_CODE}:
+                return None
+            return country
+    return None
+
+
+def new_wamid() -> str:
+    """A message id shaped like Meta's ``wamid.`` + base64."""
+    return "wamid." + base64.b64encode(b"HBgL" + secrets.token_bytes(24)).decode()
+
+
+class GraphError(Exception):
+    """An error the Graph API answers with (body per payloads/response-error.json)."""
+
+    def __init__(self, code: int, message: str, details: str | None = None, status: int = 400,
+                 type_: str = "OAuthException", subcode: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details
+        self.status, self.type, self.subcode = status, type_, subcode
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        if self.subcode is not None:
+            err["error_subcode"] = self.subcode
+        if self.details is not None:
+            err["error_data"] = {"messaging_product": "whatsapp", "details": self.details}
+        err["fbtrace_id"] = "A" + secrets.token_urlsafe(15)
+        return {"error": err}
+
+
+def invalid(details: str) -> GraphError:
+    """Error 100, the code Meta uses for every invalid parameter, SDP problems included (§11)."""
+    return GraphError(100, "(#100) Invalid parameter", details)
+
+
+@dataclass
+class ApiRequest:
+    """One request the business made to the simulated Graph API, and what it got back."""
+
+    action: str | None
+    body: Any
+    time: float
+    """Wall-clock (``time.time()``) arrival."""
+    phone_number_id: str
+    status: int = 0
+    response: dict[str, Any] = field(default_factory=dict)
+    endpoint: str = "calls"
+    """calls | messages | call_permissions | settings"""
+    method: str = "POST"
+    created_call_id: str | None = None
+    """The wacid a successful ``connect`` returned."""
+
+    @property
+    def call_id(self) -> str | None:
+        if self.created_call_id:
+            return self.created_call_id
+        return self.body.get("call_id") if isinstance(self.body, dict) else None
+
+    @property
+    def error_code(self) -> int | None:
+        return self.response.get("error", {}).get("code")
+
+
+@dataclass
+class WebhookDelivery:
+    """One POST of a webhook body to the business, with the answer it got."""
+
+    body: bytes
+    signature: str | None
+    sent_at: float
+    status: int | None = None
+    """HTTP status of the business's answer; None when it did not answer at all."""
+    error: str | None = None
+    elapsed_s: float = 0.0
+    attempt: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.body)
+
+
+def sign(app_secret: str, body: bytes) -> str:
+    """``X-Hub-Signature-256`` value: HMAC-SHA256 of the exact body bytes
+    (payloads/webhook-verification.md)."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def new_wacid(wa_id: str, user_initiated: bool = True) -> str:
+    """A call id shaped like Meta's: ``wacid.`` + base64 of a small binary record holding the
+    user's number and a random id (decode payloads' wacids to see the same layout)."""
+    direction = b"\x12" if user_initiated else b"\x11"
+    raw = (b"\x1c\x18" + bytes([len(wa_id)]) + wa_id.encode() + b"\x15\x02\x00" + direction
+           + b"\x18\x14" + secrets.token_hex(10).upper().encode() + b"\x00")
+    return "wacid." + base64.b64encode(raw).decode()
