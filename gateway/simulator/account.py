@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import time
 from typing import Any
@@ -26,8 +25,6 @@ from gateway.simulator.users import (
     permissions_body,
     request_limits,
 )
-
-log = logging.getLogger(__name__)
 
 
 class AccountApi:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,7 +18,6 @@ from gateway.simulator.transcript import Transcript
 if TYPE_CHECKING:
     from gateway.simulator.cloud_api import CloudApiSimulator
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

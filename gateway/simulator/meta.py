@@ -7,14 +7,10 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger(__name__)
-
 
 DEFAULT_WABA_ID = "102290000000001"
 DEFAULT_PHONE_NUMBER_ID = "106540000000002"

@@ -5,7 +5,6 @@ REJECTED statuses, terminate), and the user's behaviour (answer, reject, ignore,
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from typing import Any
@@ -29,8 +28,6 @@ from gateway.simulator.users import (
     call_limits,
     exhausted,
 )
-
-log = logging.getLogger(__name__)
 
 
 class BusinessCalling:
