@@ -19,14 +19,13 @@ from gateway.calls.permissions import (
     PermissionLedger,
     business_country_block,
     period_seconds,
-    permission_request_body,
     request_permission,
     send_call_button,
-    voice_call_body,
 )
 from gateway.config import Secret, WhatsAppSettings
 from gateway.whatsapp.events import PermissionReply, parse_body
 from gateway.whatsapp.graph import GraphClient, GraphError
+from gateway.whatsapp.messages import permission_request_body, voice_call_body
 
 PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
 PNID = "106540000000002"
