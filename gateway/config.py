@@ -111,6 +111,8 @@ class MediaSettings:
     """Local addresses the WebRTC leg gathers host candidates on; empty means every interface."""
     public_ip: str | None = None
     """Address WhatsApp must reach, written into our candidates when behind NAT."""
+    webrtc_ports: PortRange | None = None
+    """UDP ports of the WhatsApp leg (open them to WhatsApp's relays); None: any free port."""
     opus_bitrate: int = 32000
     opus_complexity: int = 5
     """libopus complexity 0-10: the main CPU knob (see gateway/media/codecs.py for costs)."""
@@ -360,7 +362,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
 
     med = r.section(data, "media", "media", required=False)
     r.unknown(med, {"rtp_address", "rtp_ports", "webrtc_addresses", "public_ip", "opus_bitrate",
-                    "opus_complexity", "connect_timeout", "no_media_timeout"}, "media")
+                    "opus_complexity", "connect_timeout", "no_media_timeout", "webrtc_ports"},
+              "media")
     raw_webrtc = med.get("webrtc_addresses") or []
     if not isinstance(raw_webrtc, list):
         r.fail("media.webrtc_addresses", "must be a list of IP addresses")
@@ -371,6 +374,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         rtp_address=r.address(med.get("rtp_address", "127.0.0.1"), "media.rtp_address")
         or "127.0.0.1",
         rtp_ports=r.port_range(med.get("rtp_ports"), "media.rtp_ports", MediaSettings.rtp_ports),
+        webrtc_ports=r.port_range(med.get("webrtc_ports"), "media.webrtc_ports", None)
+        if med.get("webrtc_ports") is not None else None,
         webrtc_addresses=tuple(a for a in webrtc if a),
         public_ip=r.address(public_ip, "media.public_ip") if public_ip else None,
         opus_bitrate=r.integer(med, "opus_bitrate", "media.opus_bitrate", 32000, 6000, 128000),

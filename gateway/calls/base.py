@@ -146,7 +146,9 @@ class Call:
         media = self.deps.config.media
         leg = WebRtcLeg(name=self.wacid or self.channel_id, opus_bitrate=media.opus_bitrate,
                         opus_complexity=media.opus_complexity, public_ip=media.public_ip,
-                        addresses=media.webrtc_addresses or None)
+                        addresses=media.webrtc_addresses or None,
+                        ports=(media.webrtc_ports.first, media.webrtc_ports.last)
+                        if media.webrtc_ports else None)
         leg.on_state = self._on_webrtc_state
         leg.on_dtmf = lambda digit, ms: self._dtmf_in.put_nowait(digit)
         self.leg = leg

@@ -20,7 +20,7 @@ from gateway.asterisk import causes
 from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
 from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
 from gateway.config import NumberSettings
-from gateway.media.webrtc import SdpError
+from gateway.media.webrtc import NoCandidates, SdpError
 from gateway.whatsapp.events import CallEvent
 from gateway.whatsapp.graph import GraphError
 
@@ -56,6 +56,9 @@ class InboundCall(Call):
             pass
         except SdpError as exc:
             self._finish(HangupSide.GATEWAY, f"unusable SDP offer: {exc}")
+            outcome = Outcome.REJECTED
+        except NoCandidates as exc:
+            self._finish(HangupSide.GATEWAY, f"capacity: {exc}")
             outcome = Outcome.REJECTED
         except OriginateFailed as exc:
             self._finish(HangupSide.ASTERISK, str(exc))

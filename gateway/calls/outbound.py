@@ -22,7 +22,7 @@ from gateway.asterisk import causes
 from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
 from gateway.calls.permissions import decide_call
 from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
-from gateway.media.webrtc import SdpError
+from gateway.media.webrtc import NoCandidates, SdpError
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.graph import GraphError
 
@@ -178,7 +178,7 @@ class OutboundCall(Call):
                                                         self.record.to_number, exc.code)
             self._finish(HangupSide.WHATSAPP, str(exc))
             outcome = Outcome.REJECTED if self.status != DialStatus.FAILED else Outcome.FAILED
-        except (SdpError, OriginateFailed) as exc:
+        except (SdpError, OriginateFailed, NoCandidates) as exc:
             self.status = DialStatus.FAILED
             self._finish(HangupSide.GATEWAY, str(exc))
             outcome = Outcome.FAILED

@@ -11,12 +11,16 @@ Why each hook exists (measurements in ../shared/reference/webrtc-media.md):
 - Packet tap on the receiver: aiortc's audio jitter buffer adds ~300 ms after one lost packet and
   its decoder would choke on telephone-event packets. The gateway takes every RTP packet before
   that buffer, still feeding aiortc's statistics so RTCP receiver reports stay right.
+- Port range: aioice binds its sockets to port 0 (any); a firewall in front of the gateway
+  needs a known range, so while a leg gathers, the event loop's datagram endpoints asked for
+  port 0 take a free port of the configured range instead.
 - Payload-type rewrite on send: aiortc sends every packet of a track with the codec's PT; an
   RFC 4733 event must go out with PT 126 in the same SSRC and sequence space as audio.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -66,15 +70,55 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
 
 
 @contextlib.contextmanager
-def gathering_on(addresses: Sequence[str] | None) -> Iterator[None]:
+def gathering_on(addresses: Sequence[str] | None,
+                 ports: tuple[int, int] | None = None) -> Iterator[None]:
     """Within this block (aiortc gathers inside setLocalDescription), gather on these
-    addresses: one process can hold legs bound to different interfaces (the gateway and the
-    simulator's phones in one test, say)."""
+    addresses, and bind to a port of ``ports`` (first, last) when given: one process can hold
+    legs bound to different interfaces (the gateway and the simulator's phones in one test)."""
     token = _leg_addresses.set(list(addresses) if addresses else None)
+    port_token = _leg_ports.set(ports)
+    if ports is not None:
+        _bind_in_range(asyncio.get_running_loop())
     try:
         yield
     finally:
         _leg_addresses.reset(token)
+        _leg_ports.reset(port_token)
+
+
+_leg_ports: ContextVar[tuple[int, int] | None] = ContextVar("leg_ports", default=None)
+_next_port: dict[tuple[int, int], int] = {}
+
+
+def _bind_in_range(loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap this loop's create_datagram_endpoint once: a port-0 bind made while a leg with a
+    port range gathers gets the next free port of that range (rotating, so a port just freed
+    by an ended call is not reused at once)."""
+    if getattr(loop, "_gateway_port_range_hook", False):
+        return
+    original = loop.create_datagram_endpoint
+
+    async def create_datagram_endpoint(protocol_factory, local_addr=None, **kwargs):  # type: ignore[no-untyped-def]
+        ports = _leg_ports.get()
+        if ports is None or local_addr is None or local_addr[1] != 0:
+            return await original(protocol_factory, local_addr=local_addr, **kwargs)
+        first, last = ports
+        size = last - first + 1
+        start = _next_port.get(ports, first)
+        for i in range(size):
+            port = first + (start - first + i) % size
+            try:
+                result = await original(protocol_factory, local_addr=(local_addr[0], port),
+                                        **kwargs)
+            except OSError:
+                continue
+            _next_port[ports] = first + (port - first + 1) % size
+            return result
+        raise OSError(f"no free UDP port in media.webrtc_ports {first}-{last} on "
+                      f"{local_addr[0]}")
+
+    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign]
+    loop._gateway_port_range_hook = True  # type: ignore[attr-defined]
 
 
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:

@@ -45,6 +45,11 @@ class SdpError(ValueError):
     """The remote SDP cannot be used (no audio, no Opus, ...); the reason is in the message."""
 
 
+class NoCandidates(RuntimeError):
+    """No local ICE candidate could be gathered (no usable address, or media.webrtc_ports is
+    used up): the leg could never carry media, so it fails now rather than at the ICE timeout."""
+
+
 @dataclass(frozen=True)
 class OfferInfo:
     opus_pt: int
@@ -175,11 +180,14 @@ class WebRtcLeg:
     """One WebRTC audio call leg with packet-level receive and RFC 4733 both ways."""
 
     def __init__(self, *, name: str = "", opus_bitrate: int = 32000, opus_complexity: int = 5,
-                 public_ip: str | None = None, addresses: tuple[str, ...] | None = None):
+                 public_ip: str | None = None, addresses: tuple[str, ...] | None = None,
+                 ports: tuple[int, int] | None = None):
         self.name = name
         self.public_ip = public_ip
         self.addresses = addresses
         """Local addresses to gather ICE candidates on (None: the process-wide default)."""
+        self.ports = ports
+        """UDP port range (first, last) for the ICE sockets (None: any free port)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.outgoing = OutgoingAudio(opus_bitrate, opus_complexity)
         self._decoder = OpusDecoder()
@@ -212,10 +220,10 @@ class WebRtcLeg:
         except ValueError as exc:
             raise SdpError(f"SDP offer rejected by the WebRTC stack: {exc}") from exc
         self._restrict_codecs()
-        with aiortc_hooks.gathering_on(self.addresses):
+        with aiortc_hooks.gathering_on(self.addresses, self.ports):
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._hook_media()
-        return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
+        return self._local_sdp()
 
     async def offer(self, *, mid: str | None = None, ice_controlled: bool = False) -> str:
         """Create our offer: Opus and telephone-event/8000 only, as Meta asks.
@@ -228,11 +236,19 @@ class WebRtcLeg:
             sdp = re.sub(r"a=mid:\S+", f"a=mid:{mid}", offer.sdp)
             sdp = re.sub(r"a=group:BUNDLE [^\r\n]+", f"a=group:BUNDLE {mid}", sdp)
             offer = RTCSessionDescription(sdp, "offer")
-        with aiortc_hooks.gathering_on(self.addresses):
+        with aiortc_hooks.gathering_on(self.addresses, self.ports):
             await self.pc.setLocalDescription(offer)
         if ice_controlled:
             aiortc_hooks.make_ice_controlled(self.pc)
-        return clean_local_sdp(self.pc.localDescription.sdp, self.public_ip)
+        return self._local_sdp()
+
+    def _local_sdp(self) -> str:
+        sdp = self.pc.localDescription.sdp
+        if "a=candidate:" not in sdp:
+            ports = f" in ports {self.ports[0]}-{self.ports[1]}" if self.ports else ""
+            raise NoCandidates(f"no local ICE candidate on {self.addresses or 'any address'}"
+                               f"{ports}")
+        return clean_local_sdp(sdp, self.public_ip)
 
     @property
     def dtmf_payload_type(self) -> int | None:

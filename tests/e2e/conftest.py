@@ -102,7 +102,8 @@ def make_config(graph_url: str, ami_port: int, **overrides):
                     for pnid, (display, ctx) in NUMBERS.items()],
         "asterisk": {"ami": {"host": "127.0.0.1", "port": ami_port, "username": "gateway",
                              "secret": "gateway-secret"}, "codec": "g722"},
-        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "42000-42199"},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "42000-42199",
+                  "webrtc_ports": "45000-45199"},
         "http": {"listen": "127.0.0.1:0"},
         "api": {"tokens": [API_TOKEN]},
     }

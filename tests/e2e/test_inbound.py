@@ -46,6 +46,8 @@ async def test_caller_id_call_id_and_context_reach_the_dialplan(stack: Stack):
     assert answer.count("a=fingerprint") == 1
     assert "a=rtpmap:111 opus/48000/2" in answer and "a=rtpmap:126 telephone-event/8000" in answer
     assert len({ln.split()[0] for ln in answer.split("\r\n") if ln.startswith("a=ssrc:")}) == 1
+    ports = {int(ln.split()[5]) for ln in answer.split("\r\n") if ln.startswith("a=candidate:")}
+    assert ports and all(45000 <= p <= 45199 for p in ports)  # media.webrtc_ports
     await call.hangup()
     await stack.wait_idle()
 

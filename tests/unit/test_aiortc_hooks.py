@@ -10,7 +10,13 @@ import pytest
 from aiortc.codecs import CODECS
 
 from gateway.media import aiortc_hooks
-from gateway.media.webrtc import SdpError, WebRtcLeg, clean_local_sdp, inspect_offer
+from gateway.media.webrtc import (
+    NoCandidates,
+    SdpError,
+    WebRtcLeg,
+    clean_local_sdp,
+    inspect_offer,
+)
 
 
 def test_codec_table_has_whatsapps_payload_types():
@@ -98,3 +104,31 @@ async def test_an_offerer_can_stand_in_for_an_ice_lite_peer():
     finally:
         await phone.close()
         await gateway.close()
+
+
+async def test_ice_sockets_bind_within_the_configured_port_range():
+    aiortc_hooks.install()
+    legs = [WebRtcLeg(name=f"leg{i}", addresses=("127.0.0.1",), ports=(49170, 49172))
+            for i in range(3)]
+    try:
+        ports = []
+        for leg in legs:
+            offer = await leg.offer()
+            (port,) = {int(line.split()[5]) for line in offer.split("\r\n")
+                       if line.startswith("a=candidate:")}
+            ports.append(port)
+        assert sorted(ports) == [49170, 49171, 49172]  # each leg its own port of the range
+        extra = WebRtcLeg(name="extra", addresses=("127.0.0.1",), ports=(49170, 49172))
+        with pytest.raises(NoCandidates, match="49170-49172"):
+            await extra.offer()  # the range is used up: a clear error, not a random port
+        await extra.close()
+    finally:
+        for leg in legs:
+            await leg.close()
+    free = WebRtcLeg(name="free", addresses=("127.0.0.1",))
+    try:  # without a range, any port: the hook leaves other legs alone
+        offer = await free.offer()
+        assert all(not 49170 <= int(line.split()[5]) <= 49172
+                   for line in offer.split("\r\n") if line.startswith("a=candidate:"))
+    finally:
+        await free.close()
