@@ -8,7 +8,6 @@ and closes after the last call has ended.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -173,10 +172,3 @@ class Gateway:
         if self.store is not None:
             await self.store.close()
             self.store = None
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.asterisk.ami import format_caller_id
 from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, HangupSide
 from gateway.config import Config
@@ -45,10 +46,11 @@ class CallDeps:
 
 
 def caller_id(profile_name: str, number: str) -> str:
-    """``"Name" <+E164>``, as a PSTN trunk would present it; quotes and brackets removed."""
-    name = re.sub(r'["<>\\\r\n]', "", profile_name).strip()
-    num = number if number.startswith("+") else f"+{number}"
-    return f'"{name}" <{num}>' if name else f"<{num}>"
+    """``"Name" <+E164>``, as a PSTN trunk would present it. The WhatsApp profile name is the
+    user's own text: line breaks and angle brackets go, quotes are escaped (Asterisk keeps
+    them in ``CALLERID(name)``)."""
+    name = re.sub(r"\s+", " ", re.sub(r"[<>]", "", profile_name)).strip()
+    return format_caller_id(name, number if number.startswith("+") else f"+{number}")
 
 
 class CallEnded(Exception):

@@ -215,7 +215,8 @@ class OutboundCall(Call):
         self.record.wacid = wacid
         # Recorded from here on: the call record is keyed by Meta's call id.
         deps.observer.call_admitted(self.record)
-        deps.observer.call_event(self.record, "connect_sent")
+        deps.observer.call_event(self.record, "connect_sent",
+                                 requested_by=self.request.requested_by)
         answer = await self._until_end(asyncio.shield(self._answer_sdp),
                                        timeout=ANSWER_SDP_TIMEOUT_S)
         await leg.apply_answer(answer)
