@@ -306,3 +306,29 @@ async def test_nothing_outlives_a_call(stack: Stack):
     assert live_peers() == 0
     assert stack.gateway.ports.free == len(stack.gateway.config.media.rtp_ports)
     assert set(call_tasks()) - before == set()
+
+
+async def test_graph_api_unreachable_fails_the_call_cleanly(stack: Stack, tmp_path):
+    """Meta's API cannot be reached when the gateway answers: no Asterisk channel is left,
+    the call record says why, and the next call (Meta back) works."""
+    from gateway.whatsapp.graph import GraphClient
+
+    graph = stack.gateway.graph
+    broken = GraphClient(replace(graph.settings, graph_url="http://127.0.0.1:9/v23.0",
+                                 graph_timeout_s=2.0))
+    stack.gateway.calls.deps.graph = broken
+    try:
+        call = await stack.place_call("test-wait")
+        await stack.wait_idle()
+        record = await stack.gateway.store.get(call.call_id)
+        assert record.outcome == "failed" and "cannot reach the Graph API" in record.reason
+        assert await stack.channels() == []
+        assert stack.sim.requests_for(call.call_id) == []  # nothing reached "Meta"
+    finally:
+        stack.gateway.calls.deps.graph = graph
+        await broken.close()
+    await call.hangup()
+    again = await stack.place_call("test-wait", from_wa_id="15550009999")
+    await asyncio.wait_for(again.accepted.wait(), 10)
+    await again.hangup()
+    await stack.wait_idle()
