@@ -132,3 +132,38 @@ async def test_ice_sockets_bind_within_the_configured_port_range():
                    for line in offer.split("\r\n") if line.startswith("a=candidate:"))
     finally:
         await free.close()
+
+
+async def test_lost_packets_are_concealed_and_late_ones_dropped():
+    from aiortc.rtp import RtpPacket
+
+    from gateway.media.codecs import FRAME_BYTES, OpusEncoder
+
+    aiortc_hooks.install()
+    leg = WebRtcLeg(name="rx")
+    heard: list[bytes] = []
+    leg.on_audio = heard.append
+    enc = OpusEncoder()
+    t = np.arange(320) / 16000
+    frame = (np.sin(2 * np.pi * 500 * t) * 8000).astype(np.int16).tobytes()
+
+    def packet(seq: int, pt: int = 111) -> RtpPacket:
+        payload = enc.encode(frame) if pt == 111 else b"\x01\x0a\x00\xa0"
+        return RtpPacket(payload_type=pt, sequence_number=seq, timestamp=seq * 960,
+                         ssrc=1, payload=payload)
+
+    for seq in (10, 11):
+        leg._on_packet(packet(seq))
+    leg._on_packet(packet(14))  # 12 and 13 lost: two frames made up before 14's audio
+    assert leg.concealed_frames == 2 and len(heard) == 5
+    assert all(len(pcm) == FRAME_BYTES for pcm in heard[2:4])
+    louder, softer = (np.abs(np.frombuffer(p, dtype=np.int16)).max() for p in heard[2:4])
+    assert softer < louder  # fading, not a loop
+    leg._on_packet(packet(13))  # late: its moment has passed
+    assert len(heard) == 5
+    leg._on_packet(packet(15, pt=126))  # a DTMF packet is not a loss in the audio
+    leg._on_packet(packet(16))
+    assert leg.concealed_frames == 2
+    leg._on_packet(packet(30))  # a long gap is left to silence, not made up
+    assert leg.concealed_frames == 2
+    await leg.close()
