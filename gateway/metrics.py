@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.calls.observer import CallObserver
-from gateway.calls.record import CallRecord, Direction, Outcome
+from gateway.calls.record import CallRecord, Direction, EndReason, Outcome
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -123,6 +123,13 @@ class GatewayMetrics:
             "Finished calls by outcome (answered, rejected, abandoned, no_answer, failed) and "
             "by which side hung up (whatsapp, asterisk, gateway, none).",
             call + ["outcome", "hangup_side"], registry=r)
+        self.call_end_reasons = Counter(
+            f"{n}_call_end_reasons_total",
+            "Finished calls by why they ended, in a few words: normal, declined, no_answer, busy, "
+            "cancelled, no_permission, limit, capacity, unknown_number, asterisk_down, "
+            "asterisk_refused, asterisk_vanished, bad_sdp, meta_api_error, whatsapp_error, "
+            "media_timeout, media_lost, shutdown, gateway_error (the call record has the "
+            "details).", call + ["reason"], registry=r)
         self.call_meta_errors = Counter(
             f"{n}_call_meta_errors_total",
             "Calls that ended with a Meta calling error code, e.g. 138020 (WhatsApp client "
@@ -309,6 +316,8 @@ class GatewayMetrics:
         outcome = _bounded(record.outcome, [o.value for o in Outcome])
         side = _bounded(record.hangup_side, HANGUP_SIDES, "none")
         self.calls.labels(*labels, outcome, side).inc()
+        self.call_end_reasons.labels(*labels, _bounded(record.end_reason,
+                                                       [e.value for e in EndReason])).inc()
         if record.meta_error_code is not None:
             self.call_meta_errors.labels(*labels, meta_code_label(record.meta_error_code)).inc()
         if record.q850_cause is not None:

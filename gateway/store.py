@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from gateway.calls.observer import CallObserver
-from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
+from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.sqlite_thread import DatabaseClosed, SqliteThread
 
 T = TypeVar("T")
@@ -44,7 +44,8 @@ MAX_LIMIT = 100_000
 COLUMNS = (
     "wacid", "direction", "phone_number_id", "from_number", "to_number", "profile_name",
     "channel_id", "channel", "context", "codec", "webhook_at", "answered_at", "ended_at",
-    "outcome", "reason", "hangup_side", "q850_cause", "meta_error_code", "meta_error_text",
+    "outcome", "reason", "end_reason", "hangup_side", "q850_cause", "meta_error_code",
+    "meta_error_text",
     "packets_in", "packets_out", "packets_lost", "jitter_seconds", "rtt_seconds",
     "dtmf_in", "dtmf_out",
 )
@@ -85,6 +86,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calls_channel_id ON calls (channel_id);
     CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
     """,
+    # 2: why a call ended, in a few bounded words (calls.record.EndReason)
+    """
+    ALTER TABLE calls ADD COLUMN end_reason TEXT
+    """,
 )
 
 # CSV columns: (header, how to get it from a record). Times as CDR writes them.
@@ -105,6 +110,7 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[CallRecord, tzinfo], Any]], ...] = (
      else f"{r.duration_seconds:.3f}"),
     ("outcome", lambda r, tz: r.outcome.value),
     ("reason", lambda r, tz: r.reason),
+    ("end_reason", lambda r, tz: r.end_reason.value if r.end_reason else ""),
     ("hangup_side", lambda r, tz: r.hangup_side.value if r.hangup_side else ""),
     ("q850_cause", lambda r, tz: _blank(r.q850_cause)),
     ("meta_error_code", lambda r, tz: _blank(r.meta_error_code)),
@@ -134,7 +140,7 @@ def _cdr_time(at: float | None, tz: tzinfo) -> str:
 
 def record_to_row(record: CallRecord) -> tuple:
     data = {f.name: getattr(record, f.name) for f in fields(record)}
-    for key in ("direction", "outcome", "hangup_side"):
+    for key in ("direction", "outcome", "hangup_side", "end_reason"):
         if data[key] is not None:
             data[key] = str(data[key].value if hasattr(data[key], "value") else data[key])
     return tuple(data[c] for c in COLUMNS)
@@ -145,6 +151,7 @@ def row_to_record(row: sqlite3.Row) -> CallRecord:
     data["direction"] = Direction(data["direction"])
     data["outcome"] = Outcome(data["outcome"])
     data["hangup_side"] = HangupSide(data["hangup_side"]) if data["hangup_side"] else None
+    data["end_reason"] = EndReason(data["end_reason"]) if data["end_reason"] else None
     return CallRecord(**data)
 
 
@@ -279,10 +286,10 @@ class CallStore:
 
     def _close_orphans(self, at: float) -> int:
         cursor = self._conn.execute(
-            "UPDATE calls SET outcome = ?, reason = ?, ended_at = ?, "
+            "UPDATE calls SET outcome = ?, reason = ?, end_reason = ?, ended_at = ?, "
             "hangup_side = COALESCE(hangup_side, ?) WHERE outcome = ?",
-            (Outcome.FAILED.value, ORPHAN_REASON, at, HangupSide.GATEWAY.value,
-             Outcome.ACTIVE.value))
+            (Outcome.FAILED.value, ORPHAN_REASON, EndReason.SHUTDOWN.value, at,
+             HangupSide.GATEWAY.value, Outcome.ACTIVE.value))
         return cursor.rowcount
 
     async def check_writable(self, deadline_s: float = 2.0) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.asterisk.ami import format_caller_id
 from gateway.calls.observer import CallObserver
-from gateway.calls.record import CallRecord, HangupSide
+from gateway.calls.record import CallRecord, EndReason, HangupSide
 from gateway.config import Config
 from gateway.media.codecs import ASTERISK_CODECS
 from gateway.media.ports import PortPool
@@ -69,7 +69,7 @@ class Call:
         self._codec = ASTERISK_CODECS[deps.config.asterisk.codec]
         record.codec = self._codec.name
         self._t0 = time.perf_counter()
-        self._end: asyncio.Future[tuple[HangupSide, str]] = \
+        self._end: asyncio.Future[tuple[HangupSide, str, EndReason]] = \
             asyncio.get_running_loop().create_future()
         self._dtmf_in: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Future] = []
@@ -94,7 +94,8 @@ class Call:
         if err is not None:
             self.record.meta_error_code = err.code
             self.record.meta_error_text = err.message or ERROR_TEXT.get(err.code or 0, "")
-        self._finish(HangupSide.WHATSAPP, f"terminate webhook ({event.status or 'no status'})")
+        self._finish(HangupSide.WHATSAPP, f"terminate webhook ({event.status or 'no status'})",
+                     EndReason.WHATSAPP_ERROR if err is not None else EndReason.NORMAL)
 
     def _on_ami_event(self, ev: dict[str, str]) -> None:
         name = ev.get("Event")
@@ -113,9 +114,10 @@ class Call:
                 self.record.dtmf_out += 1
                 self.deps.observer.call_event(self.record, "dtmf_out", digit=digit)
 
-    def _finish(self, side: HangupSide, why: str) -> None:
+    def _finish(self, side: HangupSide, why: str, reason: EndReason = EndReason.NORMAL) -> None:
+        """The first thing that ends the call wins; later ones are ignored."""
         if not self._end.done():
-            self._end.set_result((side, why))
+            self._end.set_result((side, why, reason))
 
     def hangup(self, why: str = "hung up through the API") -> None:
         self._finish(HangupSide.GATEWAY, why)
@@ -167,7 +169,8 @@ class Call:
         try:
             await asyncio.wait_for(asyncio.shield(self._end), MEDIA_LOSS_GRACE_S)
         except TimeoutError:
-            self._finish(HangupSide.GATEWAY, f"WebRTC leg {state} (media lost)")
+            self._finish(HangupSide.GATEWAY, f"WebRTC leg {state} (media lost)",
+                         EndReason.MEDIA_LOST)
 
     async def _watch_media_flow(self) -> None:
         """End the call when the WhatsApp leg goes silent at the packet level (no RTP at all,
@@ -182,7 +185,8 @@ class Call:
                 seen, since = self.leg.packets_received, loop.time()
             elif loop.time() - since >= limit:
                 self._finish(HangupSide.GATEWAY,
-                             f"no media from WhatsApp for {limit:g} s (WebRTC leg lost)")
+                             f"no media from WhatsApp for {limit:g} s (WebRTC leg lost)",
+                             EndReason.MEDIA_LOST)
 
     async def _open_rtp_leg(self) -> AsteriskRtpLeg:
         assert self.leg is not None

@@ -18,7 +18,7 @@ import uuid
 
 from gateway.asterisk import causes
 from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
-from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
+from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.config import NumberSettings
 from gateway.media.webrtc import NoCandidates, SdpError
 from gateway.whatsapp.events import CallEvent
@@ -55,22 +55,22 @@ class InboundCall(Call):
         except CallEnded:
             pass
         except SdpError as exc:
-            self._finish(HangupSide.GATEWAY, f"unusable SDP offer: {exc}")
+            self._finish(HangupSide.GATEWAY, f"unusable SDP offer: {exc}", EndReason.BAD_SDP)
             outcome = Outcome.REJECTED
         except NoCandidates as exc:
-            self._finish(HangupSide.GATEWAY, f"capacity: {exc}")
+            self._finish(HangupSide.GATEWAY, f"capacity: {exc}", EndReason.CAPACITY)
             outcome = Outcome.REJECTED
         except OriginateFailed as exc:
-            self._finish(HangupSide.ASTERISK, str(exc))
+            self._finish(HangupSide.ASTERISK, str(exc), EndReason.ASTERISK_REFUSED)
             outcome = Outcome.FAILED
         except GraphError as exc:
             self.record.meta_error_code = exc.code
             self.record.meta_error_text = exc.meta_message
-            self._finish(HangupSide.GATEWAY, str(exc))
+            self._finish(HangupSide.GATEWAY, str(exc), EndReason.META_API_ERROR)
             outcome = Outcome.FAILED
         except Exception as exc:  # a fault in one call must never reach the others
             log.exception("call %s: unexpected error", self.wacid)
-            self._finish(HangupSide.GATEWAY, f"gateway error: {exc!r}")
+            self._finish(HangupSide.GATEWAY, f"gateway error: {exc!r}", EndReason.GATEWAY_ERROR)
             outcome = Outcome.FAILED
         finally:
             await self._teardown(outcome)
@@ -120,15 +120,17 @@ class InboundCall(Call):
             return
         except TimeoutError:
             self._finish(HangupSide.GATEWAY,
-                         f"media never connected (ICE/DTLS not up after {limit:g} s)")
+                         f"media never connected (ICE/DTLS not up after {limit:g} s)",
+                         EndReason.MEDIA_TIMEOUT)
             return
         await self._watch_media_flow()
 
     async def _teardown(self, outcome: Outcome | None) -> None:
         deps, rec, ev = self.deps, self.record, self.event
-        side, why = self._end.result()
+        side, why, reason = self._end.result()
         rec.hangup_side = side
         rec.reason = why
+        rec.end_reason = reason
         rec.ended_at = time.time()
         if side != HangupSide.WHATSAPP:
             # reject is for a call not yet accepted, terminate for one that was (§2).

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from gateway.calls.base import CallDeps
 from gateway.calls.inbound import InboundCall
 from gateway.calls.outbound import DialRequest, OutboundCall
-from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
+from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.media.webrtc import SdpError, inspect_offer
 from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook, StatusEvent
 from gateway.whatsapp.graph import GraphError
@@ -149,30 +149,32 @@ class CallManager:
 
     # --- admission ------------------------------------------------------------------------------
 
-    def _refusal(self, ev: CallEvent) -> str | None:
+    def _refusal(self, ev: CallEvent) -> tuple[str, EndReason] | None:
         cfg = self.deps.config
         number = cfg.number(ev.phone_number_id)
         if number is None:
-            return f"unknown phone_number_id {ev.phone_number_id} (not in numbers:)"
+            return (f"unknown phone_number_id {ev.phone_number_id} (not in numbers:)",
+                    EndReason.UNKNOWN_NUMBER)
         if not self.accepting:
-            return "gateway is shutting down"
+            return "gateway is shutting down", EndReason.SHUTDOWN
         if not getattr(self.deps.ami, "connected", False):
-            return "Asterisk AMI not connected"
+            return "Asterisk AMI not connected", EndReason.ASTERISK_DOWN
         if self.active_for(ev.phone_number_id) >= number.max_calls:
-            return f"capacity: {number.max_calls} calls active for this number (max_calls)"
+            return (f"capacity: {number.max_calls} calls active for this number (max_calls)",
+                    EndReason.CAPACITY)
         if self.deps.ports.free < 1:
-            return "capacity: no free RTP port in media.rtp_ports"
+            return "capacity: no free RTP port in media.rtp_ports", EndReason.CAPACITY
         try:
             inspect_offer(ev.sdp or "")
         except SdpError as exc:
-            return f"unusable SDP offer: {exc}"
+            return f"unusable SDP offer: {exc}", EndReason.BAD_SDP
         return None
 
     def _admit(self, ev: CallEvent) -> None:
-        reason = self._refusal(ev)
-        if reason is not None:
+        refusal = self._refusal(ev)
+        if refusal is not None:
             self.tombstone(ev.call_id)
-            self._spawn(self._reject(ev, reason))
+            self._spawn(self._reject(ev, *refusal))
             return
         number = self.deps.config.number(ev.phone_number_id)
         assert number is not None
@@ -189,12 +191,12 @@ class CallManager:
             self.calls.pop(call.event.call_id, None)
             self.tombstone(call.event.call_id)
 
-    async def _reject(self, ev: CallEvent, reason: str) -> None:
+    async def _reject(self, ev: CallEvent, reason: str, end_reason: EndReason) -> None:
         record = CallRecord(
             wacid=ev.call_id, direction=Direction.INBOUND, phone_number_id=ev.phone_number_id,
             from_number=ev.from_number, to_number=ev.to_number or ev.display_phone_number,
             profile_name=ev.profile_name, outcome=Outcome.REJECTED, reason=reason,
-            hangup_side=HangupSide.GATEWAY)
+            end_reason=end_reason, hangup_side=HangupSide.GATEWAY)
         try:
             await self.deps.graph.reject(ev.phone_number_id, ev.call_id)
         except GraphError as exc:
@@ -275,7 +277,8 @@ class CallManager:
         for call in [*self.calls.values(), *self.outbound.values()]:
             if call.channel_up and call.channel_id not in alive:
                 call._finish(HangupSide.ASTERISK,
-                             "the Asterisk channel vanished while AMI was down")
+                             "the Asterisk channel vanished while AMI was down",
+                             EndReason.ASTERISK_VANISHED)
             agent = getattr(getattr(call, "request", None), "agent_uniqueid", None)
             if agent and not call.answered and agent not in alive:
                 call.cancel_dial("the waiting channel vanished while AMI was down")
@@ -286,6 +289,6 @@ class CallManager:
         """End every live call on both sides (gateway stopping)."""
         self.accepting = False
         for call in [*self.calls.values(), *self.outbound.values()]:
-            call._finish(HangupSide.GATEWAY, "gateway shutting down")
+            call._finish(HangupSide.GATEWAY, "gateway shutting down", EndReason.SHUTDOWN)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)

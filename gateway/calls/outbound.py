@@ -21,7 +21,7 @@ from enum import StrEnum
 from gateway.asterisk import causes
 from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
 from gateway.calls.permissions import decide_call
-from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
+from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.media.webrtc import NoCandidates, SdpError
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.graph import GraphError
@@ -67,6 +67,16 @@ META_STATUS = {
     138005: DialStatus.LIMIT,
     138012: DialStatus.LIMIT,
     138014: DialStatus.LIMIT,
+}
+
+# What the dashboards count for a call that never got answered.
+DIAL_REASON = {
+    DialStatus.REJECTED: EndReason.DECLINED,
+    DialStatus.NOANSWER: EndReason.NO_ANSWER,
+    DialStatus.BUSY: EndReason.BUSY,
+    DialStatus.NO_PERMISSION: EndReason.NO_PERMISSION,
+    DialStatus.LIMIT: EndReason.LIMIT,
+    DialStatus.CANCEL: EndReason.CANCELLED,
 }
 
 LEDGER_STATUS = {
@@ -141,6 +151,11 @@ class OutboundCall(Call):
         if ev.get("Event") == "Hangup" and not self.answered:
             self.cancel_dial("the waiting channel hung up before the answer")
 
+    def hangup(self, why: str = "hung up through the API") -> None:
+        if not self.answered:  # before the user answered: a cancelled call, not a failed one
+            self.status = DialStatus.CANCEL
+        super().hangup(why)
+
     def cancel_dial(self, why: str) -> None:
         """The agent is gone before the user answered: stop ringing the user."""
         self.status = DialStatus.CANCEL
@@ -176,16 +191,18 @@ class OutboundCall(Call):
             if self.deps.ledger is not None and exc.code:
                 await self.deps.ledger.apply_meta_error(self.record.phone_number_id,
                                                         self.record.to_number, exc.code)
-            self._finish(HangupSide.WHATSAPP, str(exc))
+            self._finish(HangupSide.WHATSAPP, str(exc), EndReason.META_API_ERROR)
             outcome = Outcome.REJECTED if self.status != DialStatus.FAILED else Outcome.FAILED
         except (SdpError, OriginateFailed, NoCandidates) as exc:
             self.status = DialStatus.FAILED
-            self._finish(HangupSide.GATEWAY, str(exc))
+            self._finish(HangupSide.GATEWAY, str(exc), EndReason.BAD_SDP
+                         if isinstance(exc, SdpError) else EndReason.ASTERISK_REFUSED
+                         if isinstance(exc, OriginateFailed) else EndReason.CAPACITY)
             outcome = Outcome.FAILED
         except Exception as exc:
             log.exception("outbound call %s: unexpected error", self.gateway_id)
             self.status = DialStatus.FAILED
-            self._finish(HangupSide.GATEWAY, f"gateway error: {exc!r}")
+            self._finish(HangupSide.GATEWAY, f"gateway error: {exc!r}", EndReason.GATEWAY_ERROR)
             outcome = Outcome.FAILED
         finally:
             await self._teardown(outcome)
@@ -268,8 +285,9 @@ class OutboundCall(Call):
         deps, rec = self.deps, self.record
         if not self._end.done():
             self._finish(HangupSide.GATEWAY, "ended")
-        side, why = self._end.result()
+        side, why, reason = self._end.result()
         rec.hangup_side, rec.reason = side, why
+        rec.end_reason = DIAL_REASON.get(self.status, reason) if not self.answered else reason
         rec.ended_at = time.time()
         self.state = "ended"
         if rec.wacid and side != HangupSide.WHATSAPP:

@@ -26,6 +26,31 @@ class Outcome(StrEnum):
     FAILED = "failed"  # media, Meta, Asterisk or gateway failure
 
 
+class EndReason(StrEnum):
+    """Why a call ended, in a few bounded words (a metric label and a record column): the
+    free-text ``reason`` says the rest."""
+
+    NORMAL = "normal"  # a person hung up
+    UNKNOWN_NUMBER = "unknown_number"
+    CAPACITY = "capacity"  # max_calls, RTP or WebRTC ports
+    ASTERISK_DOWN = "asterisk_down"  # AMI not connected at admission
+    ASTERISK_REFUSED = "asterisk_refused"  # Originate failed / no RTP port from Asterisk
+    ASTERISK_VANISHED = "asterisk_vanished"  # the channel disappeared while AMI was down
+    BAD_SDP = "bad_sdp"
+    META_API_ERROR = "meta_api_error"  # a Graph request failed (code in meta_error_code)
+    WHATSAPP_ERROR = "whatsapp_error"  # Meta ended it with an error (terminate FAILED + code)
+    MEDIA_TIMEOUT = "media_timeout"  # ICE/DTLS never came up
+    MEDIA_LOST = "media_lost"  # the WebRTC leg died mid-call
+    NO_PERMISSION = "no_permission"  # outbound: the user's call permission
+    LIMIT = "limit"  # outbound: a Meta limit (per user or per number)
+    DECLINED = "declined"  # outbound: the user rejected the call
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    CANCELLED = "cancelled"  # outbound: the waiting channel gave up first
+    SHUTDOWN = "shutdown"  # the gateway stopped
+    GATEWAY_ERROR = "gateway_error"
+
+
 class HangupSide(StrEnum):
     WHATSAPP = "whatsapp"
     ASTERISK = "asterisk"
@@ -52,6 +77,8 @@ class CallRecord:
     outcome: Outcome = Outcome.ACTIVE
     reason: str = ""
     """Why, in words an admin understands (e.g. 'unknown phone_number_id 123')."""
+    end_reason: EndReason | None = None
+    """Why, as one of a few words (EndReason): what dashboards count."""
     hangup_side: HangupSide | None = None
     q850_cause: int | None = None
     meta_error_code: int | None = None

@@ -225,6 +225,7 @@ async def test_media_loss_ends_the_call_on_both_sides(stack: Stack):
     assert len(stack.sim.requests_for(call.call_id, "terminate")) == 1
     record = await stack.gateway.store.get(call.call_id)
     assert record.outcome == "failed" and "no media" in record.reason
+    assert record.end_reason == "media_lost"
 
 
 async def test_calls_beyond_max_calls_are_rejected_with_the_reason(stack: Stack):
@@ -240,6 +241,7 @@ async def test_calls_beyond_max_calls_are_rejected_with_the_reason(stack: Stack)
     assert stack.sim.requests_for(second.call_id, "pre_accept") == []
     record = await stack.gateway.store.get(second.call_id)
     assert record.outcome == "rejected" and "max_calls" in record.reason
+    assert record.end_reason == "capacity"
     assert len(await stack.channels()) == 1
     await first.hangup()
     await stack.wait_idle()
@@ -268,6 +270,7 @@ async def test_calls_are_rejected_while_asterisk_is_unreachable(tmp_path):
         assert len(sim.requests_for(call.call_id, "reject")) == 1
         record = await gw.store.get(call.call_id)
         assert record.outcome == "rejected" and "AMI not connected" in record.reason
+        assert record.end_reason == "asterisk_down"
     finally:
         await gw.stop()
         await sim.close()
@@ -322,6 +325,7 @@ async def test_graph_api_unreachable_fails_the_call_cleanly(stack: Stack, tmp_pa
         await stack.wait_idle()
         record = await stack.gateway.store.get(call.call_id)
         assert record.outcome == "failed" and "cannot reach the Graph API" in record.reason
+        assert record.end_reason == "meta_api_error"
         assert await stack.channels() == []
         assert stack.sim.requests_for(call.call_id) == []  # nothing reached "Meta"
     finally:

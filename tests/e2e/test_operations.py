@@ -102,6 +102,9 @@ async def test_metrics_after_an_answered_call_a_rejected_call_and_a_forged_webho
                  outcome="answered", hangup_side="whatsapp") == 1
     assert value(text, f"{m}calls_total", phone_number_id="unknown",
                  outcome="rejected", hangup_side="gateway") == 1
+    assert value(text, f"{m}call_end_reasons_total", phone_number_id=pnid,
+                 reason="normal") == 1
+    assert value(text, f"{m}call_end_reasons_total", reason="unknown_number") == 1
     assert value(text, f"{m}webhook_requests_total", result="bad_signature") == 1
     assert value(text, f"{m}webhook_requests_total", result="ok") >= 3
     assert value(text, f"{m}active_calls", phone_number_id=pnid) == 0
@@ -127,6 +130,7 @@ async def test_metrics_after_an_answered_call_a_rejected_call_and_a_forged_webho
     assert answered.duration_seconds and answered.duration_seconds > 0.5
     refused = await stack.gateway.store.get(rejected.call_id)
     assert refused.outcome == Outcome.REJECTED and "unknown phone_number_id" in refused.reason
+    assert refused.end_reason == "unknown_number" and answered.end_reason == "normal"
 
 
 async def test_call_records_api_and_csv(stack: Stack):
@@ -213,7 +217,7 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
     await gw.start()  # closes orphaned records, sweeps orphaned channels on AMI connect
     try:
         record = await gw.store.get(call.call_id)
-        assert record.outcome == Outcome.FAILED
+        assert record.outcome == Outcome.FAILED and record.end_reason == "shutdown"
         assert "stopped" in record.reason
         channels = [c for c in await gw.ami.core_show_channels()
                     if c.get("Uniqueid", "").startswith("wa-")]
@@ -314,12 +318,13 @@ async def test_asterisk_crash_mid_call_ends_the_whatsapp_call_after_reconnect(tm
         assert await asyncio.wait_for(changes.get(), 20) is False
         assert not call.ended.is_set()
         await ast.start()
-        assert await asyncio.wait_for(changes.get(), 40) is True
-        await asyncio.wait_for(call.ended.wait(), 10)
+        assert await asyncio.wait_for(changes.get(), 60) is True
+        await asyncio.wait_for(call.ended.wait(), 20)
         assert call.ended_by == "business"
         assert len(sim.requests_for(call.call_id, "terminate")) == 1
         record = await gw.store.get(call.call_id)
         assert record.hangup_side == "asterisk" and "vanished" in record.reason
+        assert record.end_reason == "asterisk_vanished"
     finally:
         await gw.stop()
         await sim.close()

@@ -81,13 +81,13 @@ async def test_agent_call_answered_audio_and_agent_dtmf_reach_the_user(stack: St
     assert record.dtmf_out == 3
 
 
-@pytest.mark.parametrize("behaviour,status,cause", [
-    ({"on_call": "reject", "answer_after_s": 0.3}, "REJECTED", "21"),
-    ({"on_call": "ignore"}, "NOANSWER", "19"),
-    ({"on_call": "busy"}, "BUSY", "17"),
+@pytest.mark.parametrize("behaviour,status,cause,end_reason", [
+    ({"on_call": "reject", "answer_after_s": 0.3}, "REJECTED", "21", "declined"),
+    ({"on_call": "ignore"}, "NOANSWER", "19", "no_answer"),
+    ({"on_call": "busy"}, "BUSY", "17", "busy"),
 ])
 async def test_unanswered_calls_end_the_agent_channel_with_a_cause(
-        stack: Stack, behaviour: dict, status: str, cause: str):
+        stack: Stack, behaviour: dict, status: str, cause: str, end_reason: str):
     stack.sim.ring_timeout_s = 2.0
     stack.sim.add_user(USER, permission="permanent", **behaviour)
     agent_dials(stack)
@@ -95,6 +95,8 @@ async def test_unanswered_calls_end_the_agent_channel_with_a_cause(
     assert result["Status"] == status
     assert result["Cause"] == cause
     await stack.wait_idle()
+    (record,) = await stack.gateway.store.list()
+    assert record.end_reason == end_reason
 
 
 async def test_no_permission_is_refused_before_dialing(stack: Stack):
@@ -203,7 +205,7 @@ async def test_permission_request_reply_then_call(stack: Stack):
     ask = {"to": f"+{USER}", "phone_number_id": "100000000000002", "body": "May we call you?"}
     status, body = await api(stack, "POST", "/v1/permission-requests", ask)
     assert status == 201 and body["message_id"].startswith("wamid."), body
-    await asyncio.wait_for(replied.wait(), 10)
+    await asyncio.wait_for(replied.wait(), 20)
 
     status, body = await api(stack, "POST", "/v1/permission-requests", ask)
     assert status == 429 and body["error"]["reason"] == "limit_requests_24h", body
@@ -235,3 +237,4 @@ async def test_agent_hanging_up_while_ringing_cancels_the_whatsapp_call(stack: S
     await stack.wait_idle()
     record = await stack.gateway.store.get(call.call_id)
     assert record.outcome == "abandoned" and record.hangup_side == "asterisk"
+    assert record.end_reason == "cancelled"
