@@ -58,6 +58,9 @@ class NoCandidates(RuntimeError):
 class OfferInfo:
     opus_pt: int
     dtmf_pt: int | None
+    max_bitrate: int | None = None
+    """The peer's ``maxaveragebitrate`` for Opus (WhatsApp asks for 20000): what it wants to
+    receive at most, so our encoder never exceeds it (RFC 7587 §6.1)."""
 
 
 def inspect_offer(sdp: str) -> OfferInfo:
@@ -70,7 +73,10 @@ def inspect_offer(sdp: str) -> OfferInfo:
         raise SdpError("SDP audio offers no Opus/48000")
     dtmf = [int(pt) for pt, enc in rtpmaps.items()
             if enc.lower().startswith("telephone-event/8000")]
-    return OfferInfo(opus_pt=opus[0], dtmf_pt=dtmf[0] if dtmf else None)
+    fmtp = re.search(rf"a=fmtp:{opus[0]} ([^\r\n]+)", sdp)
+    limit = re.search(r"maxaveragebitrate=(\d+)", fmtp.group(1)) if fmtp else None
+    return OfferInfo(opus_pt=opus[0], dtmf_pt=dtmf[0] if dtmf else None,
+                     max_bitrate=int(limit.group(1)) if limit else None)
 
 
 def clean_local_sdp(sdp: str, public_ip: str | None = None) -> str:
@@ -97,6 +103,8 @@ class OutgoingAudio(MediaStreamTrack):
 
     def __init__(self, bitrate: int, complexity: int = 5):
         super().__init__()
+        self.bitrate = bitrate
+        self._complexity = complexity
         self._encoder = OpusEncoder(bitrate, complexity)
         self._pcm = bytearray()
         self._dtmf_queue: deque[tuple[bytes, bool, bool]] = deque()  # payload, marker, last
@@ -111,6 +119,13 @@ class OutgoingAudio(MediaStreamTrack):
         """The held backlog may only shrink once the gate opened; new audio cannot grow it."""
         self.frames_sent = 0
         self.events_sent: list[str] = []
+
+    def limit_bitrate(self, peer_max: int | None) -> None:
+        """Honour the peer's maxaveragebitrate; called before any frame is sent, when the
+        remote description arrives (a new encoder then costs nothing audible)."""
+        if peer_max and 6000 <= peer_max < self.bitrate:
+            self.bitrate = peer_max
+            self._encoder = OpusEncoder(peer_max, self._complexity)
 
     def attach(self, rewriter: aiortc_hooks.PayloadTypeRewriter) -> None:
         self._rewriter = rewriter
@@ -222,6 +237,7 @@ class WebRtcLeg:
         """Apply a remote offer and return our answer SDP (raises :class:`SdpError`)."""
         info = inspect_offer(offer_sdp)
         self._opus_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
+        self.outgoing.limit_bitrate(info.max_bitrate)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         except ValueError as exc:
@@ -270,6 +286,7 @@ class WebRtcLeg:
     async def apply_answer(self, answer_sdp: str) -> None:
         info = inspect_offer(answer_sdp)
         self._opus_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
+        self.outgoing.limit_bitrate(info.max_bitrate)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         except ValueError as exc:

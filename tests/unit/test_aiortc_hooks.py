@@ -4,6 +4,7 @@ two real aiortc peers on loopback: if an aiortc upgrade moves what a hook touche
 from __future__ import annotations
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +168,20 @@ async def test_lost_packets_are_concealed_and_late_ones_dropped():
     leg._on_packet(packet(30))  # a long gap is left to silence, not made up
     assert leg.concealed_frames == 2
     await leg.close()
+
+
+async def test_our_opus_respects_the_peers_maxaveragebitrate():
+    aiortc_hooks.install()
+    phone = WebRtcLeg(name="phone", addresses=("127.0.0.1",))
+    gateway = WebRtcLeg(name="gateway", addresses=("127.0.0.1",), opus_bitrate=32000)
+    try:
+        offer = await phone.offer()
+        offer = re.sub(r"a=rtpmap:111 opus/48000/2\r\n",
+                       "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 maxaveragebitrate=20000;"
+                       "maxplaybackrate=16000;minptime=20;useinbandfec=1\r\n", offer)
+        assert inspect_offer(offer).max_bitrate == 20000
+        await gateway.answer(offer)
+        assert gateway.outgoing.bitrate == 20000  # what WhatsApp asks for, not our 32000
+    finally:
+        await phone.close()
+        await gateway.close()
