@@ -80,6 +80,7 @@ class Gateway:
         add_health_routes(self.web, self._readiness)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.dialplan_problems: list[str] = []
 
     def _route(self, event: CallEvent) -> tuple[str, str] | None:
         """Closed hours send the call to the number's closed_context (settings.call_hours)."""
@@ -92,6 +93,30 @@ class Gateway:
     def _ami_connection_changed(self, connected: bool) -> None:
         if connected and (self.calls.calls or self.calls.outbound):
             self.calls._spawn(self.calls.reconcile_channels())
+        if connected:
+            self.calls._spawn(self._check_dialplan())
+
+    async def _check_dialplan(self) -> None:
+        """Every context/extension the config routes calls to must exist in Asterisk: a typo
+        would otherwise only show as callers being hung up. Checked on every AMI connect
+        (the admin may have reloaded the dialplan); reported in the log and in /readyz."""
+        problems = []
+        for i, n in enumerate(self.config.numbers):
+            routes = [("context", n.context, n.extension)]
+            if n.closed_context:
+                routes.append(("closed_context", n.closed_context, n.closed_extension))
+            for key, context, exten in routes:
+                try:
+                    found = await self.ami.dialplan_has(context, exten)
+                except AmiError as exc:
+                    log.warning("cannot check the dialplan for numbers[%d].%s: %s", i, key, exc)
+                    continue
+                if not found:
+                    problems.append(f"numbers[{i}].{key}: extension {exten!r} in context "
+                                    f"{context!r} does not exist in Asterisk's dialplan")
+        for problem in problems:
+            log.warning("%s: calls to this number will be hung up at once", problem)
+        self.dialplan_problems = problems
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
         if ev.get("UserEvent") == "WhatsAppDial":
@@ -106,7 +131,9 @@ class Gateway:
             ami_detail=f"AMI {self.config.asterisk.ami.host}:{self.config.asterisk.ami.port}",
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
-            draining=not self.calls.accepting)
+            draining=not self.calls.accepting,
+            extra={"dialplan_problems": self.dialplan_problems} if self.dialplan_problems
+            else {})
 
     @property
     def url(self) -> str:

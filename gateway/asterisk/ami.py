@@ -488,6 +488,14 @@ class AmiClient:
             return False
         raise AmiError(f"Hangup {channel_id}: {resp.get('Message', '')}")
 
+    async def dialplan_has(self, context: str, exten: str) -> bool:
+        """Does the dialplan have ``exten`` (or a pattern matching it) in ``context``?
+        ``ShowDialPlan`` answers an Error ("Did not find context ...") when it has not."""
+        answer = await self._action({"Action": "ShowDialPlan", "Context": context,
+                                     "Extension": exten})
+        first = answer[0] if isinstance(answer, list) else answer
+        return first.get("Response") == "Success"
+
     async def core_show_channels(self) -> list[Event]:
         """Every channel in Asterisk, one ``CoreShowChannel`` event each."""
         answer = await self._action({"Action": "CoreShowChannels"})

@@ -53,6 +53,17 @@ def caller_id(profile_name: str, number: str) -> str:
     return format_caller_id(name, number if number.startswith("+") else f"+{number}")
 
 
+ORIGINATE_REASONS = {
+    0: "no such extension/context, or the channel failed",
+    1: "hung up at once",
+    3: "ringing",
+    4: "answered",
+    5: "busy",
+    8: "congestion",
+}
+"""OriginateResponse ``Reason`` values (Asterisk's AST_CONTROL_* numbering)."""
+
+
 class CallEnded(Exception):
     """Raised inside set-up when the call ended while it was being set up."""
 
@@ -223,7 +234,8 @@ class Call:
             channel_id=self.channel_id, rtp_host=self.rtp.local[0], rtp_port=self.rtp.port,
             codec=self._codec.name, caller_id=caller, variables=variables, **kwargs))
         if not result.success:
-            raise OriginateFailed(f"Asterisk refused the channel (reason {result.reason})")
+            raise OriginateFailed(f"Asterisk refused the channel (Originate reason "
+                                  f"{result.reason}: {ORIGINATE_REASONS.get(result.reason, '?')})")
         self.channel_up = True
         self.record.channel = result.channel
         ami = self.deps.ami

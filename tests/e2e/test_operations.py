@@ -33,6 +33,12 @@ async def fetch(url: str) -> tuple[int, str]:
             return resp.status, await resp.text()
 
 
+async def settle(gw: Gateway) -> None:
+    """Until the gateway's background call work (set-ups, teardowns, checks) is done."""
+    while gw.calls._tasks:
+        await asyncio.wait(set(gw.calls._tasks), timeout=10)
+
+
 def samples(text: str) -> list[tuple[str, dict, float]]:
     return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
             for s in fam.samples]
@@ -329,3 +335,36 @@ async def test_asterisk_crash_mid_call_ends_the_whatsapp_call_after_reconnect(tm
         await gw.stop()
         await sim.close()
         await ast.stop()
+
+
+async def test_a_context_missing_from_the_dialplan_is_reported_and_its_calls_end_cleanly(
+        asterisk: LocalAsterisk, tmp_path, caplog):
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    cfg = make_config(sim.url, asterisk.ami_port, store={"path": str(tmp_path / "g.sqlite3")},
+                      numbers=[{"phone_number_id": "100000000000011",
+                                "display_number": "15550000011", "context": "from-whatsap"},
+                               {"phone_number_id": "100000000000002",
+                                "display_number": "15550000002", "context": "test-echo"}])
+    gw = Gateway(cfg)
+    await gw.start()
+    sim.webhook_url = f"{gw.url}/webhook"
+    try:
+        await settle(gw)  # the check runs on connect
+        assert gw.dialplan_problems == [
+            "numbers[0].context: extension 's' in context 'from-whatsap' does not exist in "
+            "Asterisk's dialplan"]
+        assert "numbers[0].context" in caplog.text
+        status, body = await fetch(f"{gw.url}/readyz")
+        assert status == 200 and "from-whatsap" in body  # reported, not fatal to the others
+        call = await sim.place_call(from_wa_id="15550002222", phone_number_id="100000000000011",
+                                    display_phone_number="15550000011")
+        await asyncio.wait_for(call.ended.wait(), 15)
+        await settle(gw)
+        record = await gw.store.get(call.call_id)
+        assert record.outcome == "failed" and record.end_reason == "asterisk_refused"
+        assert [c for c in await gw.ami.core_show_channels()
+                if c.get("Uniqueid", "").startswith("wa-")] == []
+    finally:
+        await gw.stop()
+        await sim.close()
