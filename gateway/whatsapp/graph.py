@@ -7,8 +7,10 @@ a timeout: a hung Graph request must never hold a call (or the event loop) forev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +76,9 @@ def _meta_error(action: str, data: Any, status: int) -> GraphError:
                       details=str(details))
 
 
+CALL_PERMISSIONS_PER_S = 5
+"""§3/§14: design for 5 call_permissions requests per second (error 613 / HTTP 429 beyond)."""
+
 Observer = Callable[[str, str, float], None]
 """(action, result, seconds): result is "ok", a Meta error code, "http_<status>" or "timeout"."""
 
@@ -83,6 +88,8 @@ class GraphClient:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._observer = observer or (lambda action, result, seconds: None)
+        self._permission_gets: deque[float] = deque(maxlen=CALL_PERMISSIONS_PER_S)
+        self._permissions_pace = asyncio.Lock()
 
     async def start(self) -> None:
         if self._session is None:
@@ -184,6 +191,15 @@ class GraphClient:
     async def get_call_permissions(self, phone_number_id: str, user_wa_id: str) -> dict[str, Any]:
         """``GET /{pnid}/call_permissions?user_wa_id=`` (§3): Meta's permission and limits.
 
-        Meta allows about 5 of these per second (§3 ⚠, error 613 beyond)."""
+        Meta allows about 5 of these per second (§3 ⚠, error 613 beyond): a burst of outbound
+        calls from a CRM waits its turn here instead of being refused."""
+        async with self._permissions_pace:
+            loop = asyncio.get_running_loop()
+            recent = self._permission_gets
+            while len(recent) >= CALL_PERMISSIONS_PER_S and loop.time() - recent[0] < 1.0:
+                await asyncio.sleep(1.0 - (loop.time() - recent[0]))
+                while recent and loop.time() - recent[0] >= 1.0:
+                    recent.popleft()
+            recent.append(loop.time())
         return await self._get(phone_number_id, "call_permissions", "call_permissions",
                                {"user_wa_id": user_wa_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -562,3 +563,30 @@ def test_decision_to_dict():
     d = Decision(False, "limit_calls_24h", "m", 1.0, 138012)
     assert d.to_dict() == {"allowed": False, "reason": "limit_calls_24h", "message": "m",
                            "next_allowed_at": 1.0, "meta_code": 138012}
+
+
+async def test_call_permissions_lookups_are_paced_to_metas_rate_limit():
+    """§3: about 5 call_permissions GETs per second; a burst waits instead of getting 613."""
+    seen: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(asyncio.get_running_loop().time())
+        return web.json_response(json.loads((PAYLOADS / "response-get-call-permissions.json")
+                                            .read_text()))
+
+    app = web.Application()
+    app.router.add_get("/v23.0/{pnid}/call_permissions", handler)
+    server = TestServer(app)
+    await server.start_server()
+    graph = GraphClient(WhatsAppSettings(
+        graph_url=str(server.make_url("/v23.0")).rstrip("/"), access_token=Secret("t"),
+        app_secret=Secret("s"), verify_token=Secret("v")))
+    try:
+        await asyncio.gather(*[graph.get_call_permissions(PNID, USER) for _ in range(7)])
+    finally:
+        await graph.close()
+        await server.close()
+    seen.sort()
+    assert len(seen) == 7
+    # any 6 consecutive lookups span at least a second: never more than 5 in one second
+    assert all(seen[i + 5] - seen[i] >= 0.99 for i in range(len(seen) - 5))
