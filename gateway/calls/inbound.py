@@ -3,8 +3,9 @@
 Set-up follows whatsapp-calling.md §8 and asterisk-handoff.md:
 
     connect webhook → WebRTC answer → pre_accept (caller sees "Ringing", ICE/DTLS start)
-      → AMI Originate UnicastRTP into the number's context (the dialplan starts at once)
-      → Getvar UNICASTRTP_LOCAL_PORT → accept (same SDP) → Asterisk's audio released
+      → ICE/DTLS connected → AMI Originate UnicastRTP into the number's context (the
+      dialplan starts at once) → Getvar UNICASTRTP_LOCAL_PORT → accept (same SDP)
+      → Asterisk's audio released
 
 Until ``accept`` returns, Asterisk's audio is held back (Meta: audio before accept may be lost
 or count as answered); the first prompt is therefore buffered, not dropped (see OutgoingAudio).
@@ -84,7 +85,20 @@ class InboundCall(Call):
         await self._until_end(deps.graph.pre_accept(ev.phone_number_id, ev.call_id, answer))
         self.pre_accepted = True
         obs.call_setup(self.record, "pre_accept", self._elapsed())
-        self._spawn(self._watch_media())
+
+        # The caller hears ringing while ICE/DTLS come up; only then does the dialplan start,
+        # so a call whose media can never flow creates no channel, and the first prompt is
+        # not played into a leg that cannot carry it yet (whatsapp-calling.md §9).
+        limit = deps.config.media.connect_timeout_s
+        try:
+            await self._until_end(leg.connected.wait(), timeout=max(0.1, limit - self._elapsed()))
+        except TimeoutError:
+            self._finish(HangupSide.GATEWAY,
+                         f"media never connected (ICE/DTLS not up after {limit:g} s)",
+                         EndReason.MEDIA_TIMEOUT)
+            raise CallEnded from None
+        obs.call_setup(self.record, "media", self._elapsed())
+        self._spawn(self._watch_media_flow())
 
         await self._open_rtp_leg()
         await self._originate(
@@ -106,24 +120,6 @@ class InboundCall(Call):
         obs.call_event(self.record, "accepted")
         if deps.ledger is not None:  # a connected call resets the permission-request counters
             await deps.ledger.record_user_call(ev.phone_number_id, ev.from_number)
-
-    async def _watch_media(self) -> None:
-        """ICE/DTLS must come up in time, and media keep flowing, or the call is a media
-        failure on both sides."""
-        assert self.leg is not None
-        limit = self.deps.config.media.connect_timeout_s
-        try:
-            await self._until_end(self.leg.connected.wait(),
-                                  timeout=max(0.1, limit - self._elapsed()))
-            self.deps.observer.call_setup(self.record, "media", self._elapsed())
-        except CallEnded:
-            return
-        except TimeoutError:
-            self._finish(HangupSide.GATEWAY,
-                         f"media never connected (ICE/DTLS not up after {limit:g} s)",
-                         EndReason.MEDIA_TIMEOUT)
-            return
-        await self._watch_media_flow()
 
     async def _teardown(self, outcome: Outcome | None) -> None:
         deps, rec, ev = self.deps, self.record, self.event

@@ -336,3 +336,22 @@ async def test_graph_api_unreachable_fails_the_call_cleanly(stack: Stack, tmp_pa
     await asyncio.wait_for(again.accepted.wait(), 10)
     await again.hangup()
     await stack.wait_idle()
+
+
+async def test_media_that_never_connects_ends_the_call_on_both_sides(stack: Stack):
+    """The caller's network drops everything from the start (ICE can never succeed)."""
+    cfg = stack.gateway.calls.deps.config
+    stack.gateway.calls.deps.config = replace(cfg, media=replace(cfg.media,
+                                                                 connect_timeout_s=2.0))
+    call = await stack.place_call("test-wait")
+    pull_the_cable(call)  # before the gateway has even answered: no STUN check will succeed
+    await asyncio.wait_for(call.ended.wait(), 15)
+    await stack.wait_idle()
+    record = await stack.gateway.store.get(call.call_id)
+    assert record.end_reason == "media_timeout" and record.outcome == "failed"
+    assert "ICE/DTLS not up after 2 s" in record.reason
+    # never answered, and the dialplan never saw it: reject, no Originate
+    assert stack.sim.requests_for(call.call_id, "accept") == []
+    assert len(stack.sim.requests_for(call.call_id, "reject")) == 1
+    assert record.channel == ""
+    assert await stack.channels() == []
