@@ -262,12 +262,8 @@ def cmd_permissions_show(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         ledger = await PermissionLedger.open(config.store.path)
-        try:
-            state = await ledger.get(pnid, user)
-            call = await ledger.can_call(pnid, user)
-            req = await ledger.can_request(pnid, user)
-            print(json.dumps({**state, "can_call": call.to_dict(), "can_request": req.to_dict()},
-                             indent=2, default=str))
+        try:  # get() includes the can_call / can_request decisions
+            print(json.dumps(await ledger.get(pnid, user), indent=2, default=str))
         finally:
             await ledger.close()
 

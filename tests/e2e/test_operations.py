@@ -4,6 +4,7 @@ dies mid-call (its record is closed as failed on restart and Asterisk's channel 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -61,6 +62,32 @@ def process_config(sim: CloudApiSimulator, asterisk: LocalAsterisk, tmp_path, ht
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, str(path)
+
+
+@contextlib.asynccontextmanager
+async def call_through_gateway_process(asterisk: LocalAsterisk, tmp_path, http_port: int,
+                                       rtp_ports: str, caller: str):
+    """A gateway running as its own process, with one answered call through it into the
+    test-wait context: yields (config, process, call). Cleans up whatever the test did."""
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await sim.start()
+    config, path = process_config(sim, asterisk, tmp_path, http_port, rtp_ports)
+    proc = await start_gateway_process(path)
+    call = None
+    try:
+        sim.webhook_url = f"http://127.0.0.1:{http_port}/webhook"
+        pnid, display = number_for("test-wait")
+        call = await sim.place_call(from_wa_id=caller, phone_number_id=pnid,
+                                    display_phone_number=display)
+        await asyncio.wait_for(call.accepted.wait(), 15)
+        yield config, proc, call
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if call is not None:
+            await call.phone.hangup()
+        await sim.close()
 
 
 async def start_gateway_process(config_path: str) -> asyncio.subprocess.Process:
@@ -192,25 +219,11 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
                                                                 tmp_path):
     """SIGKILL the gateway process during a call: the next start closes the record as failed
     and hangs up the channel the dead gateway left in Asterisk."""
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    await sim.start()
-    config, path = process_config(sim, asterisk, tmp_path, 18555, "43000-43099")
-    db = config["store"]["path"]
-    proc = await start_gateway_process(path)
-    try:
-        sim.webhook_url = "http://127.0.0.1:18555/webhook"
-        pnid, display = number_for("test-wait")
-        call = await sim.place_call(from_wa_id="15550004444", phone_number_id=pnid,
-                                    display_phone_number=display)
-        await asyncio.wait_for(call.accepted.wait(), 15)
+    async with call_through_gateway_process(asterisk, tmp_path, 18555, "43000-43099",
+                                            "15550004444") as (config, proc, call):
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await call.phone.hangup()
-        await sim.close()
+    db = config["store"]["path"]
 
     store = await CallStore.open(db)
     record = await store.get(call.call_id)
@@ -271,26 +284,13 @@ async def test_calls_outside_call_hours_go_to_the_closed_context(asterisk: Local
 async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path):
     """Stopping the service (SIGTERM) hangs up both sides of every live call and closes its
     record, instead of leaving callers in Asterisk."""
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    await sim.start()
-    config, path = process_config(sim, asterisk, tmp_path, 18556, "43100-43199")
-    db = config["store"]["path"]
-    proc = await start_gateway_process(path)
-    try:
-        sim.webhook_url = "http://127.0.0.1:18556/webhook"
-        pnid, display = number_for("test-wait")
-        call = await sim.place_call(from_wa_id="15550006666", phone_number_id=pnid,
-                                    display_phone_number=display)
-        await asyncio.wait_for(call.accepted.wait(), 15)
+    async with call_through_gateway_process(asterisk, tmp_path, 18556, "43100-43199",
+                                            "15550006666") as (config, proc, call):
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(call.ended.wait(), 15)
         assert call.ended_by == "business"
         assert await asyncio.wait_for(proc.wait(), 15) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await sim.close()
+    db = config["store"]["path"]
     store = await CallStore.open(db)
     try:
         record = await store.get(call.call_id)
