@@ -250,9 +250,33 @@ class GatewayMetrics:
         metrics = cls([n.phone_number_id for n in config.numbers], process=process)
         for number in config.numbers:
             metrics.call_capacity.labels(number.phone_number_id).set(number.max_calls)
+        metrics._start_at_zero([n.phone_number_id for n in config.numbers])
         total = len(config.media.rtp_ports)
         metrics.rtp_ports(free=total, total=total)
         return metrics
+
+    def _start_at_zero(self, numbers: list[str]) -> None:
+        """Create the call counters' series at 0 for every configured number: Prometheus's
+        increase()/rate() need a sample before the first call, or the dashboards' "calls in
+        the time range" panels would miss each number's first call of every kind."""
+        for number in numbers:
+            for direction in (d.value for d in Direction):
+                labels = (number, direction)
+                self.calls_admitted.labels(*labels)
+                for outcome in (o.value for o in Outcome if o != Outcome.ACTIVE):
+                    for side in (*HANGUP_SIDES, "none"):
+                        self.calls.labels(*labels, outcome, side)
+                for reason in EndReason:
+                    self.call_end_reasons.labels(*labels, reason.value)
+                for stage in SETUP_STAGES:
+                    self.call_setup_seconds.labels(*labels, stage)
+                for histogram in (self.call_duration, self.call_packet_loss_ratio,
+                                  self.call_jitter, self.call_rtt):
+                    histogram.labels(*labels)
+        for action in GRAPH_ACTIONS:
+            self.graph_request_duration.labels(action)
+        for result in WEBHOOK_RESULTS:
+            self.webhook_requests.labels(result)
 
     # ---- label helpers --------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 # Install what the gateway needs on a fresh Debian/Ubuntu machine, idempotently:
 # Python venv + the package (with test tools), and a real Asterisk when none is installed
 # (a Debian sid chroot in a cache dir outside the repo, see scripts/asterisk-chroot.sh).
-# Sourced by scripts/demo and scripts/test; safe to run again.
+# Run by scripts/demo and scripts/test (with --test); safe to run again.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,13 +12,18 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null; then need_apt+=(debootstrap); fi
+# --test: a real Prometheus too, which runs the Grafana dashboard's queries in the tests.
+if [ "${1:-}" = --test ] && [ "$(id -u)" = 0 ] && ! command -v prometheus >/dev/null; then
+  need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     log "please install: ${need_apt[*]} (needs root)"; exit 1
   fi
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
