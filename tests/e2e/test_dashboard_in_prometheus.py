@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +24,15 @@ pytestmark = pytest.mark.asterisk
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "whatsapp-gateway.json"
 PROMETHEUS = shutil.which("prometheus")
-PROM_PORT = 19090
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PROM_PORT = free_port()
 
 # Grafana fills these in; any valid value exercises the query the same way.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m", "$number": ".*",
