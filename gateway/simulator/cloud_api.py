@@ -46,6 +46,7 @@ from gateway.simulator.meta import (
     invalid,
     new_wacid,
     new_wamid,
+    session_sdp,
     sign,
 )
 from gateway.simulator.outbound import BusinessCalling
@@ -676,29 +677,11 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                 await self._terminate(call)
         return {"messaging_product": "whatsapp", "success": True}
 
-    @staticmethod
-    def _session_sdp(action: str, body: dict[str, Any]) -> str:
-        session = body.get("session")
-        if not isinstance(session, dict):
-            raise invalid(f"session {{sdp_type, sdp}} is required for {action}")
-        if session.get("sdp_type") != "answer":
-            # §14: the reference tables say "offer", Meta's examples and behaviour "answer".
-            raise invalid(f"session.sdp_type must be \"answer\" for {action}, "
-                          f"got {session.get('sdp_type')!r}")
-        sdp = session.get("sdp")
-        if not isinstance(sdp, str) or "m=audio" not in sdp:
-            raise invalid("session.sdp must be an SDP answer with an audio section")
-        if not re.search(r"a=rtpmap:\d+ opus/48000", sdp, re.IGNORECASE):
-            raise invalid("SDP answer has no Opus/48000 codec")
-        if "a=fingerprint:sha-256 " not in sdp:
-            raise invalid("SDP answer needs a sha-256 DTLS fingerprint")
-        return sdp
-
     async def _answer(self, call: SimulatedCall, action: str, body: dict[str, Any]) -> None:
         if call.is_over:
             # ASSUMPTION: actions on an ended call are refused as an invalid parameter.
             raise invalid(f"Call {call.call_id} has already ended")
-        sdp = self._session_sdp(action, body)
+        sdp = session_sdp(body, action, "answer")
         opaque = body.get("biz_opaque_callback_data")
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
             raise invalid(f"biz_opaque_callback_data must be a string of at most {OPAQUE_MAX} "

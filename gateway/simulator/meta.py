@@ -139,3 +139,25 @@ def new_wacid(wa_id: str, user_initiated: bool = True) -> str:
     raw = (b"\x1c\x18" + bytes([len(wa_id)]) + wa_id.encode() + b"\x15\x02\x00" + direction
            + b"\x18\x14" + secrets.token_hex(10).upper().encode() + b"\x00")
     return "wacid." + base64.b64encode(raw).decode()
+
+
+def session_sdp(body: dict[str, Any], action: str, sdp_type: str) -> str:
+    """The ``session`` of a /calls request, checked like Meta checks it (§2, §9, §14): an
+    ``offer`` for connect, an ``answer`` for pre_accept/accept, with audio, Opus and a
+    sha-256 fingerprint. Raises the error 100 Meta would answer."""
+    session = body.get("session")
+    if not isinstance(session, dict):
+        raise invalid(f"session {{sdp_type, sdp}} is required for {action}")
+    if session.get("sdp_type") != sdp_type:
+        # §14: the reference tables say "offer" for pre_accept/accept; Meta's examples and
+        # behaviour say "answer".
+        raise invalid(f"session.sdp_type must be \"{sdp_type}\" for {action}, "
+                      f"got {session.get('sdp_type')!r}")
+    sdp = session.get("sdp")
+    if not isinstance(sdp, str) or "m=audio" not in sdp:
+        raise invalid(f"session.sdp must be an SDP {sdp_type} with an audio section")
+    if not re.search(r"a=rtpmap:\d+ opus/48000", sdp, re.IGNORECASE):
+        raise invalid(f"SDP {sdp_type} has no Opus/48000 codec")
+    if "a=fingerprint:sha-256 " not in sdp:
+        raise invalid(f"SDP {sdp_type} needs a sha-256 DTLS fingerprint")
+    return sdp

@@ -19,6 +19,7 @@ from gateway.simulator.meta import (
     business_country_block,
     invalid,
     new_wacid,
+    session_sdp,
 )
 from gateway.simulator.phone import SimulatedPhone
 from gateway.simulator.transcript import Transcript
@@ -42,19 +43,7 @@ class BusinessCalling:
         if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
             raise invalid("to must be the user's phone number (digits, optionally with +)")
         wa_id = to.strip().lstrip("+")
-        session = body.get("session")
-        if not isinstance(session, dict):
-            raise invalid("session {sdp_type, sdp} is required for connect")
-        if session.get("sdp_type") != "offer":
-            raise invalid(f"session.sdp_type must be \"offer\" for connect, "
-                          f"got {session.get('sdp_type')!r}")
-        sdp = session.get("sdp")
-        if not isinstance(sdp, str) or "m=audio" not in sdp:
-            raise invalid("session.sdp must be an SDP offer with an audio section")
-        if not re.search(r"a=rtpmap:\d+ opus/48000", sdp, re.IGNORECASE):
-            raise invalid("SDP offer has no Opus/48000 codec")
-        if "a=fingerprint:sha-256 " not in sdp:
-            raise invalid("SDP offer needs a sha-256 DTLS fingerprint")
+        sdp = session_sdp(body, "connect", "offer")
         opaque = body.get("biz_opaque_callback_data")
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
             raise invalid(f"biz_opaque_callback_data must be a string of at most {OPAQUE_MAX} "
