@@ -8,7 +8,6 @@ Tests marked ``asterisk`` use it through ``asterisk`` (the running
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +15,11 @@ import pytest
 
 from gateway.config import AmiSettings, Secret
 from gateway.sandbox.local_asterisk import LocalAsterisk
+from tests.ports import ami_port, suite_name
 
 OVERLAY = Path(__file__).parent / "e2e" / "asterisk-overlay"
 
 
-def test_ami_port() -> int:
-    return int(os.environ.get("WA_TEST_AMI_PORT", "5038"))
-
-
-test_ami_port.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +29,7 @@ def asterisk() -> Iterator[LocalAsterisk]:
     Synchronous on purpose: it is just a process, and each asyncio.run() here leaves nothing
     bound to an event loop, so tests in their own loops can use it.
     """
-    instance = LocalAsterisk(os.environ.get("WA_TEST_ASTERISK_NAME", "pytest"), overlay_dir=OVERLAY,
-                             ami_port=test_ami_port())
+    instance = LocalAsterisk(suite_name(), overlay_dir=OVERLAY, ami_port=ami_port())
     asyncio.run(instance.start())
     try:
         yield instance

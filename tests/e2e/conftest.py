@@ -19,6 +19,7 @@ from gateway.config import parse_config
 from gateway.media import aiortc_hooks
 from gateway.sandbox.local_asterisk import LocalAsterisk
 from gateway.simulator.cloud_api import CloudApiSimulator
+from tests.ports import udp_range
 
 PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
 APP_SECRET = "e2e-app-secret"
@@ -102,8 +103,8 @@ def make_config(graph_url: str, ami_port: int, **overrides):
                     for pnid, (display, ctx) in NUMBERS.items()],
         "asterisk": {"ami": {"host": "127.0.0.1", "port": ami_port, "username": "gateway",
                              "secret": "gateway-secret"}, "codec": "g722"},
-        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "42000-42199",
-                  "webrtc_ports": "45000-45199"},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": udp_range(0, 200),
+                  "webrtc_ports": udp_range(200, 200)},
         "http": {"listen": "127.0.0.1:0"},
         "api": {"tokens": [API_TOKEN]},
     }

@@ -8,7 +8,6 @@ the sample asterisk-conf/; assertions are on events Asterisk itself emits.
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from gateway.asterisk.ami import AmiClient, AmiError, Event, format_caller_id
 from gateway.asterisk.causes import cause_name
 from gateway.config import AmiSettings, Secret
 from gateway.sandbox.local_asterisk import LocalAsterisk
+from tests.ports import free_tcp_port, instance_name
 
 pytestmark = pytest.mark.asterisk
 
@@ -346,8 +346,8 @@ async def test_orphan_sweep_on_connect(ami: AmiClient, ami_settings: AmiSettings
 
 async def test_reconnects_after_asterisk_restart() -> None:
     """Asterisk restarts under the gateway: connected goes False, then True again."""
-    port = int(os.environ.get("WA_TEST_AMI_PORT", "5038")) + 1
-    instance = LocalAsterisk("pytest-restart", ami_port=port, rtp_ports=(21000, 21099))
+    port = free_tcp_port()
+    instance = LocalAsterisk(instance_name("restart"), ami_port=port)
     await instance.start()
     client = AmiClient(AmiSettings(host="127.0.0.1", port=port, username="gateway",
                                    secret=Secret("gateway-secret")))

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.whatsapp.signature import sign
+from tests.ports import free_tcp_port
 
 from .conftest import APP_SECRET, PAYLOADS, Stack
 
@@ -47,7 +48,8 @@ async def test_caller_id_call_id_and_context_reach_the_dialplan(stack: Stack):
     assert "a=rtpmap:111 opus/48000/2" in answer and "a=rtpmap:126 telephone-event/8000" in answer
     assert len({ln.split()[0] for ln in answer.split("\r\n") if ln.startswith("a=ssrc:")}) == 1
     ports = {int(ln.split()[5]) for ln in answer.split("\r\n") if ln.startswith("a=candidate:")}
-    assert ports and all(45000 <= p <= 45199 for p in ports)  # media.webrtc_ports
+    webrtc_ports = stack.gateway.config.media.webrtc_ports
+    assert ports and all(webrtc_ports.first <= p <= webrtc_ports.last for p in ports)
     await call.hangup()
     await stack.wait_idle()
 
@@ -257,7 +259,7 @@ async def test_calls_are_rejected_while_asterisk_is_unreachable(tmp_path):
 
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    cfg = make_config(sim.url, 5099, store={"path": str(tmp_path / "g.sqlite3")})
+    cfg = make_config(sim.url, free_tcp_port(), store={"path": str(tmp_path / "g.sqlite3")})
     cfg = replace(cfg, asterisk=replace(cfg.asterisk, ami=replace(cfg.asterisk.ami,
                                                                   connect_timeout_s=0.5)))
     gw = Gateway(cfg)

@@ -22,6 +22,7 @@ from gateway.sandbox.local_asterisk import LocalAsterisk
 from gateway.simulator.cloud_api import CloudApiSimulator
 from gateway.store import CallStore
 from gateway.whatsapp.signature import sign
+from tests.ports import free_tcp_port, instance_name, udp_range
 
 from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, Stack, make_config, number_for
 
@@ -88,6 +89,11 @@ async def call_through_gateway_process(asterisk: LocalAsterisk, tmp_path, http_p
         if call is not None:
             await call.phone.hangup()
         await sim.close()
+
+
+def rtp_channel_prefix(config: dict) -> str:
+    """What the names of this gateway's UnicastRTP channels start with (its 100-port range)."""
+    return "UnicastRTP/127.0.0.1:" + config["media"]["rtp_ports"].split("-")[0][:3]
 
 
 async def start_gateway_process(config_path: str) -> asyncio.subprocess.Process:
@@ -188,11 +194,11 @@ async def test_call_records_api_and_csv(stack: Stack):
 
 async def test_readyz_follows_asterisk(tmp_path):
     """AMI goes away: not ready, with the reason; Asterisk returns: ready again."""
-    ast = LocalAsterisk("readyz", ami_port=5095)
+    ast = LocalAsterisk(instance_name("readyz"), ami_port=free_tcp_port())
     await ast.start()
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    gw = Gateway(make_config(sim.url, 5095, store={"path": str(tmp_path / "g.sqlite3")}))
+    gw = Gateway(make_config(sim.url, ast.ami_port, store={"path": str(tmp_path / "g.sqlite3")}))
     changes: asyncio.Queue[bool] = asyncio.Queue()
     gw.ami.on_connection_change.append(changes.put_nowait)
     await gw.start()
@@ -219,7 +225,8 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
                                                                 tmp_path):
     """SIGKILL the gateway process during a call: the next start closes the record as failed
     and hangs up the channel the dead gateway left in Asterisk."""
-    async with call_through_gateway_process(asterisk, tmp_path, 18555, "43000-43099",
+    async with call_through_gateway_process(asterisk, tmp_path, free_tcp_port(),
+                                            udp_range(400, 100),
                                             "15550004444") as (config, proc, call):
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
@@ -229,7 +236,7 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
     record = await store.get(call.call_id)
     assert record.outcome == Outcome.ACTIVE  # what the dead process left behind ...
     await store.close()
-    assert "UnicastRTP/127.0.0.1:430" in await asterisk.cli("core show channels concise")
+    assert rtp_channel_prefix(config) in await asterisk.cli("core show channels concise")
 
     cfg = parse_config(config, env={})
     gw = Gateway(cfg)
@@ -284,7 +291,8 @@ async def test_calls_outside_call_hours_go_to_the_closed_context(asterisk: Local
 async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path):
     """Stopping the service (SIGTERM) hangs up both sides of every live call and closes its
     record, instead of leaving callers in Asterisk."""
-    async with call_through_gateway_process(asterisk, tmp_path, 18556, "43100-43199",
+    async with call_through_gateway_process(asterisk, tmp_path, free_tcp_port(),
+                                            udp_range(500, 100),
                                             "15550006666") as (config, proc, call):
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(call.ended.wait(), 15)
@@ -298,18 +306,18 @@ async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path
     finally:
         await store.close()
     channels = await asterisk.cli("core show channels concise")
-    assert "UnicastRTP/127.0.0.1:431" not in channels, channels
+    assert rtp_channel_prefix(config) not in channels, channels
 
 
 async def test_asterisk_crash_mid_call_ends_the_whatsapp_call_after_reconnect(tmp_path):
     """Asterisk dies (SIGKILL: no Hangup events) during a call and comes back: on the AMI
     reconnect the gateway finds the channel gone and ends the WhatsApp call."""
-    ast = LocalAsterisk("crash", ami_port=5098,
+    ast = LocalAsterisk(instance_name("crash"), ami_port=free_tcp_port(),
                         overlay_dir=Path(__file__).parent / "asterisk-overlay")
     await ast.start()
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    gw = Gateway(make_config(sim.url, 5098, store={"path": str(tmp_path / "g.sqlite3")}))
+    gw = Gateway(make_config(sim.url, ast.ami_port, store={"path": str(tmp_path / "g.sqlite3")}))
     changes: asyncio.Queue[bool] = asyncio.Queue()
     gw.ami.on_connection_change.append(changes.put_nowait)
     await gw.start()
