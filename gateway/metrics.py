@@ -3,7 +3,7 @@
 Names follow Prometheus conventions (``whatsapp_gateway_`` prefix, base units, ``_total`` on
 counters, ``_seconds`` on times). Every label value is bounded so a flood of odd input cannot
 blow up the time-series count: ``phone_number_id`` only takes configured numbers (else
-``unknown``), Meta error codes only the codes of whatsapp-calling.md §11 (else ``other``),
+``unknown``), Meta error codes only the codes of docs/meta-calling.md §11 (else ``other``),
 Q.850 causes only 0-127, actions and results only the documented sets.
 
 :class:`GatewayMetrics` owns its own :class:`CollectorRegistry`, so several gateways (tests)
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 PREFIX = "whatsapp_gateway"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# whatsapp-calling.md §11: the calling error codes Meta documents. Anything else is "other".
+# docs/meta-calling.md §11: the calling error codes Meta documents. Anything else is "other".
 META_ERROR_CODES = frozenset({
     100, 613, 131009, 131026, 131030, 131044, 131055,
     138000, 138001, 138002, 138003, 138004, 138005, 138006, 138007, 138009,

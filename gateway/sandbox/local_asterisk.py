@@ -2,7 +2,7 @@
 
 Debian 12 has no asterisk package and these machines have no Docker engine, so
 ``scripts/asterisk-chroot.sh`` builds (once) a sid chroot holding the Debian package; see
-``asterisk-handoff.md``. Each :class:`LocalAsterisk` gets its own directory inside that chroot,
+``docs/asterisk-handoff.md``. Each :class:`LocalAsterisk` gets its own directory inside that chroot,
 ``/run-gateway/<name>/{etc,run,log,spool,lib,cache}``, holding a copy of ``asterisk-conf/``
 plus an optional overlay (the tests add ``extensions_local.conf``), and an ``asterisk.conf``
 pointing at those directories. Modules and sounds stay the package's own.

@@ -21,7 +21,7 @@ from gateway.sandbox.local_asterisk import LocalAsterisk
 from gateway.simulator.cloud_api import CloudApiSimulator
 from tests.ports import udp_range
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 APP_SECRET = "e2e-app-secret"
 ACCESS_TOKEN = "e2e-access-token"
 API_TOKEN = "e2e-api-token"
