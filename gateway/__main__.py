@@ -24,10 +24,12 @@ log = logging.getLogger("gateway")
 DEFAULT_CONFIG = "gateway.yaml"
 
 
-def _setup_logging(level: str, fmt: str = "text", config: Config | None = None) -> None:
+def _setup_logging(level: str, fmt: str = "text", config: Config | None = None,
+                   verbose_media: bool = False) -> None:
     from gateway.logs import config_secrets, setup_logging
 
-    setup_logging(level.upper(), fmt, secrets=config_secrets(config) if config else [])
+    setup_logging(level.upper(), fmt, secrets=config_secrets(config) if config else [],
+                  verbose_media=verbose_media)
 
 
 def _load(path: str) -> Config:
@@ -67,7 +69,7 @@ async def _run_until_signal(start, stop) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    _setup_logging(args.log_level, args.log_format, config)
+    _setup_logging(args.log_level, args.log_format, config, args.verbose_media)
     from gateway.app import Gateway
 
     gateway = Gateway(config)
@@ -76,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level, args.log_format)
+    _setup_logging(args.log_level, args.log_format, verbose_media=args.verbose_media)
     from gateway.sandbox.demo import run_demo
 
     asyncio.run(run_demo(Path(args.config) if args.config else None, args.call))
@@ -92,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", default=config_default,
                        help=f"YAML config file (default: {config_default})")
         p.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
-        p.add_argument("--log-format", default="text", choices=["text", "json"])
+                       choices=["debug", "info", "warning", "error"],
+                       help="lowest level logged (default: info)")
+        p.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text (logfmt-style) or one JSON object per line (default: text)")
+        p.add_argument("--verbose-media", action="store_true",
+                       help="let aioice/aiortc log below WARNING too (ICE checks, DTLS states)")
 
     p = sub.add_parser("serve", help="run the gateway")
     common(p)
