@@ -27,11 +27,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.resources import ASTERISK_CHROOT_SCRIPT, SAMPLE_ASTERISK_CONF, resource
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-CHROOT_SCRIPT = REPO / "scripts" / "asterisk-chroot.sh"
-SAMPLE_CONF = REPO / "asterisk-conf"
+# Shipped in the wheel too (gateway/resources.py), so the demo runs from an installed package.
+CHROOT_SCRIPT = resource(ASTERISK_CHROOT_SCRIPT)
+SAMPLE_CONF = resource(SAMPLE_ASTERISK_CONF)
 ASTERISK = "/usr/sbin/asterisk"
 
 

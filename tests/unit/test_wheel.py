@@ -1,0 +1,86 @@
+"""The wheel is a product on its own: built from the checkout, installed into a fresh venv,
+it knows its version and writes the sample configs with ``init`` from files it carries.
+
+The venv gets the wheel alone (``--no-deps``); the dependencies come from the test venv's
+site-packages through a ``.pth`` line, which Python appends after the venv's own
+site-packages, so ``gateway`` itself is imported from the wheel (asserted below). Deselect
+with ``-m "not wheel"`` (it builds with pip, about 10 s).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+from gateway.version import version
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.wheel
+
+
+def run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The venv's directory, with only the wheel installed into it."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", ROOT)
+    (wheel,) = (tmp / "dist").glob("whatsapp_asterisk_gateway-*.whl")
+    env = tmp / "venv"
+    venv.EnvBuilder(with_pip=False).create(env)
+    py = env / "bin" / "python"
+    purelib = run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
+    (Path(purelib) / "test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    run(sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", wheel)
+    return env
+
+
+def test_wheel_carries_the_shipped_files(installed: Path) -> None:
+    py = installed / "bin" / "python"
+    out = run(py, "-c", "import gateway, gateway.resources as r; print(gateway.__file__); "
+              "print(r.resource('asterisk-conf')); print(r.resource('asterisk-chroot.sh'));"
+              "from gateway.sandbox import local_asterisk as la; print(la.SAMPLE_CONF);"
+              "print(la.CHROOT_SCRIPT)", cwd=installed)
+    module, conf, script, demo_conf, demo_script = out.split()
+    assert module.startswith(str(installed)), "gateway was not imported from the wheel"
+    for path in (conf, script, demo_conf, demo_script):  # the demo finds them in the wheel
+        assert path.startswith(str(installed)) and Path(path).exists()
+    assert (Path(conf) / "extensions.conf").is_file() and not Path(conf).is_symlink()
+
+
+def test_version_from_the_installed_wheel(installed: Path) -> None:
+    out = run(installed / "bin" / "whatsapp-gateway", "--version", cwd=installed)
+    assert out.strip() == f"whatsapp-gateway {version()}"
+
+
+def test_init_writes_the_sample_configs(installed: Path, tmp_path: Path) -> None:
+    target = tmp_path / "etc-gateway"
+    out = run(installed / "bin" / "whatsapp-gateway", "init", target, cwd=tmp_path)
+    assert str(target) in out
+    for name in ("gateway.example.yaml", "asterisk-conf/extensions.conf",
+                 "asterisk-conf/manager.conf", "monitoring/prometheus.yml",
+                 "monitoring/alerts.yml",
+                 "monitoring/grafana/dashboards/whatsapp-gateway.json"):
+        written = target / name
+        assert written.is_file() and not written.is_symlink(), name
+        assert written.read_bytes() == (ROOT / name).read_bytes(), name
+    # A second init keeps the admin's edited files...
+    (target / "gateway.example.yaml").write_text("edited")
+    proc = subprocess.run([installed / "bin" / "whatsapp-gateway", "init", target],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "--force" in proc.stderr
+    assert (target / "gateway.example.yaml").read_text() == "edited"
+    # ...unless told otherwise.
+    run(installed / "bin" / "whatsapp-gateway", "init", "--force", target)
+    assert (target / "gateway.example.yaml").read_bytes() == \
+        (ROOT / "gateway.example.yaml").read_bytes()
