@@ -9,6 +9,7 @@ with ``-m "not wheel"`` (it builds with pip, about 10 s).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,7 +35,18 @@ def run(*cmd: str | Path, cwd: Path | None = None) -> str:
 def installed(tmp_path_factory) -> Path:
     """The venv's directory, with only the wheel installed into it."""
     tmp = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", ROOT)
+    # Build from a copy of what the wheel is made of: an in-tree build would leave build/ in
+    # the checkout, whose stale files a later build would ship.
+    source = tmp / "source"
+    for name in ("pyproject.toml", "README.md", "LICENSE", "gateway.example.yaml"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, source / name)
+    for name in ("gateway", "asterisk-conf", "monitoring"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "asterisk-chroot.sh", source / "scripts")
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", source)
     (wheel,) = (tmp / "dist").glob("whatsapp_asterisk_gateway-*.whl")
     env = tmp / "venv"
     venv.EnvBuilder(with_pip=False).create(env)
