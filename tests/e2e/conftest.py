@@ -34,6 +34,8 @@ NUMBERS = {
     "100000000000004": ("15550000004", "test-hangup"),
     "100000000000005": ("15550000005", "from-whatsapp"),
     "100000000000006": ("15550000006", "test-wait"),
+    "100000000000007": ("15550000007", "from-whatsapp-recorded"),
+    "100000000000008": ("15550000008", "from-whatsapp-queue"),
     # The number the sample [to-whatsapp] context calls from (outbound tests).
     "106540000000002": ("15550001111", "from-whatsapp"),
 }
