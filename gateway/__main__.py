@@ -98,7 +98,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"init: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(written)} files into {target}:")
-    for name in ("asterisk-conf/", "gateway.example.yaml", "monitoring/"):
+    for name in ("asterisk-conf/", "gateway.example.yaml", "monitoring/", "packaging/"):
         print(f"  {target / name}")
     print("next: copy gateway.example.yaml to gateway.yaml, edit it, then "
           f"`whatsapp-gateway check-config -c {target / 'gateway.yaml'}`")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="place one simulated call with this script, print it, and stop")
     p.set_defaults(func=cmd_demo)
 
-    what = "write the sample asterisk-conf/, gateway.example.yaml and monitoring/ into a directory"
+    what = ("write the sample asterisk-conf/, gateway.example.yaml, monitoring/ and packaging/ "
+            "(systemd unit, TLS proxy) into a directory")
     p = sub.add_parser("init", help=what, description=what)
     p.add_argument("directory", help="where to write them (created if missing)")
     p.add_argument("--force", action="store_true",

@@ -1,11 +1,12 @@
 """Files the gateway ships besides its code: the sample Asterisk config, the example gateway
-config, the monitoring set (Prometheus, Grafana, alert rules) and the Asterisk chroot script.
+config, the monitoring set (Prometheus, Grafana, alert rules), the systemd unit and TLS-proxy
+examples, and the Asterisk chroot script.
 
 In a checkout they are the repository's own ``asterisk-conf/``, ``gateway.example.yaml``,
-``monitoring/`` and ``scripts/asterisk-chroot.sh``; ``gateway/share/`` holds symlinks to them,
-and the wheel build copies what the links point at into the package (pyproject's
-package-data). So one lookup, relative to this package, finds them both in a checkout and in
-an installed wheel, and ``whatsapp-gateway init`` / ``demo`` work from either.
+``monitoring/``, ``packaging/`` and ``scripts/asterisk-chroot.sh``; ``gateway/share/`` holds
+symlinks to them, and the wheel build copies what the links point at into the package
+(pyproject's package-data). So one lookup, relative to this package, finds them both in a
+checkout and in an installed wheel, and ``whatsapp-gateway init`` / ``demo`` work from either.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 SAMPLE_ASTERISK_CONF = "asterisk-conf"
 EXAMPLE_CONFIG = "gateway.example.yaml"
 MONITORING = "monitoring"
+PACKAGING = "packaging"
 ASTERISK_CHROOT_SCRIPT = "asterisk-chroot.sh"
 
-INIT_ITEMS = (SAMPLE_ASTERISK_CONF, EXAMPLE_CONFIG, MONITORING)
+INIT_ITEMS = (SAMPLE_ASTERISK_CONF, EXAMPLE_CONFIG, MONITORING, PACKAGING)
 """What ``init`` writes into a directory, under these same names."""
 
 
@@ -42,9 +44,10 @@ def resource(name: str) -> Path:
 
 
 def write_init(target: Path, *, force: bool = False) -> list[Path]:
-    """Copy the sample Asterisk config, the example config and the monitoring set into
-    ``target`` (created if needed). Existing files are kept unless ``force``: an admin's
-    edited copy must never be overwritten by accident. Returns the files written."""
+    """Copy the sample Asterisk config, the example config, the monitoring set and the
+    packaging examples into ``target`` (created if needed). Existing files are kept unless
+    ``force``: an admin's edited copy must never be overwritten by accident. Returns the
+    files written."""
     target.mkdir(parents=True, exist_ok=True)
     existing = [name for name in INIT_ITEMS if (target / name).exists()]
     if existing and not force:

@@ -41,7 +41,7 @@ def installed(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE", "gateway.example.yaml"):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, source / name)
-    for name in ("gateway", "asterisk-conf", "monitoring"):
+    for name in ("gateway", "asterisk-conf", "monitoring", "packaging"):
         shutil.copytree(ROOT / name, source / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     (source / "scripts").mkdir()
@@ -82,7 +82,8 @@ def test_init_writes_the_sample_configs(installed: Path, tmp_path: Path) -> None
     for name in ("gateway.example.yaml", "asterisk-conf/extensions.conf",
                  "asterisk-conf/manager.conf", "monitoring/prometheus.yml",
                  "monitoring/alerts.yml",
-                 "monitoring/grafana/dashboards/whatsapp-gateway.json"):
+                 "monitoring/grafana/dashboards/whatsapp-gateway.json",
+                 "packaging/whatsapp-gateway.service", "packaging/Caddyfile"):
         written = target / name
         assert written.is_file() and not written.is_symlink(), name
         assert written.read_bytes() == (ROOT / name).read_bytes(), name
