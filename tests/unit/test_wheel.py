@@ -97,3 +97,69 @@ def test_init_writes_the_sample_configs(installed: Path, tmp_path: Path) -> None
     run(installed / "bin" / "whatsapp-gateway", "init", "--force", target)
     assert (target / "gateway.example.yaml").read_bytes() == \
         (ROOT / "gateway.example.yaml").read_bytes()
+
+
+def test_the_units_commands_run_a_gateway_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """What systemd does with packaging/whatsapp-gateway.service, without systemd: the
+    ExecStartPre and ExecStart lines (venv and /etc paths pointed at the test's), in the
+    WorkingDirectory, with the EnvironmentFile's secrets; then the KillSignal stops it."""
+    import configparser
+    import json
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from tests.ports import free_tcp_port, udp_range
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((ROOT / "packaging" / "whatsapp-gateway.service").read_text())
+    service = unit["Service"]
+    etc, workdir = tmp_path / "etc", tmp_path / "var-lib"
+    workdir.mkdir()
+
+    def local(command: str) -> list[str]:
+        command = command.replace("/opt/whatsapp-gateway/venv", str(installed))
+        return command.replace("/etc/whatsapp-gateway", str(etc)).split()
+
+    run(installed / "bin" / "whatsapp-gateway", "init", etc)
+    http_port, ami_port = free_tcp_port(), free_tcp_port()  # no Asterisk: it keeps retrying
+    config = (etc / "gateway.example.yaml").read_text()
+    for old, new in (("0.0.0.0:8080", f"127.0.0.1:{http_port}"),
+                     ("port: 5038", f"port: {ami_port}"),
+                     ("40000-40999", udp_range(2400, 10)), ("50000-50999", udp_range(2410, 10))):
+        assert old in config
+        config = config.replace(old, new)
+    (etc / "gateway.yaml").write_text(config)
+    env_file = Path(local(service["EnvironmentFile"])[0])
+    env_file.write_text("".join(f"{line}secret-{n}\n" for n, line in enumerate(
+        (ROOT / ".env.example").read_text().splitlines()) if line.endswith("=")))
+    env = {**os.environ, **dict(line.split("=", 1) for line in env_file.read_text().split())}
+
+    check = subprocess.run(local(service["ExecStartPre"]), cwd=workdir, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen(local(service["ExecStart"]), cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # polling another process's HTTP port: no event to wait on
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz",
+                                            timeout=2) as resp:
+                    assert resp.status == 200 and json.load(resp)
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the gateway never answered /healthz"
+                time.sleep(0.2)
+        assert (workdir / "var" / "gateway.sqlite3").is_file()  # store.path, relative
+        proc.send_signal(getattr(signal, service["KillSignal"]))
+        assert proc.wait(timeout=int(service["TimeoutStopSec"])) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = proc.stderr.read()
+    assert "secret-" not in log, "a secret reached the log"
