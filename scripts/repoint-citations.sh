@@ -7,12 +7,17 @@
 #   webrtc-media.md          -> docs/media.md
 #   asterisk-handoff.md      -> docs/asterisk-handoff.md
 #   reference/payloads/X     -> tests/fixtures/payloads/X
-#   whatsapp-calling-2026.md -> docs/meta-calling-2026.md, once that file exists
+#   whatsapp-calling-2026.md §N -> the docs/*2026*.md note whose "## M." heading covers that
+#                               topic (looked up by keyword below), as docs/<note> §M; without
+#                               a section, -> docs/README.md (the index)
+# tests/unit/test_self_contained.py fails on whatever this leaves behind.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 self=scripts/repoint-citations.sh
 guard=tests/unit/test_self_contained.py
+scanned=(gateway scripts tests benchmarks monitoring asterisk-conf docs README.md Dockerfile
+         compose.yml)
 old='(\.\./)?(shared/)?reference/|whatsapp-calling(-2026)?\.md|webrtc-media\.md|asterisk-handoff\.md|(^|[^/])payloads/'
 
 script=(
@@ -23,22 +28,57 @@ script=(
   -e 's#webrtc-media\.md#docs/media.md#g'
   -e 's#asterisk-handoff\.md#docs/asterisk-handoff.md#g'
   -e 's#(^|[^/A-Za-z_.-])payloads/#\1tests/fixtures/payloads/#g'
+)
+
+# The 2026 reference's sections, by topic: where does each one live in docs/ now?
+topics=(
+  [1]='username|bsuid'
+  [2]='permission'
+  [3]='calling settings|settings addition'
+  [4]='account'
+  [5]='recording'
+  [6]='biz_opaque|status webhook'
+  [7]='graph.*version'
+  [8]='concurrency|retries|ordering'
+)
+declare -A target=()
+for n in "${!topics[@]}"; do
+  hit=$(grep -iEHn "^## [0-9]+\. .*(${topics[$n]})" docs/*2026*.md 2>/dev/null | head -1 || true)
+  [ -n "$hit" ] || continue
+  file=${hit%%:*}
+  section=$(sed -E 's/^[^:]+:[0-9]+:## ([0-9]+)\..*/\1/' <<<"$hit")
+  target[$n]="$file §$section"
+done
+for n in "${!target[@]}"; do  # ranges first: §N-K
+  for k in "${!target[@]}"; do
+    [ "$k" -gt "$n" ] || continue
+    file_n=${target[$n]% §*} file_k=${target[$k]% §*}
+    if [ "$file_n" = "$file_k" ]; then
+      script+=(-e "s#whatsapp-calling-2026\.md §$n-$k([^0-9]|\$)#${target[$n]}-${target[$k]##* §}\1#g")
+    else
+      script+=(-e "s#whatsapp-calling-2026\.md §$n-$k([^0-9]|\$)#${target[$n]}, ${target[$k]}\1#g")
+    fi
+  done
+done
+for n in "${!target[@]}"; do
+  script+=(-e "s#whatsapp-calling-2026\.md §$n([^0-9-]|\$)#${target[$n]}\1#g")
+done
+script+=(
+  -e 's#whatsapp-calling-2026\.md([^ ]|$| [^§]|  )#docs/README.md\1#g'
   -e 's#(docs/)+#docs/#g'
   -e 's#(tests/fixtures/)+payloads/#tests/fixtures/payloads/#g'
 )
-if [ -f docs/meta-calling-2026.md ]; then
-  script+=(-e 's#whatsapp-calling-2026\.md#docs/meta-calling-2026.md#g')
-fi
 
-mapfile -t files < <(grep -rlE "$old" gateway scripts tests benchmarks monitoring asterisk-conf \
-  README.md Dockerfile compose.yml 2>/dev/null | grep -vxF -e "$self" -e "$guard" || true)
+# docs/README.md links its neighbours relatively: leave it alone.
+mapfile -t files < <(grep -rlE "$old" "${scanned[@]}" 2>/dev/null \
+  | grep -vxF -e "$self" -e "$guard" -e docs/README.md || true)
 for f in "${files[@]}"; do
   sed -i -E "${script[@]}" "$f"
 done
-left=$(grep -rnE 'whatsapp-calling-2026\.md' gateway scripts tests benchmarks monitoring \
-  README.md 2>/dev/null | grep -v -e "$self" -e "$guard" || true)
+left=$(grep -rnE 'whatsapp-calling-2026\.md' "${scanned[@]}" 2>/dev/null \
+  | grep -v -e "^$self:" -e "^$guard:" || true)
 if [ -n "$left" ]; then
-  echo "repoint-citations: no docs/meta-calling-2026.md yet for these citations:" >&2
+  echo "repoint-citations: no docs/ note covers these 2026 sections yet:" >&2
   echo "$left" >&2
 fi
 echo "repoint-citations: ${#files[@]} file(s) checked"
