@@ -135,3 +135,15 @@ def test_every_query_filters_on_the_instance_variable() -> None:
                 continue  # the instance variable itself
             assert 'instance=~"$instance"' in rest, f"{metric} in {expr}"
     assert selectors > 30
+
+
+def test_dashboard_is_what_the_portability_script_makes() -> None:
+    """scripts/portable-dashboard.py (run after adding panels) has nothing left to change."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("portable_dashboard",
+                                                  ROOT / "scripts" / "portable-dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = DASHBOARD.read_text()
+    assert json.dumps(module.portable(json.loads(text)), indent=2) + "\n" == text
