@@ -75,6 +75,13 @@ mapfile -t files < <(grep -rlE "$old" "${scanned[@]}" 2>/dev/null \
 for f in "${files[@]}"; do
   sed -i -E "${script[@]}" "$f"
 done
+# The longer names can push a comment or docstring line past ruff's 100 columns.
+py_files=()
+for f in "${files[@]}"; do [[ $f == *.py ]] && py_files+=("$f"); done
+if [ ${#py_files[@]} -gt 0 ]; then
+  python3 scripts/wrap-prose.py "${py_files[@]}"
+fi
+
 left=$(grep -rnE 'whatsapp-calling-2026\.md' "${scanned[@]}" 2>/dev/null \
   | grep -v -e "^$self:" -e "^$guard:" || true)
 if [ -n "$left" ]; then
