@@ -28,15 +28,21 @@ def prose_lines(source: str) -> dict[int, tuple[bool, int, int]]:
                   and isinstance(node.value.value, str)}
     lines: dict[int, tuple[bool, int, int]] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.STRING and tok.end[0] > tok.start[0] \
-                and tok.start[0] in docstrings:
+        quotes = tok.string.lstrip("rRuUbBfF")[:3] if tok.type == tokenize.STRING else ""
+        if quotes in ('"""', "'''") and tok.start[0] in docstrings:
             for number in range(tok.start[0], tok.end[0] + 1):
                 first = tok.start[1] + 3 if number == tok.start[0] else 0
                 last = tok.end[1] - 3 if number == tok.end[0] else LIMIT
                 lines[number] = (False, first, last)
         elif tok.type == tokenize.COMMENT and not tok.line[:tok.start[1]].strip():
             lines[tok.start[0]] = (True, tok.start[1] + 1, LIMIT)
+        elif tok.type == tokenize.COMMENT:  # after code: may move to a line of its own
+            trailing[tok.start[0]] = tok.start[1]
     return lines
+
+
+trailing: dict[int, int] = {}
+"""Line -> column of a comment that follows code on that line (filled by prose_lines)."""
 
 
 def wrap(line: str, comment: bool, first: int, last: int) -> list[str]:
@@ -57,6 +63,7 @@ def main(paths: list[str]) -> int:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             source = f.read()
+        trailing.clear()
         try:
             prose = prose_lines(source)
         except (tokenize.TokenError, SyntaxError):
@@ -65,6 +72,12 @@ def main(paths: list[str]) -> int:
         for number, line in enumerate(source.splitlines(), 1):
             if len(line) > LIMIT and number in prose:
                 out += wrap(line, *prose[number])
+            elif len(line) > LIMIT and number in trailing:
+                # "code  # long comment" -> the comment on its own line(s) above the code.
+                code, comment = line[:trailing[number]].rstrip(), line[trailing[number]:]
+                indent = code[:len(code) - len(code.lstrip())]
+                out += wrap(indent + comment, True, len(indent) + 1, LIMIT)
+                out.append(code)
             else:
                 out.append(line)
         text = "\n".join(out) + ("\n" if source.endswith("\n") else "")
