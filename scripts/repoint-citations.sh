@@ -41,10 +41,16 @@ topics=(
   [7]='graph.*version'
   [8]='concurrency|retries|ordering'
 )
+# A section no 2026 note covers yet, but docs/meta-calling.md does (§7 holds the retry and
+# ordering rules, 2026 window included).
+fallback=([8]='docs/meta-calling.md §7')
 declare -A target=()
 for n in "${!topics[@]}"; do
   hit=$(grep -iEHn "^## [0-9]+\. .*(${topics[$n]})" docs/*2026*.md 2>/dev/null | head -1 || true)
-  [ -n "$hit" ] || continue
+  if [ -z "$hit" ]; then
+    [ -n "${fallback[$n]:-}" ] && target[$n]=${fallback[$n]}
+    continue
+  fi
   file=${hit%%:*}
   section=$(sed -E 's/^[^:]+:[0-9]+:## ([0-9]+)\..*/\1/' <<<"$hit")
   target[$n]="$file §$section"
