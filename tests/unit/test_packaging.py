@@ -88,3 +88,38 @@ def test_tls_fronts_expose_only_the_webhook() -> None:
     assert "location = /webhook" in nginx and "proxy_pass http://127.0.0.1:8080;" in nginx
     assert re.search(r"location / \{\s*return 404;", nginx)
     assert nginx.count("{") == nginx.count("}") and caddy.count("{") == caddy.count("}")
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (its package "
+                    "starts a server on :80, so the test setup does not install it)")
+def test_nginx_accepts_the_example(tmp_path: Path) -> None:
+    """``nginx -t`` on the example, with a throwaway certificate in place of certbot's."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                           "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+                           "-out", str(cert), "-days", "1", "-subj", "/CN=gateway.example.com"],
+                          capture_output=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    site = (ROOT / "packaging" / "nginx.conf").read_text()
+    live = "/etc/letsencrypt/live/gateway.example.com/"
+    assert live + "fullchain.pem" in site and live + "privkey.pem" in site
+    site = site.replace(live + "fullchain.pem", str(cert)).replace(live + "privkey.pem", str(key))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {tmp_path}/site.conf;\n}}\n")
+    proc = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf"),
+                           "-p", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy not installed (its package "
+                    "starts a server on :80, so the test setup does not install it)")
+def test_caddy_accepts_the_example(tmp_path: Path) -> None:
+    proc = subprocess.run(["caddy", "validate", "--adapter", "caddyfile", "--config",
+                           str(ROOT / "packaging" / "Caddyfile")], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path,
+                          env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+                               "XDG_CONFIG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and "Valid configuration" in proc.stdout + proc.stderr, \
+        proc.stdout + proc.stderr
