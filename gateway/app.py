@@ -146,6 +146,7 @@ class Gateway:
             log.warning("closed %d call record(s) left active by a previous run as failed",
                         closed)
         self.observers.observers.append(StoreObserver(self.store))
+        self.calls.known_call = self.store.knows  # replayed connects, even across restarts
         await self._start_ledger()
         await self.graph.start()
         try:
