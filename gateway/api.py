@@ -65,6 +65,17 @@ def _field_error(field: str, problem: str) -> web.Response:
     return _error(400, f"{field}: {problem}", field=field)
 
 
+def _filter_field(message: str, query: dict[str, str]) -> str:
+    """Which query parameter a filters_from_query error is about: the one its message starts
+    with (``limit must be ...``), else the first it does not know (``unknown filter x``)."""
+    named = next((key for key in query if message.startswith(key)), None)
+    if named is not None:
+        return named
+    unknown = [key for key in query if key in message.removeprefix("unknown filter ")
+               .split(";")[0].split(", ")]
+    return unknown[0] if unknown else "query"
+
+
 def call_state(call: OutboundCall) -> dict[str, Any]:
     rec = call.record
     return {
@@ -184,9 +195,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         try:
             filters = filters_from_query(query)
         except ValueError as exc:
-            field = str(exc).split(" ", 2)[1] if str(exc).startswith("unknown filter") \
-                else str(exc).split(" ", 1)[0]
-            return _error(400, str(exc), field=field)
+            return _error(400, str(exc), field=_filter_field(str(exc), query))
         if request.query.get("format") == "csv":
             filters.pop("limit", None)
             out = io.StringIO()

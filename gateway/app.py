@@ -156,7 +156,9 @@ class Gateway:
             log.warning("starting without Asterisk: %s", exc)
         add_api_routes(self.web, self.config, self.calls, store=self.store, ledger=self.ledger,
                        graph=self.graph, request_permission=self._request_permission)
-        self._runner = web.AppRunner(self.web, access_log=None)
+        # lingering_time: after refusing an over-cap body (413), read and drop what the
+        # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
+        self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()

@@ -81,7 +81,9 @@ def add_webhook_routes(app: web.Application, settings: WhatsAppSettings, sink: E
             observe("malformed")
             log.warning("webhook: body from %s over %d bytes (Content-Length %s): nothing "
                         "processed", request.remote, MAX_BODY, request.content_length)
-            return web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
+            refusal = web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
+            refusal.force_close()  # the rest of the body is never read: drop the connection
+            return refusal
         if not signature_ok(settings.app_secret.reveal(), raw, request.headers.get(HEADER)):
             observe("bad_signature")
             log.warning("webhook: %s from %s: nothing processed",
