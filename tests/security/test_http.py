@@ -124,11 +124,24 @@ async def test_over_cap_body_is_413_and_a_body_near_the_cap_is_read(running: Run
 
 # --- SDP ------------------------------------------------------------------------------------------
 
+def _sample_sdp() -> str:
+    return connect_sample()["entry"][0]["changes"][0]["value"]["calls"][0]["session"]["sdp"]
+
+
+SAMPLE_SDP = _sample_sdp()
+SAMPLE_AUDIO = SAMPLE_SDP[SAMPLE_SDP.index("m=audio"):]
+
+
 @pytest.mark.parametrize("sdp, reason", [
-    ("\x8f random \x00 bytes", "not '<letter>="),
-    ("v=0\r\n" + "a=x\r\n" * 200_000, "larger than"),
-    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n" + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" * 50,
-     "exactly one media section"),
+    ("\x8f random \x00 bytes m=audio a=rtpmap:111 opus/48000/2", "not '<letter>="),
+    ("v=0\r\n" + "a=x\r\n" * 200_000 + SAMPLE_AUDIO, "larger than"),
+    (SAMPLE_SDP + SAMPLE_AUDIO * 49, "larger than"),
+    (SAMPLE_SDP + SAMPLE_AUDIO, "exactly one media section"),
+    ("\r\n".join(ln for ln in SAMPLE_SDP.split("\r\n")
+                  if not ln.startswith("a=fingerprint")), "no a=fingerprint"),
+    (SAMPLE_SDP.replace("a=fingerprint:sha-256 24:87:AA", "a=fingerprint:sha-256 2487:AA"),
+     "sha-256"),
+    (SAMPLE_SDP.replace("a=setup:actpass", "a=setup:x"), "a=setup"),
 ])
 async def test_bad_sdp_is_rejected_as_bad_sdp_with_the_reason(running: Running, sdp, reason):
     body = fresh_connect("wacid.sec-sdp")
