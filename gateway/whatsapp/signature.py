@@ -22,5 +22,5 @@ def signature_ok(app_secret: str, raw_body: bytes, header: str | None) -> bool:
     if not header or not header.startswith("sha256=") or not app_secret:
         return False
     expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest().encode()
-    given = header[len("sha256="):].strip().lower().encode("utf-8", "surrogateescape")
+    given = header[len("sha256="):].strip().lower().encode("utf-8", "surrogatepass")
     return hmac.compare_digest(expected, given)

@@ -28,7 +28,7 @@ reference's largest sample): 4 MiB keeps every real body and bounds what one req
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The request body is over the cap: refused with 413 before any of it is used."""
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
@@ -50,7 +50,7 @@ def same_secret(given: str | None, expected: str) -> bool:
     (non-ASCII, undecodable) compares unequal instead of raising."""
     if not given or not expected:
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
                                expected.encode("utf-8"))
 
 EventSink = Callable[[ParsedWebhook], int]
