@@ -39,10 +39,10 @@ CONTEXT = re.compile(r"[A-Za-z0-9_.+-]{1,79}")
 """A dialplan context name Asterisk accepts and a config would write (AST_MAX_CONTEXT 80)."""
 EXTENSION = re.compile(r"[A-Za-z0-9*#+._-]{1,79}")
 """An extension to dial into: digits, letters and ``* # + . _ -`` (AST_MAX_EXTENSION 80)."""
-CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,19}/[A-Za-z0-9@._+*#:=~\[\]/-]{1,200}")
+CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,19}/[A-Za-z0-9@._+*#:;=~\[\]/-]{1,200}")
 """``Tech/resource`` as Asterisk names channels (``PJSIP/agent-0000002a``,
-``Local/100@agents;1``'s ``Local/100@agents``); no spaces, commas, ``&``, quotes or controls,
-which would split Bridge()'s argument or an AMI header."""
+``Local/100@agents-00000001;1``); no spaces, commas, ``&``, quotes or controls, which would
+split Bridge()'s argument or an AMI header."""
 MAX_TTL_MINUTES = 43200
 """Meta's voice-call button lasts at most 30 days."""
 

@@ -284,3 +284,14 @@ async def test_click_to_call_with_a_bad_asterisk_name_is_400_naming_it(running, 
     status, answer = await running.api("POST", "/v1/calls", data=body)
     assert status == 400 and answer["error"]["field"] == field, answer
     assert running.gateway.calls.outbound == {}
+
+
+@pytest.mark.parametrize("fields", [
+    {"context": "agents", "extension": "100"}, {"context": "from-whatsapp"},
+    {"context": "agents", "extension": "+5511999990000"},
+    {"channel": "PJSIP/agent-0000002a"}, {"channel": "Local/100@agents-00000001;1"},
+])
+async def test_click_to_call_with_good_asterisk_names_gets_past_validation(running, fields):
+    body = json.dumps({"to": "+5511999990000", **fields}).encode()
+    status, answer = await running.api("POST", "/v1/calls", data=body)
+    assert status != 400, answer
