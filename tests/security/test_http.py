@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway
 from gateway.calls.manager import CallManager
 from gateway.calls.record import CallRecord, Direction, EndReason, Outcome
 from gateway.store import CallStore
 from gateway.whatsapp.events import parse_body
+from gateway.whatsapp.graph import GraphClient, GraphError
 from gateway.whatsapp.webhook import MAX_BODY
 
 from .conftest import API_TOKEN, VERIFY_TOKEN, Running, connect_sample
@@ -295,3 +299,31 @@ async def test_click_to_call_with_good_asterisk_names_gets_past_validation(runni
     body = json.dumps({"to": "+5511999990000", **fields}).encode()
     status, answer = await running.api("POST", "/v1/calls", data=body)
     assert status != 400, answer
+
+
+async def test_a_phone_number_id_never_becomes_a_graph_path(running: Running):
+    """Meta-signed or not, an id is never sent as a path of its own: a catch-all server
+    records every path the Graph client requests."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({"success": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = replace(running.gateway.config.whatsapp,
+                       graph_url=str(server.make_url("/v23.0")))
+    graph = GraphClient(settings)
+    try:
+        for pnid in ["../../etc/passwd", "1?x=1", "1#x", "..", "1/messages", "", "1 2"]:
+            with pytest.raises(GraphError, match="not a Graph id"):
+                await graph.reject(pnid, "wacid.x")
+        assert seen == []
+        await graph.reject("100000000000001", "wacid.x")
+        assert seen == ["/v23.0/100000000000001/calls"]
+    finally:
+        await graph.close()
+        await server.close()
