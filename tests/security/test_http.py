@@ -327,3 +327,12 @@ async def test_a_phone_number_id_never_becomes_a_graph_path(running: Running):
     finally:
         await graph.close()
         await server.close()
+
+
+async def test_click_to_call_while_asterisk_is_down_is_refused_before_ringing(running):
+    body = json.dumps({"to": "+5511999990000", "context": "agents"}).encode()
+    status, answer = await running.api("POST", "/v1/calls", data=body)
+    assert status == 409 and answer["error"]["reason"] == "asterisk_down", answer
+    await running.settle()
+    assert running.gateway.calls.outbound == {}
+    assert running.sim.requests_for(action="connect") == []
