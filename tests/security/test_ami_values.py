@@ -46,7 +46,7 @@ def originate(**extra) -> dict:
     "del\x7f",
     "lone \ud800 surrogate",
 ])
-def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, caplog):
+async def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, caplog):
     action = originate(Variable=[_variable_header("WA_CTA_PAYLOAD", hostile),
                                  _variable_header("WA_CALL_ID", "wacid.1")])
     with caplog.at_level(logging.WARNING, "gateway.asterisk.ami"):
@@ -65,14 +65,14 @@ def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, caplog
 @pytest.mark.parametrize("text", [
     "Zoë 🎧 «quoted» \"double\" 'single'", "a,b,c", "x;y", "p|q", "f(x)", "tab\tinside",
 ])
-def test_text_asterisk_can_carry_arrives_intact(text):
+async def test_text_asterisk_can_carry_arrives_intact(text):
     entry = _variable_header("WA_PROFILE_NAME", text)
     raw = wire(originate(Variable=[entry], CallerID=f'"{text}" <+5511999990000>'))
     assert f"Variable: {entry}".encode() in raw
     assert f'CallerID: "{text}" <+5511999990000>'.encode() in raw
 
 
-def test_caller_id_control_characters_become_spaces():
+async def test_caller_id_control_characters_become_spaces():
     raw = wire(originate(CallerID='"Eve\r\nApplication: UserEvent" <+5511999990000>'))
     assert 'CallerID: "Eve  Application: UserEvent" <+5511999990000>' in headers(raw)
     assert not any(line.startswith("Application") for line in headers(raw))
@@ -80,7 +80,7 @@ def test_caller_id_control_characters_become_spaces():
 
 @pytest.mark.parametrize("header", ["Channel", "Context", "Exten", "Application", "Data",
                                     "Variable"])
-def test_other_headers_with_control_characters_refuse_the_action(header):
+async def test_other_headers_with_control_characters_refuse_the_action(header):
     if header == "Variable":  # the variable's name is ours; a broken one is refused
         action = originate(Variable=["BAD\nNAME=x"])
     else:
@@ -90,7 +90,7 @@ def test_other_headers_with_control_characters_refuse_the_action(header):
     assert err.value.header == header
 
 
-def test_a_clean_action_is_unchanged():
+async def test_a_clean_action_is_unchanged():
     action = {"Action": "Getvar", "Channel": "wa-1", "Variable": "UNICASTRTP_LOCAL_PORT"}
     assert safe_action(action) == {**action, "Variable": ["UNICASTRTP_LOCAL_PORT"]}
     assert headers(wire(action))[-1] == "Variable: UNICASTRTP_LOCAL_PORT"
