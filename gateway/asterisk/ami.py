@@ -17,6 +17,10 @@ So :class:`AmiClient` opens each connection itself, logs in itself, waits for
 actions with :class:`AmiNotConnected` when the connection drops (and drops panoramisk's
 re-send queue), and wraps every action in ``asyncio.wait_for``.
 
+Every action it writes passes :func:`safe_action` first, the one place header values are made
+safe: text a WhatsApp user or an API client controls (a profile name, a CTA payload) can never
+end a header and write AMI actions of its own.
+
 On every (re)connect it sweeps orphans: UnicastRTP channels whose Uniqueid carries our
 ``channel_prefix`` but that no call of this gateway owns any more. chan_rtp has no RTP
 timeout, so without the sweep a crashed gateway would leave callers in queues forever
