@@ -39,6 +39,7 @@ from gateway.simulator.cloud_api import (
     SimulatedCall,
 )
 from gateway.simulator.control import ScriptError, add_control_routes, parse_script
+from gateway.simulator.meta import DEFAULT_VERSION
 from gateway.simulator.users import ON_CALL, ON_REQUEST, PERMISSIONS, SimulatedUser
 
 
@@ -59,7 +60,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--phone-number-id", default=DEFAULT_PHONE_NUMBER_ID)
     serve.add_argument("--display-number", default=DEFAULT_DISPLAY_NUMBER)
     serve.add_argument("--waba-id", default=DEFAULT_WABA_ID)
-    serve.add_argument("--api-version", default="v23.0")
+    serve.add_argument("--api-version", default=DEFAULT_VERSION)
     serve.add_argument("--ring-timeout", type=float, default=60.0,
                        help="seconds an unanswered call rings (default 60)")
     serve.add_argument("--media-address", action="append", default=None,

@@ -241,7 +241,7 @@ def _post_user(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
 def _list_calls(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
         return web.json_response([
-            {"call_id": c.call_id, "direction": c.direction, "user": c.wa_id,
+            {"call_id": c.call_id, "direction": c.direction, "user": c.user.key,
              "from": c.display_phone_number if c.outbound else c.wa_id,
              "to": c.wa_id if c.outbound else c.display_phone_number, "state": c.state,
              "phone_number_id": c.phone_number_id, "ended_by": c.ended_by,
