@@ -37,6 +37,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -890,6 +891,53 @@ def _now(now: float | None, ledger: PermissionLedger | None = None) -> float:
     return ledger.clock() if ledger is not None else time.time()
 
 
+_UNIX_TIME = re.compile(r"(?<!\d)(1\d{9}|[2-9]\d{9}|1\d{12})(?!\d)")
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
+                       r"(?:Z|[+-]\d{2}:?\d{2})?")
+
+
+def next_allowed_at(error_data: Mapping[str, Any] | None, now: float) -> float | None:
+    """When Meta says the refused action is next allowed (138012, 138009), or None.
+
+    whatsapp-calling-2026.md §2: "Details will include a timestamp when the next call is
+    allowed" in ``error_data``, but the field and its format are not documented and no real
+    body was captured. So, leniently: any ``error_data`` field whose name speaks of a time
+    (``*time*``, ``*allowed*``, ``*next*``, ``*until*``), then the ``details`` text; unix
+    seconds or milliseconds, or ISO 8601 (UTC when no offset). A value in the past or more
+    than 8 days ahead is not believed (the ledger's own count decides then)."""
+    if not error_data:
+        return None
+    candidates: list[Any] = [v for k, v in error_data.items()
+                             if k != "details" and any(w in k.lower() for w in
+                                                       ("time", "allowed", "next", "until"))]
+    candidates.append(error_data.get("details"))
+    for value in candidates:
+        at = _as_time(value)
+        if at is not None and now - 60 <= at <= now + WEEK + DAY:
+            return at
+    return None
+
+
+def _as_time(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) / (1000 if value > 1e12 else 1)
+    text = str(value)
+    match = _UNIX_TIME.search(text)
+    if match:
+        number = float(match.group(1))
+        return number / (1000 if number > 1e12 else 1)
+    match = _ISO_TIME.search(text)
+    if match:
+        try:
+            at = datetime.fromisoformat(match.group(0).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
 def display_numbers_from_config(numbers: Any) -> dict[str, str]:
     """``{phone_number_id: display_number}`` from ``Config.numbers`` (those that have one)."""
     return {n.phone_number_id: n.display_number for n in numbers if n.display_number}
@@ -942,7 +990,9 @@ async def request_permission(graph: GraphClient, ledger: PermissionLedger, pnid:
             message_id = await graph.send_message(pnid, body)
         except GraphError as exc:
             if exc.code in (REQUEST_LIMIT, PERMANENT_EXISTS):
-                refused = await ledger.apply_meta_error(pnid, user, exc.code, now)
+                refused = await ledger.apply_meta_error(
+                    pnid, user, exc.code, now,
+                    retry_at=next_allowed_at(exc.error_data, _now(now, ledger)))
                 if refused is not None and not refused.allowed:
                     return refused, None
                 return Decision(False, "limit_requests_24h" if exc.code == REQUEST_LIMIT
