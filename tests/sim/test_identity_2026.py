@@ -253,3 +253,24 @@ async def test_a_request_on_an_expired_version_gets_metas_error(sim, business):
             f"{sim.url}/{sim.default_phone_number_id}/call_permissions",
             params={"user_wa_id": USER}, headers={"Authorization": f"Bearer {TOKEN}"}) as ok:
         assert ok.status == 200
+
+
+async def test_control_api_gives_a_user_a_username(business):
+    from gateway.simulator.control import add_control_routes
+
+    sim = make_sim(business)
+    add_control_routes(sim)
+    async with sim:
+        async with aiohttp.ClientSession() as http, http.post(
+                sim.base_url + "/_sim/users",
+                json={"wa_id": USERNAME_USER, "username": "testuser"}) as resp:
+            user = await resp.json()
+            assert resp.status == 200, user
+        assert user["username"] == "testuser" and BSUID.fullmatch(user["user_id"])
+        async with aiohttp.ClientSession() as http, http.post(
+                sim.base_url + "/_sim/users",
+                json={"wa_id": USERNAME_USER, "username": ""}) as resp:
+            assert resp.status == 400
+        await sim.place_call(from_wa_id=USERNAME_USER)
+        item = await business.next_event("connect")
+        assert "from" not in item["call"] and item["call"]["from_user_id"] == user["user_id"]

@@ -372,3 +372,18 @@ def test_check_config_warns_on_an_expired_version(tmp_path: Path):
     assert "warning: whatsapp.graph_url: Graph API v19.0 expired" in out.stderr
     example = Path(__file__).resolve().parents[2] / "gateway.example.yaml"
     assert "graph.facebook.com/v25.0" in example.read_text()
+
+
+async def test_meta_permanent_permission_answer_by_bsuid(ledger):
+    """payloads/response-get-call-permissions-permanent.json, as GET call_permissions?recipient=
+    answers it: permanent, no expiry, no request possible, 3 of 100 calls used."""
+    answer = fixture("response-get-call-permissions-permanent.json")
+    await ledger.apply_meta_permissions(PNID, BSUID, answer)
+    state = await ledger.get(PNID, BSUID)
+    assert state["wa_id"] == BSUID
+    assert (state["permission"]["status"], state["permission"]["expires_at"]) == (
+        "permanent", None)
+    assert state["calls"]["windows"] == [{"period_s": DAY, "used": 3, "max": 100,
+                                          "next_allowed_at": None}]
+    assert state["can_call"]["allowed"]
+    assert state["can_request"]["reason"] == "permanent_exists"
