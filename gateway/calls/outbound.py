@@ -350,7 +350,7 @@ class OutboundCall(Call):
                 DialStatus.ANSWER, DialStatus.REJECTED, DialStatus.NOANSWER):
             try:
                 await deps.ledger.record_call_result(rec.phone_number_id, self.user,
-                                                     answered=self.answered, now=time.time(),
+                                                     answered=self.answered,
                                                      call_id=rec.wacid)
             except Exception:
                 log.exception("outbound %s: ledger update failed", rec.wacid)

@@ -856,6 +856,8 @@ class PermissionLedger:
         return {
             "phone_number_id": pnid,
             "wa_id": user,
+            "user_ids": [r[0] for r in db.execute(
+                "SELECT user_id FROM user_links WHERE wa_id = ? ORDER BY user_id", (user,))],
             "permission": {
                 "status": "no_permission" if expired else status,
                 "recorded_status": status,

@@ -158,3 +158,16 @@ async def test_permanent_grant_survives_the_seven_day_clock(stack: Stack):
         now=granted_at)
     decision = await ledger.can_call(ECHO_PNID, "15550006667")
     assert not decision.allowed and decision.reason == "permission_expired"
+
+
+async def test_permission_request_to_a_bsuid_goes_as_recipient(stack: Stack):
+    user = stack.sim.add_user("15550005555", username="asker", permission="no_permission",
+                              on_permission_request="ignore")
+    status, body = await api(stack, "POST", "/v1/permission-requests", {
+        "recipient": user.user_id, "phone_number_id": ECHO_PNID, "body": "May we call you?"})
+    assert status == 201, body
+    (sent,) = stack.sim.requests_for(endpoint="messages")
+    assert sent.body["recipient"] == user.user_id and "to" not in sent.body
+    status, state = await api(stack, "GET", f"/v1/permissions/{ECHO_PNID}/{user.user_id}")
+    assert status == 200 and state["wa_id"] == user.user_id
+    assert state["requests"]["windows"][0]["used"] == 1

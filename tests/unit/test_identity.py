@@ -206,6 +206,7 @@ async def test_bsuid_only_user_is_keyed_by_bsuid_then_linked_to_the_number(ledge
     assert by_number["permission"]["status"] == "permanent"
     assert by_number["calls"]["windows"][0]["used"] == 1
     assert (await ledger.get(PNID, BSUID))["wa_id"] == "15550002222"
+    assert by_number["user_ids"] == [BSUID]
     assert await ledger.key_for(BSUID) == "15550002222"
     # A reply naming only the BSUID now lands on the number's row.
     await ledger.apply_reply(PermissionReply(
