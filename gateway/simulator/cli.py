@@ -90,6 +90,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     call.add_argument("--sim-url", default="http://127.0.0.1:8090")
     call.add_argument("--from", dest="from_", default="15550002222", help="the user's number")
     call.add_argument("--name", default="Test User", help="the user's profile name")
+    call.add_argument("--username", default=None,
+                      help="the user's WhatsApp username: the call then arrives without a "
+                           "phone number (BSUID only) unless the business contacted that "
+                           "number in the last 30 days")
     call.add_argument("--phone-number-id", default=None, help="business number to call")
     call.add_argument("--cta-payload", default=None)
     call.add_argument("--deeplink-payload", default=None)
@@ -182,7 +186,8 @@ def _default_user(args: argparse.Namespace) -> SimulatedUser:
 
 
 async def call_main(args: argparse.Namespace) -> int:
-    body = {"from": args.from_, "name": args.name, "script": args.script,
+    body = {"from": args.from_, "name": args.name, "username": args.username,
+            "script": args.script,
             "phone_number_id": args.phone_number_id, "cta_payload": args.cta_payload,
             "deeplink_payload": args.deeplink_payload}
     body = {k: v for k, v in body.items() if v is not None}

@@ -260,6 +260,11 @@ def _post_call(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
             wa_id = str(data.get("from") or "15550002222")
             if not wa_id.isdigit():
                 raise ValueError("'from' must be the user's number, digits only")
+            if data.get("username") is not None:
+                # A caller with a username: the webhook leaves the number out unless this
+                # business number was in contact with it lately (2026 §1).
+                update_user(sim.user(wa_id), {"username": data["username"] or None},
+                            time.time())
         except (ValueError, json.JSONDecodeError) as exc:
             return web.Response(status=400, text=f"error: {exc}\n")
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})

@@ -274,3 +274,21 @@ async def test_control_api_gives_a_user_a_username(business):
         await sim.place_call(from_wa_id=USERNAME_USER)
         item = await business.next_event("connect")
         assert "from" not in item["call"] and item["call"]["from_user_id"] == user["user_id"]
+
+
+async def test_scripted_call_from_a_username_user(business):
+    from gateway.simulator.control import add_control_routes
+
+    sim = make_sim(business)
+    add_control_routes(sim)
+    async with sim:
+        async with aiohttp.ClientSession() as http, http.post(
+                sim.base_url + "/_sim/calls",
+                json={"from": USERNAME_USER, "username": "scripted",
+                      "script": "wait 0.1; hangup"}) as resp:
+            assert resp.status == 200
+            out = await resp.text()
+        assert "calls without a visible number" in out
+        item = await business.next_event("connect")
+        assert "from" not in item["call"]
+        assert item["value"]["contacts"][0]["profile"]["username"] == "scripted"
