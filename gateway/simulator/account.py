@@ -202,13 +202,17 @@ class AccountApi:
         ASSUMPTION: the usual Cloud API message status shape (``statuses[]`` on field
         ``messages``, status ``failed``), which the reference does not show."""
         await asyncio.sleep(0.1)
-        status = {"id": wamid, "status": "failed", "timestamp": str(int(time.time())),
-                  "recipient_id": user.wa_id or user.user_id,
-                  "errors": [{"code": 131026, "title": "Message undeliverable",
-                              "message": "Message undeliverable",
-                              "error_data": {"details": "The user's WhatsApp version cannot "
-                                             "show this message"}}]}
-        self.note(f"message {wamid} to {user.wa_id} undeliverable (131026)")
+        status: dict[str, Any] = {"id": wamid, "status": "failed",
+                                  "timestamp": str(int(time.time()))}
+        # §1: recipient_id only when the number is shown; recipient_user_id always.
+        if self.shows_number(phone_number_id, user):
+            status["recipient_id"] = user.wa_id
+        status["recipient_user_id"] = user.user_id
+        status["errors"] = [{"code": 131026, "title": "Message undeliverable",
+                             "message": "Message undeliverable",
+                             "error_data": {"details": "The user's WhatsApp version cannot "
+                                            "show this message"}}]
+        self.note(f"message {wamid} to {user.key} undeliverable (131026)")
         await self.send_webhook(self._messages_envelope(phone_number_id, "statuses", [status]))
 
 
