@@ -290,7 +290,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     # --- the user calls -----------------------------------------------------------------------
 
-    async def place_call(self, *, from_wa_id: str = "", profile_name: str | None = "Test User",
+    async def place_call(self, *, from_wa_id: str, profile_name: str | None = "Test User",
                          phone_number_id: str | None = None,
                          display_phone_number: str | None = None,
                          cta_payload: str | None = None, deeplink_payload: str | None = None,
