@@ -213,6 +213,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         """The user Meta knows by this number (or BSUID), made from :attr:`default_user` if
         the number is new (with Meta's wa_id for it, :func:`meta_wa_id`)."""
         wa_id = wa_id.strip().lstrip("+")
+        if not wa_id:
+            raise ValueError("a user is named by their number or BSUID")
         user = self.find_user(wa_id)
         if user is None:
             if BSUID.fullmatch(wa_id):
