@@ -91,7 +91,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
 
     async def recipient(request: web.Request) -> tuple[dict, str, str]:
         """The JSON body, the WhatsApp user (E.164 digits, or a BSUID given as ``recipient``
-        -- 2026 §1 -- or in ``to``) and the business number id."""
+        -- docs/meta-2026-identity.md §1 -- or in ``to``) and the business number id."""
         try:
             body = await request.json()
         except ValueError:

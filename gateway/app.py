@@ -172,7 +172,8 @@ class Gateway:
 
     def _permission_reply(self, event: Event) -> bool:
         if isinstance(event, UserIdChanged) and self.ledger is not None:
-            self.calls._spawn(self.ledger.change_user_id(event))  # 2026 §1: re-key the user
+            # docs/meta-2026-identity.md §1: re-key the user
+            self.calls._spawn(self.ledger.change_user_id(event))
             return True
         if not isinstance(event, PermissionReply) or self.ledger is None:
             return False

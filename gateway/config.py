@@ -68,7 +68,7 @@ GRAPH_VERSIONS_UNTIL: dict[int, str | None] = {
     21: "2027-01-21", 22: "2027-05-20", 23: "2027-05-20", 24: "2027-05-20",
     25: "2028-07-29", 26: None,
 }
-"""Last day each Graph API version works (whatsapp-calling-2026.md §7; None: not announced).
+"""Last day each Graph API version works (docs/meta-2026-identity.md §7; None: not announced).
 Where the reference gives a range (v17-v20 "expired 2025-09-12 to 2026-09-24", v22-v24 "2027-05-20
 to 2028-02-18") the earliest date is taken, so the warning never comes too late."""
 GRAPH_VERSION_WARN_DAYS = 90
@@ -106,7 +106,8 @@ USERNAME_PLACEHOLDERS = ("username", "profile_name", "user_id")
 
 @dataclass(frozen=True)
 class UsernameCallerId:
-    """CALLERID for a caller Meta gave no phone number (a username user, §1 of the 2026
+    """CALLERID for a caller Meta gave no phone number (a username user, docs/meta-2026-identity.md
+    §1 of the
     reference). Templates take ``{username}``, ``{profile_name}`` and ``{user_id}``.
 
     The number is empty by default and may never look like a phone number: a made-up E.164

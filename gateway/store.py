@@ -90,7 +90,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE calls ADD COLUMN end_reason TEXT
     """,
-    # 3: who the WhatsApp user is when there is no number: BSUID and username (2026 §1)
+    # 3: who the WhatsApp user is when there is no number: BSUID and username
+    # (docs/meta-2026-identity.md §1)
     """
     ALTER TABLE calls ADD COLUMN user_id TEXT NOT NULL DEFAULT '';
     ALTER TABLE calls ADD COLUMN username TEXT NOT NULL DEFAULT '';

@@ -136,7 +136,8 @@ class Call:
                          f"Asterisk hung up ({cause} {ev.get('Cause-txt', '')})".strip())
         elif name == "DTMFEnd" and ev.get("Direction", "").lower() == "sent":
             # Asterisk writes a digit to our channel (an agent's key press across a bridge):
-            # chan_rtp cannot send it, so it goes to WhatsApp as RFC 4733 (asterisk-handoff.md).
+            # chan_rtp cannot send it, so it goes to WhatsApp as RFC 4733
+            # (docs/asterisk-handoff.md).
             digit = ev.get("Digit", "")
             duration = ev.get("DurationMs", "")
             if self.leg is not None and digit:
@@ -230,7 +231,7 @@ class Call:
 
     def _channel_variables(self, **extra: str) -> dict[str, str]:
         """What the dialplan learns about the call. A user without a number (a username
-        caller, whatsapp-calling-2026.md §1) has ``WA_FROM``/``WA_USER`` empty -- never a
+        caller, docs/meta-2026-identity.md §1) has ``WA_FROM``/``WA_USER`` empty -- never a
         made-up number -- and is told apart by ``WA_USER_ID`` (the BSUID) and ``WA_USERNAME``."""
         rec = self.record
         return {

@@ -1,6 +1,6 @@
 """The registry of live calls and the gate every webhook event goes through.
 
-Meta delivers webhooks at least once and in no guaranteed order (whatsapp-calling.md §7), so
+Meta delivers webhooks at least once and in no guaranteed order (docs/meta-calling.md §7), so
 this is where idempotence lives: events are de-duplicated on (call id, event, timestamp), an
 ended call leaves a tombstone for a while so a late ``connect`` cannot revive it, and a
 ``terminate`` that overtakes its ``connect`` leaves a tombstone too — the call is then never
@@ -231,7 +231,8 @@ class CallManager:
     def dial_from_dialplan(self, ev: dict[str, str]) -> OutboundCall | None:
         """AMI ``UserEvent(WhatsAppDial,To: +E164,From: <business number>)`` from a waiting
         channel (asterisk-conf/extensions.conf [to-whatsapp]). ``To:`` may be a BSUID (or
-        given as ``Recipient:``): the call then goes to Meta as ``recipient`` (2026 §1)."""
+        given as ``Recipient:``): the call then goes to Meta as ``recipient``
+        (docs/meta-2026-identity.md §1)."""
         try:
             number_to, bsuid = parse_target(ev.get("Recipient") or ev.get("To"))
         except ValueError:

@@ -53,7 +53,7 @@ class DialStatus(StrEnum):
     CANCEL = "CANCEL"
 
 
-# Q.850 cause the waiting channel gets for each result (asterisk-handoff.md suggests 21/19/17).
+# Q.850 cause the waiting channel gets for each result (docs/asterisk-handoff.md suggests 21/19/17).
 DIAL_CAUSE = {
     DialStatus.REJECTED: causes.CALL_REJECTED,
     DialStatus.NOANSWER: causes.NO_ANSWER,
@@ -101,7 +101,7 @@ class DialRequest:
 
     to: str
     """The WhatsApp user: E.164 digits (with or without '+'), or a BSUID (sent to Meta as
-    ``recipient``, whatsapp-calling-2026.md §1)."""
+    ``recipient``, docs/meta-2026-identity.md §1)."""
     phone_number_id: str
     agent_channel: str | None = None
     """Bridge the answered call to this waiting channel (dialplan-initiated)."""

@@ -1,7 +1,7 @@
 """Outbound calls: Meta's call-permission rules, enforced by the gateway before Meta refuses.
 
 A business may call a WhatsApp user only with the user's permission, and both the permission
-requests and the calls are rate-limited per (business number, user) pair (whatsapp-calling.md
+requests and the calls are rate-limited per (business number, user) pair (docs/meta-calling.md
 §3, §5, §6, §10, §11). :class:`PermissionLedger` remembers, in SQLite, what the gateway knows of
 each pair -- the permission and its expiry, the requests sent, the business-initiated calls and
 their results -- and answers "may we call?" / "may we ask?" with a :class:`Decision` that
@@ -14,7 +14,8 @@ the unanswered streak), permission-reply webhooks, and Meta's own answers (the
 
 Users are keyed as :mod:`gateway.whatsapp.identity` decides (the ``wa_id`` columns hold that
 key): the canonical number (Brazil's ninth digit and Mexico's 521 folded), or the BSUID of a
-user Meta gave no number (2026 §1). ``user_links`` links a BSUID to its number once both were
+user Meta gave no number (docs/meta-2026-identity.md §1). ``user_links`` links a BSUID to its number
+once both were
 seen, so a reply or a call that names only one of them lands on the same row;
 ``user_changed_user_id`` moves a user to the new BSUID (:meth:`PermissionLedger.change_user_id`).
 
@@ -57,7 +58,7 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 WEEK = 7 * DAY
 
-# ---- Meta's limits (whatsapp-calling.md §10; sandbox values in the same table) -----------------
+# ---- Meta's limits (docs/meta-calling.md §10; sandbox values in the same table) -----------------
 REQUESTS_PER_24H = 1
 """§10: at most 1 permission request per 24 h per pair (over it: 138009)."""
 REQUESTS_PER_7D = 2
@@ -362,7 +363,8 @@ class PermissionLedger:
         db.execute("DELETE FROM permissions WHERE wa_id = ?", (old,))
 
     async def change_user_id(self, change: UserIdChanged) -> None:
-        """``user_changed_user_id`` (2026 §1): the user got a new BSUID. Links and rows of the
+        """``user_changed_user_id`` (docs/meta-2026-identity.md §1): the user got a new BSUID. Links
+        and rows of the
         old BSUID move to the new one.
 
         ASSUMPTION (unconfirmed by Meta): the grant and the counters follow the person to the
@@ -901,7 +903,7 @@ _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
 def next_allowed_at(error_data: Mapping[str, Any] | None, now: float) -> float | None:
     """When Meta says the refused action is next allowed (138012, 138009), or None.
 
-    whatsapp-calling-2026.md §2: "Details will include a timestamp when the next call is
+    docs/meta-2026-identity.md §2: "Details will include a timestamp when the next call is
     allowed" in ``error_data``, but the field and its format are not documented and no real
     body was captured. So, leniently: any ``error_data`` field whose name speaks of a time
     (``*time*``, ``*allowed*``, ``*next*``, ``*until*``), then the ``details`` text; unix

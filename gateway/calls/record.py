@@ -93,7 +93,7 @@ class CallRecord:
     dtmf_in: int = 0
     dtmf_out: int = 0
     user_id: str = ""
-    """The WhatsApp user's BSUID (whatsapp-calling-2026.md §1); the user's number (from/to)
+    """The WhatsApp user's BSUID (docs/meta-2026-identity.md §1); the user's number (from/to)
     is empty for a username caller Meta gave no number."""
     username: str = ""
     """The user's WhatsApp username, when they adopted one."""

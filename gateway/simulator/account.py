@@ -42,7 +42,8 @@ class AccountApi:
                                  "per second", status=429)
             recent.append(time.monotonic())
             self._permission_gets[phone_number_id] = recent
-            # §1: ``recipient=<BSUID>`` next to ``user_wa_id``; the answer's shape is the same.
+            # docs/meta-2026-identity.md §1: ``recipient=<BSUID>`` next to ``user_wa_id``; the
+            # answer's shape is the same.
             recipient = str(query.get("recipient", "")).strip()
             wa_id = str(query.get("user_wa_id", "")).strip().lstrip("+")
             if wa_id:
@@ -99,8 +100,8 @@ class AccountApi:
         return await self._api(request, "messages", self._message, action)
 
     async def _message(self, phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
-        """§5: validate, record, answer per payloads/response-message-send.json; a permission
-        request is answered by the user later, like on a phone."""
+        """§5: validate, record, answer per tests/fixtures/payloads/response-message-send.json; a
+        permission request is answered by the user later, like on a phone."""
         if body.get("messaging_product") != "whatsapp":
             raise invalid("messaging_product must be \"whatsapp\"")
         user, by_number = self._recipient(body)
@@ -150,7 +151,8 @@ class AccountApi:
                                  f"{full['limit_expiration_time']} (unix time)")
             counters.requests.append(now)
         if by_number:
-            self.number_contact(phone_number_id, user, now)  # §1: the business messaged it
+            # docs/meta-2026-identity.md §1: the business messaged it
+            self.number_contact(phone_number_id, user, now)
         self.messages.append({"id": wamid, "to": wa_id, "type": kind,
                               "interactive_type": interactive_type, "body": body, "time": now,
                               "phone_number_id": phone_number_id})
@@ -159,9 +161,10 @@ class AccountApi:
             self._spawn(self._undeliverable(phone_number_id, user, wamid))
         elif is_request:
             self._spawn(self._reply_to_request(phone_number_id, user, wamid))
-        # §1: by number, as payloads/response-message-send.json; by BSUID, the ids (and the
-        # wa_id only if the number is visible). ASSUMPTION: user_id is left out when ``to``
-        # was sent ([BSUID]; the [UCP] sample disagrees).
+        # docs/meta-2026-identity.md §1: by number, as
+        # tests/fixtures/payloads/response-message-send.json; by BSUID, the ids (and the wa_id
+        # only if the number is visible). ASSUMPTION: user_id is left out when ``to`` was sent
+        # (Meta's BSUID page; its user-call-permissions sample disagrees).
         if by_number:
             contact: dict[str, Any] = {"input": body["to"], "wa_id": user.wa_id}
         else:
@@ -204,7 +207,8 @@ class AccountApi:
         await asyncio.sleep(0.1)
         status: dict[str, Any] = {"id": wamid, "status": "failed",
                                   "timestamp": str(int(time.time()))}
-        # §1: recipient_id only when the number is shown; recipient_user_id always.
+        # docs/meta-2026-identity.md §1: recipient_id only when the number is shown;
+        # recipient_user_id always.
         if self.shows_number(phone_number_id, user):
             status["recipient_id"] = user.wa_id
         status["recipient_user_id"] = user.user_id
@@ -217,7 +221,7 @@ class AccountApi:
 
 
 def _check_permission_request(interactive: dict[str, Any]) -> None:
-    """§5 / payloads/request-message-call-permission-request.json."""
+    """§5 / tests/fixtures/payloads/request-message-call-permission-request.json."""
     action = interactive.get("action")
     if not isinstance(action, dict) or action.get("name") != "call_permission_request":
         raise invalid("interactive.action.name must be \"call_permission_request\"")
@@ -234,7 +238,7 @@ def _check_permission_request(interactive: dict[str, Any]) -> None:
 
 
 def _check_voice_call(interactive: dict[str, Any]) -> None:
-    """§5 / payloads/request-message-voice-call-button.json."""
+    """§5 / tests/fixtures/payloads/request-message-voice-call-button.json."""
     body = interactive.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("text"), str) \
             or not body["text"].strip():

@@ -88,7 +88,8 @@ class SimulatedCall:
         self.user = user or SimulatedUser(wa_id=from_wa_id)
         """Who Meta knows on the user's side: number, BSUID, username."""
         self.show_number = show_number
-        """§1: whether this call's webhooks carry the user's number (decided at its start)."""
+        """docs/meta-2026-identity.md §1: whether this call's webhooks carry the user's number
+        (decided at its start)."""
         self.profile_name = profile_name
         self.phone_number_id = phone_number_id
         self.display_phone_number = display_phone_number

@@ -1,10 +1,10 @@
 """Meta's Cloud API for calling, simulated: the Graph ``/calls`` endpoint and signed webhooks.
 
 Stands in for graph.facebook.com so the gateway (or an admin testing a dialplan) can take
-WhatsApp calls without Meta. Behaviour follows ../shared/reference/whatsapp-calling.md: request
+WhatsApp calls without Meta. Behaviour follows docs/meta-calling.md: request
 validation and error bodies per §2/§11/§14, webhook bodies shaped like the samples in
-reference/payloads/, signatures per payloads/webhook-verification.md. Where the reference is
-silent, the choice made is written next to the code as an ASSUMPTION.
+tests/fixtures/payloads/, signatures per tests/fixtures/payloads/webhook-verification.md. Where
+the reference is silent, the choice made is written next to the code as an ASSUMPTION.
 
 Both directions: a user calls the business (:meth:`CloudApiSimulator.place_call`), or the
 business calls a user with ``connect`` (connect webhook with Meta's answer, RINGING / ACCEPTED /
@@ -249,13 +249,14 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     def shows_number(self, phone_number_id: str, user: SimulatedUser,
                      now: float | None = None) -> bool:
-        """Does this business number see the user's number now (§1)?"""
+        """Does this business number see the user's number now (docs/meta-2026-identity.md §1)?"""
         return number_visible(user, self.pair(phone_number_id, user.key),
                               time.time() if now is None else now)
 
     def number_contact(self, phone_number_id: str, user: SimulatedUser,
                        now: float | None = None) -> None:
-        """The business number and the user's number were in contact (30-day rule, §1)."""
+        """The business number and the user's number were in contact (30-day rule,
+        docs/meta-2026-identity.md §1)."""
         if user.wa_id:
             self.pair(phone_number_id, user.key).number_contact_at = \
                 time.time() if now is None else now
@@ -300,7 +301,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         """The user taps "call": the phone rings at once and Meta sends the connect webhook.
         Returns when the webhook has been delivered (or delivery failed). ``from_wa_id`` is the
         user's number or, for a user added without one, their BSUID; whether the webhook shows
-        the number follows §1 (:meth:`shows_number`)."""
+        the number follows docs/meta-2026-identity.md §1 (:meth:`shows_number`)."""
         phone_number_id = phone_number_id or self.default_phone_number_id
         user = self.user(from_wa_id, profile_name)
         from_wa_id = user.wa_id
@@ -338,8 +339,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     async def _callback_grant(self, call: SimulatedCall, user: SimulatedUser) -> None:
         """§4 callback_permission_status ENABLED: a user who calls (answered or missed) grants
-        a temporary permission; the reply webhook names the call (context.id = wacid, payloads/
-        webhook-call-permission-reply-automatic-callback.json).
+        a temporary permission; the reply webhook names the call (context.id = wacid,
+        tests/fixtures/payloads/webhook-call-permission-reply-automatic-callback.json).
 
         ASSUMPTION: nothing is granted (nor sent) while a permanent permission exists; an
         existing temporary one is renewed for 7 days, with a webhook."""
@@ -389,7 +390,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             contact = self._contact(call.user, call.show_number,
                                     name=None if call.outbound else call.profile_name,
                                     outbound=call.outbound)
-            if key == "statuses":  # payloads/webhook-status-ringing-with-bsuid.json: ids only
+            if key == "statuses":  # ids only, as webhook-status-ringing-with-bsuid.json
                 contact.pop("profile", None)
             value["contacts"] = [contact]
         value[key] = calls
@@ -402,12 +403,13 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
     @staticmethod
     def _contact(user: SimulatedUser, show_number: bool, *, name: str | None,
                  outbound: bool = False) -> dict[str, Any]:
-        """``contacts[0]`` (§1, payloads/webhook-connect-user-initiated-{with-bsuid,username-
-        only}.json): profile (name; username only if adopted), wa_id only when the number is
-        shown, user_id, parent_user_id only when parent BSUIDs exist. Business-initiated
-        contacts carry no profile name (payloads/webhook-connect-business-initiated.json), and
-        the username after the ids (§1: "user_id, parent_user_id, wa_id and
-        profile.username")."""
+        """``contacts[0]`` (docs/meta-2026-identity.md §1; the samples
+        tests/fixtures/payloads/webhook-connect-user-initiated-with-bsuid.json and
+        ...-username-only.json): profile (name; username only if adopted), wa_id only when the
+        number is shown, user_id, parent_user_id only when parent BSUIDs exist.
+        Business-initiated contacts carry no profile name (as
+        tests/fixtures/payloads/webhook-connect-business-initiated.json), and the username
+        after the ids (Meta: "user_id, parent_user_id, wa_id and profile.username")."""
         profile: dict[str, Any] = {}
         if name:
             profile["name"] = name
@@ -435,7 +437,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     @staticmethod
     def _user_ids(call: SimulatedCall) -> dict[str, str]:
-        """``from_user_id``/``to_user_id`` (+ parent) of a ``calls[]`` item (§1)."""
+        """``from_user_id``/``to_user_id`` (+ parent) of a ``calls[]`` item
+        (docs/meta-2026-identity.md §1)."""
         side = "to" if call.outbound else "from"
         ids = {f"{side}_user_id": call.user.user_id}
         if call.user.parent_user_id:
@@ -443,7 +446,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         return ids
 
     def connect_payload(self, call: SimulatedCall) -> dict[str, Any]:
-        """Shaped like payloads/webhook-connect-{user,business}-initiated.json."""
+        """Shaped like tests/fixtures/payloads/webhook-connect-{user,business}-initiated.json."""
         if call.outbound:
             item: dict[str, Any] = {"id": call.call_id, **self._parties(call),
                                     "event": "connect", "timestamp": str(int(time.time())),
@@ -470,7 +473,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     def terminate_payload(self, call: SimulatedCall, *, error_code: int | None = None,
                           error_detail: str | None = None) -> dict[str, Any]:
-        """Shaped like payloads/webhook-terminate-{completed,failed}.json."""
+        """Shaped like tests/fixtures/payloads/webhook-terminate-{completed,failed}.json."""
         item: dict[str, Any] = {
             "id": call.call_id,
             **self._parties(call),
@@ -486,7 +489,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             item["start_time"] = str(int(call.accepted_at))
             item["end_time"] = str(int(call.ended_at or time.time()))
             item["duration"] = int(call.ended_at or time.time()) - int(call.accepted_at)
-        # §1: terminates carry the user ids and a contacts[] entry, as connects do.
+        # docs/meta-2026-identity.md §1: terminates carry the user ids and a contacts[] entry, as
+        # connects do.
         item.update(self._user_ids(call))
         errors = None
         if error_code is not None:
@@ -500,8 +504,9 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         return self._envelope(call, [item], errors, contacts=True)
 
     def status_payload(self, call: SimulatedCall, status: str) -> dict[str, Any]:
-        """Shaped like payloads/webhook-status-ringing-with-bsuid.json: ``recipient_id`` only
-        when the number is shown, ``recipient_user_id`` always, ``contacts`` with the ids."""
+        """Shaped like tests/fixtures/payloads/webhook-status-ringing-with-bsuid.json:
+        ``recipient_id`` only when the number is shown, ``recipient_user_id`` always,
+        ``contacts`` with the ids."""
         item: dict[str, Any] = {"id": call.call_id, "timestamp": str(int(time.time())),
                                 "type": "call", "status": status}
         if call.show_number:
@@ -534,8 +539,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                                  response: str, source: str, context_id: str | None,
                                  permanent: bool, expires_at: float | None,
                                  now: float) -> dict[str, Any]:
-        """Shaped like payloads/webhook-call-permission-reply*.json. ASSUMPTION: a reject
-        carries only ``response`` and ``response_source`` (as the auto-revoked sample)."""
+        """Shaped like tests/fixtures/payloads/webhook-call-permission-reply*.json. ASSUMPTION: a
+        reject carries only ``response`` and ``response_source`` (as the auto-revoked sample)."""
         reply: dict[str, Any] = {"response": response}
         if response == "accept":
             reply["is_permanent"] = permanent
@@ -544,7 +549,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         reply["response_source"] = source
         shown = self.shows_number(phone_number_id, user, now)
         message: dict[str, Any] = {"from": user.wa_id} if shown else {}
-        # §1: permission replies carry from_user_id (and the parent id) [UCP].
+        # docs/meta-2026-identity.md §1: permission replies carry from_user_id (and the parent
+        # id), per Meta's user-call-permissions page.
         message["from_user_id"] = user.user_id
         if user.parent_user_id:
             message["from_parent_user_id"] = user.parent_user_id

@@ -262,7 +262,7 @@ def _post_call(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
                 raise ValueError("'from' must be the user's number, digits only")
             if data.get("username") is not None:
                 # A caller with a username: the webhook leaves the number out unless this
-                # business number was in contact with it lately (2026 §1).
+                # business number was in contact with it lately (docs/meta-2026-identity.md §1).
                 update_user(sim.user(wa_id), {"username": data["username"] or None},
                             time.time())
         except (ValueError, json.JSONDecodeError) as exc:

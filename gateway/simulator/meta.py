@@ -1,5 +1,5 @@
 """The simulated Meta's vocabulary: ids, error bodies, recorded requests and webhook
-deliveries, and the country rule for business-initiated calls (whatsapp-calling.md §10-11)."""
+deliveries, and the country rule for business-initiated calls (docs/meta-calling.md §10-11)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ DEFAULT_WABA_ID = "102290000000001"
 DEFAULT_PHONE_NUMBER_ID = "106540000000002"
 DEFAULT_DISPLAY_NUMBER = "15550001111"
 DEFAULT_VERSION = "v25.0"
-"""A current Graph version (whatsapp-calling-2026.md §7: v25.0 or v26.0 preferred)."""
+"""A current Graph version (docs/meta-2026-identity.md §7: v25.0 or v26.0 preferred)."""
 LATEST_VERSION = 26
 VERSION_AVAILABLE_UNTIL: dict[int, str | None] = {
     17: "2025-09-12", 18: "2025-09-12", 19: "2025-09-12", 20: "2025-09-12",
     21: "2027-01-21", 22: "2027-05-20", 23: "2027-05-20", 24: "2027-05-20",
     25: "2028-07-29", 26: None,
 }
-"""§7 [GV]: the last day each Graph version answers (None: not announced). The reference gives
-ranges for v17-v20 ("expired 2025-09-12 to 2026-09-24") and v22-v24 ("2027-05-20 to
-2028-02-18"): each range is read as its earliest date for v18-v24 (ASSUMPTION, the strict
-reading: a version is never treated as alive longer than Meta may keep it). v17 is the
-oldest, the first to expire. Versions below v17 never had calling."""
+"""The last day each Graph version answers (docs/meta-2026-identity.md §7, from Meta's Graph
+API changelog; None: not announced). Meta gives ranges for v17-v20 ("expired 2025-09-12 to
+2026-09-24") and v22-v24 ("2027-05-20 to 2028-02-18"): each range is read as its earliest
+date (ASSUMPTION, the strict reading: a version is never treated as alive longer than Meta
+may keep it). Versions below v17 never had calling."""
 OPAQUE_MAX = 512
 TROUBLESHOOTING_URL = ("https://developers.facebook.com/documentation/business-messaging/"
                        "whatsapp/calling/troubleshooting")
@@ -59,7 +59,8 @@ def business_country_block(display_number: str) -> str | None:
 
 
 def version_refusal(version: str, today: str) -> GraphError | None:
-    """Meta's answer to a request on an expired, unknown or malformed Graph version (§7), or
+    """Meta's answer to a request on an expired, unknown or malformed Graph version
+    (docs/meta-2026-identity.md §7), or
     None when ``version`` works on ``today`` (``YYYY-MM-DD``, UTC).
 
     ASSUMPTION: the reference says v17-v20 "expired" without showing Meta's answer. The
@@ -88,7 +89,8 @@ def new_wamid() -> str:
 
 
 class GraphError(Exception):
-    """An error the Graph API answers with (body per payloads/response-error.json)."""
+    """An error the Graph API answers with (body per
+    tests/fixtures/payloads/response-error.json)."""
 
     def __init__(self, code: int, message: str, details: str | None = None, status: int = 400,
                  type_: str = "OAuthException", subcode: int | None = None):
@@ -163,7 +165,7 @@ class WebhookDelivery:
 
 def sign(app_secret: str, body: bytes) -> str:
     """``X-Hub-Signature-256`` value: HMAC-SHA256 of the exact body bytes
-    (payloads/webhook-verification.md)."""
+    (tests/fixtures/payloads/webhook-verification.md)."""
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
 
 

@@ -82,7 +82,8 @@ class BusinessCalling:
             raise GraphError(138003, "A call with this user is already in progress",
                              "Wait for the current call with this user to end")
         if by_number:
-            self.number_contact(phone_number_id, user, now)  # §1: the business called it
+            # docs/meta-2026-identity.md §1: the business called it
+            self.number_contact(phone_number_id, user, now)
         transcript = Transcript()
         phone = SimulatedPhone(transcript=transcript, name=f"phone {wa_id}",
                                timers=self.phone_timers, idle_audio=user.idle_audio,
@@ -116,10 +117,12 @@ class BusinessCalling:
     def _recipient(self, body: dict[str, Any]) -> tuple[SimulatedUser, bool]:
         """Who a ``connect`` or a message is for, and whether it named the user's number.
 
-        §1: ``to`` (the number) or ``recipient`` (a BSUID or parent BSUID); **``to`` wins if both
+        docs/meta-2026-identity.md §1: ``to`` (the number) or ``recipient`` (a BSUID or parent
+        BSUID); **``to`` wins if both
         are sent**. A number finds its account in any of Meta's forms (Brazil's ninth digit,
         Mexico's 521). ASSUMPTION: no call-specific error exists for an unknown or
-        foreign-portfolio BSUID (§1 unknown), so it is an invalid parameter (100)."""
+        foreign-portfolio BSUID (docs/meta-2026-identity.md §1 unknown), so it is an invalid
+        parameter (100)."""
         to, recipient = body.get("to"), body.get("recipient")
         if to is not None:
             if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
@@ -198,7 +201,8 @@ class BusinessCalling:
 
     async def _outbound_ended(self, call: SimulatedCall) -> None:
         """§10: declined or unanswered business calls in a row; 4 revoke the permission, with
-        an automatic reject reply (payloads/webhook-call-permission-reply-auto-revoked.json).
+        an automatic reject reply
+        (tests/fixtures/payloads/webhook-call-permission-reply-auto-revoked.json).
 
         ASSUMPTION: only what the user did counts (declined, or not picked up before the ring
         timeout); a call the business cancelled or that failed on media does not."""

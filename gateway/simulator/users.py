@@ -1,6 +1,6 @@
 """WhatsApp users as Meta knows them: call permission, how they behave, and Meta's counters.
 
-Rules from whatsapp-calling.md §3 (the ``call_permissions`` answer) and §10 (limits), per
+Rules from docs/meta-calling.md §3 (the ``call_permissions`` answer) and §10 (limits), per
 business number + user pair:
 
 - permission requests: 1 per 24 h and 2 per 7 days (138009); none while a permanent permission
@@ -10,7 +10,7 @@ business number + user pair:
 - a temporary permission lasts 7 days from approval; an expired one reads ``no_permission``;
   a permanent one (``is_permanent``, since Nov 2025) never expires and shares the call limit.
 
-Identity (whatsapp-calling-2026.md §1): every user has a business-scoped user id (BSUID,
+Identity (docs/meta-2026-identity.md §1): every user has a business-scoped user id (BSUID,
 ``US.1000…``; a parent BSUID only for enrolled managed businesses) next to the number Meta
 knows them by. A user with a username has the number left out of webhooks (``from``/``wa_id``
 absent, not empty) unless this business number was in contact with that number in the last
@@ -45,9 +45,11 @@ CALL_LIMITS = (("PT24H", DAY, 100),)
 """§10/§14: 100 connected business-initiated calls per 24 h (the sample's 5 is outdated)."""
 UNANSWERED_TO_REVOKE = 4
 CONTACT_WINDOW_S = 30 * DAY
-"""§1: a number stays visible to a business number for 30 days after contact."""
+"""docs/meta-2026-identity.md §1: a number stays visible to a business number for 30 days after
+contact."""
 BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
-"""§1: ISO-3166 alpha-2, a period, up to 128 alphanumerics (parents contain ``ENT``)."""
+"""docs/meta-2026-identity.md §1: ISO-3166 alpha-2, a period, up to 128 alphanumerics (parents
+contain ``ENT``)."""
 COUNTRY_BY_CODE = (("55", "BR"), ("52", "MX"), ("44", "GB"), ("49", "DE"), ("34", "ES"),
                    ("91", "IN"), ("62", "ID"), ("1", "US"))
 """Enough calling codes for test users; others get ``US`` (ASSUMPTION: only the prefix's
@@ -219,7 +221,8 @@ class PairCounters:
     unanswered_streak: int = 0
     """Business-initiated calls in a row the user declined or did not answer."""
     number_contact_at: float | None = None
-    """Last contact between this business number and the user's *number* (§1's 30 days).
+    """Last contact between this business number and the user's *number* (docs/meta-2026-identity.md
+    §1's 30 days).
 
     ASSUMPTION (the safe reading): only contacts where the number was used count -- the
     business messaged or called it by ``to``, or a webhook from the user carried it. A call
@@ -236,7 +239,8 @@ class PairCounters:
 
 
 def number_visible(user: SimulatedUser, counters: PairCounters, now: float) -> bool:
-    """§1: is the user's number shown to this business number (``from``, ``wa_id``, ``to``,
+    """docs/meta-2026-identity.md §1: is the user's number shown to this business number (``from``,
+    ``wa_id``, ``to``,
     ``recipient_id``)? Hidden only for a user with a username, outside the contact book,
     without a number contact in the last 30 days."""
     if not user.wa_id:
@@ -276,7 +280,8 @@ def call_limits(counters: PairCounters, now: float) -> list[dict[str, Any]]:
 
 
 def permissions_body(user: SimulatedUser, counters: PairCounters, now: float) -> dict[str, Any]:
-    """``GET call_permissions`` answer, shaped like payloads/response-get-call-permissions.json.
+    """``GET call_permissions`` answer, shaped like
+    tests/fixtures/payloads/response-get-call-permissions.json.
 
     ASSUMPTION: ``can_perform_action`` of send_call_permission_request is false while a
     permanent permission exists (it would fail with 138017) or a limit is exhausted; of

@@ -1,4 +1,4 @@
-"""Webhook bodies turned into typed events, leniently (whatsapp-calling.md §6-7).
+"""Webhook bodies turned into typed events, leniently (docs/meta-calling.md §6-7).
 
 Meta's documents and its deliveries disagree on types (``status`` as a list or a string,
 ``duration`` as a string or a number, errors at two levels), add fields over time and batch
@@ -51,7 +51,8 @@ class CallEvent:
     deeplink_payload: str | None = None
     errors: tuple[MetaError, ...] = ()
     user_id: str = ""
-    """The user's BSUID (``from_user_id`` of a user's call, ``to_user_id`` of ours, §1)."""
+    """The user's BSUID (``from_user_id`` of a user's call, ``to_user_id`` of ours,
+    docs/meta-2026-identity.md §1)."""
     parent_user_id: str = ""
     username: str = ""
     """``contacts[].profile.username``, only if the user adopted one."""
@@ -81,7 +82,8 @@ class StatusEvent:
     biz_opaque_callback_data: str | None = None
     errors: tuple[MetaError, ...] = ()
     recipient_user_id: str = ""
-    """§1/§6: ``recipient_user_id``; ``recipient_id`` is left out for username users."""
+    """docs/meta-2026-identity.md §1/§6: ``recipient_user_id``; ``recipient_id`` is left out for
+    username users."""
 
     @property
     def dedup_key(self) -> tuple:
@@ -106,7 +108,8 @@ class PermissionReply:
     response_source: str  # "user_action" | "automatic"
     context_id: str | None = None
     user_id: str = ""
-    """``messages[].from_user_id`` (§1 [UCP]); ``user`` (``from``) may then be empty."""
+    """``messages[].from_user_id`` (docs/meta-2026-identity.md §1); ``user`` (``from``) may
+    then be empty."""
     parent_user_id: str = ""
     username: str = ""
 
@@ -122,7 +125,8 @@ class PermissionReply:
 
 @dataclass(frozen=True)
 class UserIdChanged:
-    """A ``system`` message of type ``user_changed_user_id`` (§1): the user changed phone
+    """A ``system`` message of type ``user_changed_user_id`` (docs/meta-2026-identity.md §1): the
+    user changed phone
     number, so Meta gave them a new BSUID.
 
     ASSUMPTION: the reference names the message but shows no sample. Read leniently: the old
@@ -290,7 +294,8 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
 
 
 def _contacts(value: dict) -> list[dict[str, str]]:
-    """``contacts[]`` as flat dicts (wa_id, user_id, parent_user_id, name, username): §1 adds
+    """``contacts[]`` as flat dicts (wa_id, user_id, parent_user_id, name, username):
+    docs/meta-2026-identity.md §1 adds
     the ids and ``profile.username``, and leaves ``wa_id`` out for username users."""
     out = []
     for c in _list(value.get("contacts")):

@@ -1,4 +1,4 @@
-"""Graph API calls the gateway makes: the ``/calls`` actions (whatsapp-calling.md §2).
+"""Graph API calls the gateway makes: the ``/calls`` actions (docs/meta-calling.md §2).
 
 Errors are branched on ``error.code`` only (the one documented stable field) and carried as
 :class:`GraphError` so callers can map Meta codes to Q.850 causes and metrics. Every request has
@@ -171,7 +171,7 @@ class GraphClient:
     async def connect(self, phone_number_id: str, to: str, sdp: str,
                       callback_data: str | None = None) -> str:
         """Start a business-initiated call; returns Meta's call id (wacid). ``to`` is the
-        user's number, or a BSUID, which goes as ``recipient`` (2026 §1)."""
+        user's number, or a BSUID, which goes as ``recipient`` (docs/meta-2026-identity.md §1)."""
         body: dict[str, Any] = {"messaging_product": "whatsapp", **recipient_fields(to),
                                 "action": "connect",
                                 "session": {"sdp_type": "offer", "sdp": sdp}}
@@ -183,7 +183,7 @@ class GraphClient:
         except (KeyError, IndexError, TypeError):
             raise GraphError("connect", f"answer has no calls[0].id: {data}") from None
 
-    # ---- outbound calls: messages and call permissions (whatsapp-calling.md §3, §5) -------
+    # ---- outbound calls: messages and call permissions (docs/meta-calling.md §3, §5) -------
 
     async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> str:
         """``POST /{pnid}/messages`` (§5); returns Meta's message id (``wamid.``...).
@@ -209,6 +209,7 @@ class GraphClient:
                 while recent and loop.time() - recent[0] >= 1.0:
                     recent.popleft()
             recent.append(loop.time())
-        # 2026 §1: a user known only by BSUID is looked up with ``recipient=``.
+        # docs/meta-2026-identity.md §1: a user known only by BSUID is looked up with
+        # ``recipient=``.
         query = {"recipient": user_wa_id} if is_bsuid(user_wa_id) else {"user_wa_id": user_wa_id}
         return await self._get(phone_number_id, "call_permissions", "call_permissions", query)

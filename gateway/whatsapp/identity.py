@@ -3,7 +3,7 @@
 Since April 2026 Meta identifies users by a business-scoped user id (BSUID, ``US.1349…``;
 parent BSUIDs ``US.ENT.…``) next to, or instead of, their phone number: a user with a username
 and no recent contact with the business number arrives with no number at all
-(whatsapp-calling-2026.md §1). Records, logs, metrics and the permission ledger all key a user
+(docs/meta-2026-identity.md §1). Records, logs, metrics and the permission ledger all key a user
 with :func:`user_key`: the number when there is one, in the one canonical form of
 :func:`canonical_number`, else the BSUID. When both are known the ledger links them, so either
 finds the same user.
@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass
 
 BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
-"""§1: ISO-3166 alpha-2 country, a period, up to 128 alphanumerics; parents contain ``ENT``."""
+"""docs/meta-2026-identity.md §1: ISO-3166 alpha-2 country, a period, up to 128 alphanumerics;
+parents contain ``ENT``."""
 E164_DIGITS = re.compile(r"[1-9]\d{6,14}")
 
 
@@ -68,7 +69,8 @@ class WhatsAppUser:
     """The user on the far side of a call or a permission reply, as Meta described them."""
 
     wa_id: str = ""
-    """The phone number (wa_id), digits; empty when Meta left it out (§1)."""
+    """The phone number (wa_id), digits; empty when Meta left it out (docs/meta-2026-identity.md
+    §1)."""
     user_id: str = ""
     """The BSUID; empty in payloads from before April 2026."""
     parent_user_id: str = ""
@@ -81,7 +83,7 @@ class WhatsAppUser:
 
     @property
     def linkable(self) -> bool:
-        """Both number and BSUID known: the ledger links them (§1)."""
+        """Both number and BSUID known: the ledger links them (docs/meta-2026-identity.md §1)."""
         return bool(self.wa_id and self.user_id)
 
 

@@ -1,5 +1,5 @@
 """Bodies of the ``POST /{PHONE_NUMBER_ID}/messages`` requests that drive calling
-(whatsapp-calling.md §5): the call-permission request and the voice-call button.
+(docs/meta-calling.md §5): the call-permission request and the voice-call button.
 
 Checked here, before any request, against Meta's documented bounds, so a CRM or an admin gets
 an error naming the field (``ValueError("display_text: ...")``) instead of Meta's error 100.
@@ -32,7 +32,7 @@ def _check_body_text(body_text: str | None, required: bool) -> str | None:
 
 def recipient_fields(user: str) -> dict[str, str]:
     """Who a message or a call is for: ``{"to": number}``, or ``{"recipient": BSUID}`` for a
-    user known only by their business-scoped user id (whatsapp-calling-2026.md §1)."""
+    user known only by their business-scoped user id (docs/meta-2026-identity.md §1)."""
     user = user.strip()
     return {"recipient": user} if is_bsuid(user) else {"to": user.lstrip("+")}
 

@@ -1,4 +1,4 @@
-"""Users as Meta names them since 2026 (whatsapp-calling-2026.md §1-2), with the simulator and
+"""Users as Meta names them since 2026 (docs/meta-2026-identity.md §1-2), with the simulator and
 the real Asterisk: a username caller with no number walks the sample IVR and the dialplan sees
 its BSUID; the business calls a user by BSUID (``recipient``); a permanent permission outlives
 the 7-day clock of a temporary one."""

@@ -1,6 +1,6 @@
 """A minimal business written from the reference alone, for the simulator's tests.
 
-What whatsapp-calling.md §8 describes, nothing more: a webhook receiver that checks Meta's
+What docs/meta-calling.md §8 describes, nothing more: a webhook receiver that checks Meta's
 signature, and real WebRtcLegs that answer the phone's offer, with pre_accept / accept /
 terminate sent over HTTP. No gateway code runs.
 """
@@ -23,12 +23,12 @@ from gateway.simulator.cloud_api import CloudApiSimulator
 USER_ID_KEYS = frozenset({
     "user_id", "parent_user_id", "from_user_id", "from_parent_user_id", "to_user_id",
     "to_parent_user_id", "recipient_user_id", "recipient_parent_user_id"})
-"""Fields whatsapp-calling-2026.md §1 added to every webhook since April 2026 (BSUIDs)."""
+"""Fields docs/meta-2026-identity.md §1 added to every webhook since April 2026 (BSUIDs)."""
 
 
 def pre_bsuid(obj: Any) -> Any:
-    """``obj`` without the 2026 BSUID fields: what a pre-2026 sample in payloads/ shows, so a
-    body can still be compared with it key for key."""
+    """``obj`` without the 2026 BSUID fields: what a pre-2026 sample in
+    tests/fixtures/payloads/ shows, so a body can still be compared with it key for key."""
     if isinstance(obj, dict):
         return {k: pre_bsuid(v) for k, v in obj.items() if k not in USER_ID_KEYS}
     if isinstance(obj, list):

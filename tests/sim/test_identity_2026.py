@@ -1,6 +1,7 @@
-"""The simulator against whatsapp-calling-2026.md: BSUIDs and usernames in webhooks (§1),
+"""The simulator against docs/meta-2026-identity.md: BSUIDs and usernames in webhooks (§1),
 ``recipient`` for connect, messages and call_permissions, permanent permissions and the call
-limit (§2), Brazil's ninth digit and Mexico's 521, and expired Graph versions (§7)."""
+limit (docs/meta-2026-identity.md §2), Brazil's ninth digit and Mexico's 521, and expired Graph
+versions (docs/meta-2026-identity.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Users as Meta names them in 2026 (whatsapp-calling-2026.md §1-2): the one user key, the
+"""Users as Meta names them in 2026 (docs/meta-2026-identity.md §1-2): the one user key, the
 payloads with BSUIDs and usernames, the ledger keying, linking and re-keying users, 138012's
 next-allowed time, the username caller id, migration 3 and the Graph version warning."""
 
@@ -376,8 +376,9 @@ def test_check_config_warns_on_an_expired_version(tmp_path: Path):
 
 
 async def test_meta_permanent_permission_answer_by_bsuid(ledger):
-    """payloads/response-get-call-permissions-permanent.json, as GET call_permissions?recipient=
-    answers it: permanent, no expiry, no request possible, 3 of 100 calls used."""
+    """tests/fixtures/payloads/response-get-call-permissions-permanent.json, as GET
+    call_permissions?recipient= answers it: permanent, no expiry, no request possible, 3 of
+    100 calls used."""
     answer = fixture("response-get-call-permissions-permanent.json")
     await ledger.apply_meta_permissions(PNID, BSUID, answer)
     state = await ledger.get(PNID, BSUID)
