@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.whatsapp.identity import WhatsAppUser
+from gateway.whatsapp.identity import WhatsAppUser, canonical_number
 
 
 class MalformedWebhook(ValueError):
@@ -310,7 +310,8 @@ def _contacts(value: dict) -> list[dict[str, str]]:
 def _contact_for(contacts: list[dict[str, str]], wa_id: str, user_id: str) -> dict[str, str]:
     """The contact entry of this user: by BSUID, by number, or the only one there is."""
     for c in contacts:
-        if (user_id and c["user_id"] == user_id) or (wa_id and c["wa_id"] == wa_id):
+        if (user_id and c["user_id"] == user_id) or (
+                wa_id and canonical_number(c["wa_id"]) == canonical_number(wa_id)):
             return c
     return contacts[0] if len(contacts) == 1 and not (wa_id and contacts[0]["wa_id"]) else {}
 

@@ -389,3 +389,13 @@ async def test_meta_permanent_permission_answer_by_bsuid(ledger):
                                           "next_allowed_at": None}]
     assert state["can_call"]["allowed"]
     assert state["can_request"]["reason"] == "permanent_exists"
+
+
+def test_contact_found_for_the_dialled_brazilian_number_form():
+    body = fixture("webhook-connect-business-initiated.json")
+    value = body["entry"][0]["changes"][0]["value"]
+    value["calls"][0]["to"] = "5511987654321"  # as dialled
+    value["contacts"] = [{"wa_id": "551187654321", "user_id": BSUID,
+                          "profile": {"username": "br"}}]  # Meta's wa_id, no ninth digit
+    (ev,) = parse_webhook(body).events
+    assert (ev.user_id, ev.username) == (BSUID, "br")
