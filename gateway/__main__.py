@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, graph_version_warning, load_config
 
 log = logging.getLogger("gateway")
 
@@ -53,6 +53,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"{config.asterisk.ami.username}, codec {config.asterisk.codec}")
     print(f"  Graph API {config.whatsapp.graph_url}; webhook on "
           f"http://{config.http.host}:{config.http.port}/webhook")
+    warning = graph_version_warning(config.whatsapp.graph_url)
+    if warning:
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,8 @@ permission requests). Bearer-token auth from ``api.tokens``; every error is JSON
 or reason named, so a CRM developer can act on it without reading logs.
 
     POST   /v1/calls                 {"to": "+5511...", "phone_number_id": "...",
-                                      "context": "agents", "extension": "100"}  or "channel"
+                                      "context": "agents", "extension": "100"}  or "channel";
+                                     "recipient": "US.1349..." (a BSUID) instead of "to"
     GET    /v1/calls/{id}            state of an outbound call placed through the API
     DELETE /v1/calls/{id}            hang it up
     GET    /v1/calls?since=&until=&direction=&outcome=&limit=&format=csv   call records
@@ -33,6 +34,7 @@ from gateway.config import Config
 from gateway.store import filters_from_query, parse_time
 from gateway.whatsapp.graph import GraphError
 from gateway.whatsapp.webhook import same_secret
+from gateway.whatsapp.identity import is_bsuid
 
 E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
 CONTEXT = re.compile(r"[A-Za-z0-9_.+-]{1,79}")
@@ -81,7 +83,9 @@ def call_state(call: OutboundCall) -> dict[str, Any]:
     return {
         "id": call.gateway_id, "state": call.state,
         "wacid": rec.wacid if rec.wacid and rec.wacid != call.gateway_id else None,
-        "status": call.status.value if call.status else None, "to": f"+{rec.to_number}",
+        "status": call.status.value if call.status else None,
+        "to": f"+{rec.to_number}" if rec.to_number else None,
+        "recipient": rec.user_id or None, "username": rec.username or None,
         "phone_number_id": rec.phone_number_id, "asterisk_channel": rec.channel or None,
         "outcome": rec.outcome.value, "reason": rec.reason or None,
         "meta_error_code": rec.meta_error_code, "q850_cause": rec.q850_cause,
@@ -111,16 +115,25 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
     app.middlewares.append(auth)
 
     async def recipient(request: web.Request) -> tuple[dict, str, str]:
-        """The JSON body, the WhatsApp user (E.164 digits) and the business number id."""
+        """The JSON body, the WhatsApp user (E.164 digits, or a BSUID given as ``recipient``
+        -- docs/meta-2026-identity.md §1 -- or in ``to``) and the business number id."""
         try:
             body = strict_json.loads(await request.read())
         except strict_json.StrictJsonError as exc:
             raise _bad_request(str(exc), field=exc.field) from None
         if not isinstance(body, dict):
             raise _bad_request("body must be a JSON object")
-        to = str(body.get("to", ""))
-        if not E164.match(to):
-            raise _bad_request("to: must be an E.164 number like +5511987650000", field="to")
+        if body.get("recipient") is not None and body.get("to") is None:
+            target = str(body["recipient"])
+            if not is_bsuid(target):
+                raise _bad_request("recipient: must be a BSUID like US.13491208655302741918",
+                                   field="recipient")
+            to = target
+        else:
+            to = str(body.get("to", ""))
+            if not E164.match(to) and not is_bsuid(to):
+                raise _bad_request("to: must be an E.164 number like +5511987650000 (or give "
+                                   "a BSUID as recipient)", field="to")
         pnid = body.get("phone_number_id")
         if pnid is None and len(config.numbers) == 1:
             pnid = config.numbers[0].phone_number_id
@@ -130,7 +143,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         if config.number(str(pnid)) is None:
             raise _bad_request(f"phone_number_id: {pnid} is not a configured number",
                          field="phone_number_id")
-        return body, to.lstrip("+"), str(pnid)
+        return body, to.strip().lstrip("+"), str(pnid)
 
     async def create_call(request: web.Request) -> web.Response:
         body, to, pnid = await recipient(request)

@@ -34,7 +34,7 @@ from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
 from gateway.settings import route_for
 from gateway.store import CallStore, StoreObserver
-from gateway.whatsapp.events import CallEvent, Event, PermissionReply
+from gateway.whatsapp.events import CallEvent, Event, PermissionReply, UserIdChanged
 from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
 
@@ -193,6 +193,10 @@ class Gateway:
         self.calls.event_hooks.append(self._permission_reply)
 
     def _permission_reply(self, event: Event) -> bool:
+        if isinstance(event, UserIdChanged) and self.ledger is not None:
+            # docs/meta-2026-identity.md §1: re-key the user
+            self.calls._spawn(self.ledger.change_user_id(event))
+            return True
         if not isinstance(event, PermissionReply) or self.ledger is None:
             return False
         self.calls._spawn(self.ledger.apply_reply(event))

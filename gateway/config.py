@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,73 @@ class Secret:
 @dataclass(frozen=True)
 class WhatsAppSettings:
     graph_url: str
-    """Graph API base with version, e.g. https://graph.facebook.com/v23.0 (or the simulator)."""
+    """Graph API base with version, e.g. https://graph.facebook.com/v25.0 (or the simulator)."""
     access_token: Secret
     app_secret: Secret
     verify_token: Secret
     graph_timeout_s: float = 10.0
+
+
+GRAPH_VERSIONS_UNTIL: dict[int, str | None] = {
+    17: "2025-09-12", 18: "2025-09-12", 19: "2025-09-12", 20: "2025-09-12",
+    21: "2027-01-21", 22: "2027-05-20", 23: "2027-05-20", 24: "2027-05-20",
+    25: "2028-07-29", 26: None,
+}
+"""Last day each Graph API version works (docs/meta-2026-identity.md §7; None: not announced).
+Where the reference gives a range (v17-v20 "expired 2025-09-12 to 2026-09-24", v22-v24 "2027-05-20
+to 2028-02-18") the earliest date is taken, so the warning never comes too late."""
+GRAPH_VERSION_WARN_DAYS = 90
+
+
+def graph_version_warning(graph_url: str, today: str | None = None) -> str | None:
+    """A warning for ``check-config`` when ``whatsapp.graph_url``'s version has expired (or
+    will within 90 days); None when it is current. ``today`` is ``YYYY-MM-DD`` (UTC)."""
+    m = re.search(r"/v(\d+)\.(\d+)/?$", graph_url)
+    if not m:
+        return None
+    today = today or time.strftime("%Y-%m-%d", time.gmtime())
+    major = int(m.group(1))
+    version = f"v{major}.{m.group(2)}"
+    if major < min(GRAPH_VERSIONS_UNTIL):
+        return f"whatsapp.graph_url: Graph API {version} expired long ago; use v25.0 or v26.0"
+    if major not in GRAPH_VERSIONS_UNTIL:
+        return None  # newer than this gateway knows: nothing to say
+    until = GRAPH_VERSIONS_UNTIL[major]
+    if until is None:
+        return None
+    if today > until:
+        return (f"whatsapp.graph_url: Graph API {version} expired on {until}: Meta refuses "
+                f"it; use v25.0 or v26.0")
+    left = (time.mktime(time.strptime(until, "%Y-%m-%d"))
+            - time.mktime(time.strptime(today, "%Y-%m-%d"))) / 86400
+    if left <= GRAPH_VERSION_WARN_DAYS:
+        return (f"whatsapp.graph_url: Graph API {version} is available only until {until} "
+                f"({left:.0f} days); move to v25.0 or v26.0")
+    return None
+
+
+USERNAME_PLACEHOLDERS = ("username", "profile_name", "user_id")
+
+
+@dataclass(frozen=True)
+class UsernameCallerId:
+    """CALLERID for a caller Meta gave no phone number (a username user, docs/meta-2026-identity.md
+    §1 of the
+    reference). Templates take ``{username}``, ``{profile_name}`` and ``{user_id}``.
+
+    The number is empty by default and may never look like a phone number: a made-up E.164
+    could be dialled back over a PSTN trunk and reach a stranger. ``{user_id}`` (the BSUID)
+    is allowed: dialled into ``to-whatsapp`` it calls the user back over WhatsApp."""
+
+    name: str = "{username}"
+    number: str = ""
+
+    def render(self, *, username: str, profile_name: str, user_id: str) -> tuple[str, str]:
+        """(name, number) for this caller; the name falls back to the profile name, then
+        to "WhatsApp", so CALLERID(name) is never empty."""
+        values = {"username": username, "profile_name": profile_name, "user_id": user_id}
+        name = self.name.format(**values).strip() or profile_name or "WhatsApp"
+        return name, self.number.format(**values).strip()
 
 
 @dataclass(frozen=True)
@@ -75,6 +138,8 @@ class NumberSettings:
     closed_extension: str = "s"
     calling: dict[str, Any] = field(default_factory=dict)
     """Meta calling settings for this number, as written in the YAML (validated by settings.py)."""
+    username_caller_id: UsernameCallerId = UsernameCallerId()
+    """CALLERID of callers without a phone number (username users)."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +337,39 @@ class _Reader:
         return PortRange(first, last)
 
 
+_PHONE_LIKE = re.compile(r"\+?[\d\s().-]{7,}")
+
+
+def _username_caller_id(r: _Reader, raw: Any, path: str) -> UsernameCallerId:
+    if raw is None:
+        return UsernameCallerId()
+    if not isinstance(raw, dict):
+        r.fail(path, "must be a mapping with name and/or number")
+        return UsernameCallerId()
+    r.unknown(raw, {"name", "number"}, path)
+    out = {}
+    for key, default in (("name", UsernameCallerId.name), ("number", UsernameCallerId.number)):
+        value = raw.get(key, default)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            r.fail(f"{path}.{key}", f"must be a string, got {type(value).__name__}")
+            continue
+        try:
+            value.format(**dict.fromkeys(USERNAME_PLACEHOLDERS, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            r.fail(f"{path}.{key}", f"unknown placeholder {exc} (use "
+                   + ", ".join("{" + p + "}" for p in USERNAME_PLACEHOLDERS) + ")")
+            continue
+        out[key] = value
+    number = out.get("number", "")
+    if _PHONE_LIKE.fullmatch(number.strip()):
+        r.fail(f"{path}.number", f"{number!r} looks like a phone number: a caller without one "
+               "must not get a made-up number that could be dialled back over PSTN (leave it "
+               "empty, or use a short extension, text or {user_id})")
+    return UsernameCallerId(**out)
+
+
 def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<memory>") -> Config:
     """Validate parsed YAML; raise :class:`ConfigError` listing every problem."""
     r = _Reader(dict(os.environ) if env is None else env)
@@ -283,11 +381,11 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     r.unknown(wa, {"graph_url", "access_token", "app_secret", "verify_token", "graph_timeout"},
               "whatsapp")
     graph_url = r.string(wa, "graph_url", "whatsapp.graph_url",
-                         default="https://graph.facebook.com/v23.0") or ""
+                         default="https://graph.facebook.com/v25.0") or ""
     if graph_url and not re.match(r"^https?://[^/]+/v\d+\.\d+/?$", graph_url):
         r.fail("whatsapp.graph_url",
                f"must be an http(s) URL ending in the API version, like "
-               f"https://graph.facebook.com/v23.0, got {graph_url!r}")
+               f"https://graph.facebook.com/v25.0, got {graph_url!r}")
     whatsapp = WhatsAppSettings(
         graph_url=graph_url.rstrip("/"),
         access_token=r.secret(wa, "access_token", "whatsapp.access_token"),
@@ -308,7 +406,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             r.fail(path, "must be a mapping with phone_number_id and context")
             continue
         r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
-                         "closed_context", "closed_extension", "calling"}, path)
+                         "closed_context", "closed_extension", "calling",
+                         "username_caller_id"}, path)
         pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
         if pnid and not pnid.isdigit():
             r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
@@ -335,6 +434,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             closed_extension=r.string(item, "closed_extension", f"{path}.closed_extension",
                                       default="s") or "s",
             calling=calling,
+            username_caller_id=_username_caller_id(r, item.get("username_caller_id"),
+                                                   f"{path}.username_caller_id"),
         ))
 
     ast = r.section(data, "asterisk", "asterisk")

@@ -220,7 +220,8 @@ class LogObserver(CallObserver):
     def call_admitted(self, record: CallRecord) -> None:
         call_log(self.logger, "admitted", wacid=record.wacid, channel_id=record.channel_id,
                  direction=record.direction.value, phone_number_id=record.phone_number_id,
-                 from_number=record.from_number, to_number=record.to_number)
+                 from_number=record.from_number, to_number=record.to_number,
+                 user=record.user_key, username=record.username)
 
     def call_rejected(self, record: CallRecord) -> None:
         call_log(self.logger, "rejected", wacid=record.wacid, channel_id=record.channel_id,

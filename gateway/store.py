@@ -47,7 +47,7 @@ COLUMNS = (
     "outcome", "reason", "end_reason", "hangup_side", "q850_cause", "meta_error_code",
     "meta_error_text",
     "packets_in", "packets_out", "packets_lost", "jitter_seconds", "rtt_seconds",
-    "dtmf_in", "dtmf_out",
+    "dtmf_in", "dtmf_out", "user_id", "username",
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -90,6 +90,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE calls ADD COLUMN end_reason TEXT
     """,
+    # 3: who the WhatsApp user is when there is no number: BSUID and username
+    # (docs/meta-2026-identity.md §1)
+    """
+    ALTER TABLE calls ADD COLUMN user_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN username TEXT NOT NULL DEFAULT '';
+    CREATE INDEX calls_user_id ON calls (user_id)
+    """,
 )
 
 # CSV columns: (header, how to get it from a record). Times as CDR writes them.
@@ -102,6 +109,8 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[CallRecord, tzinfo], Any]], ...] = (
     ("from", lambda r, tz: r.from_number),
     ("to", lambda r, tz: r.to_number),
     ("profile_name", lambda r, tz: r.profile_name),
+    ("user_id", lambda r, tz: r.user_id),
+    ("username", lambda r, tz: r.username),
     ("context", lambda r, tz: r.context),
     ("webhook_time", lambda r, tz: _cdr_time(r.webhook_at, tz)),
     ("answer_time", lambda r, tz: _cdr_time(r.answered_at, tz)),

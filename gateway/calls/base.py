@@ -18,7 +18,7 @@ from typing import Any
 from gateway.asterisk.ami import format_caller_id
 from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, EndReason, HangupSide
-from gateway.config import Config
+from gateway.config import Config, NumberSettings, UsernameCallerId
 from gateway.media.codecs import ASTERISK_CODECS
 from gateway.media.ports import PortPool
 from gateway.media.rtp_leg import AsteriskRtpLeg
@@ -51,6 +51,25 @@ def caller_id(profile_name: str, number: str) -> str:
     them in ``CALLERID(name)``)."""
     name = re.sub(r"\s+", " ", re.sub(r"[<>]", "", profile_name)).strip()
     return format_caller_id(name, number if number.startswith("+") else f"+{number}")
+
+
+def e164(number: str) -> str:
+    """``+digits``, or empty when there is no number."""
+    digits = number.lstrip("+")
+    return f"+{digits}" if digits else ""
+
+
+def user_caller_id(record: CallRecord, number: NumberSettings | None) -> str:
+    """CALLERID of the WhatsApp user: ``"Profile name" <+E164>`` when Meta gave the number;
+    for a username caller without one, what the number's ``username_caller_id`` says (the
+    username as name and an empty number by default)."""
+    if record.user_number:
+        return caller_id(record.profile_name, record.user_number)
+    template = number.username_caller_id if number is not None else UsernameCallerId()
+    name, num = template.render(username=record.username, profile_name=record.profile_name,
+                                user_id=record.user_id)
+    name = re.sub(r"\s+", " ", re.sub(r"[<>]", "", name)).strip()
+    return format_caller_id(name, num)
 
 
 ORIGINATE_REASONS = {
@@ -211,13 +230,17 @@ class Call:
         return self.rtp
 
     def _channel_variables(self, **extra: str) -> dict[str, str]:
+        """What the dialplan learns about the call. A user without a number (a username
+        caller, docs/meta-2026-identity.md §1) has ``WA_FROM``/``WA_USER`` empty -- never a
+        made-up number -- and is told apart by ``WA_USER_ID`` (the BSUID) and ``WA_USERNAME``."""
         rec = self.record
-        user = rec.from_number if rec.direction == "inbound" else rec.to_number
         return {
             "WA_CALL_ID": rec.wacid,
-            "WA_FROM": f"+{rec.from_number.lstrip('+')}",
-            "WA_TO": f"+{rec.to_number.lstrip('+')}",
-            "WA_USER": f"+{user.lstrip('+')}",
+            "WA_FROM": e164(rec.from_number),
+            "WA_TO": e164(rec.to_number),
+            "WA_USER": e164(rec.user_number),
+            "WA_USER_ID": rec.user_id,
+            "WA_USERNAME": rec.username,
             "WA_PHONE_NUMBER_ID": rec.phone_number_id,
             "WA_DIRECTION": rec.direction.value,
             "WA_CHANNEL_ID": self.channel_id,

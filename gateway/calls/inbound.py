@@ -18,7 +18,7 @@ import time
 import uuid
 
 from gateway.asterisk import causes
-from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
+from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, user_caller_id
 from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.config import NumberSettings
 from gateway.media.webrtc import NoCandidates, SdpError
@@ -40,7 +40,8 @@ class InboundCall(Call):
             phone_number_id=event.phone_number_id, from_number=event.from_number,
             to_number=event.to_number or event.display_phone_number,
             profile_name=event.profile_name, channel_id=f"wa-{uuid.uuid4().hex}",
-            context=self.context, webhook_at=time.time()))
+            context=self.context, webhook_at=time.time(), user_id=event.user_id,
+            username=event.username))
         self.last_event_ts = event.timestamp
         self.pre_accepted = False
 
@@ -102,7 +103,7 @@ class InboundCall(Call):
 
         await self._open_rtp_leg()
         await self._originate(
-            caller=caller_id(ev.profile_name, ev.from_number),
+            caller=user_caller_id(self.record, self.number),
             variables=self._channel_variables(
                 WA_CTA_PAYLOAD=ev.cta_payload or "",
                 WA_DEEPLINK_PAYLOAD=ev.deeplink_payload or "",
@@ -119,7 +120,7 @@ class InboundCall(Call):
         leg.outgoing.gate_open = True
         obs.call_event(self.record, "accepted")
         if deps.ledger is not None:  # a connected call resets the permission-request counters
-            await deps.ledger.record_user_call(ev.phone_number_id, ev.from_number)
+            await deps.ledger.record_user_call(ev.phone_number_id, ev.user)
 
     async def _teardown(self, outcome: Outcome | None) -> None:
         deps, rec, ev = self.deps, self.record, self.event

@@ -23,6 +23,7 @@ from gateway.media.sdp_offer import validate_offer
 from gateway.media.webrtc import SdpError
 from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook, StatusEvent
 from gateway.whatsapp.graph import GraphError
+from gateway.whatsapp.identity import parse_target
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,8 @@ class CallManager:
         record = CallRecord(
             wacid=ev.call_id, direction=Direction.INBOUND, phone_number_id=ev.phone_number_id,
             from_number=ev.from_number, to_number=ev.to_number or ev.display_phone_number,
-            profile_name=ev.profile_name, outcome=Outcome.REJECTED, reason=reason,
+            profile_name=ev.profile_name, user_id=ev.user_id, username=ev.username,
+            outcome=Outcome.REJECTED, reason=reason,
             end_reason=end_reason, hangup_side=HangupSide.GATEWAY)
         try:
             await self.deps.graph.reject(ev.phone_number_id, ev.call_id)
@@ -273,8 +275,14 @@ class CallManager:
 
     def dial_from_dialplan(self, ev: dict[str, str]) -> OutboundCall | None:
         """AMI ``UserEvent(WhatsAppDial,To: +E164,From: <business number>)`` from a waiting
-        channel (asterisk-conf/extensions.conf [to-whatsapp])."""
-        to = ev.get("To", "").strip().lstrip("+")
+        channel (asterisk-conf/extensions.conf [to-whatsapp]). ``To:`` may be a BSUID (or
+        given as ``Recipient:``): the call then goes to Meta as ``recipient``
+        (docs/meta-2026-identity.md §1)."""
+        try:
+            number_to, bsuid = parse_target(ev.get("Recipient") or ev.get("To"))
+        except ValueError:
+            number_to, bsuid = "", ""
+        to = number_to or bsuid
         source = ev.get("From", "").strip().lstrip("+")
         channel, uniqueid = ev.get("Channel", ""), ev.get("Uniqueid", "")
         numbers = self.deps.config.numbers
@@ -282,8 +290,8 @@ class CallManager:
                        (n.phone_number_id, (n.display_number or "").lstrip("+"))), None)
         if number is None and not source and len(numbers) == 1:
             number = numbers[0]
-        if not to.isdigit() or number is None or not channel:
-            why = "To: is not a number" if not to.isdigit() else \
+        if not to or number is None or not channel:
+            why = "To: is not a number or a BSUID" if not to else \
                 f"From: {source or '(missing)'} is not a configured business number" \
                 if number is None else "no channel"
             log.warning("WhatsAppDial from %s refused: %s", channel or "?", why)

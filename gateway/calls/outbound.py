@@ -19,12 +19,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.asterisk import causes
-from gateway.calls.base import Call, CallDeps, CallEnded, OriginateFailed, caller_id
-from gateway.calls.permissions import decide_call
+from gateway.calls.base import (
+    Call,
+    CallDeps,
+    CallEnded,
+    OriginateFailed,
+    caller_id,
+    user_caller_id,
+)
+from gateway.calls.permissions import decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.media.webrtc import NoCandidates, SdpError
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.graph import GraphError
+from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +100,8 @@ class DialRequest:
     """Who to call, from which number, and where the answered call goes."""
 
     to: str
-    """The WhatsApp user, E.164 digits (with or without '+')."""
+    """The WhatsApp user: E.164 digits (with or without '+'), or a BSUID (sent to Meta as
+    ``recipient``, docs/meta-2026-identity.md §1)."""
     phone_number_id: str
     agent_channel: str | None = None
     """Bridge the answered call to this waiting channel (dialplan-initiated)."""
@@ -108,12 +117,15 @@ class OutboundCall(Call):
         self.request = request
         self.gateway_id = f"wa-{uuid.uuid4().hex}"
         number = deps.config.number(request.phone_number_id)
+        self.number = number
+        bsuid = request.to.strip() if is_bsuid(request.to) else ""
         super().__init__(deps, CallRecord(
             wacid="", direction=Direction.OUTBOUND, phone_number_id=request.phone_number_id,
             from_number=(number.display_number if number and number.display_number
                          else request.phone_number_id),
-            to_number=request.to.lstrip("+"), channel_id=self.gateway_id,
-            context=request.context or "", webhook_at=time.time()))
+            to_number="" if bsuid else request.to.strip().lstrip("+"),
+            channel_id=self.gateway_id, context=request.context or "", webhook_at=time.time(),
+            user_id=bsuid))
         self.status: DialStatus | None = None
         self.state = "checking"
         """checking → calling → ringing → answered → ended (for GET /v1/calls/{id})."""
@@ -121,14 +133,29 @@ class OutboundCall(Call):
         self._picked_up = asyncio.Event()
         self.ringing_at: float | None = None
 
+    @property
+    def user(self) -> WhatsAppUser:
+        """Who is called, with what Meta's webhooks told us since (number and BSUID)."""
+        return WhatsAppUser(wa_id=self.record.to_number, user_id=self.record.user_id,
+                            username=self.record.username)
+
+    def _learn(self, user: WhatsAppUser) -> None:
+        """Fill in the number or BSUID the webhooks give (the dialled number is kept)."""
+        rec = self.record
+        rec.to_number = rec.to_number or user.wa_id
+        rec.user_id = rec.user_id or user.user_id
+        rec.username = rec.username or user.username
+
     # --- events from WhatsApp -------------------------------------------------------------------
 
     def connect_webhook(self, event: CallEvent) -> None:
         """Meta's connect webhook for our call carries the SDP answer."""
+        self._learn(event.user)
         if event.sdp and not self._answer_sdp.done():
             self._answer_sdp.set_result(event.sdp)
 
     def status_webhook(self, event: StatusEvent) -> None:
+        self._learn(event.user)
         if event.status == "RINGING":
             self.state = "ringing" if self.state == "calling" else self.state
             self.ringing_at = self.ringing_at or time.time()
@@ -189,8 +216,9 @@ class OutboundCall(Call):
             self.record.meta_error_text = exc.meta_message
             self.status = META_STATUS.get(exc.code or 0, DialStatus.FAILED)
             if self.deps.ledger is not None and exc.code:
-                await self.deps.ledger.apply_meta_error(self.record.phone_number_id,
-                                                        self.record.to_number, exc.code)
+                await self.deps.ledger.apply_meta_error(
+                    self.record.phone_number_id, self.user, exc.code,
+                    retry_at=next_allowed_at(exc.error_data, self.deps.ledger.clock()))
             self._finish(HangupSide.WHATSAPP, str(exc), EndReason.META_API_ERROR)
             outcome = Outcome.REJECTED if self.status != DialStatus.FAILED else Outcome.FAILED
         except (SdpError, OriginateFailed, NoCandidates) as exc:
@@ -212,7 +240,7 @@ class OutboundCall(Call):
         if ledger is None:
             return True
         decision = await decide_call(self.deps.graph, ledger, self.record.phone_number_id,
-                                     self.record.to_number)
+                                     self.request.to.strip().lstrip("+"))
         if decision.allowed:
             return True
         self.status = LEDGER_STATUS.get(decision.reason, DialStatus.NO_PERMISSION)
@@ -227,7 +255,7 @@ class OutboundCall(Call):
         offer = await leg.offer()
         self.state = "calling"
         wacid = await self._until_end(deps.graph.connect(
-            self.record.phone_number_id, self.record.to_number, offer,
+            self.record.phone_number_id, self.request.to.strip().lstrip("+"), offer,
             callback_data=self.gateway_id))
         self.record.wacid = wacid
         # Recorded from here on: the call record is keyed by Meta's call id.
@@ -257,7 +285,8 @@ class OutboundCall(Call):
         rec.answered_at = time.time()
         await self._open_rtp_leg()
         variables = self._channel_variables()
-        caller = caller_id("WhatsApp", rec.to_number)
+        caller = caller_id("WhatsApp", rec.to_number) if rec.to_number \
+            else user_caller_id(rec, self.number)
         if req.agent_channel:
             await self._set_agent_status(DialStatus.ANSWER)
             await self._originate(caller=caller, variables=variables,
@@ -320,8 +349,8 @@ class OutboundCall(Call):
         if deps.ledger is not None and rec.wacid and self.status in (
                 DialStatus.ANSWER, DialStatus.REJECTED, DialStatus.NOANSWER):
             try:
-                await deps.ledger.record_call_result(rec.phone_number_id, rec.to_number,
-                                                     answered=self.answered, now=time.time(),
+                await deps.ledger.record_call_result(rec.phone_number_id, self.user,
+                                                     answered=self.answered,
                                                      call_id=rec.wacid)
             except Exception:
                 log.exception("outbound %s: ledger update failed", rec.wacid)
@@ -331,4 +360,4 @@ class OutboundCall(Call):
         if not rec.wacid:  # Meta never assigned an id (refused before or at connect): the
             rec.wacid = self.gateway_id  # record is still kept, under our id
         deps.observer.call_ended(rec)
-        log.info("outbound call to +%s: %s (%s)", rec.to_number, self.status, why)
+        log.info("outbound call %s to %s: %s (%s)", rec.wacid, rec.user_key, self.status, why)

@@ -12,11 +12,19 @@ Sources of truth, weakest first: the ledger's own bookkeeping (requests sent, ca
 the unanswered streak), permission-reply webhooks, and Meta's own answers (the
 ``call_permissions`` GET and error codes). Meta's answer wins whenever it disagrees.
 
-Storage: three tables (``permissions``, ``permission_requests``, ``business_calls``) in the
-gateway's database file, created with ``CREATE TABLE IF NOT EXISTS`` on a connection of our own
-(WAL mode, so :mod:`gateway.store` reads and writes the same file alongside); ``PRAGMA
-user_version`` belongs to the call store and is left alone. SQLite is blocking, so every
-statement runs in one dedicated worker thread and the event loop only awaits it.
+Users are keyed as :mod:`gateway.whatsapp.identity` decides (the ``wa_id`` columns hold that
+key): the canonical number (Brazil's ninth digit and Mexico's 521 folded), or the BSUID of a
+user Meta gave no number (docs/meta-2026-identity.md §1). ``user_links`` links a BSUID to its number
+once both were
+seen, so a reply or a call that names only one of them lands on the same row;
+``user_changed_user_id`` moves a user to the new BSUID (:meth:`PermissionLedger.change_user_id`).
+
+Storage: four tables (``permissions``, ``permission_requests``, ``business_calls``,
+``user_links``) in the gateway's database file, created with ``CREATE TABLE IF NOT EXISTS``
+on a connection of our own (WAL mode, so :mod:`gateway.store` reads and writes the same file
+alongside); ``PRAGMA user_version`` belongs to the call store and is left alone. SQLite is
+blocking, so every statement runs in one dedicated worker thread and the event loop only
+awaits it.
 """
 
 from __future__ import annotations
@@ -30,16 +38,21 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.sqlite_thread import DatabaseClosed, SqliteThread
-from gateway.whatsapp.events import PermissionReply, as_int
+from gateway.whatsapp.events import PermissionReply, UserIdChanged, as_int
 from gateway.whatsapp.graph import GraphClient, GraphError
+from gateway.whatsapp.identity import WhatsAppUser, canonical_number, is_bsuid, user_key
 from gateway.whatsapp.messages import permission_request_body, voice_call_body
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+User = str | WhatsAppUser
+"""A user as callers name one: a number (any form), a BSUID, or what a webhook said."""
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -187,6 +200,11 @@ CREATE TABLE IF NOT EXISTS business_calls (
 CREATE INDEX IF NOT EXISTS business_calls_pair ON business_calls (phone_number_id, wa_id, at);
 CREATE UNIQUE INDEX IF NOT EXISTS business_calls_call ON business_calls (call_id)
     WHERE call_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS user_links (
+    user_id TEXT PRIMARY KEY,
+    wa_id TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 """``counted = 0`` marks rows that no longer count toward a limit: requests reset by a connected
 call, or rows Meta's ``current_usage`` says it does not count. ``origin = 'meta'`` marks rows
@@ -246,9 +264,12 @@ class PermissionLedger:
     in one transaction. ``now`` (unix seconds) defaults to the current time; tests pass it."""
 
     def __init__(self, path: str | Path, *, limits: Limits | None = None,
-                 display_numbers: Mapping[str, str] | None = None):
+                 display_numbers: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.time):
         self.path = str(path)
         self.limits = limits or Limits()
+        self.clock = clock
+        """Unix time "now" when a method is given none: tests move it (a 7-day-old grant)."""
         self._display_numbers: dict[str, str] = dict(display_numbers or {})
         self._meta_country_blocked: set[str] = set()
         self._sql = SqliteThread(path, "permissions", LedgerClosed)
@@ -258,11 +279,24 @@ class PermissionLedger:
 
     @classmethod
     async def open(cls, path: str | Path, *, limits: Limits | None = None,
-                   display_numbers: Mapping[str, str] | None = None) -> PermissionLedger:
+                   display_numbers: Mapping[str, str] | None = None,
+                   clock: Callable[[], float] = time.time) -> PermissionLedger:
         """Open (creating the file, its folder and the ledger's tables if needed)."""
-        ledger = cls(path, limits=limits, display_numbers=display_numbers)
-        await ledger._sql.open(lambda db: db.executescript(f"BEGIN; {SCHEMA} COMMIT;"))
+        ledger = cls(path, limits=limits, display_numbers=display_numbers, clock=clock)
+        await ledger._sql.open(ledger._create)
         return ledger
+
+    def _create(self, db: sqlite3.Connection) -> None:
+        """Tables, then rows filed under a number form that is not canonical (ledgers written
+        before the Brazil/Mexico folding) moved to the canonical key."""
+        db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
+        db.execute("BEGIN IMMEDIATE")
+        keys = {r[0] for table in ("permissions", "permission_requests", "business_calls")
+                for r in db.execute(f"SELECT DISTINCT wa_id FROM {table}")}
+        for key in keys:
+            if not is_bsuid(key) and canonical_number(key) != key:
+                self._merge(db, key, canonical_number(key))
+        db.execute("COMMIT")
 
     async def close(self) -> None:
         """Wait for queued work, then close the file. Safe to call twice."""
@@ -286,6 +320,77 @@ class PermissionLedger:
             return out
         return await self._run(work)
 
+    def _now(self, now: float | None) -> float:
+        return self.clock() if now is None else float(now)
+
+    async def _tx_user(self, fn: Callable[..., T], pnid: str, user: User, *args: Any,
+                       write: bool = True) -> T:
+        """:meth:`_tx` for a method on one pair: ``user`` becomes the ledger's key first
+        (linking number and BSUID when a webhook gave both, in a write transaction)."""
+        def keyed(db: sqlite3.Connection, *rest: Any) -> T:
+            return fn(db, pnid, self._key(db, user, link=write), *rest)
+        return await self._tx(keyed, *args, write=write)
+
+    def _key(self, db: sqlite3.Connection, user: User, *, link: bool) -> str:
+        """The ledger key of ``user`` (:func:`user_key`), through ``user_links`` for a BSUID
+        whose number is known."""
+        if isinstance(user, WhatsAppUser):
+            if user.linkable and link:
+                number = canonical_number(user.wa_id)
+                db.execute("INSERT INTO user_links (user_id, wa_id, updated_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (user_id) DO UPDATE SET wa_id = excluded.wa_id, "
+                           "updated_at = excluded.updated_at", (user.user_id, number, self.clock()))
+                self._merge(db, user.user_id, number)
+            if user.wa_id:
+                return canonical_number(user.wa_id)
+            user = user.user_id
+        user = user.strip()
+        if is_bsuid(user):
+            row = db.execute("SELECT wa_id FROM user_links WHERE user_id = ?", (user,)).fetchone()
+            return row[0] if row else user
+        return user_key(user)
+
+    @staticmethod
+    def _merge(db: sqlite3.Connection, old: str, new: str) -> None:
+        """Move every row keyed ``old`` to ``new`` (a BSUID-keyed user whose number became
+        known, or a new BSUID): requests and calls are kept; a permission row already under
+        ``new`` wins over the old one (it is the newer knowledge)."""
+        if old == new:
+            return
+        for table in ("permission_requests", "business_calls"):
+            db.execute(f"UPDATE {table} SET wa_id = ? WHERE wa_id = ?", (new, old))
+        db.execute("UPDATE OR IGNORE permissions SET wa_id = ? WHERE wa_id = ?", (new, old))
+        db.execute("DELETE FROM permissions WHERE wa_id = ?", (old,))
+
+    async def change_user_id(self, change: UserIdChanged) -> None:
+        """``user_changed_user_id`` (docs/meta-2026-identity.md §1): the user got a new BSUID. Links
+        and rows of the
+        old BSUID move to the new one.
+
+        ASSUMPTION (unconfirmed by Meta): the grant and the counters follow the person to the
+        new BSUID. If Meta disagrees, its 138006 / ``call_permissions`` answer corrects the
+        ledger on the next call (Meta's answer always wins)."""
+        def work(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT wa_id FROM user_links WHERE user_id = ?",
+                             (change.old_user_id,)).fetchone()
+            number = canonical_number(change.wa_id) or (row[0] if row else "")
+            db.execute("DELETE FROM user_links WHERE user_id = ?", (change.old_user_id,))
+            if number:
+                db.execute("INSERT OR REPLACE INTO user_links (user_id, wa_id, updated_at) "
+                           "VALUES (?, ?, ?)", (change.new_user_id, number, self.clock()))
+                self._merge(db, change.old_user_id, number)
+                if row and row[0] != number:
+                    self._merge(db, row[0], number)
+            else:
+                self._merge(db, change.old_user_id, change.new_user_id)
+            log.info("user %s is now %s (user_changed_user_id)", change.old_user_id,
+                     change.new_user_id)
+        await self._tx(work)
+
+    async def key_for(self, user: User) -> str:
+        """The key the ledger files ``user`` under (for logs and the API)."""
+        return await self._tx(lambda db: self._key(db, user, link=False), write=False)
+
     # ---- configuration -------------------------------------------------------------------
 
     def set_display_number(self, phone_number_id: str, display_number: str | None) -> None:
@@ -296,9 +401,9 @@ class PermissionLedger:
             self._display_numbers.pop(phone_number_id, None)
 
     @contextlib.asynccontextmanager
-    async def pair_lock(self, phone_number_id: str, user: str) -> AsyncIterator[None]:
+    async def pair_lock(self, phone_number_id: str, user: User) -> AsyncIterator[None]:
         """Serialise check-then-act for one pair (check, send, record) within this process."""
-        key = (phone_number_id, user)
+        key = (phone_number_id, user.key if isinstance(user, WhatsAppUser) else user_key(user))
         entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
@@ -311,31 +416,32 @@ class PermissionLedger:
 
     # ---- decisions -----------------------------------------------------------------------
 
-    async def can_call(self, phone_number_id: str, user: str,
+    async def can_call(self, phone_number_id: str, user: User,
                        now: float | None = None) -> Decision:
         """May the business start a call to ``user`` now (before ``POST /calls connect``)?"""
-        return await self._tx(self._decide_call, phone_number_id, user, _now(now),
+        return await self._tx_user(self._decide_call, phone_number_id, user, self._now(now),
                               write=False)
 
-    async def can_request(self, phone_number_id: str, user: str,
+    async def can_request(self, phone_number_id: str, user: User,
                           now: float | None = None) -> Decision:
         """May the business send ``user`` a call permission request now?"""
-        return await self._tx(self._decide_request, phone_number_id, user, _now(now),
+        return await self._tx_user(self._decide_request, phone_number_id, user, self._now(now),
                               write=False)
 
-    async def get(self, phone_number_id: str, user: str, now: float | None = None) -> dict:
+    async def get(self, phone_number_id: str, user: User, now: float | None = None) -> dict:
         """Everything the ledger knows of the pair, JSON-ready, for the API."""
-        return await self._tx(self._describe, phone_number_id, user, _now(now),
+        return await self._tx_user(self._describe, phone_number_id, user, self._now(now),
                               write=False)
 
     # ---- recording -----------------------------------------------------------------------
 
-    async def record_request_sent(self, phone_number_id: str, user: str, message_id: str | None,
+    async def record_request_sent(self, phone_number_id: str, user: User, message_id: str | None,
                                   now: float | None = None) -> None:
         """A permission request message was accepted by Meta (``messages[0].id``)."""
-        await self._tx(self._record_request, phone_number_id, user, message_id, _now(now))
+        await self._tx_user(self._record_request, phone_number_id, user, message_id,
+                            self._now(now))
 
-    async def record_call_result(self, phone_number_id: str, user: str, answered: bool,
+    async def record_call_result(self, phone_number_id: str, user: User, answered: bool,
                                  now: float | None = None, *, call_id: str | None = None) -> None:
         """A business-initiated call that reached the user ended: answered or not.
 
@@ -344,26 +450,27 @@ class PermissionLedger:
         no answer) extends the streak; at the revoke threshold the permission is marked revoked,
         as Meta does. ``call_id`` (the wacid) makes a repeated report for the same call a no-op.
         """
-        await self._tx(self._record_call, phone_number_id, user, bool(answered), _now(now),
-                       call_id)
+        await self._tx_user(self._record_call, phone_number_id, user, bool(answered),
+                            self._now(now), call_id)
 
-    async def record_user_call(self, phone_number_id: str, user: str,
+    async def record_user_call(self, phone_number_id: str, user: User,
                                now: float | None = None) -> None:
         """A user-initiated call was connected: §10 "any connected call" resets the
         permission-request counters. Does not count toward the business-call limits."""
-        await self._tx(self._reset_request_counters, phone_number_id, user, _now(now))
+        await self._tx_user(self._reset_request_counters, phone_number_id, user, self._now(now))
 
     async def apply_reply(self, reply: PermissionReply, now: float | None = None) -> None:
         """A ``call_permission_reply`` webhook (§6): grant, refusal or automatic revocation."""
-        await self._tx(self._apply_reply, reply, _now(now))
+        await self._tx(self._apply_reply, reply, self._now(now))
 
-    async def apply_meta_permissions(self, phone_number_id: str, user: str,
+    async def apply_meta_permissions(self, phone_number_id: str, user: User,
                                      response_json: Mapping[str, Any],
                                      now: float | None = None) -> None:
         """Meta's ``GET call_permissions`` answer (§3): it overrides the ledger."""
-        await self._tx(self._apply_meta, phone_number_id, user, response_json, _now(now))
+        await self._tx_user(self._apply_meta, phone_number_id, user, response_json,
+                            self._now(now))
 
-    async def apply_meta_error(self, phone_number_id: str, user: str, code: int | None,
+    async def apply_meta_error(self, phone_number_id: str, user: User, code: int | None,
                                now: float | None = None, *,
                                retry_at: float | None = None) -> Decision | None:
         """Meta refused an action with ``code``; bring the ledger in line and return the new
@@ -372,18 +479,18 @@ class PermissionLedger:
         138006: there is no permission. 138009 / 138012: the request / call limit is reached
         (``retry_at``: when Meta says the next one is allowed, e.g. 138012's ``error_data``).
         138017: a permanent permission exists. 138013: the number's country cannot call."""
-        now = _now(now)
+        now = self._now(now)
         if code == COUNTRY_UNSUPPORTED:
             self._meta_country_blocked.add(phone_number_id)
             return await self.can_call(phone_number_id, user, now)
         if code not in (NO_PERMISSION, REQUEST_LIMIT, CALL_LIMIT, PERMANENT_EXISTS):
             return None
-        return await self._tx(self._apply_error, phone_number_id, user, code, now, retry_at)
+        return await self._tx_user(self._apply_error, phone_number_id, user, code, now, retry_at)
 
     async def prune(self, now: float | None = None, keep_s: float = 30 * DAY) -> int:
         """Delete request and call rows older than ``keep_s`` (they no longer count toward any
         limit once older than the longest window); returns how many rows went."""
-        return await self._tx(self._prune, _now(now) - max(keep_s, WEEK + DAY))
+        return await self._tx(self._prune, self._now(now) - max(keep_s, WEEK + DAY))
 
     # ---- worker-thread side --------------------------------------------------------------
 
@@ -580,7 +687,11 @@ class PermissionLedger:
                      "the user to revoke", pnid, user, streak)
 
     def _apply_reply(self, db: sqlite3.Connection, reply: PermissionReply, now: float) -> None:
-        pnid, user = reply.phone_number_id, reply.user
+        pnid, user = reply.phone_number_id, self._key(db, reply.who, link=True)
+        if not user:
+            log.warning("call permission reply %s names no user (no from, no from_user_id)",
+                        reply.message_id)
+            return
         at = float(reply.timestamp) if reply.timestamp else now
         row = self._ensure_row(db, pnid, user, at)
         if reply.context_id:
@@ -747,6 +858,8 @@ class PermissionLedger:
         return {
             "phone_number_id": pnid,
             "wa_id": user,
+            "user_ids": [r[0] for r in db.execute(
+                "SELECT user_id FROM user_links WHERE wa_id = ? ORDER BY user_id", (user,))],
             "permission": {
                 "status": "no_permission" if expired else status,
                 "recorded_status": status,
@@ -776,8 +889,57 @@ class PermissionLedger:
         return a + b
 
 
-def _now(now: float | None) -> float:
-    return time.time() if now is None else float(now)
+def _now(now: float | None, ledger: PermissionLedger | None = None) -> float:
+    if now is not None:
+        return float(now)
+    return ledger.clock() if ledger is not None else time.time()
+
+
+_UNIX_TIME = re.compile(r"(?<!\d)(1\d{9}|[2-9]\d{9}|1\d{12})(?!\d)")
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
+                       r"(?:Z|[+-]\d{2}:?\d{2})?")
+
+
+def next_allowed_at(error_data: Mapping[str, Any] | None, now: float) -> float | None:
+    """When Meta says the refused action is next allowed (138012, 138009), or None.
+
+    docs/meta-2026-identity.md §2: "Details will include a timestamp when the next call is
+    allowed" in ``error_data``, but the field and its format are not documented and no real
+    body was captured. So, leniently: any ``error_data`` field whose name speaks of a time
+    (``*time*``, ``*allowed*``, ``*next*``, ``*until*``), then the ``details`` text; unix
+    seconds or milliseconds, or ISO 8601 (UTC when no offset). A value in the past or more
+    than 8 days ahead is not believed (the ledger's own count decides then)."""
+    if not error_data:
+        return None
+    candidates: list[Any] = [v for k, v in error_data.items()
+                             if k != "details" and any(w in k.lower() for w in
+                                                       ("time", "allowed", "next", "until"))]
+    candidates.append(error_data.get("details"))
+    for value in candidates:
+        at = _as_time(value)
+        if at is not None and now - 60 <= at <= now + WEEK + DAY:
+            return at
+    return None
+
+
+def _as_time(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) / (1000 if value > 1e12 else 1)
+    text = str(value)
+    match = _UNIX_TIME.search(text)
+    if match:
+        number = float(match.group(1))
+        return number / (1000 if number > 1e12 else 1)
+    match = _ISO_TIME.search(text)
+    if match:
+        try:
+            at = datetime.fromisoformat(match.group(0).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 def display_numbers_from_config(numbers: Any) -> dict[str, str]:
@@ -803,7 +965,7 @@ async def decide_call(graph: GraphClient, ledger: PermissionLedger, pnid: str, u
         return decision
     state = await ledger.get(pnid, user, now)
     heard = max(state.get("meta_checked_at") or 0, state["permission"].get("updated_at") or 0)
-    if heard and _now(now) - heard < META_REFRESH_S:
+    if heard and _now(now, ledger) - heard < META_REFRESH_S:
         return decision
     try:
         answer = await graph.get_call_permissions(pnid, user)
@@ -832,7 +994,9 @@ async def request_permission(graph: GraphClient, ledger: PermissionLedger, pnid:
             message_id = await graph.send_message(pnid, body)
         except GraphError as exc:
             if exc.code in (REQUEST_LIMIT, PERMANENT_EXISTS):
-                refused = await ledger.apply_meta_error(pnid, user, exc.code, now)
+                refused = await ledger.apply_meta_error(
+                    pnid, user, exc.code, now,
+                    retry_at=next_allowed_at(exc.error_data, _now(now, ledger)))
                 if refused is not None and not refused.allowed:
                     return refused, None
                 return Decision(False, "limit_requests_24h" if exc.code == REQUEST_LIMIT

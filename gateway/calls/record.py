@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+from gateway.whatsapp.identity import user_key
+
 
 class Direction(StrEnum):
     INBOUND = "inbound"  # USER_INITIATED: a WhatsApp user calls the business
@@ -90,6 +92,21 @@ class CallRecord:
     rtt_seconds: float | None = None
     dtmf_in: int = 0
     dtmf_out: int = 0
+    user_id: str = ""
+    """The WhatsApp user's BSUID (docs/meta-2026-identity.md §1); the user's number (from/to)
+    is empty for a username caller Meta gave no number."""
+    username: str = ""
+    """The user's WhatsApp username, when they adopted one."""
+
+    @property
+    def user_number(self) -> str:
+        """The WhatsApp user's number (``from`` inbound, ``to`` outbound); may be empty."""
+        return self.from_number if self.direction == Direction.INBOUND else self.to_number
+
+    @property
+    def user_key(self) -> str:
+        """The user as logs and the permission ledger key them (:func:`user_key`)."""
+        return user_key(self.user_number, self.user_id)
 
     @property
     def duration_seconds(self) -> float | None:

@@ -41,7 +41,7 @@ EXAMPLE_SCRIPT = "wait-answer; wait-audio; wait 3; press 3; wait 2; press 1234#;
 
 def demo_config(path: Path) -> dict:
     data = {
-        "whatsapp": {"graph_url": f"http://127.0.0.1:{SIM_PORT}/v23.0",
+        "whatsapp": {"graph_url": f"http://127.0.0.1:{SIM_PORT}/v25.0",
                      "access_token": "${WA_ACCESS_TOKEN}", "app_secret": "${WA_APP_SECRET}",
                      "verify_token": "${WA_VERIFY_TOKEN}"},
         "numbers": [{"phone_number_id": DEFAULT_PHONE_NUMBER_ID,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from gateway.simulator.meta import (
     new_wamid,
 )
 from gateway.simulator.users import (
+    BSUID,
     SimulatedUser,
     exhausted,
     permissions_body,
@@ -42,11 +42,26 @@ class AccountApi:
                                  "per second", status=429)
             recent.append(time.monotonic())
             self._permission_gets[phone_number_id] = recent
+            # docs/meta-2026-identity.md §1: ``recipient=<BSUID>`` next to ``user_wa_id``; the
+            # answer's shape is the same.
+            recipient = str(query.get("recipient", "")).strip()
             wa_id = str(query.get("user_wa_id", "")).strip().lstrip("+")
-            if not wa_id.isdigit():
-                raise invalid("user_wa_id is required: the user's phone number")
+            if wa_id:
+                if not wa_id.isdigit():
+                    raise invalid("user_wa_id must be the user's phone number")
+                user = self.user(wa_id)
+            elif recipient:
+                if not BSUID.fullmatch(recipient):
+                    raise invalid("recipient must be a BSUID or a parent BSUID")
+                found = self.find_user(recipient)
+                if found is None:
+                    raise invalid(f"recipient {recipient} is not a user of this portfolio")
+                user = found
+            else:
+                raise invalid("user_wa_id (the user's phone number) or recipient (the user's "
+                              "BSUID) is required")
             now = time.time()
-            return permissions_body(self.user(wa_id), self.pair(phone_number_id, wa_id), now)
+            return permissions_body(user, self.pair(phone_number_id, user.key), now)
 
         return await self._api(request, "call_permissions", handle,
                                lambda body: "call_permissions")
@@ -89,14 +104,11 @@ class AccountApi:
         permission request is answered by the user later, like on a phone."""
         if body.get("messaging_product") != "whatsapp":
             raise invalid("messaging_product must be \"whatsapp\"")
-        to = body.get("to")
-        if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
-            raise invalid("to must be the user's phone number")
-        wa_id = to.strip().lstrip("+")
+        user, by_number = self._recipient(body)
+        wa_id = user.key
         kind = body.get("type", "text")
         if not isinstance(kind, str) or kind not in body:
             raise invalid(f"the message needs a {kind!r} object matching its type")
-        user = self.user(wa_id)
         now = time.time()
         interactive_type = None
         is_request = False
@@ -138,6 +150,9 @@ class AccountApi:
                                  f"the next request is allowed at "
                                  f"{full['limit_expiration_time']} (unix time)")
             counters.requests.append(now)
+        if by_number:
+            # docs/meta-2026-identity.md §1: the business messaged it
+            self.number_contact(phone_number_id, user, now)
         self.messages.append({"id": wamid, "to": wa_id, "type": kind,
                               "interactive_type": interactive_type, "body": body, "time": now,
                               "phone_number_id": phone_number_id})
@@ -146,8 +161,20 @@ class AccountApi:
             self._spawn(self._undeliverable(phone_number_id, user, wamid))
         elif is_request:
             self._spawn(self._reply_to_request(phone_number_id, user, wamid))
-        return {"messaging_product": "whatsapp",
-                "contacts": [{"input": to, "wa_id": wa_id}],
+        # docs/meta-2026-identity.md §1: by number, as
+        # tests/fixtures/payloads/response-message-send.json; by BSUID, the ids (and the wa_id
+        # only if the number is visible). ASSUMPTION: user_id is left out when ``to`` was sent
+        # (Meta's BSUID page; its user-call-permissions sample disagrees).
+        if by_number:
+            contact: dict[str, Any] = {"input": body["to"], "wa_id": user.wa_id}
+        else:
+            contact = {"input": body["recipient"]}
+            if self.shows_number(phone_number_id, user, now):
+                contact["wa_id"] = user.wa_id
+            contact["user_id"] = user.user_id
+            if user.parent_user_id:
+                contact["parent_user_id"] = user.parent_user_id
+        return {"messaging_product": "whatsapp", "contacts": [contact],
                 "messages": [{"id": wamid}]}
 
     async def _reply_to_request(self, phone_number_id: str, user: SimulatedUser,
@@ -157,7 +184,7 @@ class AccountApi:
         ASSUMPTION: a decline leaves the user without permission (the latest answer wins)."""
         how = user.on_permission_request
         if how == "ignore":
-            self.note(f"user {user.wa_id} ignores the permission request {wamid}")
+            self.note(f"user {user.key} ignores the permission request {wamid}")
             return
         await asyncio.sleep(user.reply_after_s)
         now = time.time()
@@ -165,7 +192,7 @@ class AccountApi:
             user.set_permission("no_permission", now)
         else:
             user.set_permission("permanent" if how == "accept_permanent" else "temporary", now)
-        self.note(f"user {user.wa_id} answers the permission request: "
+        self.note(f"user {user.key} answers the permission request: "
                   f"{'reject' if how == 'reject' else user.permission}")
         await self._send_permission_reply(
             phone_number_id, user, response="reject" if how == "reject" else "accept",
@@ -178,13 +205,18 @@ class AccountApi:
         ASSUMPTION: the usual Cloud API message status shape (``statuses[]`` on field
         ``messages``, status ``failed``), which the reference does not show."""
         await asyncio.sleep(0.1)
-        status = {"id": wamid, "status": "failed", "timestamp": str(int(time.time())),
-                  "recipient_id": user.wa_id,
-                  "errors": [{"code": 131026, "title": "Message undeliverable",
-                              "message": "Message undeliverable",
-                              "error_data": {"details": "The user's WhatsApp version cannot "
-                                             "show this message"}}]}
-        self.note(f"message {wamid} to {user.wa_id} undeliverable (131026)")
+        status: dict[str, Any] = {"id": wamid, "status": "failed",
+                                  "timestamp": str(int(time.time()))}
+        # docs/meta-2026-identity.md §1: recipient_id only when the number is shown;
+        # recipient_user_id always.
+        if self.shows_number(phone_number_id, user):
+            status["recipient_id"] = user.wa_id
+        status["recipient_user_id"] = user.user_id
+        status["errors"] = [{"code": 131026, "title": "Message undeliverable",
+                             "message": "Message undeliverable",
+                             "error_data": {"details": "The user's WhatsApp version cannot "
+                                            "show this message"}}]
+        self.note(f"message {wamid} to {user.key} undeliverable (131026)")
         await self.send_webhook(self._messages_envelope(phone_number_id, "statuses", [status]))
 
 

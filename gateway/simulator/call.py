@@ -14,6 +14,7 @@ from gateway.simulator.meta import (
 )
 from gateway.simulator.phone import SimulatedPhone
 from gateway.simulator.transcript import Transcript
+from gateway.simulator.users import SimulatedUser
 
 if TYPE_CHECKING:
     from gateway.simulator.cloud_api import CloudApiSimulator
@@ -75,7 +76,8 @@ class SimulatedCall:
                  profile_name: str | None, phone_number_id: str, display_phone_number: str,
                  cta_payload: str | None, deeplink_payload: str | None,
                  transcript: Transcript, phone: SimulatedPhone,
-                 direction: str = USER_INITIATED):
+                 direction: str = USER_INITIATED, user: SimulatedUser | None = None,
+                 show_number: bool = True):
         self.sim = sim
         self.call_id = call_id
         self.direction = direction
@@ -83,6 +85,11 @@ class SimulatedCall:
         """The user's number, whichever side called (kept under this name for callers of the
         user-initiated API); ``wa_id`` says the same."""
         self.wa_id = from_wa_id
+        self.user = user or SimulatedUser(wa_id=from_wa_id)
+        """Who Meta knows on the user's side: number, BSUID, username."""
+        self.show_number = show_number
+        """docs/meta-2026-identity.md §1: whether this call's webhooks carry the user's number
+        (decided at its start)."""
         self.profile_name = profile_name
         self.phone_number_id = phone_number_id
         self.display_phone_number = display_phone_number

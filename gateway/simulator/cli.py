@@ -39,6 +39,7 @@ from gateway.simulator.cloud_api import (
     SimulatedCall,
 )
 from gateway.simulator.control import ScriptError, add_control_routes, parse_script
+from gateway.simulator.meta import DEFAULT_VERSION
 from gateway.simulator.users import ON_CALL, ON_REQUEST, PERMISSIONS, SimulatedUser
 
 
@@ -63,8 +64,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                        help="the business number as users see it")
     serve.add_argument("--waba-id", default=DEFAULT_WABA_ID,
                        help="the WhatsApp Business Account id in webhook entries")
-    serve.add_argument("--api-version", default="v23.0",
-                       help="Graph API version served in paths (v17.0 or later)")
+    serve.add_argument("--api-version", default=DEFAULT_VERSION,
+                       help="Graph API version served in paths (v21.0 or later; older ones "
+                            "have expired and are refused)")
     serve.add_argument("--ring-timeout", type=float, default=60.0,
                        help="seconds an unanswered call rings (default 60)")
     serve.add_argument("--media-address", action="append", default=None,
@@ -95,6 +97,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                       help="the running simulator (sim serve --listen)")
     call.add_argument("--from", dest="from_", default="15550002222", help="the user's number")
     call.add_argument("--name", default="Test User", help="the user's profile name")
+    call.add_argument("--username", default=None,
+                      help="the user's WhatsApp username: the call then arrives without a "
+                           "phone number (BSUID only) unless the business contacted that "
+                           "number in the last 30 days")
     call.add_argument("--phone-number-id", default=None, help="business number to call")
     call.add_argument("--cta-payload", default=None,
                       help="as if the user tapped a call button with this payload")
@@ -190,7 +196,8 @@ def _default_user(args: argparse.Namespace) -> SimulatedUser:
 
 
 async def call_main(args: argparse.Namespace) -> int:
-    body = {"from": args.from_, "name": args.name, "script": args.script,
+    body = {"from": args.from_, "name": args.name, "username": args.username,
+            "script": args.script,
             "phone_number_id": args.phone_number_id, "cta_payload": args.cta_payload,
             "deeplink_payload": args.deeplink_payload}
     body = {k: v for k, v in body.items() if v is not None}

@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,8 +34,8 @@ from gateway.simulator.call import (
 from gateway.simulator.meta import (
     DEFAULT_DISPLAY_NUMBER,
     DEFAULT_PHONE_NUMBER_ID,
+    DEFAULT_VERSION,
     DEFAULT_WABA_ID,
-    MIN_CALLING_VERSION,
     OPAQUE_MAX,
     SIGN,
     TROUBLESHOOTING_URL,
@@ -48,14 +47,19 @@ from gateway.simulator.meta import (
     new_wamid,
     session_sdp,
     sign,
+    version_refusal,
 )
 from gateway.simulator.outbound import BusinessCalling
 from gateway.simulator.phone import DEFAULT_TIMERS, NO_MEDIA_ERROR, PhoneTimers, SimulatedPhone
 from gateway.simulator.transcript import Transcript
 from gateway.simulator.users import (
+    BSUID,
     TEMPORARY_PERMISSION_S,
     PairCounters,
     SimulatedUser,
+    meta_number_forms,
+    meta_wa_id,
+    number_visible,
 )
 
 log = logging.getLogger(__name__)
@@ -64,12 +68,12 @@ log = logging.getLogger(__name__)
 class CloudApiSimulator(BusinessCalling, AccountApi):
     """graph.facebook.com for the calling API, plus the phones of the users who call.
 
-    ``url`` is the Graph base to configure in the gateway (``http://127.0.0.1:PORT/v23.0``).
+    ``url`` is the Graph base to configure in the gateway (``http://127.0.0.1:PORT/v25.0``).
     Extra routes (the admin control API) can be added to ``app`` before :meth:`start`.
     """
 
     def __init__(self, *, app_secret: str, access_token: str, webhook_url: str | None = None,
-                 host: str = "127.0.0.1", port: int = 0, version: str = "v23.0",
+                 host: str = "127.0.0.1", port: int = 0, version: str = DEFAULT_VERSION,
                  waba_id: str = DEFAULT_WABA_ID,
                  phone_number_id: str = DEFAULT_PHONE_NUMBER_ID,
                  display_phone_number: str = DEFAULT_DISPLAY_NUMBER,
@@ -102,11 +106,13 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         """Called with each new call, either direction, before its connect webhook goes out
         (e.g. to print its transcript live); ``call.direction`` tells them apart."""
         self.users: dict[str, SimulatedUser] = {}
-        """wa_id → the users Meta knows; unknown users are made from :attr:`default_user`."""
+        """wa_id (or the BSUID of a user without a number) → the users Meta knows; unknown
+        numbers become users made from :attr:`default_user`."""
         self.default_user = default_user or SimulatedUser()
         """Template for users not in :attr:`users` (its ``wa_id`` is ignored)."""
         self.counters: dict[tuple[str, str], PairCounters] = {}
-        """(phone_number_id, wa_id) → Meta's counters for the pair."""
+        """(phone_number_id, user key) → Meta's counters for the pair (the key is the wa_id,
+        or the BSUID of a user without a number)."""
         self.settings: dict[str, dict[str, Any]] = {}
         """phone_number_id → the number's settings (``GET|POST settings``); see
         :meth:`number_settings`."""
@@ -191,11 +197,29 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     # --- users, their counters, the number's settings -----------------------------------------
 
+    def find_user(self, who: str) -> SimulatedUser | None:
+        """The known user with this wa_id, dialled number (Brazil's ninth digit and Mexico's
+        521 are the same account, :func:`meta_number_forms`), BSUID or parent BSUID."""
+        who = who.strip().lstrip("+")
+        if BSUID.fullmatch(who):
+            return next((u for u in self.users.values()
+                         if who in (u.user_id, u.parent_user_id)), None)
+        for form in meta_number_forms(who):
+            if form in self.users:
+                return self.users[form]
+        return None
+
     def user(self, wa_id: str, profile_name: str | None = None) -> SimulatedUser:
-        """The user Meta knows by this number, made from :attr:`default_user` if new."""
-        wa_id = wa_id.lstrip("+")
-        user = self.users.get(wa_id)
+        """The user Meta knows by this number (or BSUID), made from :attr:`default_user` if
+        the number is new (with Meta's wa_id for it, :func:`meta_wa_id`)."""
+        wa_id = wa_id.strip().lstrip("+")
+        if not wa_id:
+            raise ValueError("a user is named by their number or BSUID")
+        user = self.find_user(wa_id)
         if user is None:
+            if BSUID.fullmatch(wa_id):
+                raise KeyError(f"no simulated user has the BSUID {wa_id}")
+            wa_id = meta_wa_id(wa_id)
             user = self.default_user.copy_for(wa_id)
             if profile_name is not None:
                 user.name = profile_name
@@ -208,16 +232,34 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
     def add_user(self, wa_id: str, **fields: Any) -> SimulatedUser:
         """Configure a user (replacing any earlier one): ``sim.add_user("15550002222",
         permission="temporary", on_call="reject", answer_after_s=0.5)``. A temporary permission
-        without ``permission_expires_at`` lasts 7 days from now."""
+        without ``permission_expires_at`` lasts 7 days from now. ``username="testuser"`` hides
+        the number from business numbers without recent contact; ``wa_id=""`` with a
+        ``user_id`` makes a user whose number is never shown."""
         user = SimulatedUser(wa_id=wa_id.lstrip("+"), **fields)
+        if not user.key:
+            raise ValueError("a user needs a wa_id or a user_id")
         if user.permission == "temporary" and user.permission_expires_at is None:
             user.permission_expires_at = time.time() + TEMPORARY_PERMISSION_S
-        self.users[user.wa_id] = user
+        self.users[user.key] = user
         return user
 
     def pair(self, phone_number_id: str, wa_id: str) -> PairCounters:
-        """Meta's counters for a business number + user pair."""
-        return self.counters.setdefault((phone_number_id, wa_id.lstrip("+")), PairCounters())
+        """Meta's counters for a business number + user pair (the user by number or BSUID)."""
+        return self.counters.setdefault((phone_number_id, self.user(wa_id).key), PairCounters())
+
+    def shows_number(self, phone_number_id: str, user: SimulatedUser,
+                     now: float | None = None) -> bool:
+        """Does this business number see the user's number now (docs/meta-2026-identity.md §1)?"""
+        return number_visible(user, self.pair(phone_number_id, user.key),
+                              time.time() if now is None else now)
+
+    def number_contact(self, phone_number_id: str, user: SimulatedUser,
+                       now: float | None = None) -> None:
+        """The business number and the user's number were in contact (30-day rule,
+        docs/meta-2026-identity.md §1)."""
+        if user.wa_id:
+            self.pair(phone_number_id, user.key).number_contact_at = \
+                time.time() if now is None else now
 
     def number_settings(self, phone_number_id: str) -> dict[str, Any]:
         """The number's settings (``{"calling": {...}}``), created from the sample on first use.
@@ -240,7 +282,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
         def find() -> SimulatedCall | None:
             return next((c for c in self.outbound_calls if c.call_id not in self._claimed
-                         and (wanted is None or c.wa_id == wanted)), None)
+                         and (wanted is None or wanted == c.user.user_id
+                              or c.wa_id in meta_number_forms(wanted))), None)
 
         async with self._outbound_added:
             call = await asyncio.wait_for(self._outbound_added.wait_for(find), timeout)
@@ -256,25 +299,34 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                          cta_payload: str | None = None, deeplink_payload: str | None = None,
                          idle_audio: bytes | None = None) -> SimulatedCall:
         """The user taps "call": the phone rings at once and Meta sends the connect webhook.
-        Returns when the webhook has been delivered (or delivery failed)."""
+        Returns when the webhook has been delivered (or delivery failed). ``from_wa_id`` is the
+        user's number or, for a user added without one, their BSUID; whether the webhook shows
+        the number follows docs/meta-2026-identity.md §1 (:meth:`shows_number`)."""
         phone_number_id = phone_number_id or self.default_phone_number_id
+        user = self.user(from_wa_id, profile_name)
+        from_wa_id = user.wa_id
         display = display_phone_number or self.numbers.get(phone_number_id) \
             or DEFAULT_DISPLAY_NUMBER
         self.numbers.setdefault(phone_number_id, display)
         transcript = Transcript()
-        phone = SimulatedPhone(transcript=transcript, name=f"phone {from_wa_id}",
+        phone = SimulatedPhone(transcript=transcript, name=f"phone {user.key}",
                                timers=self.phone_timers, idle_audio=idle_audio,
                                hearing_window_s=self.hearing_window_s)
         await phone.make_offer()
-        call = SimulatedCall(self, call_id=new_wacid(from_wa_id), from_wa_id=from_wa_id,
+        call = SimulatedCall(self, call_id=new_wacid(user.key), from_wa_id=from_wa_id,
                              profile_name=profile_name, phone_number_id=phone_number_id,
                              display_phone_number=display, cta_payload=cta_payload,
                              deeplink_payload=deeplink_payload, transcript=transcript,
-                             phone=phone)
+                             phone=phone, user=user,
+                             show_number=self.shows_number(phone_number_id, user))
         self.calls[call.call_id] = call
         transcript.t0 = time.monotonic()
         call.started_at = time.time()
-        user = self.user(from_wa_id, profile_name)
+        if call.show_number:
+            self.number_contact(phone_number_id, user, call.started_at)
+        else:
+            transcript.add(f"user {user.user_id} (username {user.username}) calls without a "
+                           "visible number: no contact with this business number in 30 days")
         user.in_service_window = True  # §10: a call opens the customer-service window
         self._spawn(self._ring_timeout(call))
         for listener in self.call_listeners:
@@ -335,11 +387,11 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                          "phone_number_id": call.phone_number_id},
         }
         if contacts:
-            contact: dict[str, Any] = {"wa_id": call.from_wa_id}
-            if call.profile_name and not call.outbound:
-                # Business-initiated connects carry only the wa_id
-                # (tests/fixtures/payloads/webhook-connect-business-initiated.json).
-                contact = {"profile": {"name": call.profile_name}, "wa_id": call.from_wa_id}
+            contact = self._contact(call.user, call.show_number,
+                                    name=None if call.outbound else call.profile_name,
+                                    outbound=call.outbound)
+            if key == "statuses":  # ids only, as webhook-status-ringing-with-bsuid.json
+                contact.pop("profile", None)
             value["contacts"] = [contact]
         value[key] = calls
         if errors:
@@ -349,10 +401,49 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                            "changes": [{"value": value, "field": "calls"}]}]}
 
     @staticmethod
+    def _contact(user: SimulatedUser, show_number: bool, *, name: str | None,
+                 outbound: bool = False) -> dict[str, Any]:
+        """``contacts[0]`` (docs/meta-2026-identity.md §1; the samples
+        tests/fixtures/payloads/webhook-connect-user-initiated-with-bsuid.json and
+        ...-username-only.json): profile (name; username only if adopted), wa_id only when the
+        number is shown, user_id, parent_user_id only when parent BSUIDs exist.
+        Business-initiated contacts carry no profile name (as
+        tests/fixtures/payloads/webhook-connect-business-initiated.json), and the username
+        after the ids (Meta: "user_id, parent_user_id, wa_id and profile.username")."""
+        profile: dict[str, Any] = {}
+        if name:
+            profile["name"] = name
+        if user.username:
+            profile["username"] = user.username
+        contact: dict[str, Any] = {}
+        if profile and not outbound:
+            contact["profile"] = profile
+        if show_number:
+            contact["wa_id"] = user.wa_id
+        contact["user_id"] = user.user_id
+        if user.parent_user_id:
+            contact["parent_user_id"] = user.parent_user_id
+        if outbound and user.username:
+            contact["profile"] = {"username": user.username}
+        return contact
+
+    @staticmethod
     def _parties(call: SimulatedCall) -> dict[str, str]:
+        """``to``/``from``; the user's side is left out (not empty) when the number is hidden."""
+        user_side = {"to" if call.outbound else "from": call.wa_id} if call.show_number else {}
         if call.outbound:
-            return {"to": call.wa_id, "from": call.display_phone_number}
-        return {"to": call.display_phone_number, "from": call.wa_id}
+            return {**user_side, "from": call.display_phone_number}
+        return {"to": call.display_phone_number, **user_side}
+
+    @staticmethod
+    def _user_ids(call: SimulatedCall) -> dict[str, str]:
+        """``from_user_id``/``to_user_id`` (+ parent) of a ``calls[]`` item
+        (docs/meta-2026-identity.md §1)."""
+        side = "to" if call.outbound else "from"
+        ids = {f"{side}_user_id": call.user.user_id}
+        if call.user.parent_user_id:
+            ids[f"{side}_parent_user_id"] = call.user.parent_user_id
+        return ids
 
     def connect_payload(self, call: SimulatedCall) -> dict[str, Any]:
         """Shaped like tests/fixtures/payloads/webhook-connect-{user,business}-initiated.json."""
@@ -363,6 +454,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             if call.biz_opaque_callback_data is not None:
                 item["biz_opaque_callback_data"] = call.biz_opaque_callback_data
             item["session"] = {"sdp_type": "answer", "sdp": call.answer_sdp}
+            item.update(self._user_ids(call))
             return self._envelope(call, [item], contacts=True)
         item = {
             "id": call.call_id,
@@ -376,6 +468,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         if call.cta_payload is not None:
             item["cta_payload"] = call.cta_payload
         item["session"] = {"sdp_type": "offer", "sdp": call.phone.offer_sdp}
+        item.update(self._user_ids(call))
         return self._envelope(call, [item], contacts=True)
 
     def terminate_payload(self, call: SimulatedCall, *, error_code: int | None = None,
@@ -396,6 +489,9 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             item["start_time"] = str(int(call.accepted_at))
             item["end_time"] = str(int(call.ended_at or time.time()))
             item["duration"] = int(call.ended_at or time.time()) - int(call.accepted_at)
+        # docs/meta-2026-identity.md §1: terminates carry the user ids and a contacts[] entry, as
+        # connects do.
+        item.update(self._user_ids(call))
         errors = None
         if error_code is not None:
             message = {NO_MEDIA_ERROR: "No media received"}.get(error_code, "Call failed")
@@ -405,15 +501,22 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                        "error_data": {"details": details}}]
             item["errors"] = [{"code": error_code, "title": message, "message": message,
                                "error_data": {"details": details}}]
-        return self._envelope(call, [item], errors)
+        return self._envelope(call, [item], errors, contacts=True)
 
     def status_payload(self, call: SimulatedCall, status: str) -> dict[str, Any]:
-        """Shaped like tests/fixtures/payloads/webhook-status-{ringing,accepted,rejected}.json."""
+        """Shaped like tests/fixtures/payloads/webhook-status-ringing-with-bsuid.json:
+        ``recipient_id`` only when the number is shown, ``recipient_user_id`` always,
+        ``contacts`` with the ids."""
         item: dict[str, Any] = {"id": call.call_id, "timestamp": str(int(time.time())),
-                                "type": "call", "status": status, "recipient_id": call.wa_id}
+                                "type": "call", "status": status}
+        if call.show_number:
+            item["recipient_id"] = call.wa_id
+        item["recipient_user_id"] = call.user.user_id
+        if call.user.parent_user_id:
+            item["recipient_parent_user_id"] = call.user.parent_user_id
         if call.biz_opaque_callback_data is not None:
             item["biz_opaque_callback_data"] = call.biz_opaque_callback_data
-        return self._envelope(call, [item], key="statuses")
+        return self._envelope(call, [item], key="statuses", contacts=True)
 
     def _messages_envelope(self, phone_number_id: str, key: str, items: list[dict[str, Any]],
                            user: SimulatedUser | None = None) -> dict[str, Any]:
@@ -425,10 +528,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                          "phone_number_id": phone_number_id},
         }
         if user is not None:
-            contact: dict[str, Any] = {"wa_id": user.wa_id}
-            if user.name:
-                contact = {"profile": {"name": user.name}, "wa_id": user.wa_id}
-            value["contacts"] = [contact]
+            value["contacts"] = [self._contact(user, self.shows_number(phone_number_id, user),
+                                               name=user.name)]
         value[key] = items
         return {"object": "whatsapp_business_account",
                 "entry": [{"id": self.waba_id,
@@ -446,10 +547,16 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             if not permanent and expires_at is not None:
                 reply["expiration_timestamp"] = str(int(expires_at))
         reply["response_source"] = source
-        message: dict[str, Any] = {"from": user.wa_id, "id": new_wamid(),
-                                   "timestamp": str(int(now))}
+        shown = self.shows_number(phone_number_id, user, now)
+        message: dict[str, Any] = {"from": user.wa_id} if shown else {}
+        # docs/meta-2026-identity.md §1: permission replies carry from_user_id (and the parent
+        # id), per Meta's user-call-permissions page.
+        message["from_user_id"] = user.user_id
+        if user.parent_user_id:
+            message["from_parent_user_id"] = user.parent_user_id
+        message |= {"id": new_wamid(), "timestamp": str(int(now))}
         if context_id is not None:
-            message["context"] = {"from": user.wa_id, "id": context_id}
+            message["context"] = ({"from": user.wa_id} if shown else {}) | {"id": context_id}
         message["type"] = "interactive"
         message["interactive"] = {"type": "call_permission_reply",
                                   "call_permission_reply": reply}
@@ -632,15 +739,10 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             raise GraphError(190, "Invalid OAuth access token - Cannot parse access token",
                              status=401)
 
-    @staticmethod
-    def _check_version(version: str) -> None:
-        m = re.fullmatch(r"v(\d+)\.(\d+)", version)
-        if not m:
-            raise GraphError(2500, f"Unknown path components: /{version}", status=400)
-        if (int(m.group(1)), int(m.group(2))) < MIN_CALLING_VERSION:
-            # ASSUMPTION: the FAQ gives v17.0 as the minimum for calling; the exact error an
-            # older version gets is not documented, so it is reported as an invalid parameter.
-            raise invalid(f"Calling requires Graph API v17.0 or later, not {version}")
+    def _check_version(self, version: str) -> None:
+        refusal = version_refusal(version, time.strftime("%Y-%m-%d", time.gmtime()))
+        if refusal is not None:
+            raise refusal
 
     async def _calls_action(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("messaging_product") != "whatsapp":
@@ -714,7 +816,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         call.phone.answered = True
         call.transcript.add("business sent accept: call answered")
         call.accepted.set()
-        self.pair(call.phone_number_id, call.wa_id).reset_requests()  # §10: a connected call
+        self.pair(call.phone_number_id, call.user.key).reset_requests()  # §10: a connected call
 
     async def _reject(self, call: SimulatedCall) -> None:
         if call.is_over:

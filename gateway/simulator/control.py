@@ -241,7 +241,7 @@ def _post_user(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
 def _list_calls(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
         return web.json_response([
-            {"call_id": c.call_id, "direction": c.direction, "user": c.wa_id,
+            {"call_id": c.call_id, "direction": c.direction, "user": c.user.key,
              "from": c.display_phone_number if c.outbound else c.wa_id,
              "to": c.wa_id if c.outbound else c.display_phone_number, "state": c.state,
              "phone_number_id": c.phone_number_id, "ended_by": c.ended_by,
@@ -260,6 +260,11 @@ def _post_call(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
             wa_id = str(data.get("from") or "15550002222")
             if not wa_id.isdigit():
                 raise ValueError("'from' must be the user's number, digits only")
+            if data.get("username") is not None:
+                # A caller with a username: the webhook leaves the number out unless this
+                # business number was in contact with it lately (docs/meta-2026-identity.md §1).
+                update_user(sim.user(wa_id), {"username": data["username"] or None},
+                            time.time())
         except (ValueError, json.JSONDecodeError) as exc:
             return web.Response(status=400, text=f"error: {exc}\n")
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})

@@ -15,8 +15,19 @@ from typing import Any
 DEFAULT_WABA_ID = "102290000000001"
 DEFAULT_PHONE_NUMBER_ID = "106540000000002"
 DEFAULT_DISPLAY_NUMBER = "15550001111"
-MIN_CALLING_VERSION = (17, 0)
-"""Calling needs Graph v17.0 or later (docs/meta-calling.md §1)."""
+DEFAULT_VERSION = "v25.0"
+"""A current Graph version (docs/meta-2026-identity.md §7: v25.0 or v26.0 preferred)."""
+LATEST_VERSION = 26
+VERSION_AVAILABLE_UNTIL: dict[int, str | None] = {
+    17: "2025-09-12", 18: "2025-09-12", 19: "2025-09-12", 20: "2025-09-12",
+    21: "2027-01-21", 22: "2027-05-20", 23: "2027-05-20", 24: "2027-05-20",
+    25: "2028-07-29", 26: None,
+}
+"""The last day each Graph version answers (docs/meta-2026-identity.md §7, from Meta's Graph
+API changelog; None: not announced). Meta gives ranges for v17-v20 ("expired 2025-09-12 to
+2026-09-24") and v22-v24 ("2027-05-20 to 2028-02-18"): each range is read as its earliest
+date (ASSUMPTION, the strict reading: a version is never treated as alive longer than Meta
+may keep it). Versions below v17 never had calling."""
 OPAQUE_MAX = 512
 TROUBLESHOOTING_URL = ("https://developers.facebook.com/documentation/business-messaging/"
                        "whatsapp/calling/troubleshooting")
@@ -44,6 +55,31 @@ def business_country_block(display_number: str) -> str | None:
             if code == "1" and digits[1:4] in NANP_NOT_US_CA | {TEST_AREA_CODE}:
                 return None
             return country
+    return None
+
+
+def version_refusal(version: str, today: str) -> GraphError | None:
+    """Meta's answer to a request on an expired, unknown or malformed Graph version
+    (docs/meta-2026-identity.md §7), or
+    None when ``version`` works on ``today`` (``YYYY-MM-DD``, UTC).
+
+    ASSUMPTION: the reference says v17-v20 "expired" without showing Meta's answer. The
+    strict reading is taken -- the request is refused (code 2635, "deprecated version") --
+    rather than silently served by a newer version, so a gateway configured with a dead
+    version finds out in its tests."""
+    m = re.fullmatch(r"v(\d+)\.(\d+)", version)
+    if not m:
+        return GraphError(2500, f"Unknown path components: /{version}", status=400)
+    major = int(m.group(1))
+    if major > LATEST_VERSION or m.group(2) != "0":
+        return GraphError(2500, f"Unknown path components: /{version}", status=400)
+    until = VERSION_AVAILABLE_UNTIL.get(major, "")
+    if until == "" or (until is not None and today > until):
+        return GraphError(2635, f"(#2635) You are calling a deprecated version of the Graph "
+                          f"API ({version}). Please update to the latest version: "
+                          f"v{LATEST_VERSION}.0.",
+                          f"{version} is no longer available" + (f" (since {until})"
+                                                                 if until else ""))
     return None
 
 

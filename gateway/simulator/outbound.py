@@ -24,6 +24,7 @@ from gateway.simulator.meta import (
 from gateway.simulator.phone import SimulatedPhone
 from gateway.simulator.transcript import Transcript
 from gateway.simulator.users import (
+    BSUID,
     UNANSWERED_TO_REVOKE,
     SimulatedUser,
     call_limits,
@@ -39,10 +40,8 @@ class BusinessCalling:
     async def _connect(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """§2/§8/§9: check the request and the user, answer with the wacid; Meta's connect
         webhook (with the phone's answer), RINGING and the user's reaction follow."""
-        to = body.get("to")
-        if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
-            raise invalid("to must be the user's phone number (digits, optionally with +)")
-        wa_id = to.strip().lstrip("+")
+        user, by_number = self._recipient(body)
+        wa_id = user.key
         sdp = session_sdp(body, "connect", "offer")
         opaque = body.get("biz_opaque_callback_data")
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
@@ -63,7 +62,6 @@ class BusinessCalling:
                     float(r.get("expiration") or 0) > now:
                 raise GraphError(138014, "Calling is temporarily disabled for this phone number",
                                  str(r.get("reason") or "Business-initiated calling restricted"))
-        user = self.user(wa_id)
         if user.app_too_old:
             # ASSUMPTION: a client too old for calling is "unsupported client" (138001).
             raise GraphError(138001, "Receiver cannot be called",
@@ -78,11 +76,14 @@ class BusinessCalling:
             raise GraphError(138012, "Business-initiated call limit reached",
                              f"{full['max_allowed']} connected calls per 24 h reached; the next "
                              f"call is allowed at {full['limit_expiration_time']} (unix time)")
-        ongoing = any(c.wa_id == wa_id and c.phone_number_id == phone_number_id
+        ongoing = any(c.user.key == wa_id and c.phone_number_id == phone_number_id
                       and not c.is_over for c in self.calls.values())
         if user.on_call == "busy" or ongoing:
             raise GraphError(138003, "A call with this user is already in progress",
                              "Wait for the current call with this user to end")
+        if by_number:
+            # docs/meta-2026-identity.md §1: the business called it
+            self.number_contact(phone_number_id, user, now)
         transcript = Transcript()
         phone = SimulatedPhone(transcript=transcript, name=f"phone {wa_id}",
                                timers=self.phone_timers, idle_audio=user.idle_audio,
@@ -96,12 +97,14 @@ class BusinessCalling:
                              from_wa_id=wa_id, profile_name=user.name,
                              phone_number_id=phone_number_id, display_phone_number=display,
                              cta_payload=None, deeplink_payload=None, transcript=transcript,
-                             phone=phone, direction=BUSINESS_INITIATED)
+                             phone=phone, direction=BUSINESS_INITIATED, user=user,
+                             show_number=self.shows_number(phone_number_id, user, now))
         call.offer_sdp, call.answer_sdp = sdp, answer
         call.biz_opaque_callback_data = opaque
         if sdp.count("a=fingerprint:") > 1:
             transcript.add("note: the offer lists several fingerprints; §9 asks for one sha-256")
-        transcript.add(f"business calls {wa_id} (connect): accepted as {call.call_id}")
+        transcript.add(f"business calls {wa_id if by_number else user.user_id} (connect): "
+                       f"accepted as {call.call_id}")
         self.calls[call.call_id] = call
         user.in_service_window = True  # §10: a call opens the customer-service window
         for listener in self.call_listeners:
@@ -110,6 +113,31 @@ class BusinessCalling:
             self._outbound_added.notify_all()
         self._spawn(self._run_outbound(call, user))
         return {"messaging_product": "whatsapp", "calls": [{"id": call.call_id}]}
+
+    def _recipient(self, body: dict[str, Any]) -> tuple[SimulatedUser, bool]:
+        """Who a ``connect`` or a message is for, and whether it named the user's number.
+
+        docs/meta-2026-identity.md §1: ``to`` (the number) or ``recipient`` (a BSUID or parent
+        BSUID); **``to`` wins if both
+        are sent**. A number finds its account in any of Meta's forms (Brazil's ninth digit,
+        Mexico's 521). ASSUMPTION: no call-specific error exists for an unknown or
+        foreign-portfolio BSUID (docs/meta-2026-identity.md §1 unknown), so it is an invalid
+        parameter (100)."""
+        to, recipient = body.get("to"), body.get("recipient")
+        if to is not None:
+            if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
+                raise invalid("to must be the user's phone number (digits, optionally with +)")
+            return self.user(to.strip().lstrip("+")), True
+        if recipient is None:
+            raise invalid("to (the user's phone number) or recipient (the user's BSUID) is "
+                          "required")
+        if not isinstance(recipient, str) or not BSUID.fullmatch(recipient.strip()):
+            raise invalid("recipient must be a BSUID (e.g. US.13491208655302741918) or a "
+                          "parent BSUID")
+        user = self.find_user(recipient.strip())
+        if user is None:
+            raise invalid(f"recipient {recipient} is not a user of this business portfolio")
+        return user, False
 
     async def _run_outbound(self, call: SimulatedCall, user: SimulatedUser) -> None:
         """Meta's side of a business-initiated call, after connect returned."""
@@ -151,7 +179,7 @@ class BusinessCalling:
             call.phone.pick_up()
             call.transcript.add("the user picked up: the phone sends audio")
             call.accepted.set()
-            counters = self.pair(call.phone_number_id, call.wa_id)
+            counters = self.pair(call.phone_number_id, call.user.key)
             counters.calls.append(call.accepted_at)
             counters.unanswered_streak = 0
             counters.reset_requests()  # §10: any connected call resets the request counters
@@ -180,13 +208,13 @@ class BusinessCalling:
         timeout); a call the business cancelled or that failed on media does not."""
         if call.accepted_at is not None or call.ended_by not in ("user", "ring timeout"):
             return
-        counters = self.pair(call.phone_number_id, call.wa_id)
+        counters = self.pair(call.phone_number_id, call.user.key)
         counters.unanswered_streak += 1
         call.transcript.add(f"unanswered business calls in a row: {counters.unanswered_streak}")
         if counters.unanswered_streak < UNANSWERED_TO_REVOKE:
             return
         counters.unanswered_streak = 0
-        user = self.user(call.wa_id)
+        user = call.user
         now = time.time()
         user.set_permission("no_permission", now)
         call.transcript.add(f"{UNANSWERED_TO_REVOKE} unanswered calls in a row: call permission "

@@ -7,7 +7,14 @@ business number + user pair:
   exists (138017); any connected call resets both counters;
 - connected business-initiated calls: 100 per 24 h (138012);
 - 4 unanswered/declined business calls in a row revoke the permission (automatic reject reply);
-- a temporary permission lasts 7 days from approval; an expired one reads ``no_permission``.
+- a temporary permission lasts 7 days from approval; an expired one reads ``no_permission``;
+  a permanent one (``is_permanent``, since Nov 2025) never expires and shares the call limit.
+
+Identity (docs/meta-2026-identity.md §1): every user has a business-scoped user id (BSUID,
+``US.1000…``; a parent BSUID only for enrolled managed businesses) next to the number Meta
+knows them by. A user with a username has the number left out of webhooks (``from``/``wa_id``
+absent, not empty) unless this business number was in contact with that number in the last
+30 days or the user is in the portfolio's contact book (:func:`number_visible`).
 
 ASSUMPTION: the permission is kept on the :class:`SimulatedUser`, so it applies to every
 business number of the simulated account (tests use one number); the counters are per pair.
@@ -16,6 +23,8 @@ business number of the simulated account (tests use one number); the counters ar
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +44,50 @@ REQUEST_LIMITS = (("PT24H", DAY, 1), ("P7D", WEEK, 2))
 CALL_LIMITS = (("PT24H", DAY, 100),)
 """§10/§14: 100 connected business-initiated calls per 24 h (the sample's 5 is outdated)."""
 UNANSWERED_TO_REVOKE = 4
+CONTACT_WINDOW_S = 30 * DAY
+"""docs/meta-2026-identity.md §1: a number stays visible to a business number for 30 days after
+contact."""
+BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
+"""docs/meta-2026-identity.md §1: ISO-3166 alpha-2, a period, up to 128 alphanumerics (parents
+contain ``ENT``)."""
+COUNTRY_BY_CODE = (("55", "BR"), ("52", "MX"), ("44", "GB"), ("49", "DE"), ("34", "ES"),
+                   ("91", "IN"), ("62", "ID"), ("1", "US"))
+"""Enough calling codes for test users; others get ``US`` (ASSUMPTION: only the prefix's
+shape matters to a business, which must not parse the country out of it)."""
+
+
+def bsuid_for(wa_id: str) -> str:
+    """A stable BSUID for a simulated user's number: the country, a period, 19 digits."""
+    country = next((c for code, c in COUNTRY_BY_CODE if wa_id.startswith(code)), "US")
+    digest = int(hashlib.sha256(wa_id.encode()).hexdigest(), 16)
+    return f"{country}.1{digest % 10**18:018d}"
+
+
+def meta_number_forms(number: str) -> list[str]:
+    """The same WhatsApp account written the other ways Meta knows (the dialled number first).
+
+    Brazil: mobiles got a ninth digit (55 AA 9XXXX XXXX) after many accounts were registered,
+    so an account's wa_id may lack it (55 AA XXXX XXXX) while the business dials it with it.
+    Mexico: wa_ids carry a 1 after 52 (521 + 10 digits) while the dialled number has none."""
+    forms = [number]
+    if number.startswith("55") and len(number) == 13 and number[4] == "9":
+        forms.append(number[:4] + number[5:])
+    elif number.startswith("55") and len(number) == 12 and number[4] in "6789":
+        forms.append(number[:4] + "9" + number[4:])
+    elif number.startswith("521") and len(number) == 13:
+        forms.append("52" + number[3:])
+    elif number.startswith("52") and len(number) == 12:
+        forms.append("521" + number[2:])
+    return forms
+
+
+def meta_wa_id(number: str) -> str:
+    """The wa_id Meta gives an account first seen under ``number``: Mexican accounts carry the
+    1 (521…); a Brazilian number keeps the form it was given (configure an old account's
+    12-digit wa_id with :meth:`CloudApiSimulator.add_user`)."""
+    if number.startswith("52") and len(number) == 12:
+        return "521" + number[2:]
+    return number
 
 
 @dataclass
@@ -42,8 +95,18 @@ class SimulatedUser:
     """One WhatsApp user: what Meta knows about them and what they do when contacted."""
 
     wa_id: str = ""
+    """The number Meta knows the user by (its wa_id); webhooks may leave it out."""
     name: str | None = "Test User"
     """Profile name, sent in ``contacts`` of user-side webhooks."""
+    user_id: str = ""
+    """The BSUID; made from the number when not given (:func:`bsuid_for`)."""
+    parent_user_id: str | None = None
+    """Parent BSUID (``US.ENT.…``): only for enrolled managed businesses."""
+    username: str | None = None
+    """The user's WhatsApp username, if they adopted one: then their number is hidden from
+    business numbers they had no contact with in 30 days."""
+    in_contact_book: bool = False
+    """In the portfolio's contact book: the number is always shown."""
     permission: str = "no_permission"
     """no_permission | temporary | permanent (the state at Meta)."""
     permission_expires_at: float | None = None
@@ -66,12 +129,28 @@ class SimulatedUser:
     """Looped toward the business when the user says nothing else (None: silence)."""
 
     def __post_init__(self) -> None:
+        if not self.user_id and self.wa_id:
+            self.user_id = bsuid_for(self.wa_id)
         self.check()
+
+    @property
+    def key(self) -> str:
+        """How the simulator files the user: the number, or the BSUID of a user without one."""
+        return self.wa_id or self.user_id
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field."""
         if self.wa_id and not self.wa_id.isdigit():
             raise ValueError("wa_id must be the user's number, digits only")
+        if self.user_id and not BSUID.fullmatch(self.user_id):
+            raise ValueError("user_id must be a BSUID: country code, a period, up to 128 "
+                             "letters and digits (e.g. US.13491208655302741918)")
+        if self.parent_user_id and (not BSUID.fullmatch(self.parent_user_id)
+                                    or ".ENT." not in self.parent_user_id):
+            raise ValueError("parent_user_id must be a parent BSUID (e.g. US.ENT.1180…)")
+        if self.username is not None and (not isinstance(self.username, str)
+                                          or not self.username.strip()):
+            raise ValueError("username must be a non-empty string or null")
         for name, allowed in (("permission", PERMISSIONS), ("on_call", ON_CALL),
                               ("on_permission_request", ON_REQUEST)):
             if getattr(self, name) not in allowed:
@@ -99,8 +178,8 @@ class SimulatedUser:
             self.permission_expires_at = expires_at or now + TEMPORARY_PERMISSION_S
 
     def copy_for(self, wa_id: str) -> SimulatedUser:
-        """A new user behaving like this one (the default user template)."""
-        return dataclasses.replace(self, wa_id=wa_id)
+        """A new user behaving like this one (the default user template), with its own BSUID."""
+        return dataclasses.replace(self, wa_id=wa_id, user_id="", parent_user_id=None)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -110,7 +189,7 @@ class SimulatedUser:
 
 
 CONFIGURABLE = tuple(f.name for f in dataclasses.fields(SimulatedUser)
-                     if f.name not in ("wa_id", "idle_audio"))
+                     if f.name not in ("wa_id", "user_id", "idle_audio"))
 
 
 def update_user(user: SimulatedUser, data: dict[str, Any], now: float) -> None:
@@ -141,6 +220,13 @@ class PairCounters:
     """Connected (picked-up) business-initiated calls."""
     unanswered_streak: int = 0
     """Business-initiated calls in a row the user declined or did not answer."""
+    number_contact_at: float | None = None
+    """Last contact between this business number and the user's *number* (docs/meta-2026-identity.md
+    §1's 30 days).
+
+    ASSUMPTION (the safe reading): only contacts where the number was used count -- the
+    business messaged or called it by ``to``, or a webhook from the user carried it. A call
+    or message addressed by BSUID, or a username-only call, does not reveal the number."""
 
     def reset_requests(self) -> None:
         self.requests.clear()
@@ -150,6 +236,19 @@ class PairCounters:
                 "requests_24h": len(recent(self.requests, DAY, now)),
                 "connected_calls_24h": len(recent(self.calls, DAY, now)),
                 "unanswered_streak": self.unanswered_streak}
+
+
+def number_visible(user: SimulatedUser, counters: PairCounters, now: float) -> bool:
+    """docs/meta-2026-identity.md §1: is the user's number shown to this business number (``from``,
+    ``wa_id``, ``to``,
+    ``recipient_id``)? Hidden only for a user with a username, outside the contact book,
+    without a number contact in the last 30 days."""
+    if not user.wa_id:
+        return False
+    if not user.username or user.in_contact_book:
+        return True
+    at = counters.number_contact_at
+    return at is not None and now - at < CONTACT_WINDOW_S
 
 
 def recent(times: list[float], period: float, now: float) -> list[float]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import strict_json
+from gateway.whatsapp.identity import WhatsAppUser, canonical_number
 
 
 class MalformedWebhook(ValueError):
@@ -49,10 +50,24 @@ class CallEvent:
     cta_payload: str | None = None
     deeplink_payload: str | None = None
     errors: tuple[MetaError, ...] = ()
+    user_id: str = ""
+    """The user's BSUID (``from_user_id`` of a user's call, ``to_user_id`` of ours,
+    docs/meta-2026-identity.md §1)."""
+    parent_user_id: str = ""
+    username: str = ""
+    """``contacts[].profile.username``, only if the user adopted one."""
 
     @property
     def dedup_key(self) -> tuple:
         return ("call", self.call_id, self.event, self.timestamp)
+
+    @property
+    def user(self) -> WhatsAppUser:
+        """The WhatsApp user's side: ``from`` of a user's call, ``to`` of the business's."""
+        number = self.to_number if self.direction == "BUSINESS_INITIATED" else self.from_number
+        return WhatsAppUser(wa_id=number, user_id=self.user_id,
+                            parent_user_id=self.parent_user_id, username=self.username,
+                            profile_name=self.profile_name)
 
 
 @dataclass(frozen=True)
@@ -66,10 +81,17 @@ class StatusEvent:
     timestamp: int
     biz_opaque_callback_data: str | None = None
     errors: tuple[MetaError, ...] = ()
+    recipient_user_id: str = ""
+    """docs/meta-2026-identity.md §1/§6: ``recipient_user_id``; ``recipient_id`` is left out for
+    username users."""
 
     @property
     def dedup_key(self) -> tuple:
         return ("status", self.call_id, self.status, self.timestamp)
+
+    @property
+    def user(self) -> WhatsAppUser:
+        return WhatsAppUser(wa_id=self.recipient_id, user_id=self.recipient_user_id)
 
 
 @dataclass(frozen=True)
@@ -85,13 +107,47 @@ class PermissionReply:
     expiration_timestamp: int | None
     response_source: str  # "user_action" | "automatic"
     context_id: str | None = None
+    user_id: str = ""
+    """``messages[].from_user_id`` (docs/meta-2026-identity.md §1); ``user`` (``from``) may
+    then be empty."""
+    parent_user_id: str = ""
+    username: str = ""
 
     @property
     def dedup_key(self) -> tuple:
         return ("permission", self.message_id)
 
+    @property
+    def who(self) -> WhatsAppUser:
+        return WhatsAppUser(wa_id=self.user, user_id=self.user_id,
+                            parent_user_id=self.parent_user_id, username=self.username)
 
-Event = CallEvent | StatusEvent | PermissionReply
+
+@dataclass(frozen=True)
+class UserIdChanged:
+    """A ``system`` message of type ``user_changed_user_id`` (docs/meta-2026-identity.md §1): the
+    user changed phone
+    number, so Meta gave them a new BSUID.
+
+    ASSUMPTION: the reference names the message but shows no sample. Read leniently: the old
+    BSUID is ``from_user_id`` of the message (or ``system.previous_user_id``), the new one
+    ``system.user_id`` (or ``system.new_user_id``), the new number ``system.wa_id`` (as in
+    Meta's ``user_changed_number`` messages)."""
+
+    phone_number_id: str
+    message_id: str
+    timestamp: int
+    old_user_id: str
+    new_user_id: str
+    wa_id: str = ""
+    old_wa_id: str = ""
+
+    @property
+    def dedup_key(self) -> tuple:
+        return ("user_id_changed", self.message_id)
+
+
+Event = CallEvent | StatusEvent | PermissionReply | UserIdChanged
 
 
 @dataclass
@@ -179,10 +235,7 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
     meta = _dict(value.get("metadata"))
     pnid = _str(meta.get("phone_number_id"))
     display = _str(meta.get("display_phone_number"))
-    names = {}
-    for c in _list(value.get("contacts")):
-        c = _dict(c)
-        names[_str(c.get("wa_id"))] = _str(_dict(c.get("profile")).get("name"))
+    contacts = _contacts(value)
     for call in _list(value.get("calls")):
         call = _dict(call)
         call_id = _str(call.get("id"))
@@ -192,7 +245,9 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
         session = _dict(call.get("session"))
         from_number = _str(call.get("from"))
         direction = _str(call.get("direction")).upper()
-        user = from_number if direction != "BUSINESS_INITIATED" else _str(call.get("to"))
+        side = "to" if direction == "BUSINESS_INITIATED" else "from"
+        user_id = _str(call.get(f"{side}_user_id"))
+        contact = _contact_for(contacts, _str(call.get(side)), user_id)
         status = call.get("status")
         out.events.append(CallEvent(
             call_id=call_id,
@@ -203,7 +258,7 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
             from_number=from_number,
             to_number=_str(call.get("to")),
             timestamp=as_int(call.get("timestamp")) or 0,
-            profile_name=names.get(user, ""),
+            profile_name=contact.get("name", ""),
             sdp=_str(session.get("sdp")) or None,
             sdp_type=_str(session.get("sdp_type")).lower() or None,
             status=_str(status).upper() or None if status is not None else None,
@@ -214,6 +269,10 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
             cta_payload=_str(call.get("cta_payload")) or None,
             deeplink_payload=_str(call.get("deeplink_payload")) or None,
             errors=_errors(call.get("errors"), value.get("errors")),
+            user_id=user_id or contact.get("user_id", ""),
+            parent_user_id=_str(call.get(f"{side}_parent_user_id"))
+            or contact.get("parent_user_id", ""),
+            username=contact.get("username", ""),
         ))
     for st in _list(value.get("statuses")):
         st = _dict(st)
@@ -229,19 +288,60 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
             timestamp=as_int(st.get("timestamp")) or 0,
             biz_opaque_callback_data=_str(st.get("biz_opaque_callback_data")) or None,
             errors=_errors(st.get("errors"), value.get("errors")),
+            recipient_user_id=_str(st.get("recipient_user_id"))
+            or _contact_for(contacts, _str(st.get("recipient_id")), "").get("user_id", ""),
         ))
+
+
+def _contacts(value: dict) -> list[dict[str, str]]:
+    """``contacts[]`` as flat dicts (wa_id, user_id, parent_user_id, name, username):
+    docs/meta-2026-identity.md §1 adds
+    the ids and ``profile.username``, and leaves ``wa_id`` out for username users."""
+    out = []
+    for c in _list(value.get("contacts")):
+        c = _dict(c)
+        profile = _dict(c.get("profile"))
+        out.append({"wa_id": _str(c.get("wa_id")), "user_id": _str(c.get("user_id")),
+                    "parent_user_id": _str(c.get("parent_user_id")),
+                    "name": _str(profile.get("name")), "username": _str(profile.get("username"))})
+    return out
+
+
+def _contact_for(contacts: list[dict[str, str]], wa_id: str, user_id: str) -> dict[str, str]:
+    """The contact entry of this user: by BSUID, by number, or the only one there is."""
+    for c in contacts:
+        if (user_id and c["user_id"] == user_id) or (
+                wa_id and canonical_number(c["wa_id"]) == canonical_number(wa_id)):
+            return c
+    return contacts[0] if len(contacts) == 1 and not (wa_id and contacts[0]["wa_id"]) else {}
 
 
 def _parse_messages_value(value: dict, out: ParsedWebhook) -> None:
     pnid = _str(_dict(value.get("metadata")).get("phone_number_id"))
+    contacts = _contacts(value)
     for msg in _list(value.get("messages")):
         msg = _dict(msg)
+        system = _dict(msg.get("system"))
+        if _str(msg.get("type")) == "system" and \
+                _str(system.get("type")) == "user_changed_user_id":
+            old = _str(msg.get("from_user_id") or system.get("previous_user_id"))
+            new = _str(system.get("user_id") or system.get("new_user_id"))
+            if not old or not new:
+                out.ignored.append("user_changed_user_id without both BSUIDs")
+                continue
+            out.events.append(UserIdChanged(
+                phone_number_id=pnid, message_id=_str(msg.get("id")),
+                timestamp=as_int(msg.get("timestamp")) or 0, old_user_id=old, new_user_id=new,
+                wa_id=_str(system.get("wa_id")), old_wa_id=_str(msg.get("from"))))
+            continue
         interactive = _dict(msg.get("interactive"))
         if _str(interactive.get("type")) != "call_permission_reply":
             out.ignored.append(f"message of type {_str(msg.get('type')) or '?'}")
             continue
         reply = _dict(interactive.get("call_permission_reply"))
         permanent = reply.get("is_permanent")
+        user_id = _str(msg.get("from_user_id"))
+        contact = _contact_for(contacts, _str(msg.get("from")), user_id)
         out.events.append(PermissionReply(
             phone_number_id=pnid,
             user=_str(msg.get("from")),
@@ -252,4 +352,8 @@ def _parse_messages_value(value: dict, out: ParsedWebhook) -> None:
             expiration_timestamp=as_int(reply.get("expiration_timestamp")),
             response_source=_str(reply.get("response_source")).lower() or "user_action",
             context_id=_str(_dict(msg.get("context")).get("id")) or None,
+            user_id=user_id or contact.get("user_id", ""),
+            parent_user_id=_str(msg.get("from_parent_user_id"))
+            or contact.get("parent_user_id", ""),
+            username=contact.get("username", ""),
         ))

@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 
 from gateway.config import WhatsAppSettings
+from gateway.whatsapp.identity import is_bsuid
+from gateway.whatsapp.messages import recipient_fields
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,14 @@ class GraphError(Exception):
     """A Graph request failed: Meta's error, an HTTP error without a body, or no answer."""
 
     def __init__(self, action: str, message: str, *, code: int | None = None,
-                 http_status: int | None = None, details: str = ""):
+                 http_status: int | None = None, details: str = "",
+                 error_data: dict[str, Any] | None = None):
         self.action = action
         self.code = code
         self.http_status = http_status
         self.details = details
+        self.error_data = error_data or {}
+        """Meta's whole ``error_data`` (138012 says when the next call is allowed there)."""
         text = f"Graph {action} failed"
         if code is not None:
             text += f": code {code}"
@@ -78,7 +83,8 @@ def _meta_error(action: str, data: Any, status: int) -> GraphError:
     error_data = err.get("error_data")
     details = error_data.get("details", "") if isinstance(error_data, dict) else ""
     return GraphError(action, str(err.get("message", "")), code=code, http_status=status,
-                      details=str(details))
+                      details=str(details),
+                      error_data=error_data if isinstance(error_data, dict) else None)
 
 
 CALL_PERMISSIONS_PER_S = 5
@@ -174,8 +180,10 @@ class GraphClient:
 
     async def connect(self, phone_number_id: str, to: str, sdp: str,
                       callback_data: str | None = None) -> str:
-        """Start a business-initiated call; returns Meta's call id (wacid)."""
-        body: dict[str, Any] = {"messaging_product": "whatsapp", "to": to, "action": "connect",
+        """Start a business-initiated call; returns Meta's call id (wacid). ``to`` is the
+        user's number, or a BSUID, which goes as ``recipient`` (docs/meta-2026-identity.md §1)."""
+        body: dict[str, Any] = {"messaging_product": "whatsapp", **recipient_fields(to),
+                                "action": "connect",
                                 "session": {"sdp_type": "offer", "sdp": sdp}}
         if callback_data:
             body["biz_opaque_callback_data"] = callback_data[:512]
@@ -211,5 +219,7 @@ class GraphClient:
                 while recent and loop.time() - recent[0] >= 1.0:
                     recent.popleft()
             recent.append(loop.time())
-        return await self._get(phone_number_id, "call_permissions", "call_permissions",
-                               {"user_wa_id": user_wa_id})
+        # docs/meta-2026-identity.md §1: a user known only by BSUID is looked up with
+        # ``recipient=``.
+        query = {"recipient": user_wa_id} if is_bsuid(user_wa_id) else {"user_wa_id": user_wa_id}
+        return await self._get(phone_number_id, "call_permissions", "call_permissions", query)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.whatsapp.identity import is_bsuid
+
 VOICE_CALL_DISPLAY_TEXT_MAX = 20  # §5
 VOICE_CALL_TTL_MINUTES = (1, 43200)  # §5
 VOICE_CALL_PAYLOAD_MAX = 512  # §5
@@ -28,6 +30,13 @@ def _check_body_text(body_text: str | None, required: bool) -> str | None:
     return body_text
 
 
+def recipient_fields(user: str) -> dict[str, str]:
+    """Who a message or a call is for: ``{"to": number}``, or ``{"recipient": BSUID}`` for a
+    user known only by their business-scoped user id (docs/meta-2026-identity.md §1)."""
+    user = user.strip()
+    return {"recipient": user} if is_bsuid(user) else {"to": user.lstrip("+")}
+
+
 def permission_request_body(user: str, body_text: str | None) -> dict[str, Any]:
     """The free-form ``call_permission_request`` interactive message (§5). It can only be sent
     inside the 24 h customer-service window; outside it Meta wants a template."""
@@ -36,7 +45,7 @@ def permission_request_body(user: str, body_text: str | None) -> dict[str, Any]:
                                    "action": {"name": "call_permission_request"}}
     if text:
         interactive["body"] = {"text": text}
-    return {"recipient_type": "individual", "to": user, "type": "interactive",
+    return {"recipient_type": "individual", **recipient_fields(user), "type": "interactive",
             "interactive": interactive}
 
 
@@ -62,6 +71,6 @@ def voice_call_body(user: str, body_text: str, display_text: str = "Call Now",
             raise ValueError(f"payload: must be at most {VOICE_CALL_PAYLOAD_MAX} characters, "
                              f"got {len(payload)}")
         parameters["payload"] = payload
-    return {"recipient_type": "individual", "to": user, "type": "interactive",
+    return {"recipient_type": "individual", **recipient_fields(user), "type": "interactive",
             "interactive": {"type": "voice_call", "body": {"text": text},
                             "action": {"name": "voice_call", "parameters": parameters}}}

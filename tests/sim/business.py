@@ -20,6 +20,22 @@ from aiohttp import web
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator.cloud_api import CloudApiSimulator
 
+USER_ID_KEYS = frozenset({
+    "user_id", "parent_user_id", "from_user_id", "from_parent_user_id", "to_user_id",
+    "to_parent_user_id", "recipient_user_id", "recipient_parent_user_id"})
+"""Fields docs/meta-2026-identity.md §1 added to every webhook since April 2026 (BSUIDs)."""
+
+
+def pre_bsuid(obj: Any) -> Any:
+    """``obj`` without the 2026 BSUID fields: what a pre-2026 sample in
+    tests/fixtures/payloads/ shows, so a body can still be compared with it key for key."""
+    if isinstance(obj, dict):
+        return {k: pre_bsuid(v) for k, v in obj.items() if k not in USER_ID_KEYS}
+    if isinstance(obj, list):
+        return [pre_bsuid(v) for v in obj]
+    return obj
+
+
 APP_SECRET = "0123456789abcdef0123456789abcdef"
 TOKEN = "EAAG-test-token"
 

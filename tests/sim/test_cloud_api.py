@@ -26,8 +26,11 @@ async def test_connect_webhook_is_shaped_and_signed_like_meta(sim, business):
     value = item["value"]
     assert value["metadata"] == {"display_phone_number": "15550001111",
                                  "phone_number_id": "106540000000002"}
-    assert value["contacts"] == [{"profile": {"name": "Test User"}, "wa_id": "15550002222"}]
+    user_id = sim.users["15550002222"].user_id
+    assert value["contacts"] == [{"profile": {"name": "Test User"}, "wa_id": "15550002222",
+                                  "user_id": user_id}]
     c = item["call"]
+    assert c["from_user_id"] == user_id
     assert c["id"] == call.call_id and c["id"].startswith("wacid.")
     assert (c["from"], c["to"], c["direction"]) == ("15550002222", "15550001111",
                                                    "USER_INITIATED")

@@ -43,7 +43,7 @@ async def control_sim(business):
 async def test_cli_call_streams_the_transcript_and_passes(control_sim, business, capsys):
     answering = asyncio.ensure_future(auto_answer(business, control_sim))
     args = argparse.Namespace(
-        sim_url=control_sim.base_url, from_="15550002222", name="Test User",
+        sim_url=control_sim.base_url, from_="15550002222", name="Test User", username=None,
         phone_number_id=None, cta_payload=None, deeplink_payload=None,
         script="wait-answer 10; wait-audio 5; press 12; wait 0.5; hangup")
     assert await cli.call_main(args) == 0
