@@ -33,8 +33,8 @@ from gateway.calls.permissions import decide_call, send_call_button
 from gateway.config import Config
 from gateway.store import filters_from_query, parse_time
 from gateway.whatsapp.graph import GraphError
-from gateway.whatsapp.webhook import same_secret
 from gateway.whatsapp.identity import is_bsuid
+from gateway.whatsapp.webhook import same_secret
 
 E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
 CONTEXT = re.compile(r"[A-Za-z0-9_.+-]{1,79}")
