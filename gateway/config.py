@@ -19,6 +19,10 @@ import yaml
 
 CODECS = ("g722", "ulaw", "alaw")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
+"""What an accountcode may hold: Asterisk keeps at most 79 characters (AST_MAX_ACCOUNT_CODE
+is 80 with the NUL), and the CSV, SQL and AMI paths it travels are safest without quotes,
+commas, spaces or semicolons."""
 
 
 class ConfigError(Exception):
@@ -75,6 +79,9 @@ class NumberSettings:
     closed_extension: str = "s"
     calling: dict[str, Any] = field(default_factory=dict)
     """Meta calling settings for this number, as written in the YAML (validated by settings.py)."""
+    accountcode: str | None = None
+    """Asterisk accountcode of this number's calls (AMI Originate ``Account``): the CDR's
+    ``accountcode`` column, for billing and reports per business number."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             r.fail(path, "must be a mapping with phone_number_id and context")
             continue
         r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
-                         "closed_context", "closed_extension", "calling"}, path)
+                         "closed_context", "closed_extension", "calling", "accountcode"}, path)
         pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
         if pnid and not pnid.isdigit():
             r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
@@ -335,6 +342,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             closed_extension=r.string(item, "closed_extension", f"{path}.closed_extension",
                                       default="s") or "s",
             calling=calling,
+            accountcode=_accountcode(r, item, f"{path}.accountcode"),
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
@@ -385,6 +393,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                                     1.0),
     )
 
+    _check_port_overlap(r, media)
+
     http_raw = r.section(data, "http", "http", required=False)
     r.unknown(http_raw, {"listen"}, "http")
     http = r.host_port(http_raw.get("listen"), "http.listen", HttpSettings())
@@ -406,6 +416,28 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         raise ConfigError(r.problems)
     return Config(whatsapp=whatsapp, numbers=tuple(numbers), asterisk=asterisk, media=media,
                   http=http, api=ApiSettings(tokens=tokens), store=store, source=source)
+
+
+def _accountcode(r: _Reader, item: dict, path: str) -> str | None:
+    code = r.string(item, "accountcode", path, required=False)
+    if code is not None and not ACCOUNTCODE.fullmatch(code):
+        r.fail(path, "must be 1-79 characters of letters, digits and _ . @ + - "
+                     f"(Asterisk's accountcode), got {code!r}")
+        return None
+    return code
+
+
+def _check_port_overlap(r: _Reader, media: MediaSettings) -> None:
+    """Both legs take one UDP port per call from their ranges: shared ports would make the
+    two pools hand out the same port, and the second bind of a call fails mid-setup."""
+    rtp, webrtc = media.rtp_ports, media.webrtc_ports
+    if webrtc is None:
+        return
+    first, last = max(rtp.first, webrtc.first), min(rtp.last, webrtc.last)
+    if first <= last:
+        r.fail("media.rtp_ports", f"{rtp.first}-{rtp.last} overlaps media.webrtc_ports "
+                                  f"{webrtc.first}-{webrtc.last} (ports {first}-{last}): "
+                                  "give each leg its own range")
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -383,6 +383,7 @@ class AmiClient:
         context: str | None = None, exten: str | None = None, priority: int = 1,
         caller_id: str, variables: Mapping[str, str],
         application: str | None = None, data: str | None = None, timeout_s: float = 10,
+        account: str | None = None,
     ) -> OriginateResult:
         """Create ``UnicastRTP/<rtp_host>:<rtp_port>/c(<codec>)`` with Uniqueid ``channel_id``.
 
@@ -398,13 +399,15 @@ class AmiClient:
         return await self.originate(
             f"UnicastRTP/{host}:{rtp_port}/c({codec})", channel_id=channel_id,
             context=context, exten=exten, priority=priority, caller_id=caller_id,
-            variables=variables, application=application, data=data, timeout_s=timeout_s)
+            variables=variables, application=application, data=data, timeout_s=timeout_s,
+            account=account)
 
     async def originate(
         self, channel: str, *, channel_id: str | None = None,
         context: str | None = None, exten: str | None = None, priority: int = 1,
         caller_id: str = "", variables: Mapping[str, str] | None = None,
         application: str | None = None, data: str | None = None, timeout_s: float = 10,
+        account: str | None = None,
     ) -> OriginateResult:
         """Originate any channel (e.g. ``Local/100@agents``) into the dialplan or an
         application, and wait for its OriginateResponse. See :meth:`originate_unicast`."""
@@ -420,6 +423,8 @@ class AmiClient:
             action["ChannelId"] = channel_id
         if caller_id:
             action["CallerID"] = caller_id
+        if account:
+            action["Account"] = account
         if application is not None:
             action["Application"] = application
             action["Data"] = data or ""

@@ -149,9 +149,11 @@ class LocalAsterisk:
     def _prepare(self) -> None:
         self._lay_out()
         self._ensure_moh()
-        # Fresh logs per start, so an error's log tail shows this run only.
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path.unlink()
+        # Fresh logs (and CDRs) per start, so an error's log tail shows this run only and
+        # Master.csv holds this run's calls in this run's cdr.conf format.
+        for path in (self.log_path, self.instance_dir / "log" / "cdr-csv" / "Master.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         self._output = open(self.instance_dir / "log" / "asterisk.out", "wb")  # noqa: SIM115
 
     def _spawn(self) -> subprocess.Popen:
