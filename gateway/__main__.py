@@ -30,9 +30,11 @@ def _setup_logging(level: str, fmt: str = "text", config: Config | None = None) 
     setup_logging(level.upper(), fmt, secrets=config_secrets(config) if config else [])
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, secrets: bool = True) -> Config:
+    """The validated config, or exit 2 with every problem. ``secrets=False`` for commands that
+    use none (``calls list``, ``permissions show``): an admin need not export them."""
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets)
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -48,7 +50,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"{config.asterisk.ami.username}, codec {config.asterisk.codec}")
     print(f"  Graph API {config.whatsapp.graph_url}; webhook on "
           f"http://{config.http.host}:{config.http.port}/webhook")
+    if args.asterisk:
+        return asyncio.run(_check_asterisk(config, args.guard_context))
     return 0
+
+
+async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
+    """``check-config --asterisk``: routes exist, and no WhatsApp context reaches a trunk.
+    Exit 1 when a route is missing or AMI is unreachable; PSTN risks are warnings (exit 0)."""
+    from gateway.asterisk.ami import AmiClient, AmiError
+    from gateway.asterisk.dialplan import check_dialplan
+
+    ami_cfg = config.asterisk.ami
+    # No orphan sweep: this client owns no call, and a gateway may be serving live ones.
+    ami = AmiClient(ami_cfg, sweep_on_connect=False)
+    try:
+        await ami.connect()
+        report = await check_dialplan(ami, config, guard_contexts)
+    except AmiError as exc:
+        print(f"Asterisk: cannot check the dialplan: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await ami.close()
+    print(f"Asterisk AMI {ami_cfg.host}:{ami_cfg.port}: connected")
+    for problem in report.missing:
+        print(f"  error: {problem}")
+    for risk in report.risks:
+        print(f"  warning: PSTN: {risk}")
+    if report.ok and not report.risks:
+        print("  dialplan: every configured context/extension exists; no WhatsApp context "
+              "reaches a trunk")
+    return 0 if report.ok else 1
 
 
 async def _run_until_signal(start, stop) -> None:
@@ -101,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config file and show what it means")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--asterisk", action="store_true",
+                   help="also connect to AMI: every configured context/extension must exist, "
+                        "and warn when a WhatsApp context can reach a Dial() to a trunk "
+                        "(Meta forbids PSTN on any leg). Hangs up nothing.")
+    p.add_argument("--guard-context", action="append", default=["to-whatsapp"],
+                   metavar="CONTEXT",
+                   help="another context WhatsApp calls run in, for the PSTN guard "
+                        "(repeatable; default: to-whatsapp, where agents dial users)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("demo", help="local Asterisk + WhatsApp simulator + gateway, no Meta "
@@ -201,7 +241,7 @@ def _number_id(config: Config, given: str | None) -> str:
 def cmd_calls_list(args: argparse.Namespace) -> int:
     from gateway.store import CallStore, filters_from_query
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     query = {k: v for k, v in {"since": args.since, "until": args.until,
                                "direction": args.direction, "outcome": args.outcome,
                                "phone_number_id": args.phone_number_id}.items() if v}
@@ -256,7 +296,7 @@ def cmd_permissions_show(args: argparse.Namespace) -> int:
 
     from gateway.calls.permissions import PermissionLedger
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     pnid = _number_id(config, args.phone_number_id)
     user = args.user.lstrip("+")
 

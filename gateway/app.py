@@ -117,6 +117,7 @@ class Gateway:
         for problem in problems:
             log.warning("%s: calls to this number will be hung up at once", problem)
         self.dialplan_problems = problems
+        self.metrics.dialplan_problems.set(len(problems))
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
         if ev.get("UserEvent") == "WhatsAppDial":
@@ -132,8 +133,7 @@ class Gateway:
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
             draining=not self.calls.accepting,
-            extra={"dialplan_problems": self.dialplan_problems} if self.dialplan_problems
-            else {})
+            warnings=tuple(self.dialplan_problems))
 
     @property
     def url(self) -> str:

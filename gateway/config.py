@@ -168,8 +168,10 @@ class Config:
 class _Reader:
     """Walks the parsed YAML collecting problems instead of stopping at the first one."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], secrets: bool = True):
         self.env = env
+        self.secrets = secrets
+        """False: secrets may be unset (commands that use none of them, e.g. ``calls list``)."""
         self.problems: list[str] = []
 
     def fail(self, key: str, problem: str) -> None:
@@ -220,6 +222,8 @@ class _Reader:
         return text
 
     def secret(self, data: dict, key: str, path: str, required: bool = True) -> Secret:
+        if not self.secrets:
+            return Secret("")
         return Secret(self.string(data, key, path, required=required) or "")
 
     def integer(self, data: dict, key: str, path: str, default: int, low: int, high: int) -> int:
@@ -279,9 +283,11 @@ class _Reader:
         return PortRange(first, last)
 
 
-def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<memory>") -> Config:
-    """Validate parsed YAML; raise :class:`ConfigError` listing every problem."""
-    r = _Reader(dict(os.environ) if env is None else env)
+def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<memory>",
+                 *, secrets: bool = True) -> Config:
+    """Validate parsed YAML; raise :class:`ConfigError` listing every problem.
+    ``secrets=False`` leaves every secret empty and unchecked: for commands that use none."""
+    r = _Reader(dict(os.environ) if env is None else env, secrets)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must hold a mapping of sections"])
     r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store"}, "")
@@ -405,7 +411,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     if not isinstance(raw_tokens, list):
         r.fail("api.tokens", "must be a list of tokens (use ${ENV} references)")
         raw_tokens = []
-    tokens = tuple(Secret(r.expand(str(t), f"api.tokens[{i}]")) for i, t in enumerate(raw_tokens))
+    tokens = tuple(Secret(r.expand(str(t), f"api.tokens[{i}]") if r.secrets else "")
+                   for i, t in enumerate(raw_tokens))
 
     store_raw = r.section(data, "store", "store", required=False)
     r.unknown(store_raw, {"path"}, "store")
@@ -440,8 +447,9 @@ def _check_port_overlap(r: _Reader, media: MediaSettings) -> None:
                                   "give each leg its own range")
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at ``path``."""
+def load_config(path: str | Path, env: dict[str, str] | None = None, *,
+                secrets: bool = True) -> Config:
+    """Read and validate the YAML file at ``path`` (``secrets``: see :func:`parse_config`)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -454,4 +462,4 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError([f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) \
             from None
-    return parse_config(data, env=env, source=str(path))
+    return parse_config(data, env=env, source=str(path), secrets=secrets)

@@ -175,9 +175,13 @@ class _SecretFilter(logging.Filter):
 class AmiClient:
     """One AMI connection to Asterisk, kept up for the gateway's lifetime."""
 
-    def __init__(self, settings: AmiSettings, *, channel_prefix: str = "wa-"):
+    def __init__(self, settings: AmiSettings, *, channel_prefix: str = "wa-",
+                 sweep_on_connect: bool = True):
         self.settings = settings
         self.channel_prefix = channel_prefix
+        self.sweep_on_connect = sweep_on_connect
+        """False for a client that is not the gateway (``check-config --asterisk``): it owns
+        no call, so to its sweep every live call of the running gateway is an orphan."""
         self.owned: Callable[[str], bool] = lambda uniqueid: False
         """Does a live call own this channel id? Set by the app; the orphan sweep asks it."""
         self.on_connection_change: list[Callable[[bool], None]] = []
@@ -271,10 +275,11 @@ class AmiClient:
             reported_down = False
             log.info("AMI connected to %s as %r", self._where, self.settings.username)
             self._set_connected(True)
-            try:
-                await self.sweep_orphans()
-            except AmiError as exc:
-                log.warning("AMI orphan sweep failed: %s", exc)
+            if self.sweep_on_connect:
+                try:
+                    await self.sweep_orphans()
+                except AmiError as exc:
+                    log.warning("AMI orphan sweep failed: %s", exc)
             if self._first_connect and not self._first_connect.done():
                 self._first_connect.set_result(None)
             self._notify(True)
@@ -500,6 +505,14 @@ class AmiClient:
                                      "Extension": exten})
         first = answer[0] if isinstance(answer, list) else answer
         return first.get("Response") == "Success"
+
+    async def show_dialplan(self) -> list[Event]:
+        """The whole dialplan, one ``ListDialplan`` event per priority or include."""
+        answer = await self._action({"Action": "ShowDialPlan"})
+        messages = answer if isinstance(answer, list) else [answer]
+        if messages and messages[0].get("Response") == "Error":
+            raise AmiError(f"ShowDialPlan: {messages[0].get('Message', '')}")
+        return [_plain(m) for m in messages if m.get("Event") == "ListDialplan"]
 
     async def core_show_channels(self) -> list[Event]:
         """Every channel in Asterisk, one ``CoreShowChannel`` event each."""
