@@ -21,7 +21,8 @@ from gateway.config import Config, ConfigError, load_config
 
 log = logging.getLogger("gateway")
 
-DEFAULT_CONFIG = "gateway.yaml"
+DEFAULT_CONFIG = os.environ.get("WA_GATEWAY_CONFIG", "gateway.yaml")
+"""``--config`` when not given: $WA_GATEWAY_CONFIG (the demo prints it), else gateway.yaml."""
 
 
 def _setup_logging(level: str, fmt: str = "text", config: Config | None = None) -> None:
@@ -109,10 +110,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, args.log_format)
-    from gateway.sandbox.demo import run_demo
+    from gateway.sandbox.demo import DemoError, run_demo
 
-    asyncio.run(run_demo(Path(args.config) if args.config else None, args.call))
-    return 0
+    try:
+        return asyncio.run(run_demo(Path(args.config) if args.config else None, args.call,
+                                    ami_port=args.ami_port, http_port=args.http_port,
+                                    sim_port=args.sim_port))
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "account needed")
     common(p, config_default=None)
     p.add_argument("--call", metavar="SCRIPT",
-                   help="place one simulated call with this script, print it, and stop")
+                   help="place one simulated call with this script, print it, and stop; "
+                        "the exit code is the call's result (0 PASS, 1 FAIL)")
+    p.add_argument("--ami-port", type=int, metavar="PORT",
+                   help="Asterisk's AMI port (default 5038, or a free one if taken)")
+    p.add_argument("--http-port", type=int, metavar="PORT",
+                   help="the gateway's HTTP port (default 8080, or a free one if taken)")
+    p.add_argument("--sim-port", type=int, metavar="PORT",
+                   help="the WhatsApp simulator's port (default 8090, or a free one if taken)")
     p.set_defaults(func=cmd_demo)
 
     try:

@@ -86,7 +86,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "call", help="place a scripted call through a running simulator",
         description="Steps: wait N, wait-answer [N], wait-audio [N], press DIGITS, "
                     "tone HZ SECONDS, hangup, expect-hangup [N]; separated by ';'.")
-    call.add_argument("--sim-url", default="http://127.0.0.1:8090")
+    call.add_argument("--sim-url", default=os.environ.get("WA_SIM_URL", "http://127.0.0.1:8090"),
+                      help="the simulator (default: $WA_SIM_URL, else http://127.0.0.1:8090)")
     call.add_argument("--from", dest="from_", default="15550002222", help="the user's number")
     call.add_argument("--name", default="Test User", help="the user's profile name")
     call.add_argument("--phone-number-id", default=None, help="business number to call")
