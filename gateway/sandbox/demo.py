@@ -214,6 +214,7 @@ async def run_demo(config_path: Path | None = None, call_script: str | None = No
             call = await sim.place_call(from_wa_id="15550002222", profile_name="Test User")
             result = await run_script(call, parse_script(call_script))
             await call.wait_ended(30)
+            await call.phone.finish_listening()
             call.transcript.close()
             for task in list(printers):  # the transcript's last lines, before the summary
                 with contextlib.suppress(asyncio.CancelledError):

@@ -95,6 +95,21 @@ class LocalAsterisk:
         """Asterisk's messages log on the host."""
         return self.instance_dir / "log" / "messages.log"
 
+    def sounds_dir(self, language: str = "en") -> Path:
+        """Asterisk's sound files for ``language`` on the host (what the simulator's prompt
+        recognition matches against). Debian links ``sounds/en`` through /etc/alternatives
+        with absolute paths, which are resolved inside the chroot here."""
+        if self.root is None:
+            raise LocalAsteriskError("start() first: the chroot path is not known yet")
+        inner = Path(self._packaged_dirs()["astdatadir"]) / "sounds" / language
+        for _ in range(10):  # a few levels of links, never a loop
+            host = self.root / str(inner).lstrip("/")
+            if not host.is_symlink():
+                return host
+            target = Path(os.readlink(host))
+            inner = target if target.is_absolute() else inner.parent / target
+        raise LocalAsteriskError(f"{inner}: too many levels of symbolic links")
+
     @property
     def ami_port(self) -> int:
         if self._ami_port is not None:

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
 
@@ -39,6 +40,7 @@ from gateway.simulator.cloud_api import (
     SimulatedCall,
 )
 from gateway.simulator.control import ScriptError, add_control_routes, parse_script
+from gateway.simulator.prompts import library_for
 from gateway.simulator.users import ON_CALL, ON_REQUEST, PERMISSIONS, SimulatedUser
 
 
@@ -62,6 +64,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--api-version", default="v23.0")
     serve.add_argument("--ring-timeout", type=float, default=60.0,
                        help="seconds an unanswered call rings (default 60)")
+    serve.add_argument("--prompts", metavar="DIR",
+                       help="Asterisk's sound files (e.g. /usr/share/asterisk/sounds/en): "
+                            "transcripts then name the prompts the phone heard")
     serve.add_argument("--media-address", action="append", default=None,
                        help="address the simulated phones gather ICE candidates on "
                             "(repeatable; default 127.0.0.1 and ::1)")
@@ -94,6 +99,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     call.add_argument("--cta-payload", default=None)
     call.add_argument("--deeplink-payload", default=None)
     call.add_argument("--script", default="wait-answer; wait 5; hangup")
+    call.add_argument("--wav", metavar="FILE",
+                      help="save the call's audio, both directions, as a 16 kHz stereo WAV "
+                           "(left: what the phone heard, right: what it sent)")
     call.set_defaults(func=lambda a: _run(call_main(a)), async_func=call_main)
 
 
@@ -133,6 +141,12 @@ async def serve_main(args: argparse.Namespace) -> int:
         version=args.api_version, waba_id=args.waba_id, phone_number_id=args.phone_number_id,
         display_phone_number=args.display_number, ring_timeout_s=args.ring_timeout,
         default_user=default_user)
+    if args.prompts:
+        if not await asyncio.to_thread(os.path.isdir, args.prompts):
+            print(f"error: --prompts {args.prompts}: not a directory", file=sys.stderr)
+            return 2
+        sim.prompts = library_for(args.prompts)
+        await asyncio.to_thread(sim.prompts.load)
     add_control_routes(sim)
     printers: set[asyncio.Task[None]] = set()
 
@@ -186,7 +200,7 @@ async def call_main(args: argparse.Namespace) -> int:
             "phone_number_id": args.phone_number_id, "cta_payload": args.cta_payload,
             "deeplink_payload": args.deeplink_payload}
     body = {k: v for k, v in body.items() if v is not None}
-    last = ""
+    last, call_id = "", None
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
@@ -201,6 +215,16 @@ async def call_main(args: argparse.Namespace) -> int:
                     print(line, flush=True)
                     if line:
                         last = line
+                    if line.startswith("call       "):  # the summary names the call
+                        call_id = line.split()[1]
+            wav = getattr(args, "wav", None)
+            if wav and call_id:
+                async with http.get(f"{args.sim_url.rstrip('/')}/_sim/calls/{call_id}"
+                                    "/audio.wav") as resp:
+                    resp.raise_for_status()
+                    body = await resp.read()
+                await asyncio.to_thread(Path(wav).write_bytes, body)
+                print(f"audio saved to {wav} (left: heard, right: sent)", flush=True)
         except aiohttp.ClientError as exc:
             print(f"error: cannot reach the simulator at {args.sim_url}: {exc}", file=sys.stderr)
             return 2
