@@ -95,6 +95,13 @@ class LocalAsterisk:
         """Asterisk's messages log on the host."""
         return self.instance_dir / "log" / "messages.log"
 
+    async def find_chroot(self) -> Path:
+        """The chroot on the host (built on first use), without starting Asterisk: enough
+        for :meth:`sounds_dir`."""
+        if self.root is None:
+            self.root = await self._chroot()
+        return self.root
+
     def sounds_dir(self, language: str = "en") -> Path:
         """Asterisk's sound files for ``language`` on the host (what the simulator's prompt
         recognition matches against). Debian links ``sounds/en`` through /etc/alternatives

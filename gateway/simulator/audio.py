@@ -191,13 +191,34 @@ class Heard:
         return f"speech-like audio at {self.dbfs:.0f} dBFS"
 
 
+def _steady(pcm: bytes, rate: int, freq: float) -> bool:
+    """A tone holds its frequency: each quarter of a window of 0.2 s or more that is not
+    silent peaks within 15 Hz of the whole. Voiced speech (a prompt's "hello") can put most
+    of a window's energy near one pitch, but its pitch glides."""
+    n = len(pcm) // 2
+    if n < 0.2 * rate:
+        return True
+    quarter = n // 4 * 2
+    for i in range(4):
+        part = pcm[i * quarter:(i + 1) * quarter]
+        if rms_dbfs(part) < SILENCE_DBFS - 10:
+            continue  # the tone had not started yet, or had ended: nothing to compare
+        f = dominant_frequency(part, rate)
+        if f is None or abs(f - freq) > 15:
+            return False
+    return True
+
+
 def describe(pcm: bytes, rate: int = RATE, silence_dbfs: float = SILENCE_DBFS) -> Heard:
     level = rms_dbfs(pcm)
     if level < silence_dbfs:
         return Heard("silence", level)
     peaks = _peak_shares(pcm, rate, 25.0, 2)
+    freq = dominant_frequency(pcm, rate)
+    if freq is None or not _steady(pcm, rate, freq):
+        return Heard("audio", level)
     if peaks and peaks[0][1] >= TONAL_RATIO:
-        return Heard("tone", level, dominant_frequency(pcm, rate))
+        return Heard("tone", level, freq)
     if len(peaks) == 2 and peaks[1][1] >= 0.2 and peaks[0][1] + peaks[1][1] >= TONAL_RATIO:
         low, high = sorted(f for f, _ in peaks)
         return Heard("tone", level, low, high)

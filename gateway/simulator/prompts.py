@@ -17,8 +17,10 @@ windows with one stable spectral peak), and a tone at the frequency and length o
 ``beep`` file (measured from the file itself when a library is loaded: 700 Hz, 0.42 s in
 Asterisk 22's en sounds) is called a beep.
 
-Matching costs about 0.3 s of CPU per 10 s of heard audio against the 558 files of Asterisk's
-core English sounds (``benchmarks/prompt_matching.py``), so the phone runs it in a thread.
+Matching costs 35-85 ms of CPU per second of heard audio against the 558 files of Asterisk's
+core English sounds (``benchmarks/prompt_matching.py``, on a shared 2-core machine), and
+decoding those files about 9 s once (then cached on disk), so the phone runs both in a
+thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ class PromptLibrary:
         level = frame_dbfs(samples)
         active = np.where(level > ACTIVE_DBFS)[0]
         if active.size:
-            body = samples[active[0] * HOP:active[-1] * HOP + WIN]
+            body = samples[active[0] * HOP:(active[-1] + 1) * HOP]
             freq = audio.dominant_frequency(audio._pcm(body), rate=RATE)
             if freq:
                 self.beep_hz, self.beep_s = freq, len(body) / RATE
@@ -284,6 +286,10 @@ class PromptLibrary:
     def match(self, x8k: np.ndarray, t0: float = 0.0) -> list[Heard]:
         """Prompts heard in 8 kHz samples that start ``t0`` s into the call, in time order."""
         self.load()
+        # A prompt right at an edge (the stretch was cut by a hang-up) still fits whole.
+        edge = int(0.1 * RATE)
+        x8k = np.concatenate([np.zeros(edge), x8k, np.zeros(edge)])
+        t0 -= edge / RATE
         feats = envelope(x8k)
         n, bands = feats.shape
         if n == 0:
@@ -348,6 +354,8 @@ def recognise(pcm16k: bytes, t0: float, library: PromptLibrary | None) -> list[H
     sound that matched nothing. CPU-bound: run it in a thread."""
     x = to_8k(pcm16k)
     prompts = library.match(x, t0) if library is not None else []
+    # The beep file itself may match (a clean one does): it is still a beep, with its tone.
+    prompts = [_as_beep(p, x, t0) if p.name == "beep" else p for p in prompts]
     beep_hz = library.beep_hz if library is not None else BEEP_HZ
     beep_s = library.beep_s if library is not None else BEEP_S
     out = list(prompts)
@@ -380,6 +388,13 @@ def recognise(pcm16k: bytes, t0: float, library: PromptLibrary | None) -> list[H
             out.append(Heard("audio", a, b - a))
         i = j
     return sorted(out, key=lambda h: h.start)
+
+
+def _as_beep(match: Heard, x8k: np.ndarray, t0: float) -> Heard:
+    a = max(0, int((match.start - t0) * RATE))
+    b = int((match.start - t0 + match.duration) * RATE)
+    freq = audio.dominant_frequency(audio._pcm(x8k[a:b]), rate=RATE)
+    return Heard("beep", match.start, match.duration, "beep", match.score, freq or BEEP_HZ)
 
 
 _LIBRARIES: dict[Path, PromptLibrary] = {}
