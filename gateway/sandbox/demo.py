@@ -31,6 +31,7 @@ from gateway.simulator.cloud_api import (
     SimulatedCall,
 )
 from gateway.simulator.control import add_control_routes, parse_script, run_script
+from gateway.simulator.prompts import library_for
 from gateway.simulator.users import SimulatedUser
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,10 @@ async def run_demo(config_path: Path | None = None, call_script: str | None = No
         await asterisk.start()
     except LocalAsteriskError as exc:
         raise DemoError(f"Asterisk did not start: {exc}") from None
+    # The phone names the prompts it hears, matched against this Asterisk's sound files
+    # (decoded once in a thread, then cached on disk).
+    sim.prompts = library_for(asterisk.sounds_dir())
+    loading = asyncio.ensure_future(asyncio.to_thread(sim.prompts.load))
     try:
         try:
             await sim.start()
@@ -262,6 +267,7 @@ Press Ctrl-C here to stop everything.
         return 0
     finally:
         print("Stopping...", flush=True)
+        loading.cancel()
         await gateway.stop()
         await sim.close()
         for task in list(printers):

@@ -50,6 +50,9 @@ NO_MEDIA_ERROR = 138021
 """Client received no media for too long (whatsapp-calling.md §11)."""
 MAX_STRETCH_S = 20.0
 """Sound without a pause is handed to prompt recognition at least this often."""
+LOOKBACK_S = 4.0
+"""Recognition also looks this far before a stretch: a prompt split by a short dropout (or by
+MAX_STRETCH_S) is still heard whole once; what was reported before is not repeated."""
 FEED_LEAD_FRAMES = 3
 """Frames queued ahead of the sender's 20 ms clock: enough to ride out loop jitter, well under
 the 200 ms the outgoing queue keeps."""
@@ -387,7 +390,7 @@ class SimulatedPhone:
     def _recognise(self, start: float, end: float) -> None:
         """Recognise what was heard in [start, end) in a thread (prompts.recognise is
         CPU-heavy), after any earlier stretch, and write it to the transcript."""
-        frames = [(t, pcm) for t, pcm in self.received if start <= t < end]
+        frames = [(t, pcm) for t, pcm in self.received if start - LOOKBACK_S <= t < end]
         if not frames:
             return
         previous = self._recognition
@@ -403,6 +406,10 @@ class SimulatedPhone:
                 log.exception("prompt recognition failed")
                 return
             for item in found:
+                if any(_same(item, old) for old in self.recognised):
+                    continue
+                if item.kind == "audio" and item.start + item.duration <= start:
+                    continue  # unexplained sound of the look-back was reported before
                 self.recognised.append(item)
                 self.transcript.add(str(item))
 
@@ -427,6 +434,11 @@ class SimulatedPhone:
     def _close_segment(self, now: float) -> None:
         if self.heard_segments:
             self.heard_segments[-1].end = max(self.heard_segments[-1].end, now)
+
+
+def _same(a: Recognised, b: Recognised) -> bool:
+    """The same thing heard twice (found again in the next stretch's look-back)."""
+    return a.kind == b.kind and a.name == b.name and abs(a.start - b.start) < 0.15
 
 
 def _timeline(frames: list[tuple[float, bytes]]) -> bytes:
