@@ -125,6 +125,25 @@ async def test_readyz_is_degraded_with_a_metric_while_a_context_is_missing(
         (value,) = [s.value for fam in text_string_to_metric_families(metrics)
                     for s in fam.samples if s.name == "whatsapp_gateway_dialplan_problems"]
         assert value == 1
+
+        # The admin adds the context and reloads: the gateway notices (AMI Reload event).
+        local = asterisk.instance_dir / "etc" / "extensions_local.conf"
+        original = local.read_text()
+        local.write_text(original + "\n[nowhere]\nexten => s,1,Answer()\n")
+        try:
+            await asterisk.cli("module reload pbx_config")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while gw.dialplan_problems:  # the check runs on the Reload event
+                assert loop.time() < deadline, gw.dialplan_problems
+                await asyncio.sleep(0.05)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{gw.url}/readyz") as resp:
+                    assert (await resp.json())["status"] == "ready"
+            assert gw.metrics.dialplan_problems._value.get() == 0
+        finally:
+            local.write_text(original)
+            await asterisk.cli("module reload pbx_config")
     finally:
         await gw.stop()
         await sim.close()
