@@ -8,11 +8,12 @@ import csv
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.sandbox.local_asterisk import LocalAsterisk
 
-from .conftest import Stack, number_for
+from .conftest import API_TOKEN, Stack, number_for
 
 pytestmark = pytest.mark.asterisk
 
@@ -122,3 +123,24 @@ async def test_outbound_agent_call_writes_the_agent_row_tagged_and_no_default_ro
     # Besides it only the agent's own leg (here the ;1 half of the Local channel it dialed).
     others = [r for r in rows if r is not row]
     assert [r["channel"].rsplit(";", 1)[-1] for r in others] == ["1"], others
+
+
+async def test_crm_call_writes_one_row_in_the_requested_context(stack: Stack):
+    pnid = "100000000000002"
+    with_accountcode(stack, pnid, "wa-crm")
+    stack.sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=0.3)
+    body = {"to": f"+{USER}", "phone_number_id": pnid, "context": "test-echo"}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_TOKEN}"}) as http:
+        async with http.post(f"{stack.gateway.url}/v1/calls", json=body) as resp:
+            assert resp.status == 201, await resp.text()
+    call = await stack.sim.wait_outbound_call(to=USER, timeout=15)
+    await asyncio.wait_for(call.accepted.wait(), 15)
+    await asyncio.wait_for(call.phone.connected.wait(), 15)
+    await call.hangup()
+    await stack.wait_idle()
+
+    (row,) = await rows_of_call(stack.asterisk, call.call_id)
+    record = await gateway_record(stack, row["userfield"])
+    assert record.channel_id == row["uniqueid"]
+    assert (row["dcontext"], row["dst"]) == ("test-echo", "s")
+    assert row["src"] == f"+{USER}" and row["accountcode"] == "wa-crm"
