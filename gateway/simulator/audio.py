@@ -192,17 +192,19 @@ class Heard:
 
 
 def _steady(pcm: bytes, rate: int, freq: float) -> bool:
-    """A tone holds its frequency: each quarter of a window of 0.2 s or more that is not
-    silent peaks within 15 Hz of the whole. Voiced speech (a prompt's "hello") can put most
-    of a window's energy near one pitch, but its pitch glides."""
+    """A tone holds its frequency: each quarter of a window of 0.2 s or more (but those
+    10 dB below the loudest, where it starts or ends) peaks within 15 Hz of the whole.
+    Voiced speech (a prompt's "hello") can put most of a window's energy near one pitch,
+    but its pitch glides."""
     n = len(pcm) // 2
     if n < 0.2 * rate:
         return True
     quarter = n // 4 * 2
-    for i in range(4):
-        part = pcm[i * quarter:(i + 1) * quarter]
-        if rms_dbfs(part) < SILENCE_DBFS - 10:
-            continue  # the tone had not started yet, or had ended: nothing to compare
+    parts = [pcm[i * quarter:(i + 1) * quarter] for i in range(4)]
+    loudest = max(rms_dbfs(p) for p in parts)
+    for part in parts:
+        if rms_dbfs(part) < loudest - 10:
+            continue  # the tone had not started yet, or was ending: nothing to compare
         f = dominant_frequency(part, rate)
         if f is None or abs(f - freq) > 15:
             return False

@@ -394,6 +394,8 @@ class SimulatedPhone:
         if not frames:
             return
         previous = self._recognition
+        # Back to back: the leg conceals lost packets by sequence number (webrtc.py), so the
+        # frames are contiguous in RTP time; arrival times only add jitter.
         pcm, t0 = b"".join(p for _, p in frames), frames[0][0] - len(frames[0][1]) / 2 / RATE
 
         async def run() -> None:

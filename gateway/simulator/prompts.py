@@ -172,7 +172,8 @@ def _g711(data: np.ndarray, ulaw: bool) -> np.ndarray:
 
 
 def stable_tones(x8k: np.ndarray, t0: float) -> list[tuple[float, float, float]]:
-    """(start, duration, Hz) of steady tones at least 0.2 s long in 8 kHz samples."""
+    """(start, duration, Hz) of steady tones at least 0.3 s long in 8 kHz samples (a voiced
+    syllable can hold its pitch for 0.2 s)."""
     step = int(TONE_WINDOW_S * RATE)
     runs: list[list[float]] = []  # [start, end, sum of Hz, windows]
     for i in range(0, len(x8k) - step + 1, step):
@@ -187,7 +188,7 @@ def stable_tones(x8k: np.ndarray, t0: float) -> list[tuple[float, float, float]]
                     last[3] + 1
                 continue
             runs.append([start, start + TONE_WINDOW_S, heard.frequency, 1])
-    return [(a, b - a, hz / n) for a, b, hz, n in runs if n >= 2]
+    return [(a, b - a, hz / n) for a, b, hz, n in runs if n >= 3]
 
 
 class PromptLibrary:

@@ -102,3 +102,15 @@ def test_the_library_is_cached_on_disk(library):
     again = PromptLibrary(lib.directory).load()
     assert [t.name for t in again.templates] == [t.name for t in lib.templates]
     assert again.beep_hz == pytest.approx(lib.beep_hz)
+
+
+def test_a_gliding_pitch_is_no_tone_but_a_steady_one_is():
+    t = np.arange(8000) / 16000  # 0.5 s
+    glide = audio._pcm(8000 * np.sin(2 * np.pi * np.cumsum(np.linspace(300, 380, t.size))
+                                     / 16000))
+    assert audio.describe(glide).kind == "audio"  # like a voiced "hello": most energy near
+    steady = audio.tone(354, 0.5)                 # one pitch, but the pitch moves
+    assert audio.describe(steady).kind == "tone"
+    fading = audio.tone(1000, 0.35) + audio.silence(0.15)
+    heard = audio.describe(fading)
+    assert heard.kind == "tone" and heard.frequency == pytest.approx(1000, abs=5)
