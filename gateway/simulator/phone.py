@@ -19,6 +19,7 @@ It behaves like the WhatsApp client where that matters to a gateway:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import re
@@ -50,6 +51,8 @@ NO_MEDIA_ERROR = 138021
 """Client received no media for too long (whatsapp-calling.md §11)."""
 MAX_STRETCH_S = 20.0
 """Sound without a pause is handed to prompt recognition at least this often."""
+FRAME_S = FRAME_BYTES / 2 / RATE
+"""20 ms: every frame the leg hands over (concealed ones included) is one."""
 LOOKBACK_S = 4.0
 """Recognition also looks this far before a stretch: a prompt split by a short dropout (or by
 MAX_STRETCH_S) is still heard whole once; what was reported before is not repeated."""
@@ -377,7 +380,9 @@ class SimulatedPhone:
     def _follow_stretch(self, w0: float, w1: float, heard: audio.Heard | None) -> None:
         """Hand each stretch of sound to prompt recognition once a pause ends it (or it
         has gone on for MAX_STRETCH_S)."""
-        sound = heard is not None and heard.kind != "silence"
+        if heard is None:
+            return  # no packets in this window (a late burst under load), not a pause
+        sound = heard.kind != "silence"
         if sound and self._stretch_start is None:
             self._stretch_start = w0
         elif not sound and self._stretch_start is not None:
@@ -390,13 +395,18 @@ class SimulatedPhone:
     def _recognise(self, start: float, end: float) -> None:
         """Recognise what was heard in [start, end) in a thread (prompts.recognise is
         CPU-heavy), after any earlier stretch, and write it to the transcript."""
-        frames = [(t, pcm) for t, pcm in self.received if start - LOOKBACK_S <= t < end]
-        if not frames:
+        times = [t for t, _ in self.received]
+        first = bisect.bisect_left(times, start - LOOKBACK_S)
+        last = bisect.bisect_left(times, end)
+        if first >= last:
             return
         previous = self._recognition
-        # Back to back: the leg conceals lost packets by sequence number (webrtc.py), so the
-        # frames are contiguous in RTP time; arrival times only add jitter.
-        pcm, t0 = b"".join(p for _, p in frames), frames[0][0] - len(frames[0][1]) / 2 / RATE
+        # Back to back, timed by position in the stream: the leg conceals lost packets by
+        # sequence number (webrtc.py), so frame i is at i * 20 ms of the stream whatever its
+        # arrival jitter, and the same prompt found again in the next look-back has the
+        # same time.
+        pcm = b"".join(p for _, p in self.received[first:last])
+        t0 = times[0] - FRAME_S + first * FRAME_S
 
         async def run() -> None:
             if previous is not None:

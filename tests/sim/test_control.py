@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 
 import aiohttp
 import pytest
@@ -53,7 +54,7 @@ async def test_cli_call_streams_the_transcript_and_passes(control_sim, business,
     assert 'business sent pre_accept: phone shows "Ringing"' in out
     assert "media connected (ICE+DTLS)" in out
     assert "business sent accept: call answered" in out
-    assert "hearing tone 440 Hz" in out
+    assert re.search(r"hearing tone 4(39|40|41) Hz", out), out
     assert "pressed 12" in out
     assert "terminate COMPLETED webhook sent" in out
     assert "answered   yes" in out and "pressed    12" in out
