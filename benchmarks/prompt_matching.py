@@ -47,7 +47,7 @@ def heard(library: Path, names: list[str]) -> bytes:
         parts.append(decode_sound(path))
     x = np.repeat(np.concatenate(parts) * 0.5, 2)
     x += np.random.default_rng(1).normal(0, audio.FULL_SCALE * 1e-3, x.size)
-    return audio._pcm(x)
+    return audio.to_pcm(x)
 
 
 async def sounds_dir(given: str | None) -> Path:

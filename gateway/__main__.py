@@ -1,7 +1,7 @@
 """``whatsapp-gateway``: serve, check-config, demo, and the simulator's commands.
 
     whatsapp-gateway serve --config gateway.yaml
-    whatsapp-gateway check-config --config gateway.yaml
+    whatsapp-gateway check-config --config gateway.yaml [--asterisk]
     whatsapp-gateway demo                       # local Asterisk + simulator + gateway
     whatsapp-gateway sim serve|call ...         # the WhatsApp Cloud API / phone simulator
 """

@@ -17,7 +17,8 @@ So :class:`AmiClient` opens each connection itself, logs in itself, waits for
 actions with :class:`AmiNotConnected` when the connection drops (and drops panoramisk's
 re-send queue), and wraps every action in ``asyncio.wait_for``.
 
-On every (re)connect it sweeps orphans: UnicastRTP channels whose Uniqueid carries our
+On every (re)connect it sweeps orphans (unless ``sweep_on_connect`` is False, as for
+``check-config --asterisk``): UnicastRTP channels whose Uniqueid carries our
 ``channel_prefix`` but that no call of this gateway owns any more. chan_rtp has no RTP
 timeout, so without the sweep a crashed gateway would leave callers in queues forever
 (asterisk-handoff.md, "Hangups").

@@ -30,8 +30,12 @@ def _samples(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm[:usable], dtype="<i2").astype(np.float64)
 
 
-def _pcm(samples: np.ndarray) -> bytes:
+def to_pcm(samples: np.ndarray) -> bytes:
+    """Samples (any float scale of 16-bit) as clipped 16-bit little-endian PCM."""
     return np.clip(np.round(samples), -32768, 32767).astype("<i2").tobytes()
+
+
+_pcm = to_pcm
 
 
 def dbfs_to_amplitude(dbfs: float) -> float:

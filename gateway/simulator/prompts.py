@@ -177,7 +177,7 @@ def stable_tones(x8k: np.ndarray, t0: float) -> list[tuple[float, float, float]]
     step = int(TONE_WINDOW_S * RATE)
     runs: list[list[float]] = []  # [start, end, sum of Hz, windows]
     for i in range(0, len(x8k) - step + 1, step):
-        pcm = audio._pcm(x8k[i:i + step])
+        pcm = audio.to_pcm(x8k[i:i + step])
         heard = audio.describe(pcm, rate=RATE)
         start = t0 + i / RATE
         if heard.kind == "tone" and heard.frequency2 is None and heard.frequency:
@@ -280,7 +280,7 @@ class PromptLibrary:
         active = np.where(level > ACTIVE_DBFS)[0]
         if active.size:
             body = samples[active[0] * HOP:(active[-1] + 1) * HOP]
-            freq = audio.dominant_frequency(audio._pcm(body), rate=RATE)
+            freq = audio.dominant_frequency(audio.to_pcm(body), rate=RATE)
             if freq:
                 self.beep_hz, self.beep_s = freq, len(body) / RATE
 
@@ -394,7 +394,7 @@ def recognise(pcm16k: bytes, t0: float, library: PromptLibrary | None) -> list[H
 def _as_beep(match: Heard, x8k: np.ndarray, t0: float) -> Heard:
     a = max(0, int((match.start - t0) * RATE))
     b = int((match.start - t0 + match.duration) * RATE)
-    freq = audio.dominant_frequency(audio._pcm(x8k[a:b]), rate=RATE)
+    freq = audio.dominant_frequency(audio.to_pcm(x8k[a:b]), rate=RATE)
     return Heard("beep", match.start, match.duration, "beep", match.score, freq or BEEP_HZ)
 
 

@@ -52,7 +52,7 @@ def heard_16k(*parts: np.ndarray, gain: float = 0.7, noise_dbfs: float = -60) ->
     x16 = np.repeat(x8, 2)
     rng = np.random.default_rng(99)
     x16 = x16 + rng.normal(0, audio.FULL_SCALE * 10 ** (noise_dbfs / 20), x16.size)
-    return audio._pcm(x16)
+    return audio.to_pcm(x16)
 
 
 def test_back_to_back_prompts_are_named_in_order_with_their_times(library):
@@ -106,7 +106,7 @@ def test_the_library_is_cached_on_disk(library):
 
 def test_a_gliding_pitch_is_no_tone_but_a_steady_one_is():
     t = np.arange(8000) / 16000  # 0.5 s
-    glide = audio._pcm(8000 * np.sin(2 * np.pi * np.cumsum(np.linspace(300, 380, t.size))
+    glide = audio.to_pcm(8000 * np.sin(2 * np.pi * np.cumsum(np.linspace(300, 380, t.size))
                                      / 16000))
     assert audio.describe(glide).kind == "audio"  # like a voiced "hello": most energy near
     steady = audio.tone(354, 0.5)                 # one pitch, but the pitch moves
