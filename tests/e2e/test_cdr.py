@@ -60,6 +60,14 @@ async def rows_of_call(asterisk: LocalAsterisk, linkedid_of: str, timeout: float
         await asyncio.sleep(0.1)  # polling a file Asterisk appends to: there is no event
 
 
+async def phone_got_dtmf(call, digit: str, timeout: float = 15.0) -> None:
+    async def scan() -> None:
+        async for line in call.transcript.follow():
+            if f"phone got DTMF {digit}" in line:
+                return
+    await asyncio.wait_for(scan(), timeout)
+
+
 def with_accountcode(stack: Stack, pnid: str, code: str) -> None:
     cfg = stack.gateway.calls.deps.config
     numbers = tuple(replace(n, accountcode=code) if n.phone_number_id == pnid else n
@@ -105,7 +113,7 @@ async def test_outbound_agent_call_writes_the_agent_row_tagged_and_no_default_ro
     call = await stack.sim.wait_outbound_call(to=USER, timeout=15)
     await asyncio.wait_for(call.accepted.wait(), 15)
     await stack.wait_event(lambda ev: ev.get("UserEvent") == "TestAgentUp")
-    await asyncio.sleep(1.5)  # the agent and the user talk for a moment (billsec > 0)
+    await phone_got_dtmf(call, "#")  # the agent's 5, 9, # came through the bridge (~1.5 s)
     await call.hangup()
     assert (await agent).success
     await stack.wait_idle()
@@ -136,6 +144,11 @@ async def test_crm_call_writes_one_row_in_the_requested_context(stack: Stack):
     call = await stack.sim.wait_outbound_call(to=USER, timeout=15)
     await asyncio.wait_for(call.accepted.wait(), 15)
     await asyncio.wait_for(call.phone.connected.wait(), 15)
+    # Hang up once the call is through to Asterisk (its Echo() sends the tone back); a hang-up
+    # racing the Originate is another test's business.
+    heard = asyncio.ensure_future(call.phone.wait_audio(timeout=10))
+    await call.phone.say_tone(600, 1.0)
+    await heard
     await call.hangup()
     await stack.wait_idle()
 
