@@ -58,8 +58,7 @@ async def test_call_mode_prints_the_call_in_order_and_exits_with_its_result(tmp_
                            "wait-answer; wait-audio; wait 4; hangup", cwd=tmp_path)
     assert code == 0, out
     assert "another terminal" not in out
-    assert out.rstrip().splitlines()[-2:] == ["result: PASS", "Stopping..."] or \
-        "result: PASS" in out.splitlines()
+    assert "result: PASS" in out.splitlines()
     times = [float(m.group(1)) for m in re.finditer(r"^\[phone \+\d+\] \+(\d+\.\d+) ", out,
                                                      re.M)]
     assert len(times) > 5 and times == sorted(times), out
