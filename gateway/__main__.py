@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate the config file and show what it means")
-    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                   help=f"YAML config file (default: {DEFAULT_CONFIG})")
     p.add_argument("--asterisk", action="store_true",
                    help="also connect to AMI: every configured context/extension must exist, "
                         "and warn when a WhatsApp context can reach a Dial() to a trunk "
