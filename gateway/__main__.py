@@ -59,7 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
     """``check-config --asterisk``: routes exist, and no WhatsApp context reaches a trunk.
     Exit 1 when a route is missing or AMI is unreachable; PSTN risks are warnings (exit 0)."""
-    from gateway.asterisk.ami import AmiClient, AmiError
+    from gateway.asterisk.ami import AmiClient, AmiError, AmiNotConnected
     from gateway.asterisk.dialplan import check_dialplan
 
     ami_cfg = config.asterisk.ami
@@ -68,7 +68,11 @@ async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
     try:
         await ami.connect()
         report = await check_dialplan(ami, config, guard_contexts)
-    except AmiError as exc:
+    except AmiNotConnected:
+        print(f"Asterisk: cannot check the dialplan: no AMI connection to {ami_cfg.host}:"
+              f"{ami_cfg.port} within {ami_cfg.connect_timeout_s:g} s", file=sys.stderr)
+        return 1
+    except AmiError as exc:  # a refused login included
         print(f"Asterisk: cannot check the dialplan: {exc}", file=sys.stderr)
         return 1
     finally:
