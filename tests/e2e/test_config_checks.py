@@ -147,3 +147,13 @@ async def test_readyz_is_degraded_with_a_metric_while_a_context_is_missing(
     finally:
         await gw.stop()
         await sim.close()
+
+
+async def test_a_refused_login_or_no_asterisk_is_one_clear_line(asterisk: LocalAsterisk,
+                                                                tmp_path):
+    path = write_config(tmp_path, asterisk.ami_port, ["test-wait"])
+    text = open(path).read().replace("gateway-secret", "wrong-secret")
+    open(path, "w").write(text)
+    code, out = await whatsapp_gateway("check-config", "-c", path, "--asterisk")
+    assert code == 1 and "cannot check the dialplan: AMI" in out and "refused login" in out, out
+    assert "Traceback" not in out
