@@ -22,14 +22,14 @@ from .conftest import ACCESS_TOKEN, APP_SECRET, Stack, make_config
 pytestmark = pytest.mark.asterisk
 
 
-def write_config(tmp_path, ami_port: int, contexts: list[str]) -> str:
+def write_config(tmp_path, ami_port: int, contexts: list[str],
+                 secret: str = "gateway-secret") -> str:
     config = {
         "whatsapp": {"graph_url": "http://127.0.0.1:9/v23.0", "access_token": "${WA_TOKEN}",
                      "app_secret": "${WA_SECRET}", "verify_token": "v"},
         "numbers": [{"phone_number_id": f"10000000000009{i}", "context": ctx}
                     for i, ctx in enumerate(contexts)],
-        "asterisk": {"ami": {"port": ami_port, "username": "gateway",
-                             "secret": "gateway-secret"}},
+        "asterisk": {"ami": {"port": ami_port, "username": "gateway", "secret": secret}},
         "store": {"path": str(tmp_path / "gateway.sqlite3")},
     }
     path = tmp_path / "gateway.yaml"
@@ -151,9 +151,7 @@ async def test_readyz_is_degraded_with_a_metric_while_a_context_is_missing(
 
 async def test_a_refused_login_or_no_asterisk_is_one_clear_line(asterisk: LocalAsterisk,
                                                                 tmp_path):
-    path = write_config(tmp_path, asterisk.ami_port, ["test-wait"])
-    text = open(path).read().replace("gateway-secret", "wrong-secret")
-    open(path, "w").write(text)
+    path = write_config(tmp_path, asterisk.ami_port, ["test-wait"], secret="wrong-secret")
     code, out = await whatsapp_gateway("check-config", "-c", path, "--asterisk")
     assert code == 1 and "cannot check the dialplan: AMI" in out and "refused login" in out, out
     assert "Traceback" not in out
