@@ -45,7 +45,7 @@ class DialStatus(StrEnum):
     CANCEL = "CANCEL"
 
 
-# Q.850 cause the waiting channel gets for each result (asterisk-handoff.md suggests 21/19/17).
+# Q.850 cause the waiting channel gets for each result (docs/asterisk-handoff.md suggests 21/19/17).
 DIAL_CAUSE = {
     DialStatus.REJECTED: causes.CALL_REJECTED,
     DialStatus.NOANSWER: causes.NO_ANSWER,
