@@ -17,10 +17,10 @@ windows with one stable spectral peak), and a tone at the frequency and length o
 ``beep`` file (measured from the file itself when a library is loaded: 700 Hz, 0.42 s in
 Asterisk 22's en sounds) is called a beep.
 
-Matching costs 35-85 ms of CPU per second of heard audio against the 558 files of Asterisk's
-core English sounds (``benchmarks/prompt_matching.py``, on a shared 2-core machine), and
-decoding those files about 9 s once (then cached on disk), so the phone runs both in a
-thread, never on the event loop.
+Matching costs 15-20 ms of CPU per second of heard audio against the 558 files of Asterisk's
+core English sounds (``benchmarks/prompt_matching.py``; up to 120 ms on a contended 2-core
+machine), and decoding those files about 2 s once (up to 14 s contended; then cached on disk,
+20 ms to load), so the phone runs both in a thread, never on the event loop.
 """
 
 from __future__ import annotations
