@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from gateway.sandbox.demo import DemoError, choose_port, port_is_free
-from tests.ports import free_tcp_port
 
 pytestmark = pytest.mark.asterisk
 
@@ -23,6 +22,18 @@ async def demo(*args: str, cwd) -> tuple[int, str]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode()
+
+
+def three_free_ports() -> list[str]:
+    """Three different free ports (held together while the kernel picks, so none repeats)."""
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 async def test_a_taken_port_is_one_line_naming_the_option(tmp_path):
@@ -52,7 +63,7 @@ def test_a_taken_default_port_falls_back_to_a_free_one_and_says_so():
 
 
 async def test_call_mode_prints_the_call_in_order_and_exits_with_its_result(tmp_path):
-    ports = [str(free_tcp_port()) for _ in range(3)]
+    ports = three_free_ports()
     code, out = await demo("--ami-port", ports[0], "--http-port", ports[1], "--sim-port",
                            ports[2], "--log-level", "warning", "--call",
                            "wait-answer; wait-audio; wait 4; hangup", cwd=tmp_path)
