@@ -1,7 +1,7 @@
 """``whatsapp-gateway``: serve, check-config, demo, and the simulator's commands.
 
     whatsapp-gateway serve --config gateway.yaml
-    whatsapp-gateway check-config --config gateway.yaml
+    whatsapp-gateway check-config --config gateway.yaml [--asterisk]
     whatsapp-gateway demo                       # local Asterisk + simulator + gateway
     whatsapp-gateway init DIR                   # write the sample configs into DIR
     whatsapp-gateway sim serve|call ...         # the WhatsApp Cloud API / phone simulator
@@ -22,7 +22,8 @@ from gateway.config import Config, ConfigError, graph_version_warning, load_conf
 
 log = logging.getLogger("gateway")
 
-DEFAULT_CONFIG = "gateway.yaml"
+DEFAULT_CONFIG = os.environ.get("WA_GATEWAY_CONFIG", "gateway.yaml")
+"""``--config`` when not given: $WA_GATEWAY_CONFIG (the demo prints it), else gateway.yaml."""
 CONFIG_HELP = f"YAML config file (default: {DEFAULT_CONFIG})"
 NUMBER_HELP = "the business number's phone_number_id (needed when several are configured)"
 
@@ -35,9 +36,11 @@ def _setup_logging(level: str, fmt: str = "text", config: Config | None = None,
                   verbose_media=verbose_media)
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, secrets: bool = True) -> Config:
+    """The validated config, or exit 2 with every problem. ``secrets=False`` for commands that
+    use none (``calls list``, ``permissions show``): an admin need not export them."""
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets)
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -56,7 +59,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warning = graph_version_warning(config.whatsapp.graph_url)
     if warning:
         print(f"  warning: {warning}", file=sys.stderr)
+    if args.asterisk:
+        return asyncio.run(_check_asterisk(config, args.guard_context))
     return 0
+
+
+async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
+    """``check-config --asterisk``: routes exist, and no WhatsApp context reaches a trunk.
+    Exit 1 when a route is missing or AMI is unreachable; PSTN risks are warnings (exit 0)."""
+    from gateway.asterisk.ami import AmiClient, AmiError, AmiNotConnected
+    from gateway.asterisk.dialplan import check_dialplan
+
+    ami_cfg = config.asterisk.ami
+    # No orphan sweep: this client owns no call, and a gateway may be serving live ones.
+    ami = AmiClient(ami_cfg, sweep_on_connect=False)
+    try:
+        await ami.connect()
+        report = await check_dialplan(ami, config, guard_contexts)
+    except AmiNotConnected:
+        print(f"Asterisk: cannot check the dialplan: no AMI connection to {ami_cfg.host}:"
+              f"{ami_cfg.port} within {ami_cfg.connect_timeout_s:g} s", file=sys.stderr)
+        return 1
+    except AmiError as exc:  # a refused login included
+        print(f"Asterisk: cannot check the dialplan: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await ami.close()
+    print(f"Asterisk AMI {ami_cfg.host}:{ami_cfg.port}: connected")
+    for problem in report.missing:
+        print(f"  error: {problem}")
+    for risk in report.risks:
+        print(f"  warning: PSTN: {risk}")
+    if report.ok and not report.risks:
+        print("  dialplan: every configured context/extension exists; no WhatsApp context "
+              "reaches a trunk")
+    return 0 if report.ok else 1
 
 
 async def _run_until_signal(start, stop) -> None:
@@ -85,10 +122,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, args.log_format, verbose_media=args.verbose_media)
-    from gateway.sandbox.demo import run_demo
+    from gateway.sandbox.demo import DemoError, run_demo
 
-    asyncio.run(run_demo(Path(args.config) if args.config else None, args.call))
-    return 0
+    try:
+        return asyncio.run(run_demo(Path(args.config) if args.config else None, args.call,
+                                    ami_port=args.ami_port, http_port=args.http_port,
+                                    sim_port=args.sim_port))
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -134,13 +178,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config file and show what it means")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    p.add_argument("--asterisk", action="store_true",
+                   help="also connect to AMI: every configured context/extension must exist, "
+                        "and warn when a WhatsApp context can reach a Dial() to a trunk "
+                        "(Meta forbids PSTN on any leg). Hangs up nothing.")
+    p.add_argument("--guard-context", action="append", default=["to-whatsapp"],
+                   metavar="CONTEXT",
+                   help="another context WhatsApp calls run in, for the PSTN guard "
+                        "(repeatable; default: to-whatsapp, where agents dial users)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("demo", help="local Asterisk + WhatsApp simulator + gateway, no Meta "
                                     "account needed")
     common(p, config_default=None)
     p.add_argument("--call", metavar="SCRIPT",
-                   help="place one simulated call with this script, print it, and stop")
+                   help="place one simulated call with this script, print it, and stop; "
+                        "the exit code is the call's result (0 PASS, 1 FAIL)")
+    p.add_argument("--ami-port", type=int, metavar="PORT",
+                   help="Asterisk's AMI port (default 5038, or a free one if taken)")
+    p.add_argument("--http-port", type=int, metavar="PORT",
+                   help="the gateway's HTTP port (default 8080, or a free one if taken)")
+    p.add_argument("--sim-port", type=int, metavar="PORT",
+                   help="the WhatsApp simulator's port (default 8090, or a free one if taken)")
     p.set_defaults(func=cmd_demo)
 
     what = ("write the sample asterisk-conf/, gateway.example.yaml, monitoring/ and packaging/ "
@@ -247,7 +306,7 @@ def _number_id(config: Config, given: str | None) -> str:
 def cmd_calls_list(args: argparse.Namespace) -> int:
     from gateway.store import CallStore, filters_from_query
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     query = {k: v for k, v in {"since": args.since, "until": args.until,
                                "direction": args.direction, "outcome": args.outcome,
                                "phone_number_id": args.phone_number_id}.items() if v}
@@ -302,7 +361,7 @@ def cmd_permissions_show(args: argparse.Namespace) -> int:
 
     from gateway.calls.permissions import PermissionLedger
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     pnid = _number_id(config, args.phone_number_id)
     user = args.user.lstrip("+")
 

@@ -8,6 +8,7 @@ and closes after the last call has ended.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
 
 log = logging.getLogger(__name__)
+
+DIALPLAN_RECHECK_S = 60.0
+"""How often configured routes missing from the dialplan are looked for again."""
 
 
 class _ParserRefusals(logging.Filter):
@@ -93,6 +97,9 @@ class Gateway:
         self.calls.route_hook = self._route
         self.ami.owned = self.calls.owns_channel
         self.ami.add_event_listener("UserEvent", self._on_user_event)
+        self.ami.add_event_listener("Reload", self._on_reload)
+        self.dialplan_recheck_s = DIALPLAN_RECHECK_S
+        self._dialplan_watch: asyncio.Task | None = None
         self.web = web.Application()
         add_webhook_routes(self.web, cfg.whatsapp, self.calls.handle, self.metrics.webhook)
         self.metrics.add_route(self.web)
@@ -134,8 +141,25 @@ class Gateway:
                     problems.append(f"numbers[{i}].{key}: extension {exten!r} in context "
                                     f"{context!r} does not exist in Asterisk's dialplan")
         for problem in problems:
-            log.warning("%s: calls to this number will be hung up at once", problem)
+            if problem not in self.dialplan_problems:  # rechecks do not repeat the warning
+                log.warning("%s: calls to this number will be hung up at once", problem)
+        for fixed in [p for p in self.dialplan_problems if p not in problems]:
+            log.info("dialplan fixed: no longer %s", fixed.split(": ", 1)[0] + " missing")
         self.dialplan_problems = problems
+        self.metrics.dialplan_problems.set(len(problems))
+
+    def _on_reload(self, ev: dict[str, str]) -> None:
+        """``module reload pbx_config`` / ``core reload``: the dialplan may have changed."""
+        if ev.get("Module", "pbx_config").startswith("pbx_config"):
+            self.calls._spawn(self._check_dialplan())
+
+    async def _watch_dialplan(self) -> None:
+        """While a route is missing, check again now and then: ``dialplan reload`` (unlike
+        ``module reload``) sends no AMI event, and /readyz should recover once it is fixed."""
+        while True:
+            await asyncio.sleep(self.dialplan_recheck_s)
+            if self.dialplan_problems and self.ami.connected:
+                await self._check_dialplan()
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
         if ev.get("UserEvent") == "WhatsAppDial":
@@ -151,8 +175,7 @@ class Gateway:
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
             draining=not self.calls.accepting,
-            extra={"dialplan_problems": self.dialplan_problems} if self.dialplan_problems
-            else {})
+            warnings=tuple(self.dialplan_problems))
 
     @property
     def url(self) -> str:
@@ -184,6 +207,7 @@ class Gateway:
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
+        self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
 
     async def _start_ledger(self) -> None:
         """The outbound permission ledger, in the same SQLite file as the call records."""
@@ -214,6 +238,8 @@ class Gateway:
         return decision, message_id
 
     async def stop(self) -> None:
+        if self._dialplan_watch is not None:
+            self._dialplan_watch.cancel()
         await self.calls.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()

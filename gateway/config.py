@@ -20,6 +20,10 @@ import yaml
 
 CODECS = ("g722", "ulaw", "alaw")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
+"""What an accountcode may hold: Asterisk keeps at most 79 characters (AST_MAX_ACCOUNT_CODE
+is 80 with the NUL), and the CSV, SQL and AMI paths it travels are safest without quotes,
+commas, spaces or semicolons."""
 
 
 class ConfigError(Exception):
@@ -140,6 +144,9 @@ class NumberSettings:
     """Meta calling settings for this number, as written in the YAML (validated by settings.py)."""
     username_caller_id: UsernameCallerId = UsernameCallerId()
     """CALLERID of callers without a phone number (username users)."""
+    accountcode: str | None = None
+    """Asterisk accountcode of this number's calls (AMI Originate ``Account``): the CDR's
+    ``accountcode`` column, for billing and reports per business number."""
 
 
 @dataclass(frozen=True)
@@ -226,8 +233,10 @@ class Config:
 class _Reader:
     """Walks the parsed YAML collecting problems instead of stopping at the first one."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], secrets: bool = True):
         self.env = env
+        self.secrets = secrets
+        """False: secrets may be unset (commands that use none of them, e.g. ``calls list``)."""
         self.problems: list[str] = []
 
     def fail(self, key: str, problem: str) -> None:
@@ -278,6 +287,8 @@ class _Reader:
         return text
 
     def secret(self, data: dict, key: str, path: str, required: bool = True) -> Secret:
+        if not self.secrets:
+            return Secret("")
         return Secret(self.string(data, key, path, required=required) or "")
 
     def integer(self, data: dict, key: str, path: str, default: int, low: int, high: int) -> int:
@@ -370,9 +381,11 @@ def _username_caller_id(r: _Reader, raw: Any, path: str) -> UsernameCallerId:
     return UsernameCallerId(**out)
 
 
-def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<memory>") -> Config:
-    """Validate parsed YAML; raise :class:`ConfigError` listing every problem."""
-    r = _Reader(dict(os.environ) if env is None else env)
+def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<memory>",
+                 *, secrets: bool = True) -> Config:
+    """Validate parsed YAML; raise :class:`ConfigError` listing every problem.
+    ``secrets=False`` leaves every secret empty and unchecked: for commands that use none."""
+    r = _Reader(dict(os.environ) if env is None else env, secrets)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must hold a mapping of sections"])
     r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store"}, "")
@@ -407,7 +420,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             continue
         r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
                          "closed_context", "closed_extension", "calling",
-                         "username_caller_id"}, path)
+                         "username_caller_id", "accountcode"}, path)
         pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
         if pnid and not pnid.isdigit():
             r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
@@ -436,6 +449,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             calling=calling,
             username_caller_id=_username_caller_id(r, item.get("username_caller_id"),
                                                    f"{path}.username_caller_id"),
+            accountcode=_accountcode(r, item, f"{path}.accountcode"),
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
@@ -486,6 +500,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                                     1.0),
     )
 
+    _check_port_overlap(r, media)
+
     http_raw = r.section(data, "http", "http", required=False)
     r.unknown(http_raw, {"listen"}, "http")
     http = r.host_port(http_raw.get("listen"), "http.listen", HttpSettings())
@@ -496,7 +512,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     if not isinstance(raw_tokens, list):
         r.fail("api.tokens", "must be a list of tokens (use ${ENV} references)")
         raw_tokens = []
-    tokens = tuple(Secret(r.expand(str(t), f"api.tokens[{i}]")) for i, t in enumerate(raw_tokens))
+    tokens = tuple(Secret(r.expand(str(t), f"api.tokens[{i}]") if r.secrets else "")
+                   for i, t in enumerate(raw_tokens))
 
     store_raw = r.section(data, "store", "store", required=False)
     r.unknown(store_raw, {"path"}, "store")
@@ -509,8 +526,31 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                   http=http, api=ApiSettings(tokens=tokens), store=store, source=source)
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at ``path``."""
+def _accountcode(r: _Reader, item: dict, path: str) -> str | None:
+    code = r.string(item, "accountcode", path, required=False)
+    if code is not None and not ACCOUNTCODE.fullmatch(code):
+        r.fail(path, "must be 1-79 characters of letters, digits and _ . @ + - "
+                     f"(Asterisk's accountcode), got {code!r}")
+        return None
+    return code
+
+
+def _check_port_overlap(r: _Reader, media: MediaSettings) -> None:
+    """Both legs take one UDP port per call from their ranges: shared ports would make the
+    two pools hand out the same port, and the second bind of a call fails mid-setup."""
+    rtp, webrtc = media.rtp_ports, media.webrtc_ports
+    if webrtc is None:
+        return
+    first, last = max(rtp.first, webrtc.first), min(rtp.last, webrtc.last)
+    if first <= last:
+        r.fail("media.rtp_ports", f"{rtp.first}-{rtp.last} overlaps media.webrtc_ports "
+                                  f"{webrtc.first}-{webrtc.last} (ports {first}-{last}): "
+                                  "give each leg its own range")
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None, *,
+                secrets: bool = True) -> Config:
+    """Read and validate the YAML file at ``path`` (``secrets``: see :func:`parse_config`)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -523,4 +563,4 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError([f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) \
             from None
-    return parse_config(data, env=env, source=str(path))
+    return parse_config(data, env=env, source=str(path), secrets=secrets)

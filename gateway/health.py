@@ -2,7 +2,9 @@
 
 ``/healthz`` answers 200 as long as the event loop runs (a hung loop never answers, which is
 what a liveness probe wants to notice). ``/readyz`` answers 200 only when a new call could be
-taken: AMI connected, ports left in every range, the call store writable; otherwise 503. Both
+taken: AMI connected, ports left in every range, the call store writable; otherwise 503. A
+ready gateway with warnings (a configured dialplan context missing) answers 200 with status
+``degraded`` and the warnings listed. Both
 bodies are JSON with the reasons in words, so ``curl`` tells the operator what to fix.
 
 The app supplies a probe coroutine returning :class:`ReadinessInputs`; this module knows
@@ -39,6 +41,10 @@ class ReadinessInputs:
     """Why the store is not writable (CallStore.check_writable's message)."""
     draining: bool = False
     """The gateway is shutting down and takes no new calls."""
+    warnings: tuple[str, ...] = ()
+    """Problems that do not stop new calls in general but hurt some (a configured context
+    missing from the dialplan): status ``degraded``, still 200 so the gateway stays in
+    rotation for the numbers that work."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else worth showing (e.g. active calls); does not affect readiness."""
 
@@ -72,8 +78,10 @@ def readiness(inputs: ReadinessInputs, min_free_ports: int = 1) -> tuple[bool, d
     if inputs.draining:
         check("draining", False, "shutting down, taking no new calls")
 
-    body: dict[str, Any] = {"status": "ready" if not reasons else "not ready",
-                            "reasons": reasons, "checks": checks}
+    status = "not ready" if reasons else "degraded" if inputs.warnings else "ready"
+    body: dict[str, Any] = {"status": status, "reasons": reasons, "checks": checks}
+    if inputs.warnings:
+        body["warnings"] = list(inputs.warnings)
     if inputs.extra:
         body["info"] = inputs.extra
     return not reasons, body

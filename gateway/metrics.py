@@ -240,6 +240,11 @@ class GatewayMetrics:
             f"{n}_ami_reconnects_total",
             "AMI connections re-established after a loss (the first connect is not counted).",
             registry=r)
+        self.dialplan_problems = Gauge(
+            f"{n}_dialplan_problems",
+            "Configured routes (numbers[].context/extension, closed_context) missing from "
+            "Asterisk's dialplan at the last check (on every AMI connect); calls to them are "
+            "hung up at once.", registry=r)
         self.rtp_ports_free = Gauge(
             f"{n}_rtp_ports_free",
             "Free UDP ports for the Asterisk RTP leg; at 0 new calls are rejected.", registry=r)

@@ -21,7 +21,8 @@ Every action it writes passes :func:`safe_action` first, the one place header va
 safe: text a WhatsApp user or an API client controls (a profile name, a CTA payload) can never
 end a header and write AMI actions of its own.
 
-On every (re)connect it sweeps orphans: UnicastRTP channels whose Uniqueid carries our
+On every (re)connect it sweeps orphans (unless ``sweep_on_connect`` is False, as for
+``check-config --asterisk``): UnicastRTP channels whose Uniqueid carries our
 ``channel_prefix`` but that no call of this gateway owns any more. chan_rtp has no RTP
 timeout, so without the sweep a crashed gateway would leave callers in queues forever
 (docs/asterisk-handoff.md, "Hangups").
@@ -259,9 +260,13 @@ class _SecretFilter(logging.Filter):
 class AmiClient:
     """One AMI connection to Asterisk, kept up for the gateway's lifetime."""
 
-    def __init__(self, settings: AmiSettings, *, channel_prefix: str = "wa-"):
+    def __init__(self, settings: AmiSettings, *, channel_prefix: str = "wa-",
+                 sweep_on_connect: bool = True):
         self.settings = settings
         self.channel_prefix = channel_prefix
+        self.sweep_on_connect = sweep_on_connect
+        """False for a client that is not the gateway (``check-config --asterisk``): it owns
+        no call, so to its sweep every live call of the running gateway is an orphan."""
         self.owned: Callable[[str], bool] = lambda uniqueid: False
         """Does a live call own this channel id? Set by the app; the orphan sweep asks it."""
         self.on_connection_change: list[Callable[[bool], None]] = []
@@ -355,10 +360,11 @@ class AmiClient:
             reported_down = False
             log.info("AMI connected to %s as %r", self._where, self.settings.username)
             self._set_connected(True)
-            try:
-                await self.sweep_orphans()
-            except AmiError as exc:
-                log.warning("AMI orphan sweep failed: %s", exc)
+            if self.sweep_on_connect:
+                try:
+                    await self.sweep_orphans()
+                except AmiError as exc:
+                    log.warning("AMI orphan sweep failed: %s", exc)
             if self._first_connect and not self._first_connect.done():
                 self._first_connect.set_result(None)
             self._notify(True)
@@ -467,6 +473,7 @@ class AmiClient:
         context: str | None = None, exten: str | None = None, priority: int = 1,
         caller_id: str, variables: Mapping[str, str],
         application: str | None = None, data: str | None = None, timeout_s: float = 10,
+        account: str | None = None,
     ) -> OriginateResult:
         """Create ``UnicastRTP/<rtp_host>:<rtp_port>/c(<codec>)`` with Uniqueid ``channel_id``.
 
@@ -482,13 +489,15 @@ class AmiClient:
         return await self.originate(
             f"UnicastRTP/{host}:{rtp_port}/c({codec})", channel_id=channel_id,
             context=context, exten=exten, priority=priority, caller_id=caller_id,
-            variables=variables, application=application, data=data, timeout_s=timeout_s)
+            variables=variables, application=application, data=data, timeout_s=timeout_s,
+            account=account)
 
     async def originate(
         self, channel: str, *, channel_id: str | None = None,
         context: str | None = None, exten: str | None = None, priority: int = 1,
         caller_id: str = "", variables: Mapping[str, str] | None = None,
         application: str | None = None, data: str | None = None, timeout_s: float = 10,
+        account: str | None = None,
     ) -> OriginateResult:
         """Originate any channel (e.g. ``Local/100@agents``) into the dialplan or an
         application, and wait for its OriginateResponse. See :meth:`originate_unicast`."""
@@ -504,6 +513,8 @@ class AmiClient:
             action["ChannelId"] = channel_id
         if caller_id:
             action["CallerID"] = caller_id
+        if account:
+            action["Account"] = account
         if application is not None:
             action["Application"] = application
             action["Data"] = data or ""
@@ -579,6 +590,14 @@ class AmiClient:
                                      "Extension": exten})
         first = answer[0] if isinstance(answer, list) else answer
         return first.get("Response") == "Success"
+
+    async def show_dialplan(self) -> list[Event]:
+        """The whole dialplan, one ``ListDialplan`` event per priority or include."""
+        answer = await self._action({"Action": "ShowDialPlan"})
+        messages = answer if isinstance(answer, list) else [answer]
+        if messages and messages[0].get("Response") == "Error":
+            raise AmiError(f"ShowDialPlan: {messages[0].get('Message', '')}")
+        return [_plain(m) for m in messages if m.get("Event") == "ListDialplan"]
 
     async def core_show_channels(self) -> list[Event]:
         """Every channel in Asterisk, one ``CoreShowChannel`` event each."""

@@ -244,8 +244,19 @@ class Call:
             "WA_PHONE_NUMBER_ID": rec.phone_number_id,
             "WA_DIRECTION": rec.direction.value,
             "WA_CHANNEL_ID": self.channel_id,
+            # Meta's call id in the CDR, to join Asterisk's CDR to our record: in userfield
+            # (cdr_csv and every back end) and as the CDR variable wa_call_id (a column of
+            # that name in cdr_pgsql / cdr_adaptive_odbc tables). README "CDR".
+            "CDR(userfield)": rec.wacid,
+            "CDR(wa_call_id)": rec.wacid,
             **extra,
         }
+
+    @property
+    def accountcode(self) -> str | None:
+        """The number's ``accountcode`` (config), for the channel and so its CDR rows."""
+        number = self.deps.config.number(self.record.phone_number_id)
+        return number.accountcode if number else None
 
     async def _originate(self, *, caller: str, variables: dict[str, str],
                          context: str | None = None, exten: str | None = None,
@@ -256,7 +267,8 @@ class Call:
             else {"context": context, "exten": exten}
         result = await self._until_end(self.deps.ami.originate_unicast(
             channel_id=self.channel_id, rtp_host=self.rtp.local[0], rtp_port=self.rtp.port,
-            codec=self._codec.name, caller_id=caller, variables=variables, **kwargs))
+            codec=self._codec.name, caller_id=caller, variables=variables,
+            account=self.accountcode, **kwargs))
         if not result.success:
             raise OriginateFailed(f"Asterisk refused the channel (Originate reason "
                                   f"{result.reason}: {ORIGINATE_REASONS.get(result.reason, '?')})")

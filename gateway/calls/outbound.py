@@ -289,7 +289,9 @@ class OutboundCall(Call):
             else user_caller_id(rec, self.number)
         if req.agent_channel:
             await self._set_agent_status(DialStatus.ANSWER)
-            await self._originate(caller=caller, variables=variables,
+            # Its own CDR rows would say dcontext "default" (an Originate into an application
+            # has no dialplan place); the agent channel's row already records the call.
+            await self._originate(caller=caller, variables={**variables, "CDR_PROP(disable)": "1"},
                                   application="Bridge", data=req.agent_channel)
         else:
             await self._originate(caller=caller, variables=variables,
@@ -306,6 +308,11 @@ class OutboundCall(Call):
                                        str(self.record.meta_error_code or ""))
             if self.record.wacid:
                 await self.deps.ami.setvar(channel, "WA_CALL_ID", self.record.wacid)
+                # The agent's CDR row is the call's row (README "CDR"): tag it as ours.
+                for cdr_field in ("CDR(userfield)", "CDR(wa_call_id)"):
+                    await self.deps.ami.setvar(channel, cdr_field, self.record.wacid)
+            if self.accountcode:
+                await self.deps.ami.setvar(channel, "CHANNEL(accountcode)", self.accountcode)
         except Exception as exc:
             log.warning("outbound %s: cannot set WA_DIAL_STATUS on %s: %s", self.gateway_id,
                         channel, exc)

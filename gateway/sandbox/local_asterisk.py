@@ -97,6 +97,28 @@ class LocalAsterisk:
         """Asterisk's messages log on the host."""
         return self.instance_dir / "log" / "messages.log"
 
+    async def find_chroot(self) -> Path:
+        """The chroot on the host (built on first use), without starting Asterisk: enough
+        for :meth:`sounds_dir`."""
+        if self.root is None:
+            self.root = await self._chroot()
+        return self.root
+
+    def sounds_dir(self, language: str = "en") -> Path:
+        """Asterisk's sound files for ``language`` on the host (what the simulator's prompt
+        recognition matches against). Debian links ``sounds/en`` through /etc/alternatives
+        with absolute paths, which are resolved inside the chroot here."""
+        if self.root is None:
+            raise LocalAsteriskError("start() first: the chroot path is not known yet")
+        inner = Path(self._packaged_dirs()["astdatadir"]) / "sounds" / language
+        for _ in range(10):  # a few levels of links, never a loop
+            host = self.root / str(inner).lstrip("/")
+            if not host.is_symlink():
+                return host
+            target = Path(os.readlink(host))
+            inner = target if target.is_absolute() else inner.parent / target
+        raise LocalAsteriskError(f"{inner}: too many levels of symbolic links")
+
     @property
     def ami_port(self) -> int:
         if self._ami_port is not None:
@@ -151,9 +173,11 @@ class LocalAsterisk:
     def _prepare(self) -> None:
         self._lay_out()
         self._ensure_moh()
-        # Fresh logs per start, so an error's log tail shows this run only.
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path.unlink()
+        # Fresh logs (and CDRs) per start, so an error's log tail shows this run only and
+        # Master.csv holds this run's calls in this run's cdr.conf format.
+        for path in (self.log_path, self.instance_dir / "log" / "cdr-csv" / "Master.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         self._output = open(self.instance_dir / "log" / "asterisk.out", "wb")  # noqa: SIM115
 
     def _spawn(self) -> subprocess.Popen:

@@ -30,8 +30,12 @@ def _samples(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm[:usable], dtype="<i2").astype(np.float64)
 
 
-def _pcm(samples: np.ndarray) -> bytes:
+def to_pcm(samples: np.ndarray) -> bytes:
+    """Samples (any float scale of 16-bit) as clipped 16-bit little-endian PCM."""
     return np.clip(np.round(samples), -32768, 32767).astype("<i2").tobytes()
+
+
+_pcm = to_pcm
 
 
 def dbfs_to_amplitude(dbfs: float) -> float:
@@ -191,13 +195,36 @@ class Heard:
         return f"speech-like audio at {self.dbfs:.0f} dBFS"
 
 
+def _steady(pcm: bytes, rate: int, freq: float) -> bool:
+    """A tone holds its frequency: each quarter of a window of 0.2 s or more (but those
+    10 dB below the loudest, where it starts or ends) peaks within 15 Hz of the whole.
+    Voiced speech (a prompt's "hello") can put most of a window's energy near one pitch,
+    but its pitch glides."""
+    n = len(pcm) // 2
+    if n < 0.2 * rate:
+        return True
+    quarter = n // 4 * 2
+    parts = [pcm[i * quarter:(i + 1) * quarter] for i in range(4)]
+    loudest = max(rms_dbfs(p) for p in parts)
+    for part in parts:
+        if rms_dbfs(part) < loudest - 10:
+            continue  # the tone had not started yet, or was ending: nothing to compare
+        f = dominant_frequency(part, rate)
+        if f is None or abs(f - freq) > 15:
+            return False
+    return True
+
+
 def describe(pcm: bytes, rate: int = RATE, silence_dbfs: float = SILENCE_DBFS) -> Heard:
     level = rms_dbfs(pcm)
     if level < silence_dbfs:
         return Heard("silence", level)
     peaks = _peak_shares(pcm, rate, 25.0, 2)
+    freq = dominant_frequency(pcm, rate)
+    if freq is None or not _steady(pcm, rate, freq):
+        return Heard("audio", level)
     if peaks and peaks[0][1] >= TONAL_RATIO:
-        return Heard("tone", level, dominant_frequency(pcm, rate))
+        return Heard("tone", level, freq)
     if len(peaks) == 2 and peaks[1][1] >= 0.2 and peaks[0][1] + peaks[1][1] >= TONAL_RATIO:
         low, high = sorted(f for f, _ in peaks)
         return Heard("tone", level, low, high)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.simulator.meta import (
@@ -38,6 +38,8 @@ class CallSummary:
     error_code: int | None
     duration_s: int | None
     api_errors: list[str]
+    prompts: list[str] = field(default_factory=list)
+    """What the phone recognised: prompt names, ``beep``, ``tone 425 Hz``."""
 
     def lines(self) -> list[str]:
         answered = (f"yes, after {self.answered_after_s:.1f} s" if self.answered
@@ -56,6 +58,7 @@ class CallSummary:
             f"pressed    {self.digits_pressed or '-'}",
             f"got DTMF   {self.dtmf_received or '-'}",
             "heard      " + ("; ".join(self.heard) if self.heard else "-"),
+            "prompts    " + (", ".join(self.prompts) if self.prompts else "-"),
             f"ended      {ended}",
         ]
         if self.api_errors:
@@ -168,6 +171,8 @@ class SimulatedCall:
             error_code=self.error_code,
             duration_s=duration,
             api_errors=api_errors,
+            prompts=[h.name if h.kind in ("prompt", "beep") else f"tone {h.frequency:.0f} Hz"
+                     for h in self.phone.recognised if h.kind != "audio"],
         )
 
     # --- Meta's side -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
 
@@ -40,6 +41,7 @@ from gateway.simulator.cloud_api import (
 )
 from gateway.simulator.control import ScriptError, add_control_routes, parse_script
 from gateway.simulator.meta import DEFAULT_VERSION
+from gateway.simulator.prompts import library_for
 from gateway.simulator.users import ON_CALL, ON_REQUEST, PERMISSIONS, SimulatedUser
 
 
@@ -69,6 +71,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                             "have expired and are refused)")
     serve.add_argument("--ring-timeout", type=float, default=60.0,
                        help="seconds an unanswered call rings (default 60)")
+    serve.add_argument("--prompts", metavar="DIR",
+                       help="Asterisk's sound files (e.g. /usr/share/asterisk/sounds/en): "
+                            "transcripts then name the prompts the phone heard")
     serve.add_argument("--media-address", action="append", default=None,
                        help="address the simulated phones gather ICE candidates on "
                             "(repeatable; default 127.0.0.1 and ::1)")
@@ -93,8 +98,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "call", help="place a scripted call through a running simulator",
         description="Steps: wait N, wait-answer [N], wait-audio [N], press DIGITS, "
                     "tone HZ SECONDS, hangup, expect-hangup [N]; separated by ';'.")
-    call.add_argument("--sim-url", default="http://127.0.0.1:8090",
-                      help="the running simulator (sim serve --listen)")
+    call.add_argument("--sim-url", default=os.environ.get("WA_SIM_URL", "http://127.0.0.1:8090"),
+                      help="the running simulator (sim serve --listen; default: $WA_SIM_URL, "
+                           "else http://127.0.0.1:8090)")
     call.add_argument("--from", dest="from_", default="15550002222", help="the user's number")
     call.add_argument("--name", default="Test User", help="the user's profile name")
     call.add_argument("--username", default=None,
@@ -108,6 +114,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                       help="as if the user opened a wa.me/call link with this payload")
     call.add_argument("--script", default="wait-answer; wait 5; hangup",
                       help="what the caller does, steps separated by ;")
+    call.add_argument("--wav", metavar="FILE",
+                      help="save the call's audio, both directions, as a 16 kHz stereo WAV "
+                           "(left: what the phone heard, right: what it sent)")
     call.set_defaults(func=lambda a: _run(call_main(a)), async_func=call_main)
 
 
@@ -147,6 +156,12 @@ async def serve_main(args: argparse.Namespace) -> int:
         version=args.api_version, waba_id=args.waba_id, phone_number_id=args.phone_number_id,
         display_phone_number=args.display_number, ring_timeout_s=args.ring_timeout,
         default_user=default_user)
+    if args.prompts:
+        if not await asyncio.to_thread(os.path.isdir, args.prompts):
+            print(f"error: --prompts {args.prompts}: not a directory", file=sys.stderr)
+            return 2
+        sim.prompts = library_for(args.prompts)
+        await asyncio.to_thread(sim.prompts.load)
     add_control_routes(sim)
     printers: set[asyncio.Task[None]] = set()
 
@@ -201,7 +216,7 @@ async def call_main(args: argparse.Namespace) -> int:
             "phone_number_id": args.phone_number_id, "cta_payload": args.cta_payload,
             "deeplink_payload": args.deeplink_payload}
     body = {k: v for k, v in body.items() if v is not None}
-    last = ""
+    last, call_id = "", None
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
@@ -216,6 +231,16 @@ async def call_main(args: argparse.Namespace) -> int:
                     print(line, flush=True)
                     if line:
                         last = line
+                    if line.startswith("call       "):  # the summary names the call
+                        call_id = line.split()[1]
+            wav = getattr(args, "wav", None)
+            if wav and call_id:
+                async with http.get(f"{args.sim_url.rstrip('/')}/_sim/calls/{call_id}"
+                                    "/audio.wav") as resp:
+                    resp.raise_for_status()
+                    body = await resp.read()
+                await asyncio.to_thread(Path(wav).write_bytes, body)
+                print(f"audio saved to {wav} (left: heard, right: sent)", flush=True)
         except aiohttp.ClientError as exc:
             print(f"error: cannot reach the simulator at {args.sim_url}: {exc}", file=sys.stderr)
             return 2

@@ -51,6 +51,7 @@ from gateway.simulator.meta import (
 )
 from gateway.simulator.outbound import BusinessCalling
 from gateway.simulator.phone import DEFAULT_TIMERS, NO_MEDIA_ERROR, PhoneTimers, SimulatedPhone
+from gateway.simulator.prompts import PromptLibrary
 from gateway.simulator.transcript import Transcript
 from gateway.simulator.users import (
     BSUID,
@@ -99,6 +100,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         self.webhook_retry_delays = webhook_retry_delays
         """Meta retries failed deliveries, briefly for calling (§7.1)."""
         self.hearing_window_s = hearing_window_s
+        self.prompts: PromptLibrary | None = None
+        """Asterisk's sound files: phones name the prompts they hear (simulator/prompts.py)."""
         self.requests: list[ApiRequest] = []
         self.calls: dict[str, SimulatedCall] = {}
         self.webhooks: list[WebhookDelivery] = []
@@ -311,7 +314,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         transcript = Transcript()
         phone = SimulatedPhone(transcript=transcript, name=f"phone {user.key}",
                                timers=self.phone_timers, idle_audio=idle_audio,
-                               hearing_window_s=self.hearing_window_s)
+                               hearing_window_s=self.hearing_window_s, prompts=self.prompts)
         await phone.make_offer()
         call = SimulatedCall(self, call_id=new_wacid(user.key), from_wa_id=from_wa_id,
                              profile_name=profile_name, phone_number_id=phone_number_id,

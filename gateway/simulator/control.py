@@ -32,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -187,6 +189,7 @@ def add_control_routes(sim: CloudApiSimulator) -> None:
     """Mount the admin control API under ``/_sim/`` on the simulator's own server."""
     sim.app.router.add_post("/_sim/calls", _post_call(sim))
     sim.app.router.add_get("/_sim/calls", _list_calls(sim))
+    sim.app.router.add_get("/_sim/calls/{call_id}/audio.wav", _call_audio(sim))
     sim.app.router.add_post("/_sim/users", _post_user(sim))
     sim.app.router.add_get("/_sim/users", _list_users(sim))
 
@@ -235,6 +238,24 @@ def _post_user(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
         sim.note(f"user {wa_id} configured: permission {user.permission_status(time.time())}, "
                  f"on call {user.on_call}, on permission request {user.on_permission_request}")
         return web.json_response(_user_view(sim, user))
+    return handler
+
+
+def _wav_bytes(call: SimulatedCall) -> bytes:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+        call.phone.save_wav(f.name, both=True)
+        return Path(f.name).read_bytes()
+
+
+def _call_audio(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
+    """Both directions of a call as a 16 kHz stereo WAV: left what the phone heard, right
+    what it sent (``sim call --wav FILE``)."""
+    async def handler(request: web.Request) -> web.Response:
+        call = sim.calls.get(request.match_info["call_id"])
+        if call is None:
+            return web.json_response({"error": "no such call"}, status=404)
+        return web.Response(body=await asyncio.to_thread(_wav_bytes, call),
+                            content_type="audio/wav")
     return handler
 
 
@@ -291,6 +312,7 @@ def _post_call(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
                 return resp
             result = script.result()
             await asyncio.wait_for(call.ended.wait(), 30)
+            await call.phone.finish_listening()  # what it heard last, before the story ends
             call.transcript.close()
             await pumping
             lines = ["", "--- summary ---", *call.summary().lines(),

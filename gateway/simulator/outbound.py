@@ -87,7 +87,7 @@ class BusinessCalling:
         transcript = Transcript()
         phone = SimulatedPhone(transcript=transcript, name=f"phone {wa_id}",
                                timers=self.phone_timers, idle_audio=user.idle_audio,
-                               hearing_window_s=self.hearing_window_s)
+                               hearing_window_s=self.hearing_window_s, prompts=self.prompts)
         try:
             answer = await phone.answer_offer(sdp)
         except ValueError as exc:  # SdpError included

@@ -12,12 +12,16 @@ It behaves like the WhatsApp client where that matters to a gateway:
 - it hangs up with 138021 when it gets no media from the business for 20 s after the call
   starts connecting, or for 30 s once media has flowed (§9 "Keep media flowing"); RTP and RTCP
   both count, as the reference accepts "audio ... or at least RTCP";
-- it records everything it hears, with arrival times, and describes it in plain words.
+- it records everything it hears, with arrival times, and describes it in plain words;
+  given Asterisk's sound files (:mod:`gateway.simulator.prompts`) it names the prompts it
+  heard, beeps and tones, once each stretch of sound is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import logging
 import re
 import time
@@ -26,9 +30,13 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from gateway.media.codecs import FRAME_BYTES, RATE
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator import audio
+from gateway.simulator.prompts import Heard as Recognised
+from gateway.simulator.prompts import PromptLibrary, recognise
 from gateway.simulator.transcript import Transcript
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,13 @@ META_DTMF_PT = 126
 """§9: without telephone-event/8000 in the business's offer Meta still uses PT 126 at 8 kHz."""
 NO_MEDIA_ERROR = 138021
 """Client received no media for too long (docs/meta-calling.md §11)."""
+MAX_STRETCH_S = 20.0
+"""Sound without a pause is handed to prompt recognition at least this often."""
+FRAME_S = FRAME_BYTES / 2 / RATE
+"""20 ms: every frame the leg hands over (concealed ones included) is one."""
+LOOKBACK_S = 4.0
+"""Recognition also looks this far before a stretch: a prompt split by a short dropout (or by
+MAX_STRETCH_S) is still heard whole once; what was reported before is not repeated."""
 FEED_LEAD_FRAMES = 3
 """Frames queued ahead of the sender's 20 ms clock: enough to ride out loop jitter, well under
 the 200 ms the outgoing queue keeps."""
@@ -83,12 +98,17 @@ class SimulatedPhone:
 
     def __init__(self, *, transcript: Transcript | None = None, name: str = "phone",
                  timers: PhoneTimers = DEFAULT_TIMERS, idle_audio: bytes | None = None,
-                 hearing_window_s: float = 0.5):
+                 hearing_window_s: float = 0.5, prompts: PromptLibrary | None = None):
         self.transcript = transcript or Transcript()
         self.timers = timers
         self.idle_audio = idle_audio
         """Looped toward the business when nothing else is being said (None: silence)."""
         self.hearing_window_s = hearing_window_s
+        self.prompts = prompts
+        self.recognised: list[Recognised] = []
+        """Prompts, beeps, tones and unmatched sound heard, in time order (prompts.py)."""
+        self._stretch_start: float | None = None
+        self._recognition: asyncio.Future[None] | None = None
         self.leg = WebRtcLeg(name=name)
         self.leg.on_audio = self._on_audio
         self.leg.on_dtmf = self._on_dtmf
@@ -100,6 +120,8 @@ class SimulatedPhone:
         """idle → offered → connecting → connected → ended."""
         self.received: list[tuple[float, bytes]] = []
         """Every decoded 20 ms frame heard, with its arrival time (seconds since call start)."""
+        self.sent: list[tuple[float, bytes]] = []
+        """Every 20 ms frame the phone sent (silence is not sent), with its time."""
         self.heard_segments: list[HeardSegment] = []
         self.digits_pressed: list[str] = []
         self.dtmf_received: list[str] = []
@@ -210,7 +232,11 @@ class SimulatedPhone:
         self.state = "ended"
         self.picked_up.set()  # let a gated sender see the closed track and stop
         if self.received:
-            self._close_segment(self.transcript.now())
+            now = self.transcript.now()
+            self._close_segment(now)
+            if self._stretch_start is not None:
+                self._recognise(self._stretch_start, now + 1)
+                self._stretch_start = None
         for task in self._tasks:
             task.cancel()
         for waiter in self._audio_waiters:
@@ -239,19 +265,29 @@ class SimulatedPhone:
         """What the phone heard in that span, described (silence / tone at X Hz / audio)."""
         return audio.describe(self.heard_pcm(since, until))
 
-    def save_wav(self, path: str) -> None:
-        """Everything heard as a 16 kHz mono WAV, gaps without packets filled with silence."""
-        out = bytearray()
-        for t, pcm in self.received:
-            gap = int((t - len(out) / 2 / RATE) * RATE) * 2
-            if gap > 3 * FRAME_BYTES:  # a real gap, not arrival jitter
-                out += bytes(gap)
-            out += pcm
+    def save_wav(self, path: str, both: bool = False) -> None:
+        """Everything heard as a 16 kHz WAV, gaps without packets filled with silence; with
+        ``both``, stereo: left what the phone heard, right what it sent."""
+        heard = _timeline(self.received)
+        if not both:
+            channels, frames = 1, heard
+        else:
+            sent = _timeline(self.sent)
+            length = max(len(heard), len(sent))
+            left = np.frombuffer(heard.ljust(length, b"\0"), dtype="<i2")
+            right = np.frombuffer(sent.ljust(length, b"\0"), dtype="<i2")
+            channels, frames = 2, np.column_stack([left, right]).astype("<i2").tobytes()
         with wave.open(path, "wb") as w:
-            w.setnchannels(1)
+            w.setnchannels(channels)
             w.setsampwidth(2)
             w.setframerate(RATE)
-            w.writeframes(bytes(out))
+            w.writeframes(frames)
+
+    async def finish_listening(self, timeout: float = 15.0) -> None:
+        """Wait for the last prompt recognition (the call's end starts one)."""
+        if self._recognition is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._recognition), timeout)
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -306,6 +342,7 @@ class SimulatedPhone:
                 frame = self._next_frame()
                 if frame is not None:
                     self.leg.play(frame)
+                    self.sent.append((t0 - self.transcript.t0 + sent * 0.020, frame))
                 sent += 1
             await asyncio.sleep(0.020)
 
@@ -338,7 +375,58 @@ class SimulatedPhone:
             seen = len(self.received)
             heard = audio.describe(b"".join(p for _, p in frames)) if frames else None
             self._extend_segment(w0, w1, heard)
+            self._follow_stretch(w0, w1, heard)
             w0 = w1
+
+    def _follow_stretch(self, w0: float, w1: float, heard: audio.Heard | None) -> None:
+        """Hand each stretch of sound to prompt recognition once a pause ends it (or it
+        has gone on for MAX_STRETCH_S)."""
+        if heard is None:
+            return  # no packets in this window (a late burst under load), not a pause
+        sound = heard.kind != "silence"
+        if sound and self._stretch_start is None:
+            self._stretch_start = w0
+        elif not sound and self._stretch_start is not None:
+            self._recognise(self._stretch_start, w0)
+            self._stretch_start = None
+        elif self._stretch_start is not None and w1 - self._stretch_start >= MAX_STRETCH_S:
+            self._recognise(self._stretch_start, w1)
+            self._stretch_start = w1
+
+    def _recognise(self, start: float, end: float) -> None:
+        """Recognise what was heard in [start, end) in a thread (prompts.recognise is
+        CPU-heavy), after any earlier stretch, and write it to the transcript."""
+        times = [t for t, _ in self.received]
+        first = bisect.bisect_left(times, start - LOOKBACK_S)
+        last = bisect.bisect_left(times, end)
+        if first >= last:
+            return
+        previous = self._recognition
+        # Back to back, timed by position in the stream: the leg conceals lost packets by
+        # sequence number (webrtc.py), so frame i is at i * 20 ms of the stream whatever its
+        # arrival jitter, and the same prompt found again in the next look-back has the
+        # same time.
+        pcm = b"".join(p for _, p in self.received[first:last])
+        t0 = times[0] - FRAME_S + first * FRAME_S
+
+        async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            try:
+                found = await asyncio.to_thread(recognise, pcm, t0, self.prompts)
+            except Exception:
+                log.exception("prompt recognition failed")
+                return
+            for item in found:
+                if any(_same(item, old) for old in self.recognised):
+                    continue
+                if item.kind == "audio" and item.start + item.duration <= start:
+                    continue  # unexplained sound of the look-back was reported before
+                self.recognised.append(item)
+                self.transcript.add(str(item))
+
+        self._recognition = asyncio.ensure_future(run())
 
     def _extend_segment(self, w0: float, w1: float, heard: audio.Heard | None) -> None:
         last = self.heard_segments[-1] if self.heard_segments else None
@@ -347,16 +435,34 @@ class SimulatedPhone:
             last.end = w1
             return
         self.heard_segments.append(HeardSegment(w0, w1, heard))
-        text = "hearing " + ("nothing (no media packets)" if heard is None else str(heard))
+        # Written now, when it is known, saying since when: the transcript stays in time order.
+        text = "hearing " + ("nothing (no media packets)" if heard is None else str(heard)) \
+            + f" since +{w0:.3f}"
         if heard is not None and heard.kind != "silence" and not self.answered:
             # §9: audio before accept "may count as answered or be lost"; the caller may or
             # may not hear it on a real phone.
             text += " (before accept: WhatsApp may drop it)"
-        self.transcript.add(text, at=w0)
+        self.transcript.add(text)
 
     def _close_segment(self, now: float) -> None:
         if self.heard_segments:
             self.heard_segments[-1].end = max(self.heard_segments[-1].end, now)
+
+
+def _same(a: Recognised, b: Recognised) -> bool:
+    """The same thing heard twice (found again in the next stretch's look-back)."""
+    return a.kind == b.kind and a.name == b.name and abs(a.start - b.start) < 0.15
+
+
+def _timeline(frames: list[tuple[float, bytes]]) -> bytes:
+    """Frames laid out on the call's clock: gaps without packets become silence."""
+    out = bytearray()
+    for t, pcm in frames:
+        gap = int((t - len(out) / 2 / RATE) * RATE) * 2
+        if gap > 3 * FRAME_BYTES:  # a real gap, not arrival jitter
+            out += bytes(gap)
+        out += pcm
+    return bytes(out)
 
 
 class _LocalSdp:

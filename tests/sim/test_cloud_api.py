@@ -105,7 +105,7 @@ async def test_answered_call_carries_audio_and_dtmf_both_ways(sim, business):
     await asyncio.sleep(0.3)
     assert digits == list("31234#")
 
-    assert any("hearing tone 440 Hz" in ln for ln in call.transcript.lines)
+    assert any(re.search(r"hearing tone 4(39|40|41) Hz", ln) for ln in call.transcript.lines)
     assert sim.requests_for(call.call_id, "accept")[0].status == 200
 
 

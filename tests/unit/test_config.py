@@ -77,3 +77,22 @@ def test_load_config_file_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))
     assert load_config(good, env=ENV).source == str(good)
+
+
+def test_accountcode_per_number_is_validated():
+    data = {**GOOD, "numbers": [{**GOOD["numbers"][0], "accountcode": "wa-sales"}]}
+    assert parse_config(data, env=ENV).numbers[0].accountcode == "wa-sales"
+    assert parse_config(GOOD, env=ENV).numbers[0].accountcode is None
+    for bad in ("two words", "a,b", 'q"uote', "x" * 80):
+        data = {**GOOD, "numbers": [{**GOOD["numbers"][0], "accountcode": bad}]}
+        (problem,) = problems(data)
+        assert problem.startswith("numbers[0].accountcode: must be 1-79 characters"), problem
+
+
+def test_overlapping_rtp_and_webrtc_ports_are_refused_naming_both_keys():
+    data = {**GOOD, "media": {"rtp_ports": "40000-40999", "webrtc_ports": "40900-41999"}}
+    (problem,) = problems(data)
+    assert problem.startswith("media.rtp_ports:") and "media.webrtc_ports" in problem
+    assert "40900-40999" in problem
+    data = {**GOOD, "media": {"rtp_ports": "40000-40999", "webrtc_ports": "41000-41999"}}
+    assert parse_config(data, env=ENV).media.webrtc_ports.first == 41000

@@ -56,3 +56,11 @@ async def test_routes() -> None:
         response = await client.get("/readyz")
         assert response.status == 503 and "did not answer" in (await response.json())["reasons"][0]
         assert (await client.get("/healthz")).status == 200
+
+
+def test_warnings_make_a_ready_gateway_degraded_but_still_200() -> None:
+    ready, body = readiness(ReadinessInputs(True, True, warnings=("numbers[0].context: gone",)))
+    assert ready and body["status"] == "degraded" and body["warnings"] == [
+        "numbers[0].context: gone"]
+    ready, body = readiness(ReadinessInputs(False, True, warnings=("x",)))
+    assert not ready and body["status"] == "not ready"
