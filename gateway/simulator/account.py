@@ -70,6 +70,8 @@ class AccountApi:
             self.settings[phone_number_id] = trial
             self.note(f"settings of {phone_number_id} updated"
                       + (f": {', '.join(changed)} changed" if changed else " (no change)"))
+            self._spawn(self._settings_changed(phone_number_id, current.get("calling") or {},
+                                               trial.get("calling") or {}))
             return {"success": True}
 
         return await self._api(request, "settings", handle, lambda body: "set_settings")

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.simulator.call import (
     SimulatedCall,
 )
+from gateway.simulator.media import announcement, opt_in_objects
 from gateway.simulator.meta import (
     BUSINESS_INITIATED,
     OPAQUE_MAX,
@@ -44,6 +45,7 @@ class BusinessCalling:
             raise invalid("to must be the user's phone number (digits, optionally with +)")
         wa_id = to.strip().lstrip("+")
         sdp = session_sdp(body, "connect", "offer")
+        opt_in = opt_in_objects(body, "connect")
         opaque = body.get("biz_opaque_callback_data")
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
             raise invalid(f"biz_opaque_callback_data must be a string of at most {OPAQUE_MAX} "
@@ -99,6 +101,10 @@ class BusinessCalling:
                              phone=phone, direction=BUSINESS_INITIATED)
         call.offer_sdp, call.answer_sdp = sdp, answer
         call.biz_opaque_callback_data = opaque
+        call.opt_in = opt_in
+        spoken = announcement(call.opt_in)
+        if spoken:
+            transcript.add(f"Meta will announce to both sides once answered: {spoken}")
         if sdp.count("a=fingerprint:") > 1:
             transcript.add("note: the offer lists several fingerprints; §9 asks for one sha-256")
         transcript.add(f"business calls {wa_id} (connect): accepted as {call.call_id}")
