@@ -48,6 +48,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"{config.asterisk.ami.username}, codec {config.asterisk.codec}")
     print(f"  Graph API {config.whatsapp.graph_url}; webhook on "
           f"http://{config.http.host}:{config.http.port}/webhook")
+    from gateway.settings import calling_warnings
+
+    for i, n in enumerate(config.numbers):
+        for warning in calling_warnings(n.calling, f"numbers[{i}].calling",
+                                        config.media.connect_timeout_s):
+            print(f"  warning: {warning}")
     return 0
 
 

@@ -175,6 +175,7 @@ def tracked_settings(calling: dict[str, Any]) -> dict[str, Any]:
     """What an ``account_settings_update`` webhook shows of the calling settings, shaped like
     payloads/webhook-account-settings-update.json (which also shows ``call_hours.status``)."""
     out: dict[str, Any] = {k: calling[k] for k in TRACKED_BY_SETTINGS_WEBHOOK[:4] if k in calling}
+    out.setdefault("srtp_key_exchange_protocol", "DTLS")  # Meta's documented default (§3)
     if "call_hours" in calling:
         out["call_hours"] = {"status": calling["call_hours"].get("status")}
     if "sip" in calling:

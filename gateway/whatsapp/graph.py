@@ -76,6 +76,9 @@ def _meta_error(action: str, data: Any, status: int) -> GraphError:
                       details=str(details))
 
 
+MAX_MEDIA_BYTES = 64 << 20
+"""A call recording is Opus at a few KB per second; 64 MiB is hours."""
+
 CALL_PERMISSIONS_PER_S = 5
 """§3/§14: design for 5 call_permissions requests per second (error 613 / HTTP 429 beyond)."""
 
@@ -150,10 +153,13 @@ class GraphClient:
                                 session={"sdp_type": "answer", "sdp": sdp})
 
     async def accept(self, phone_number_id: str, call_id: str, sdp: str,
-                     callback_data: str | None = None) -> None:
+                     callback_data: str | None = None,
+                     opt_in: dict[str, dict[str, str]] | None = None) -> None:
+        """``opt_in``: the ``recording`` / ``transcription`` objects (2026 addendum §5)."""
         extra: dict[str, Any] = {"session": {"sdp_type": "answer", "sdp": sdp}}
         if callback_data:
             extra["biz_opaque_callback_data"] = callback_data[:512]
+        extra.update(opt_in or {})
         await self._call_action(phone_number_id, "accept", call_id, **extra)
 
     async def reject(self, phone_number_id: str, call_id: str) -> None:
@@ -163,12 +169,15 @@ class GraphClient:
         await self._call_action(phone_number_id, "terminate", call_id)
 
     async def connect(self, phone_number_id: str, to: str, sdp: str,
-                      callback_data: str | None = None) -> str:
-        """Start a business-initiated call; returns Meta's call id (wacid)."""
+                      callback_data: str | None = None,
+                      opt_in: dict[str, dict[str, str]] | None = None) -> str:
+        """Start a business-initiated call; returns Meta's call id (wacid). ``opt_in``: the
+        ``recording`` / ``transcription`` objects (2026 addendum §5)."""
         body: dict[str, Any] = {"messaging_product": "whatsapp", "to": to, "action": "connect",
                                 "session": {"sdp_type": "offer", "sdp": sdp}}
         if callback_data:
             body["biz_opaque_callback_data"] = callback_data[:512]
+        body.update(opt_in or {})
         data = await self._post(phone_number_id, "calls", "connect", body)
         try:
             return str(data["calls"][0]["id"])
@@ -203,3 +212,40 @@ class GraphClient:
             recent.append(loop.time())
         return await self._get(phone_number_id, "call_permissions", "call_permissions",
                                {"user_wa_id": user_wa_id})
+
+    # ---- media: voicemails, recordings, transcripts (2026 addendum §3, §5) -----------------
+
+    async def media_url(self, media_id: str) -> str:
+        """``GET /{media_id}``: a fresh download URL (valid 5 minutes) for a file Meta keeps."""
+        await self.start()
+        assert self._session is not None
+        url = f"{self.settings.graph_url}/{media_id}"
+        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
+        try:
+            async with self._session.get(url, headers=headers) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400 or not isinstance(data, dict) or not data.get("url"):
+                    raise _meta_error("media", data, resp.status)
+                return str(data["url"])
+        except TimeoutError:
+            raise GraphError("media", "no answer from the Media API") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise GraphError("media", f"cannot reach the Media API: {exc}") from None
+
+    async def download(self, url: str, max_bytes: int = MAX_MEDIA_BYTES) -> bytes:
+        """An authenticated GET of a media URL (Meta's URLs need the access token)."""
+        await self.start()
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
+        try:
+            async with self._session.get(url, headers=headers) as resp:
+                if resp.status != 200:
+                    raise GraphError("media", "download refused", http_status=resp.status)
+                data = await resp.content.read(max_bytes + 1)
+        except TimeoutError:
+            raise GraphError("media", "download timed out") from None
+        except aiohttp.ClientError as exc:
+            raise GraphError("media", f"download failed: {exc}") from None
+        if len(data) > max_bytes:
+            raise GraphError("media", f"file larger than {max_bytes} bytes")
+        return data
