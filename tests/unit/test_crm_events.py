@@ -3,70 +3,11 @@ down, refused events skipped, a bounded queue that drops the oldest."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-
-from aiohttp import web
-
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import CrmEventsSettings, Secret
-from gateway.crm_events import SIGNATURE_HEADER, CrmEvents, signature_ok
+from gateway.crm_events import CrmEvents
 from gateway.metrics import GatewayMetrics
-
-SECRET = "crm-test-secret"
-
-
-class Crm:
-    """A CRM endpoint: answers with ``status`` (settable) and keeps what it accepted."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.accepted: list[dict] = []
-        self.attempts = 0
-        self.bad_signatures = 0
-        self.arrived = asyncio.Condition()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/events", self._post)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/events"
-
-    async def close(self) -> None:
-        await self._runner.cleanup()
-
-    async def _post(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        async with self.arrived:
-            self.attempts += 1
-            self.arrived.notify_all()
-        if not signature_ok(SECRET, body, request.headers.get(SIGNATURE_HEADER)):
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        if self.status != 200:
-            return web.Response(status=self.status)
-        event = json.loads(body)
-        assert request.headers["X-Gateway-Event"] == event["event"]
-        async with self.arrived:
-            self.accepted.append(event)
-            self.arrived.notify_all()
-        return web.Response(text="ok")
-
-    async def wait_attempts(self, count: int, timeout: float = 10) -> None:
-        async with self.arrived:
-            await asyncio.wait_for(self.arrived.wait_for(lambda: self.attempts >= count),
-                                   timeout)
-
-    async def wait_for(self, count: int, timeout: float = 10) -> list[dict]:
-        async with self.arrived:
-            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.accepted) >= count),
-                                   timeout)
-        return self.accepted
+from tests.crm import SECRET, Crm
 
 
 def record(i: int = 0) -> CallRecord:
