@@ -21,7 +21,7 @@ from gateway.sandbox.local_asterisk import LocalAsterisk
 from gateway.simulator.cloud_api import CloudApiSimulator
 from tests.crm import SECRET, Crm
 
-from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, Stack, make_config
+from .conftest import ACCESS_TOKEN, API_TOKEN, APP_SECRET, NUMBERS, Stack, make_config
 
 pytestmark = pytest.mark.asterisk
 
@@ -218,4 +218,24 @@ async def test_meta_recording_is_fetched_into_media_dir_and_linked(stack: Stack,
     assert Path(media["transcription"].path).suffix == ".json"
     event = next(e for e in crm.accepted if e["event"] == "recording_available")
     assert event["data"]["path"] == str(recording)
+    await stack.wait_idle()
+
+
+async def test_an_outbound_call_asks_meta_to_record_on_connect(stack: Stack, crm: Crm):
+    user = "15550007777"
+    stack.sim.add_user(user, permission="temporary", on_call="answer", answer_after_s=0.3)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.gateway.url}/v1/calls",
+                                headers={"Authorization": f"Bearer {API_TOKEN}"},
+                                json={"to": f"+{user}", "phone_number_id": RECORDED,
+                                      "context": "test-hangup"}) as resp:
+            assert resp.status == 201, await resp.text()
+    call = await stack.sim.wait_outbound_call(to=user, timeout=15)
+    (connect,) = stack.sim.requests_for(call.call_id, "connect")
+    assert connect.body["recording"] == {"status": "ENABLED", "purpose": "Quality assurance",
+                                         "announcement_language": "en_US"}
+    events = await crm_events_of(crm, call.call_id, "recording_available")
+    assert events[:3] == ["ringing", "dialplan_started", "answered"]
+    assert {"ended", "recording_available"} <= set(events)  # Meta: about a minute after
+    await stack.gateway.media.wait_idle()
     await stack.wait_idle()

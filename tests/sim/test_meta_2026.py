@@ -197,3 +197,23 @@ async def test_recording_and_transcript_arrive_with_urls_living_five_minutes(bus
                 assert resp.status == 200 and await resp.read() == content
     finally:
         await sim.close()
+
+
+async def test_control_api_sends_account_notices(business):
+    from gateway.simulator.control import add_control_routes
+
+    sim = make_sim(business)
+    add_control_routes(sim)
+    await sim.start()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{sim.base_url}/_sim/account_update",
+                             json={"event": "ACCOUNT_RESTRICTION", "duration_s": 60}) as resp:
+            assert resp.status == 200 and (await resp.json())["delivered"] is True
+        async with http.post(f"{sim.base_url}/_sim/account_update",
+                             json={"event": "NOPE"}) as resp:
+            assert resp.status == 400
+    body, _ = business.raw[-1]
+    value = json.loads(body)["entry"][0]["changes"][0]["value"]
+    assert value["event"] == "ACCOUNT_RESTRICTION"
+    assert value["restriction_info"][0]["expiration"] > 0
+    await sim.close()
