@@ -153,7 +153,7 @@ class Gateway:
         if account:
             info["account"] = account  # Meta's warnings and restrictions (2026 addendum §4)
         if self.crm.enabled:
-            info["crm_events"] = {s.url: {"queued": len(s.queue), "delivered": s.delivered,
+            info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
                                           "dropped": s.dropped} for s in self.crm.sinks}
         return info
 

@@ -29,6 +29,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -46,6 +47,16 @@ FIRST_RETRY_DELAY_S = 0.5
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 EVENTS = ("ringing", "answered", "dialplan_started", "ended", "voicemail",
           "recording_available", "transcription_available")
+
+
+def public_url(url: str) -> str:
+    """The URL as logs and metric labels show it: without user:password or query, where a
+    CRM's own token may sit."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -89,6 +100,8 @@ class CrmSink:
 
     def __init__(self, url: str, settings: CrmEventsSettings, metrics: GatewayMetrics):
         self.url = url
+        self.name = public_url(url)
+        """What logs, metrics and /readyz show of the URL."""
         self.settings = settings
         self.metrics = metrics
         self.queue: deque[_Queued] = deque()
@@ -99,7 +112,7 @@ class CrmSink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task | None = None
-        self._gauge = metrics.crm_events_queued.labels(url)
+        self._gauge = metrics.crm_events_queued.labels(self.name)
 
     def put(self, kind: str, body: dict[str, Any]) -> None:
         """Queue one event (synchronous, never waits): the oldest is dropped when full."""
@@ -111,10 +124,10 @@ class CrmSink:
             victim = self.queue[1] if len(self.queue) > 1 else self.queue[0]
             self.queue.remove(victim)
             self.dropped += 1
-            self.metrics.crm_event(self.url, "dropped")
+            self.metrics.crm_event(self.name, "dropped")
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.warning("CRM %s: queue full (%d): dropped %d event(s) so far, oldest first",
-                            self.url, self.settings.queue_size, self.dropped)
+                            self.name, self.settings.queue_size, self.dropped)
         self.queue.append(_Queued(kind, data, body["id"]))
         self._gauge.set(len(self.queue))
         self._idle.clear()
@@ -133,7 +146,7 @@ class CrmSink:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         if self.queue:
-            log.warning("CRM %s: %d event(s) not delivered at shutdown", self.url,
+            log.warning("CRM %s: %d event(s) not delivered at shutdown", self.name,
                         len(self.queue))
 
     async def _run(self, session: aiohttp.ClientSession) -> None:
@@ -170,23 +183,23 @@ class CrmSink:
                     else type(exc).__name__
             if problem is None:
                 self.delivered += 1
-                self.metrics.crm_event(self.url, "delivered")
+                self.metrics.crm_event(self.name, "delivered")
                 if attempt > 1:
-                    log.info("CRM %s: %s event delivered after %d attempts", self.url,
+                    log.info("CRM %s: %s event delivered after %d attempts", self.name,
                              item.kind, attempt)
                 return
             if status is not None and 400 <= status < 500 and status not in RETRYABLE_STATUS:
-                self.metrics.crm_event(self.url, "rejected")
-                log.warning("CRM %s refused the %s event (%s): skipped", self.url, item.kind,
+                self.metrics.crm_event(self.name, "rejected")
+                log.warning("CRM %s refused the %s event (%s): skipped", self.name, item.kind,
                             problem)
                 return
-            self.metrics.crm_event(self.url, "retried")
+            self.metrics.crm_event(self.name, "retried")
             delay = min(self.settings.max_retry_delay_s,
                         FIRST_RETRY_DELAY_S * 2 ** (attempt - 1))
             delay *= random.uniform(0.8, 1.0)  # several gateways do not retry in lockstep
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("CRM %s: %s event not delivered (%s); retrying in %.1f s "
-                            "(attempt %d, %d queued)", self.url, item.kind, problem, delay,
+                            "(attempt %d, %d queued)", self.name, item.kind, problem, delay,
                             attempt, len(self.queue))
             await asyncio.sleep(delay)
 

@@ -463,7 +463,8 @@ class GatewayMetrics:
         self.call_media.labels(_bounded(kind, MEDIA_KINDS), _bounded(result, MEDIA_RESULTS)).inc()
 
     def crm_event(self, url: str, result: str) -> None:
-        """One CRM delivery result; ``url`` is a configured URL (bounded by the config)."""
+        """One CRM delivery result; ``url`` is a configured URL without its query or user
+        (bounded by the config)."""
         self.crm_events.labels(url, _bounded(result, CRM_RESULTS)).inc()
 
     # ---- exposition -----------------------------------------------------------------------

@@ -96,3 +96,16 @@ async def test_a_refused_event_is_skipped_and_a_full_queue_drops_the_oldest():
     finally:
         await events.stop()
         await crm.close()
+
+
+def test_a_token_in_the_crm_url_never_reaches_logs_or_metrics():
+    from gateway.crm_events import public_url
+
+    assert public_url("https://user:pw@crm.example.com:8443/hook?token=s3cret") == \
+        "https://crm.example.com:8443/hook"
+    settings = CrmEventsSettings(urls=("https://crm.example.com/hook?token=s3cret",),
+                                 secret=Secret(SECRET))
+    events = CrmEvents(settings, GatewayMetrics(["1"], process=False))
+    events.call_admitted(record())  # queued (not started): the gauge is set
+    text = events.sinks[0].metrics.exposition().decode()
+    assert "s3cret" not in text and 'url="https://crm.example.com/hook"' in text
