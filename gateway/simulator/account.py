@@ -129,6 +129,12 @@ class AccountApi:
             is_request or interactive_type == "voice_call"
             or (kind == "template" and "voice_call" in json.dumps(body["template"])))
         if is_request and not undeliverable:
+            if business_calling_paused(self.number_settings(phone_number_id), now):
+                # 2026 addendum §4: during a business-initiated pause permission requests
+                # cannot be sent either. ASSUMPTION: refused with the pause's code, 138014.
+                raise GraphError(138014, "Calling is temporarily disabled for this phone "
+                                 "number", "Permission requests are paused with "
+                                 "business-initiated calling")
             counters = self.pair(phone_number_id, wa_id)
             if user.permission_status(now) == "permanent":
                 raise GraphError(138017, "Permission request not sent: permanent permission "
@@ -188,6 +194,15 @@ class AccountApi:
                                              "show this message"}}]}
         self.note(f"message {wamid} to {user.wa_id} undeliverable (131026)")
         await self.send_webhook(self._messages_envelope(phone_number_id, "statuses", [status]))
+
+
+def business_calling_paused(settings: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """The RESTRICTED_BUSINESS_INITIATED_CALLING restriction in force (GET settings shows
+    it), or None."""
+    calling = settings.get("calling") or {}
+    return next((r for r in (calling.get("restrictions") or {}).get("restrictions_list") or []
+                 if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING"
+                 and float(r.get("expiration") or 0) > now), None)
 
 
 def _check_permission_request(interactive: dict[str, Any]) -> None:

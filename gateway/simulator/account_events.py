@@ -19,8 +19,10 @@ from gateway.simulator.meta import WebhookDelivery
 
 VIOLATIONS = ("USER_INITIATED_CALLS_LOW_PICKUP_RATE", "LOW_USER_INITIATED_CALLING_QUALITY",
               "LOW_BUSINESS_INITIATED_CALLING_QUALITY")
-RESTRICTIONS = ("RESTRICTED_BUSINESS_INITIATED_CALLING", "RESTRICTED_USER_INITIATED_CALLING",
+RESTRICTIONS = ("RESTRICTED_BUSINESS_INITIATED_CALLING",
                 "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN")
+"""The two restrictions §4 documents: the 7-day pause of business-initiated calling (which
+also stops permission requests) and the hidden call button."""
 BUTTON_HIDDEN = "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN"
 PAUSE_S = 7 * 24 * 3600
 """§4: a calling pause lasts 7 days."""

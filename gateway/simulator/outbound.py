@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+from gateway.simulator.account import business_calling_paused
 from gateway.simulator.call import (
     SimulatedCall,
 )
@@ -60,11 +61,11 @@ class BusinessCalling:
             raise GraphError(138013, "Business-initiated calling is not available in this "
                              "country", f"Business numbers from {country} cannot call users")
         now = time.time()
-        for r in (calling.get("restrictions") or {}).get("restrictions_list") or []:
-            if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING" and \
-                    float(r.get("expiration") or 0) > now:
-                raise GraphError(138014, "Calling is temporarily disabled for this phone number",
-                                 str(r.get("reason") or "Business-initiated calling restricted"))
+        paused = business_calling_paused(self.number_settings(phone_number_id), now)
+        if paused is not None:
+            raise GraphError(138014, "Calling is temporarily disabled for this phone number",
+                             str(paused.get("reason") or "Business-initiated calling "
+                                                          "restricted"))
         user = self.user(wa_id)
         if user.app_too_old:
             # ASSUMPTION: a client too old for calling is "unsupported client" (138001).

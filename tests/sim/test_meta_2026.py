@@ -132,6 +132,13 @@ async def test_account_updates_are_shaped_like_the_samples(sim, business):
     status, settings = await business.graph(sim, "GET", "settings")
     (listed,) = settings["calling"]["restrictions"]["restrictions_list"]
     assert listed["type"] == "RESTRICTED_BUSINESS_INITIATED_CALLING"
+    # During the pause permission requests cannot be sent either (§4).
+    sim.user("15550002222").in_service_window = True
+    status, body = await business.graph(sim, "POST", "messages", {
+        "messaging_product": "whatsapp", "to": "15550002222", "type": "interactive",
+        "interactive": {"type": "call_permission_request",
+                        "action": {"name": "call_permission_request"}}})
+    assert status == 400 and body["error"]["code"] == 138014
     await sim.restrict_calling(restriction_type="RESTRICTED_USER_INITIATED_CALLING_"
                                                 "CALL_BUTTON_HIDDEN")
     hidden = sent[2]["entry"][0]["changes"][0]["value"]["restriction_info"][0]
