@@ -78,6 +78,9 @@ def _meta_error(action: str, data: Any, status: int) -> GraphError:
 
 MAX_MEDIA_BYTES = 64 << 20
 """A call recording is Opus at a few KB per second; 64 MiB is hours."""
+MEDIA_DOWNLOAD_TIMEOUT_S = 120.0
+"""An hour-long recording is ~10 MB: more than the Graph timeout allows, well within the URL's
+5 minutes."""
 
 CALL_PERMISSIONS_PER_S = 5
 """§3/§14: design for 5 call_permissions requests per second (error 613 / HTTP 429 beyond)."""
@@ -238,7 +241,9 @@ class GraphClient:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
         try:
-            async with self._session.get(url, headers=headers) as resp:
+            async with self._session.get(url, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(
+                                             total=MEDIA_DOWNLOAD_TIMEOUT_S)) as resp:
                 if resp.status != 200:
                     raise GraphError("media", "download refused", http_status=resp.status)
                 data = await resp.content.read(max_bytes + 1)
