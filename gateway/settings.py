@@ -371,7 +371,9 @@ def diff(current_from_meta: dict, desired: dict) -> list[str]:
     lines: list[str] = []
     for path in paths:
         before, after = old.get(path), new.get(path)
-        if before == after:
+        if before == after or (isinstance(before, (int, str)) and isinstance(after, (int, str))
+                               and str(before) == str(after)):
+            # Meta may write an id the YAML has as a number as a string (a media id).
             continue
         if isinstance(before, tuple) or isinstance(after, tuple):
             b, a = before or (), after or ()

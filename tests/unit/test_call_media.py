@@ -111,3 +111,25 @@ async def test_without_media_dir_only_the_id_is_linked(parts):
     (media,) = await store.media_for(WACID)
     assert media.media_id == file.media_id and media.path is None and media.error == ""
     assert sim.media_downloads == []
+
+
+async def test_a_store_from_before_the_media_table_is_migrated(tmp_path):
+    """A database written by a gateway without call_media (schema 2) opens and links media."""
+    import sqlite3
+
+    from gateway.store import MIGRATIONS, CallMedia
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    db.close()
+    store = await CallStore.open(path)
+    try:
+        await store.save_media(CallMedia(wacid=WACID, kind="voicemail", media_id="1"))
+        await store.save_media(CallMedia(wacid=WACID, kind="voicemail", media_id="1",
+                                         path="/x.ogg"))  # a re-delivery fills the path in
+        (media,) = await store.media_for(WACID)
+        assert media.path == "/x.ogg"
+    finally:
+        await store.close()

@@ -104,6 +104,11 @@ def test_diff_shows_the_new_keys():
         "  + BR",
         "  + IN",
     ]
+    # An id Meta writes as a string is the same id.
+    current["calling"]["voicemail"] = json.loads(json.dumps(VOICEMAIL))
+    current["calling"]["voicemail"]["audio"]["default"]["announcement_media_id"] = \
+        "938884519013664"
+    assert diff(current, to_meta_payload({"voicemail": VOICEMAIL})) == []
 
 
 async def test_settings_apply_against_the_simulator_posts_voicemail_and_warns():
