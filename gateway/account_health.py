@@ -26,7 +26,7 @@ from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
-from gateway.whatsapp.events import AccountSettingsUpdate, AccountUpdate, Event
+from gateway.whatsapp.events import AccountSettingsUpdate, AccountUpdate, CallEvent, Event
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,16 @@ class AccountHealth:
         return self._by_display.get(display_number.lstrip("+"), "")
 
     def handle(self, event: Event) -> bool:
-        """Event hook: True when the event was an account notice (and is now handled)."""
+        """Event hook: True when the event was an account notice (and is now handled).
+
+        Calls webhooks name both the number's id and its display number (``metadata``): the
+        pair is learnt from them, so numbers configured without ``display_number`` are still
+        recognised in later account notices."""
+        if isinstance(event, CallEvent):
+            display = event.display_phone_number.lstrip("+")
+            if display and event.phone_number_id and self.config.number(event.phone_number_id):
+                self._by_display.setdefault(display, event.phone_number_id)
+            return False
         if isinstance(event, AccountUpdate):
             self._account_update(event)
             return True

@@ -15,6 +15,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.whatsapp.events import (
     AccountSettingsUpdate,
     AccountUpdate,
+    CallEvent,
     CallMediaAvailable,
     Voicemail,
     parse_body,
@@ -170,3 +171,23 @@ def test_pickup_ratio_over_a_sliding_day():
     now[0] += 3601
     assert sample_value(metrics, "whatsapp_gateway_inbound_pickup_ratio",
                         phone_number_id=PNID) == 1.0
+
+
+def test_a_number_without_display_number_is_learnt_from_its_calls():
+    cfg = parse_config({
+        "whatsapp": {"graph_url": "https://graph.facebook.com/v23.0", "access_token": "t",
+                     "app_secret": "s", "verify_token": "v"},
+        "numbers": [{"phone_number_id": PNID, "context": "from-whatsapp"}],
+        "asterisk": {"ami": {"username": "gw", "secret": "x"}},
+    }, env={})
+    health = AccountHealth(cfg, GatewayMetrics.from_config(cfg, process=False))
+    (warning,) = parse_body(load("webhook-account-update-low-pickup.json")).events
+    health.handle(warning)
+    assert list(health.info()) == ["+15550001111"]  # not known yet
+    (terminate,) = parse_body(load("webhook-call-recording-available.json")).events
+    connect = CallEvent(call_id=terminate.call_id, event="connect", direction="USER_INITIATED",
+                        phone_number_id=PNID, display_phone_number="15550001111",
+                        from_number="15550002222", to_number="15550001111", timestamp=0)
+    assert health.handle(connect) is False  # the call goes on to the call manager
+    health.handle(warning)
+    assert PNID in health.info()
