@@ -49,7 +49,7 @@ META_ERROR_CODES = frozenset({
 WEBHOOK_RESULTS = ("ok", "bad_signature", "malformed", "duplicate", "unknown_number",
                    "verify_ok", "verify_failed")
 GRAPH_ACTIONS = ("pre_accept", "accept", "reject", "terminate", "connect", "call_permissions",
-                 "settings", "messages")
+                 "settings", "messages", "media")
 SETUP_STAGES = ("pre_accept", "dialplan", "media")
 PERMISSION_REQUEST_RESULTS = ("sent", "accepted", "rejected", "expired", "failed", "rate_limited")
 # The permission ledger's Decision.reason values (gateway/calls/permissions.py).

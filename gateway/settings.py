@@ -177,6 +177,36 @@ def voicemail_timeout(calling: dict | None) -> int | None:
     return timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
 
 
+ANNOUNCEMENT_MAX_S = 60.0
+"""§3: the voicemail announcement is Opus in Ogg and shorter than 60 s."""
+
+
+def announcement_problem(content: bytes) -> str | None:
+    """Why a file cannot be the voicemail announcement, checked before uploading it; None when
+    it can. Needs PyAV (installed with aiortc) to read the duration."""
+    if not content.startswith(b"OggS") or b"OpusHead" not in content[:512]:
+        return "not an Ogg Opus file (convert it: ffmpeg -i in.wav -c:a libopus out.ogg)"
+    import io
+
+    import av
+
+    try:
+        with av.open(io.BytesIO(content), format="ogg") as container:
+            duration = container.duration  # microseconds, None when unknown
+            stream = container.streams.audio[0]
+            end = 0.0
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0))
+                                         * packet.time_base))
+    except (av.error.FFmpegError, IndexError) as exc:
+        return f"not a readable Ogg Opus file: {exc}"
+    seconds = max(end, (duration or 0) / 1e6)
+    if seconds >= ANNOUNCEMENT_MAX_S:
+        return f"{seconds:.1f} s long: Meta takes announcements shorter than 60 s"
+    return None
+
+
 def calling_warnings(raw: Any, path: str, media_connect_timeout_s: float | None = None
                      ) -> list[str]:
     """What is valid but probably not meant: ``key: warning`` lines for check-config,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.simulator.meta import GraphError, invalid
+from gateway.simulator.meta import ApiRequest, GraphError, invalid
 
 if TYPE_CHECKING:
     from gateway.simulator.call import SimulatedCall
@@ -42,6 +42,9 @@ OPUS_MIME = "audio/ogg; codecs=opus"
 JSON_MIME = "application/json"
 PURPOSE_MAX = 250
 _LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+ANNOUNCEMENT_USE_CASE = "call_voicemail_announcement"
+ANNOUNCEMENT_MAX_S = 60.0
+"""§3: the voicemail announcement is Opus in Ogg, shorter than 60 s."""
 OPT_IN_ACTIONS = ("accept", "connect")
 """§5: the objects go on accept (user-initiated) and connect (business-initiated); Meta does
 not document them on pre_accept."""
@@ -63,6 +66,25 @@ class MediaFile:
     def sha256(self) -> str:
         """Meta writes the hash base64-encoded (the samples' ``Y9vv…=``)."""
         return base64.b64encode(hashlib.sha256(self.content).digest()).decode()
+
+
+def ogg_opus_seconds(content: bytes) -> float:
+    """Duration of an Ogg Opus file; ValueError when it is not one."""
+    import av
+
+    if not content.startswith(b"OggS") or b"OpusHead" not in content[:512]:
+        raise ValueError("not an Ogg Opus file")
+    try:
+        with av.open(io.BytesIO(content), format="ogg") as container:
+            stream = container.streams.audio[0]
+            end = 0.0
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0))
+                                         * packet.time_base))
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise ValueError(f"not a readable Ogg Opus file: {exc}") from None
+    return end
 
 
 def opt_in_objects(body: dict[str, Any], action: str) -> dict[str, dict[str, Any]]:
@@ -168,6 +190,7 @@ class CallMedia:
         """(media id or token, HTTP status) of every download attempt."""
         self._media_urls: dict[str, tuple[str, float]] = {}
         self.app.router.add_get("/_media/{token}", self._handle_media_download)
+        self.app.router.add_post("/{version}/{phone_number_id}/media", self._handle_media_upload)
         self.app.router.add_get(r"/{version:v\d+\.\d+}/{media_id:\d+}", self._handle_media_api)
 
     def _new_media(self, call: SimulatedCall, use: str, content: bytes,
@@ -215,6 +238,56 @@ class CallMedia:
                                   "url": self.media_url(file.media_id),
                                   "mime_type": file.mime_type, "sha256": file.sha256,
                                   "file_size": len(file.content), "id": file.media_id})
+
+    async def _handle_media_upload(self, request: web.Request) -> web.Response:
+        """``POST /{phone_number_id}/media`` (multipart: messaging_product, type, file,
+        use_case). With ``use_case=call_voicemail_announcement`` the file must be Ogg Opus
+        shorter than 60 s (§3); the answer is ``{"id": ...}``.
+
+        ASSUMPTION: a bad announcement is refused with error 100 (no code is documented)."""
+        pnid = request.match_info["phone_number_id"]
+        rec = ApiRequest(action="upload_media", body={}, time=time.time(),
+                         phone_number_id=pnid, endpoint="media")
+        self.requests.append(rec)
+        try:
+            self._check_auth(request)
+            self._check_version(request.match_info["version"])
+            if pnid not in self.numbers:
+                raise invalid(f"Unknown phone number id {pnid}")
+            try:
+                form = await request.post()
+            except ValueError:
+                raise invalid("the body must be multipart/form-data") from None
+            rec.body = {k: v for k, v in form.items() if isinstance(v, str)}
+            upload = form.get("file")
+            if rec.body.get("messaging_product") != "whatsapp":
+                raise invalid("messaging_product must be \"whatsapp\"")
+            if upload is None or isinstance(upload, str):
+                raise invalid("file is required")
+            content = upload.file.read()
+            mime = str(rec.body.get("type") or upload.content_type or "")
+            use_case = rec.body.get("use_case")
+            if use_case == ANNOUNCEMENT_USE_CASE:
+                if not mime.startswith("audio/ogg"):
+                    raise invalid(f"a voicemail announcement must be audio/ogg (Opus), not "
+                                  f"{mime!r}")
+                try:
+                    seconds = ogg_opus_seconds(content)
+                except ValueError as exc:
+                    raise invalid(f"voicemail announcement: {exc}") from None
+                if seconds >= ANNOUNCEMENT_MAX_S:
+                    raise invalid(f"a voicemail announcement must be shorter than "
+                                  f"{ANNOUNCEMENT_MAX_S:g} s, this one is {seconds:.1f} s")
+            media_id = str(10**15 + secrets.randbelow(9 * 10**15))
+            self.media[media_id] = MediaFile(media_id=media_id, content=content,
+                                             mime_type=mime, call_id="",
+                                             use=use_case or "message", created_at=time.time())
+            self.note(f"media {media_id} uploaded ({use_case or 'message'}, {len(content)} "
+                      f"bytes)")
+            rec.status, rec.response = 200, {"id": media_id}
+        except GraphError as err:
+            rec.status, rec.response = err.status, err.body()
+        return web.json_response(rec.response, status=rec.status)
 
     # --- voicemail ----------------------------------------------------------------------------
 

@@ -218,6 +218,21 @@ class GraphClient:
 
     # ---- media: voicemails, recordings, transcripts (2026 addendum §3, §5) -----------------
 
+    async def upload_media(self, phone_number_id: str, content: bytes, mime_type: str,
+                           filename: str, use_case: str | None = None) -> str:
+        """``POST /{pnid}/media`` (multipart); returns the media id. ``use_case`` e.g.
+        ``call_voicemail_announcement`` (2026 addendum §3)."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", mime_type)
+        if use_case:
+            form.add_field("use_case", use_case)
+        form.add_field("file", content, filename=filename, content_type=mime_type)
+        data = await self._request("POST", phone_number_id, "media", "media", data=form)
+        if not data.get("id"):
+            raise GraphError("media", f"answer has no id: {data}")
+        return str(data["id"])
+
     async def media_url(self, media_id: str) -> str:
         """``GET /{media_id}``: a fresh download URL (valid 5 minutes) for a file Meta keeps."""
         await self.start()

@@ -167,3 +167,31 @@ def test_recording_and_crm_events_config():
     assert "crm_events.queue_size: must be between 1 and 1000000, got 0" in problems
     with pytest.raises(ConfigError, match="crm_events.secret: missing"):
         config(crm_events={"urls": ["http://127.0.0.1:9/hook"]})
+
+
+async def test_the_voicemail_announcement_is_checked_and_uploaded():
+    from gateway.config import Secret, WhatsAppSettings
+    from gateway.settings import announcement_problem
+    from gateway.simulator.media import ogg_opus
+    from gateway.whatsapp.graph import GraphClient, GraphError
+
+    good, long = ogg_opus(3.0), ogg_opus(61.0)
+    assert announcement_problem(good) is None
+    assert "61.0 s long" in announcement_problem(long)
+    assert "not an Ogg Opus file" in announcement_problem(b"RIFF....WAVEfmt ")
+    sim = CloudApiSimulator(app_secret="s", access_token="TOKEN-abc")
+    await sim.start()
+    graph = GraphClient(WhatsAppSettings(graph_url=sim.url, access_token=Secret("TOKEN-abc"),
+                                         app_secret=Secret("s"), verify_token=Secret("v")))
+    try:
+        media_id = await graph.upload_media("106540000000002", good, "audio/ogg", "vm.ogg",
+                                            use_case="call_voicemail_announcement")
+        assert sim.media[media_id].content == good
+        assert sim.media[media_id].use == "call_voicemail_announcement"
+        with pytest.raises(GraphError) as info:  # Meta checks too
+            await graph.upload_media("106540000000002", long, "audio/ogg", "vm.ogg",
+                                     use_case="call_voicemail_announcement")
+        assert info.value.code == 100 and "shorter than 60 s" in info.value.details
+    finally:
+        await graph.close()
+        await sim.close()
