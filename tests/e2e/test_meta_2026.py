@@ -218,6 +218,12 @@ async def test_meta_recording_is_fetched_into_media_dir_and_linked(stack: Stack,
     assert Path(media["transcription"].path).suffix == ".json"
     event = next(e for e in crm.accepted if e["event"] == "recording_available")
     assert event["data"]["path"] == str(recording)
+    async with aiohttp.ClientSession() as session:  # the call record shows them too
+        async with session.get(f"{stack.gateway.url}/v1/calls/{call.call_id}",
+                               headers={"Authorization": f"Bearer {API_TOKEN}"}) as resp:
+            shown = await resp.json()
+    assert {m["kind"]: m["path"] for m in shown["media"]} == \
+        {k: m.path for k, m in media.items()}
     await stack.wait_idle()
 
 
