@@ -194,6 +194,9 @@ class PickupRate(CallObserver):
         self._seen: deque[str] = deque(maxlen=4096)
         for pnid in sorted(metrics.numbers):
             self._gauge(pnid)
+            # At 0 from the start, so increase() over the first calls is right.
+            metrics.inbound_offered.labels(pnid)
+            metrics.inbound_answered.labels(pnid)
 
     def _gauge(self, label: str) -> None:
         self.metrics.inbound_pickup_ratio.labels(label).set_function(lambda: self.ratio(label))

@@ -51,6 +51,10 @@ class VoicemailWatchdog(CallObserver):
         self.config = config
         self.metrics = metrics
         self.watched: dict[str, _Watched] = {}
+        for number in config.numbers:
+            if voicemail_timeout(number.calling) is not None:  # at 0 from the start
+                metrics.voicemail_deadline_missed.labels(
+                    metrics.number_label(number.phone_number_id))
 
     def call_admitted(self, record: CallRecord) -> None:
         if record.direction != Direction.INBOUND:
