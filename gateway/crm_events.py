@@ -114,11 +114,13 @@ class CrmSink:
         self._task: asyncio.Task | None = None
         self._gauge = metrics.crm_events_queued.labels(self.name)
 
-    def put(self, kind: str, body: dict[str, Any]) -> None:
-        """Queue one event (synchronous, never waits): the oldest is dropped when full."""
+    def put(self, kind: str, event_id: str, encoded: bytes) -> None:
+        """Queue one event (synchronous, never waits): the oldest is dropped when full.
+
+        ``encoded`` is the event's JSON object, serialised once for every URL; this URL's
+        ``seq`` is spliced in front of its first key."""
         self.seq += 1
-        data = json.dumps({**body, "seq": self.seq}, separators=(",", ":"),
-                          default=str).encode()
+        data = b'{"seq":%d,%s' % (self.seq, encoded[1:])
         if len(self.queue) >= self.settings.queue_size:
             # Never the head: it may be on the wire right now.
             victim = self.queue[1] if len(self.queue) > 1 else self.queue[0]
@@ -128,7 +130,7 @@ class CrmSink:
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.warning("CRM %s: queue full (%d): dropped %d event(s) so far, oldest first",
                             self.name, self.settings.queue_size, self.dropped)
-        self.queue.append(_Queued(kind, data, body["id"]))
+        self.queue.append(_Queued(kind, data, event_id))
         self._gauge.set(len(self.queue))
         self._idle.clear()
         self._wake.set()
@@ -234,8 +236,9 @@ class CrmEvents(CallObserver):
         if not self.sinks:
             return
         body = event_body(kind, record, fields, time.time())
+        encoded = json.dumps(body, separators=(",", ":"), default=str).encode()
         for sink in self.sinks:
-            sink.put(kind, body)
+            sink.put(kind, body["id"], encoded)
 
     # ---- CallObserver -----------------------------------------------------------------------
 
