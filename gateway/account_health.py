@@ -1,9 +1,9 @@
 """How Meta sees each business number: its warnings and restrictions, and our own pickup rate.
 
-Meta warns a number (``account_update`` ``ACCOUNT_VIOLATION``: low pickup rate, low quality),
-then pauses its calling for 7 days or hides its call button (``ACCOUNT_RESTRICTION``), and
-reports changes of its calling settings (``account_settings_update``) — whatsapp-calling-2026.md
-§4. Each notice is logged once, counted in metrics and kept here for ``/readyz`` ``info``, so an
+Meta warns a number (``account_update`` ``ACCOUNT_VIOLATION``: low pickup rate, low quality), then
+pauses its calling for 7 days or hides its call button (``ACCOUNT_RESTRICTION``), and reports
+changes of its calling settings (``account_settings_update``) — docs/meta-2026-settings-events.md
+§3. Each notice is logged once, counted in metrics and kept here for ``/readyz`` ``info``, so an
 operator sees why calls stopped coming before opening WhatsApp Manager.
 
 Meta does not publish the pickup rate it acts on. :class:`PickupRate` computes ours — inbound

@@ -151,7 +151,7 @@ class Gateway:
             info["dialplan_problems"] = self.dialplan_problems
         account = self.account.info()
         if account:
-            info["account"] = account  # Meta's warnings and restrictions (2026 addendum §4)
+            info["account"] = account  # docs/meta-2026-settings-events.md §3
         if self.crm.enabled:
             info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
                                           "dropped": s.dropped} for s in self.crm.sinks}

@@ -1,10 +1,12 @@
 """Meta's files about a call — a voicemail, a recording, a transcript — linked to its record.
 
-* A voicemail is an inbound ``audio`` message whose id is the call's wacid (2026 addendum §3):
-  it has a media id only; its file comes from the Media API.
-* ``call_recording_available`` / ``call_transcription_available`` (§5) carry a media id and a
-  URL that lives 5 minutes: the download starts as soon as the webhook is in (in a task, after
-  the 200), is retried within that life, and falls back to a fresh URL from the Media API.
+docs/meta-2026-settings-events.md §2 and §4:
+
+* A voicemail is an inbound ``audio`` message whose id is the call's wacid: it has a media id
+  only; its file comes from the Media API.
+* ``call_recording_available`` / ``call_transcription_available`` carry a media id and a URL
+  that lives 5 minutes: the download starts as soon as the webhook is in (in a task, after the
+  200), is retried within that life, and falls back to a fresh URL from the Media API.
 
 With ``store.media_dir`` set, each file lands in ``<media_dir>/<YYYY-MM-DD>/<wacid>-<kind>.<ext>``
 and its path is stored; without it only the media id is linked (Meta keeps files 7 days). Each

@@ -64,8 +64,9 @@ class WhatsAppSettings:
 
 @dataclass(frozen=True)
 class RecordingSettings:
-    """Meta's call recording / transcription for one number (opt-in per call, whatsapp-calling-
-    2026.md §5): the objects sent on ``accept`` (inbound) and ``connect`` (outbound)."""
+    """Meta's call recording / transcription for one number, opted in per call
+    (docs/meta-2026-settings-events.md §4): the objects sent on ``accept`` (inbound) and ``connect``
+    (outbound)."""
 
     purpose: str
     """Spoken to both sides before recording starts (at most 250 characters)."""
@@ -467,7 +468,7 @@ RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
 
 def _recording(r: _Reader, raw: Any, path: str) -> RecordingSettings | None:
     """``numbers[].recording``: purpose, announcement_language, audio, transcription,
-    directions (whatsapp-calling-2026.md §5)."""
+    directions (docs/meta-2026-settings-events.md §4)."""
     if raw is None:
         return None
     if not isinstance(raw, dict):

@@ -1,11 +1,11 @@
 """A business number's calling settings: validated from the YAML, pushed to Meta, and obeyed.
 
-The YAML keeps each number's ``calling:`` block in Meta's own shape (whatsapp-calling.md §4,
-payloads/request-settings-calling.json), so what an admin reads in Meta's docs is what they
-write. This module checks it locally before Meta does (with errors that name the key and the
-day), turns it into the POST body, shows what would change against Meta's current settings
-(``settings apply``, ``--dry-run``), and answers "is the business open now?" so a call outside
-the call hours goes to the number's ``closed_context``.
+The YAML keeps each number's ``calling:`` block in Meta's own shape (docs/meta-calling.md §4,
+tests/fixtures/payloads/request-settings-calling.json), so what an admin reads in Meta's docs
+is what they write. This module checks it locally before Meta does (with errors that name the
+key and the day), turns it into the POST body, shows what would change against Meta's current
+settings (``settings apply``, ``--dry-run``), and answers "is the business open now?" so a
+call outside the call hours goes to the number's ``closed_context``.
 
 YAML trap: an unquoted ``0800`` happens to stay a string but ``0700`` is read as the octal
 number 448, so times below 1000 must be quoted; 1000-2359 unquoted are accepted.
@@ -33,7 +33,7 @@ ON_OFF = ("ENABLED", "DISABLED")
 KEYS = {"status", "call_icon_visibility", "call_icons", "call_hours",
         "callback_permission_status", "srtp_key_exchange_protocol", "audio", "sip", "voicemail"}
 VOICEMAIL_TRIGGERS = ("REJECT", "TIMEOUT")
-VOICEMAIL_TIMEOUT_RANGE = (0, 30)  # whatsapp-calling-2026.md §3
+VOICEMAIL_TIMEOUT_RANGE = (0, 30)  # docs/meta-2026-settings-events.md §1
 CALL_HOURS_KEYS = {"status", "timezone_id", "weekly_operating_hours", "holiday_schedule"}
 _HHMM = re.compile(r"([01]\d|2[0-3])([0-5]\d)")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -129,7 +129,7 @@ def validate_calling(raw: Any, path: str) -> list[str]:
 
 def _validate_voicemail(voicemail: Any, path: str) -> list[str]:
     """``{status, triggers, audio: {default: {announcement_media_id, timeout_seconds}}}``
-    (whatsapp-calling-2026.md §3)."""
+    (docs/meta-2026-settings-events.md §1)."""
     if not isinstance(voicemail, dict):
         return [f"{path}: must be a mapping with status, triggers, audio"]
     errors: list[str] = []
@@ -166,8 +166,8 @@ def _validate_voicemail(voicemail: Any, path: str) -> list[str]:
 
 def voicemail_timeout(calling: dict | None) -> int | None:
     """Seconds after which Meta's voicemail answers an unanswered call (TIMEOUT trigger on,
-    voicemail ENABLED, ``timeout_seconds`` set), else None (§3: without timeout_seconds the
-    TIMEOUT trigger is disabled)."""
+    voicemail ENABLED, ``timeout_seconds`` set), else None (docs/meta-2026-settings-events.md
+    §1: without timeout_seconds the TIMEOUT trigger is disabled)."""
     voicemail = (calling or {}).get("voicemail")
     if not isinstance(voicemail, dict) or voicemail.get("status") != "ENABLED":
         return None
@@ -178,7 +178,7 @@ def voicemail_timeout(calling: dict | None) -> int | None:
 
 
 ANNOUNCEMENT_MAX_S = 60.0
-"""§3: the voicemail announcement is Opus in Ogg and shorter than 60 s."""
+"""docs/meta-2026-settings-events.md §1: the announcement is Opus in Ogg, shorter than 60 s."""
 
 
 def announcement_problem(content: bytes) -> str | None:

@@ -91,8 +91,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN end_reason TEXT
     """,
     # 3: Meta's media of a call, linked by wacid: the voicemail the caller left, the call's
-    # recording and transcript (whatsapp-calling-2026.md §3, §5). A table of its own, not
-    # columns on calls: a call has none or several, each arrives after the call's record was
+    # recording and transcript (docs/meta-2026-settings-events.md §2, §4, §5). A table of its own,
+    # not columns on calls: a call has none or several, each arrives after the call's record was
     # last written, and a call record upsert must not clobber them.
     """
     CREATE TABLE call_media (

@@ -3,7 +3,8 @@ takes it, or the log says why it was not.
 
 With ``calling.voicemail`` ENABLED and the TIMEOUT trigger on, Meta answers a call itself when
 the business has not accepted (nor rejected) it within ``timeout_seconds`` of ringing
-(whatsapp-calling-2026.md §3). The gateway accepts as soon as the WhatsApp leg's ICE/DTLS is up
+(docs/meta-2026-settings-events.md §2). The gateway accepts as soon as the WhatsApp leg's ICE/DTLS
+is up
 and Asterisk has started the dialplan — it does not wait for the dialplan to answer — so a slow
 dialplan costs nothing; what can be late is media, Asterisk's Originate, or Meta itself.
 

@@ -45,7 +45,7 @@ class DialStatus(StrEnum):
     CANCEL = "CANCEL"
 
 
-# Q.850 cause the waiting channel gets for each result (asterisk-handoff.md suggests 21/19/17).
+# Q.850 cause the waiting channel gets for each result (docs/asterisk-handoff.md suggests 21/19/17).
 DIAL_CAUSE = {
     DialStatus.REJECTED: causes.CALL_REJECTED,
     DialStatus.NOANSWER: causes.NO_ANSWER,
@@ -227,7 +227,7 @@ class OutboundCall(Call):
         offer = await leg.offer()
         self.state = "calling"
         number = deps.config.number(self.record.phone_number_id)
-        recording = number.recording if number else None  # 2026 addendum §5
+        recording = number.recording if number else None  # docs/meta-2026-settings-events.md §4
         wacid = await self._until_end(deps.graph.connect(
             self.record.phone_number_id, self.record.to_number, offer,
             callback_data=self.gateway_id,

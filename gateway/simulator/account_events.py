@@ -1,12 +1,13 @@
 """Meta's account notices, simulated: ``account_update`` and ``account_settings_update``.
 
-Shaped like payloads/webhook-account-update-{low-pickup,calling-restriction}.json and
-payloads/webhook-account-settings-update.json (whatsapp-calling-2026.md §4). Meta decides on
-its own when a number's pickup rate or quality is too low; its thresholds are not published, so
-the simulator does not guess them: a test (or an admin) sends the notice it wants to see with
-:meth:`AccountEvents.send_account_violation` / :meth:`AccountEvents.restrict_calling`. A
-restriction is also written into the number's ``restrictions_list`` (what ``GET settings``
-shows) so business-initiated calls are refused with 138014 while it lasts.
+Shaped like tests/fixtures/payloads/webhook-account-update-{low-pickup,calling-restriction}.json and
+tests/fixtures/payloads/webhook-account-settings-update.json (docs/meta-2026-settings-events.md §3;
+section numbers below are that note's). Meta decides on its own when a number's pickup rate or
+quality is too low; its thresholds are not published, so the simulator does not guess them: a test
+(or an admin) sends the notice it wants to see with :meth:`AccountEvents.send_account_violation` /
+:meth:`AccountEvents.restrict_calling`. A restriction is also written into the number's
+``restrictions_list`` (what ``GET settings`` shows) so business-initiated calls are refused with
+138014 while it lasts.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ VIOLATIONS = ("USER_INITIATED_CALLS_LOW_PICKUP_RATE", "LOW_USER_INITIATED_CALLIN
               "LOW_BUSINESS_INITIATED_CALLING_QUALITY")
 RESTRICTIONS = ("RESTRICTED_BUSINESS_INITIATED_CALLING",
                 "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN")
-"""The two restrictions §4 documents: the 7-day pause of business-initiated calling (which
-also stops permission requests) and the hidden call button."""
+"""The two restrictions Meta documents (§3): the 7-day pause of business-initiated calling
+(which also stops permission requests) and the hidden call button."""
 BUTTON_HIDDEN = "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN"
 PAUSE_S = 7 * 24 * 3600
-"""§4: a calling pause lasts 7 days."""
+"""§3: a calling pause lasts 7 days."""
 PICKUP_REMEDIATION = ("Please identify and address the cause of user-initiated calls not being "
                       "picked up.")
 BUTTON_REMEDIATION = ("Answer more of the calls you receive, then turn the call button back on "
@@ -52,7 +53,7 @@ class AccountEvents:
     async def send_account_violation(self, phone_number_id: str | None = None,
                                      violation_type: str = VIOLATIONS[0],
                                      remediation: str | None = None) -> WebhookDelivery:
-        """Meta's early warning (§4): ``ACCOUNT_VIOLATION`` with ``violation_info``; the
+        """Meta's early warning (§3): ``ACCOUNT_VIOLATION`` with ``violation_info``; the
         pickup-rate warning carries a ``remediation`` text."""
         if violation_type not in VIOLATIONS:
             raise ValueError(f"violation_type must be one of {', '.join(VIOLATIONS)}")
@@ -70,7 +71,7 @@ class AccountEvents:
                                restriction_type: str = RESTRICTIONS[0],
                                duration_s: float | None = PAUSE_S,
                                remediation: str | None = None) -> WebhookDelivery:
-        """``ACCOUNT_RESTRICTION`` (§4): a 7-day pause with an ``expiration``, or the call
+        """``ACCOUNT_RESTRICTION`` (§3): a 7-day pause with an ``expiration``, or the call
         button hidden (no expiration, a ``remediation``). The restriction also appears in
         ``GET settings`` ``restrictions_list``."""
         if restriction_type not in RESTRICTIONS:
@@ -95,7 +96,7 @@ class AccountEvents:
             pnid, "ACCOUNT_RESTRICTION", restriction_info=[item]))
 
     def account_settings_payload(self, phone_number_id: str) -> dict[str, Any]:
-        """``account_settings_update`` (§4): type ``phone_number_settings`` as in the sample
+        """``account_settings_update`` (§3): type ``phone_number_settings`` as in the sample
         (the table says ``PHONE_NUMBER_SETTINGS``), with the tracked calling settings."""
         calling = self.number_settings(phone_number_id).get("calling") or {}
         value = {"messaging_product": "whatsapp", "timestamp": str(int(time.time())),
@@ -107,7 +108,7 @@ class AccountEvents:
 
     async def _settings_changed(self, phone_number_id: str, before: dict[str, Any],
                                 after: dict[str, Any]) -> None:
-        """Meta notifies the business of tracked settings changes, its own included (§4)."""
+        """Meta notifies the business of tracked settings changes, its own included (§3)."""
         if number_settings.tracked_settings(before) == number_settings.tracked_settings(after):
             return
         self.note(f"account_settings_update webhook sent for {phone_number_id}")

@@ -117,7 +117,8 @@ class SimulatedCall:
         self.opt_in_request: dict[str, dict] = {}
         """The recording/transcription objects of the business's last /calls request."""
         self.opt_in: dict[str, dict] = {}
-        """The recording/transcription this call was answered with (2026 addendum §5)."""
+        """The recording/transcription this call was answered with
+        (docs/meta-2026-settings-events.md §4)."""
         self.voicemail_at: float | None = None
         """When Meta's voicemail took the call (state ``voicemail``)."""
         self.voicemail_media_id: str | None = None

@@ -194,7 +194,8 @@ def add_control_routes(sim: CloudApiSimulator) -> None:
 
 def _post_account_update(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
     """``{"event": "ACCOUNT_VIOLATION"|"ACCOUNT_RESTRICTION", "type": ..., "phone_number_id",
-    "remediation", "duration_s"}``: send Meta's account notice (2026 addendum §4) now."""
+    "remediation", "duration_s"}``: send Meta's account notice (docs/meta-2026-settings-events.md
+    §3) now."""
     async def handler(request: web.Request) -> web.Response:
         try:
             data = await request.json()

@@ -1,17 +1,19 @@
 """Media at the simulated Meta: voicemail, call recordings and transcripts, and their URLs.
 
-whatsapp-calling-2026.md §3 (voicemail) and §5 (recording, transcription):
+docs/meta-2026-settings-events.md §2 (voicemail) and §4 (recording, transcription); the
+section numbers below are that note's:
 
 * **Voicemail.** With ``calling.voicemail`` ENABLED, Meta answers a user's call itself when
   the business neither accepts nor rejects within ``timeout_seconds`` (trigger TIMEOUT) or when
   it rejects (trigger REJECT), plays the announcement and records the caller. The recording
   arrives on field ``messages`` as an inbound ``audio`` message whose id is the call's wacid
-  (payloads/webhook-messages-voicemail.json).
+  (tests/fixtures/payloads/webhook-messages-voicemail.json).
 * **Recording / transcription.** Opted in per call by a ``recording`` / ``transcription``
   object on ``accept`` (user-initiated) or ``connect`` (business-initiated). About a minute
   after the call ends (:attr:`recording_delay_s` here), ``call_recording_available`` /
   ``call_transcription_available`` webhooks carry the media id and a URL valid for 5 minutes
-  (payloads/webhook-call-recording-available.json); after that a fresh URL comes from the
+  (tests/fixtures/payloads/webhook-call-recording-available.json); after that a fresh URL comes from
+  the
   Media API (``GET /{version}/{media_id}``).
 
 The files are real: an Ogg Opus recording and a transcript JSON in the documented shape.
@@ -44,9 +46,9 @@ PURPOSE_MAX = 250
 _LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
 ANNOUNCEMENT_USE_CASE = "call_voicemail_announcement"
 ANNOUNCEMENT_MAX_S = 60.0
-"""§3: the voicemail announcement is Opus in Ogg, shorter than 60 s."""
+"""§1: the voicemail announcement is Opus in Ogg, shorter than 60 s."""
 OPT_IN_ACTIONS = ("accept", "connect")
-"""§5: the objects go on accept (user-initiated) and connect (business-initiated); Meta does
+"""§4: the objects go on accept (user-initiated) and connect (business-initiated); Meta does
 not document them on pre_accept."""
 
 
@@ -89,7 +91,7 @@ def ogg_opus_seconds(content: bytes) -> float:
 
 def opt_in_objects(body: dict[str, Any], action: str) -> dict[str, dict[str, Any]]:
     """The enabled ``recording`` / ``transcription`` objects of a /calls request, checked as
-    §5 describes (status, purpose of at most 250 characters when ENABLED, a language code).
+    §4 describes (status, purpose of at most 250 characters when ENABLED, a language code).
 
     ASSUMPTION: the error codes for bad objects are not documented; error 100 is answered, as
     for every invalid parameter. On pre_accept, reject or terminate the objects are refused."""
@@ -125,7 +127,7 @@ def opt_in_objects(body: dict[str, Any], action: str) -> dict[str, dict[str, Any
 
 def announcement(opt_in: dict[str, dict[str, Any]]) -> str | None:
     """What Meta says to both sides: one combined announcement with the recording object's
-    purpose and language when both are on (§5)."""
+    purpose and language when both are on (§4)."""
     if not opt_in:
         return None
     obj = opt_in.get("recording") or opt_in["transcription"]
@@ -155,7 +157,7 @@ def ogg_opus(seconds: float, freq: float = 440.0) -> bytes:
 
 
 def transcript_document(call: SimulatedCall, seconds: float) -> bytes:
-    """§5 transcript JSON: ``metadata`` and ``transcript{text, language, confidence,
+    """§4 transcript JSON: ``metadata`` and ``transcript{text, language, confidence,
     segments[{speaker, channel, start, end, text, words[]}]}``."""
     segments = [
         {"speaker": "Business", "channel": 0, "start": 0.0, "end": round(seconds / 2, 2),
@@ -181,9 +183,9 @@ class CallMedia:
         self.media: dict[str, MediaFile] = {}
         """media id → file, for every voicemail, recording and transcript made."""
         self.media_url_ttl_s = media_url_ttl_s
-        """§5: a media URL is valid for 5 minutes."""
+        """§4: a media URL is valid for 5 minutes."""
         self.recording_delay_s = recording_delay_s
-        """§5: the *_available webhooks come about one minute after the call ends."""
+        """§4: the *_available webhooks come about one minute after the call ends."""
         self.voicemail_length_s = voicemail_length_s
         """How long the simulated caller speaks to voicemail before hanging up."""
         self.media_downloads: list[tuple[str, int]] = []
@@ -208,7 +210,7 @@ class CallMedia:
         return f"{self.base_url}/_media/{token}?mid={media_id}"
 
     async def _handle_media_download(self, request: web.Request) -> web.Response:
-        """The URL in a webhook: an authenticated GET (§5).
+        """The URL in a webhook: an authenticated GET (§4).
 
         ASSUMPTION: an expired or unknown URL answers 404 (Meta's answer is not documented)."""
         token = request.match_info["token"]
@@ -242,7 +244,7 @@ class CallMedia:
     async def _handle_media_upload(self, request: web.Request) -> web.Response:
         """``POST /{phone_number_id}/media`` (multipart: messaging_product, type, file,
         use_case). With ``use_case=call_voicemail_announcement`` the file must be Ogg Opus
-        shorter than 60 s (§3); the answer is ``{"id": ...}``.
+        shorter than 60 s (§1); the answer is ``{"id": ...}``.
 
         ASSUMPTION: a bad announcement is refused with error 100 (no code is documented)."""
         pnid = request.match_info["phone_number_id"]
@@ -314,7 +316,7 @@ class CallMedia:
         ASSUMPTION: the caller's media stops reaching the business at once (Meta's voicemail
         takes it); later pre_accept/accept/reject are refused as invalid parameters; when the
         caller hangs up Meta sends the usual terminate webhook (FAILED: the business never
-        accepted) and then the voicemail message. None of this is documented (§3 "Unknown")."""
+        accepted) and then the voicemail message. None of this is documented (§7)."""
         calling = self.number_settings(call.phone_number_id).get("calling", {})
         media = (((calling.get("voicemail") or {}).get("audio") or {}).get("default") or {}) \
             .get("announcement_media_id")
@@ -333,7 +335,7 @@ class CallMedia:
                 await call._end(by="user")
 
     def voicemail_payload(self, call: SimulatedCall, file: MediaFile) -> dict[str, Any]:
-        """Shaped like payloads/webhook-messages-voicemail.json."""
+        """Shaped like tests/fixtures/payloads/webhook-messages-voicemail.json."""
         message = {"id": call.call_id, "from": call.wa_id, "timestamp": str(int(time.time())),
                    "type": "audio",
                    "audio": {"id": file.media_id, "sha256": file.sha256,
@@ -342,7 +344,7 @@ class CallMedia:
         return self._messages_envelope(call.phone_number_id, "messages", [message], user)
 
     async def _deliver_voicemail(self, call: SimulatedCall) -> None:
-        """Best effort (§3): after the call, the recorded message as an inbound audio."""
+        """Best effort (§2): after the call, the recorded message as an inbound audio."""
         seconds = max(0.1, (call.ended_at or time.time()) - (call.voicemail_at or time.time()))
         file = self._new_media(call, "voicemail", ogg_opus(min(seconds, 5.0)), OPUS_MIME)
         call.voicemail_media_id = file.media_id
@@ -352,10 +354,10 @@ class CallMedia:
     # --- recording and transcription ----------------------------------------------------------
 
     def media_available_payload(self, call: SimulatedCall, file: MediaFile) -> dict[str, Any]:
-        """Shaped like payloads/webhook-call-recording-available.json.
+        """Shaped like tests/fixtures/payloads/webhook-call-recording-available.json.
 
         ASSUMPTION: ``from`` is the user for either direction (the samples show only
-        user-initiated calls; §5 "Unknown")."""
+        user-initiated calls; §7)."""
         obj = {"id": file.media_id, "sha256": file.sha256, "mime_type": file.mime_type,
                "url": self.media_url(file.media_id)}
         item: dict[str, Any] = {"id": call.call_id, "from": call.wa_id,
@@ -374,7 +376,7 @@ class CallMedia:
                 "entry": [{"id": self.waba_id, "changes": [{"field": "calls", "value": value}]}]}
 
     async def _deliver_recordings(self, call: SimulatedCall) -> None:
-        """After an answered call that opted in: the *_available webhooks (§5)."""
+        """After an answered call that opted in: the *_available webhooks (§4)."""
         await asyncio.sleep(self.recording_delay_s)
         seconds = max(0.1, (call.ended_at or time.time()) - (call.accepted_at or time.time()))
         for use in ("recording", "transcription"):

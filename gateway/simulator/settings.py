@@ -1,6 +1,7 @@
 """A business number's settings at Meta: ``GET|POST /{PHONE_NUMBER_ID}/settings`` (§4).
 
-Starts from payloads/response-get-settings-calling.json, minus its ``restrictions`` (the sample's
+Starts from tests/fixtures/payloads/response-get-settings-calling.json, minus its
+``restrictions`` (the sample's
 restriction expired long ago; tests add one when they want it). POST replaces each calling key
 it names, and ``call_hours`` as a whole (leaving out ``holiday_schedule`` deletes it).
 """
@@ -42,10 +43,12 @@ ENUMS = {
 CALLING_KEYS = (*ENUMS, "call_icons", "call_hours", "audio", "sip", "voicemail")
 VOICEMAIL_TRIGGERS = ("REJECT", "TIMEOUT")
 VOICEMAIL_TIMEOUT_S = (0, 30)
-"""whatsapp-calling-2026.md §3: ``timeout_seconds`` 0-30; without it TIMEOUT is disabled."""
+"""docs/meta-2026-settings-events.md §1: ``timeout_seconds`` 0-30; without it TIMEOUT is
+disabled."""
 TRACKED_BY_SETTINGS_WEBHOOK = ("status", "call_icon_visibility", "callback_permission_status",
                                "srtp_key_exchange_protocol", "sip")
-"""§4 of the 2026 addendum: what ``account_settings_update`` reports (sip only by status)."""
+"""docs/meta-2026-settings-events.md §3: what ``account_settings_update`` reports (sip only by
+status)."""
 
 
 def default_settings() -> dict[str, Any]:
@@ -132,7 +135,7 @@ def validate_call_hours(hours: Any) -> None:
 
 def validate_voicemail(voicemail: Any) -> None:
     """``{status, triggers: [REJECT|TIMEOUT], audio: {default: {announcement_media_id,
-    timeout_seconds}}}`` (2026 addendum §3).
+    timeout_seconds}}}`` (docs/meta-2026-settings-events.md §1).
 
     ASSUMPTION: the error Meta answers for a bad voicemail object is not documented; it is
     reported as an invalid parameter like every other settings problem."""
@@ -173,9 +176,11 @@ def voicemail_on_reject(calling: dict[str, Any]) -> bool:
 
 def tracked_settings(calling: dict[str, Any]) -> dict[str, Any]:
     """What an ``account_settings_update`` webhook shows of the calling settings, shaped like
-    payloads/webhook-account-settings-update.json (which also shows ``call_hours.status``)."""
+    tests/fixtures/payloads/webhook-account-settings-update.json (which also shows
+    ``call_hours.status``)."""
     out: dict[str, Any] = {k: calling[k] for k in TRACKED_BY_SETTINGS_WEBHOOK[:4] if k in calling}
-    out.setdefault("srtp_key_exchange_protocol", "DTLS")  # Meta's documented default (§3)
+    # Meta's default (docs/meta-2026-settings-events.md §1)
+    out.setdefault("srtp_key_exchange_protocol", "DTLS")
     if "call_hours" in calling:
         out["call_hours"] = {"status": calling["call_hours"].get("status")}
     if "sip" in calling:

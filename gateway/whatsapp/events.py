@@ -1,4 +1,4 @@
-"""Webhook bodies turned into typed events, leniently (whatsapp-calling.md §6-7).
+"""Webhook bodies turned into typed events, leniently (docs/meta-calling.md §6-7).
 
 Meta's documents and its deliveries disagree on types (``status`` as a list or a string,
 ``duration`` as a string or a number, errors at two levels), add fields over time and batch
@@ -93,7 +93,7 @@ class PermissionReply:
 @dataclass(frozen=True)
 class CallMediaAvailable:
     """``calls[i]`` with event ``call_recording_available`` / ``call_transcription_available``
-    (whatsapp-calling-2026.md §5): Meta's recording or transcript of an ended call. ``url``
+    (docs/meta-2026-settings-events.md §4): Meta's recording or transcript of an ended call. ``url``
     is valid for 5 minutes; after that the Media API gives a fresh one for ``media_id``."""
 
     call_id: str
@@ -114,7 +114,7 @@ class CallMediaAvailable:
 @dataclass(frozen=True)
 class Voicemail:
     """A ``messages[i]`` of type ``audio`` whose id is a call's wacid: what the caller left on
-    Meta's voicemail (§3). Delivery is best effort."""
+    Meta's voicemail (docs/meta-2026-settings-events.md §2). Delivery is best effort."""
 
     call_id: str
     phone_number_id: str
@@ -139,9 +139,9 @@ class Restriction:
 
 @dataclass(frozen=True)
 class AccountUpdate:
-    """Field ``account_update`` (§4): ``ACCOUNT_VIOLATION`` (Meta's early warning: low pickup
-    rate or quality) or ``ACCOUNT_RESTRICTION`` (calling paused, or the call button hidden).
-    The number is the display number (``phone_number``), not its id."""
+    """Field ``account_update`` (docs/meta-2026-settings-events.md §3): ``ACCOUNT_VIOLATION``
+    (Meta's early warning: low pickup rate or quality) or ``ACCOUNT_RESTRICTION`` (calling paused,
+    or the call button hidden). The number is the display number (``phone_number``), not its id."""
 
     waba_id: str
     phone_number: str
@@ -159,8 +159,9 @@ class AccountUpdate:
 
 @dataclass(frozen=True)
 class AccountSettingsUpdate:
-    """Field ``account_settings_update`` (§4): the tracked calling settings of one number,
-    after any change (the business's own included). ``calling`` is None when Meta sends null."""
+    """Field ``account_settings_update`` (docs/meta-2026-settings-events.md §3): the tracked calling
+    settings of one number, after any change (the business's own included). ``calling`` is None when
+    Meta sends null."""
 
     waba_id: str
     phone_number_id: str
@@ -241,8 +242,8 @@ def parse_body(raw: bytes) -> ParsedWebhook:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedWebhook(f"body is not JSON: {exc}") from None
     if isinstance(body, list) and body and all(isinstance(b, dict) for b in body):
-        # Meta's pickup-rate samples (2026 addendum §4) show the body wrapped in [ ... ]; read
-        # such a body as the webhooks it holds rather than refuse it.
+        # Meta's pickup-rate samples (docs/meta-2026-settings-events.md §3, §7) show the body
+        # wrapped in [ ... ]; read such a body as the webhooks it holds rather than refuse it.
         merged = ParsedWebhook()
         for part in body:
             parsed = parse_webhook(part)
@@ -382,7 +383,8 @@ def _parse_media_available(call: dict, pnid: str, out: ParsedWebhook) -> None:
 
 def _parse_account_value(field_name: str, entry: dict, value: dict,
                          out: ParsedWebhook) -> None:
-    """§4. ``account_update`` has no timestamp of its own: the entry's ``time`` is used."""
+    """docs/meta-2026-settings-events.md §3. ``account_update`` has no timestamp of its own: the
+    entry's ``time`` is used."""
     waba_id = _str(entry.get("id"))
     if field_name == "account_settings_update":
         settings = _dict(value.get("phone_number_settings"))

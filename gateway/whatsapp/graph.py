@@ -1,4 +1,4 @@
-"""Graph API calls the gateway makes: the ``/calls`` actions (whatsapp-calling.md §2).
+"""Graph API calls the gateway makes: the ``/calls`` actions (docs/meta-calling.md §2).
 
 Errors are branched on ``error.code`` only (the one documented stable field) and carried as
 :class:`GraphError` so callers can map Meta codes to Q.850 causes and metrics. Every request has
@@ -158,7 +158,8 @@ class GraphClient:
     async def accept(self, phone_number_id: str, call_id: str, sdp: str,
                      callback_data: str | None = None,
                      opt_in: dict[str, dict[str, str]] | None = None) -> None:
-        """``opt_in``: the ``recording`` / ``transcription`` objects (2026 addendum §5)."""
+        """``opt_in``: the ``recording`` / ``transcription`` objects
+        (docs/meta-2026-settings-events.md §4)."""
         extra: dict[str, Any] = {"session": {"sdp_type": "answer", "sdp": sdp}}
         if callback_data:
             extra["biz_opaque_callback_data"] = callback_data[:512]
@@ -175,7 +176,7 @@ class GraphClient:
                       callback_data: str | None = None,
                       opt_in: dict[str, dict[str, str]] | None = None) -> str:
         """Start a business-initiated call; returns Meta's call id (wacid). ``opt_in``: the
-        ``recording`` / ``transcription`` objects (2026 addendum §5)."""
+        ``recording`` / ``transcription`` objects (docs/meta-2026-settings-events.md §4)."""
         body: dict[str, Any] = {"messaging_product": "whatsapp", "to": to, "action": "connect",
                                 "session": {"sdp_type": "offer", "sdp": sdp}}
         if callback_data:
@@ -187,7 +188,7 @@ class GraphClient:
         except (KeyError, IndexError, TypeError):
             raise GraphError("connect", f"answer has no calls[0].id: {data}") from None
 
-    # ---- outbound calls: messages and call permissions (whatsapp-calling.md §3, §5) -------
+    # ---- outbound calls: messages and call permissions (docs/meta-calling.md §3, §5) -------
 
     async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> str:
         """``POST /{pnid}/messages`` (§5); returns Meta's message id (``wamid.``...).
@@ -216,12 +217,12 @@ class GraphClient:
         return await self._get(phone_number_id, "call_permissions", "call_permissions",
                                {"user_wa_id": user_wa_id})
 
-    # ---- media: voicemails, recordings, transcripts (2026 addendum §3, §5) -----------------
+    # ---- media: voicemails, recordings, transcripts (docs/meta-2026-settings-events.md §2, §4)
 
     async def upload_media(self, phone_number_id: str, content: bytes, mime_type: str,
                            filename: str, use_case: str | None = None) -> str:
         """``POST /{pnid}/media`` (multipart); returns the media id. ``use_case`` e.g.
-        ``call_voicemail_announcement`` (2026 addendum §3)."""
+        ``call_voicemail_announcement`` (docs/meta-2026-settings-events.md §1)."""
         form = aiohttp.FormData()
         form.add_field("messaging_product", "whatsapp")
         form.add_field("type", mime_type)

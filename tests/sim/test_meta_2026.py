@@ -1,5 +1,6 @@
-"""The simulator's 2026 additions (whatsapp-calling-2026.md §3-5): voicemail, account notices,
-recording/transcription opt-in and their media URLs — checked against the payload samples."""
+"""The simulator's 2026 additions (docs/meta-2026-settings-events.md §1-4): voicemail,
+account notices, recording/transcription opt-in and their media URLs — checked against the
+payload samples."""
 
 from __future__ import annotations
 

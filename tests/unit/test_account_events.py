@@ -1,5 +1,5 @@
-"""account_update / account_settings_update / *_available / voicemail payloads (2026 addendum
-§3-5) parsed, and what AccountHealth and PickupRate make of them."""
+"""account_update / account_settings_update / *_available / voicemail payloads parsed, and
+what AccountHealth and PickupRate make of them (docs/meta-2026-settings-events.md §2-4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The webhook parser on every payload of ../shared/reference/payloads, and their variants."""
+"""The webhook parser on every payload of tests/fixtures/payloads, and their variants."""
 
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ from gateway.whatsapp.events import (
     parse_webhook,
 )
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 WEBHOOKS = sorted(PAYLOADS.glob("webhook-*.json"))
 WACID_IN = "wacid.TESTHBgLMTU1NTAwMDIyMjIVAgASGBRVSUMwMDAwMDAwMDAwMDAwMDAxAA=="
 
@@ -97,7 +97,8 @@ def test_permission_replies():
 
 
 def test_settings_and_account_updates_are_events_now():
-    """2026 addendum §4: parsed (tests/unit/test_account_events.py has the details)."""
+    """Parsed now (docs/meta-2026-settings-events.md §3; tests/unit/test_account_events.py has
+    the details)."""
     for name in ("webhook-account-settings-update.json",
                  "webhook-account-update-calling-restriction.json"):
         parsed = parse_body(load(name))
