@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.account_health import AccountHealth, PickupRate
 from gateway.api import add_api_routes
@@ -42,6 +43,24 @@ from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
 
 log = logging.getLogger(__name__)
+
+
+class _ParserRefusals(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (an 8 KB request line, a header
+    with a bare CR) at ERROR with a traceback, after answering 400 itself. Anyone can send
+    those, so they become one WARNING line: no traceback for an admin to chase."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "HTTP request refused by the parser (%s): %s", \
+                (exc.code, exc.message.splitlines()[0] if exc.message else type(exc).__name__)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_ParserRefusals())
 
 
 class _PermissionMetrics(CallObserver):
@@ -168,6 +187,7 @@ class Gateway:
             log.warning("closed %d call record(s) left active by a previous run as failed",
                         closed)
         self.observers.observers.append(StoreObserver(self.store))
+        self.calls.known_call = self.store.knows  # replayed connects, even across restarts
         for i, number in enumerate(self.config.numbers):
             for warning in calling_warnings(number.calling, f"numbers[{i}].calling",
                                             self.config.media.connect_timeout_s):
@@ -182,7 +202,9 @@ class Gateway:
             log.warning("starting without Asterisk: %s", exc)
         add_api_routes(self.web, self.config, self.calls, store=self.store, ledger=self.ledger,
                        graph=self.graph, request_permission=self._request_permission)
-        self._runner = web.AppRunner(self.web, access_log=None)
+        # lingering_time: after refusing an over-cap body (413), read and drop what the
+        # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
+        self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()

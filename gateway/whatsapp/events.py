@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import strict_json
+
 
 class MalformedWebhook(ValueError):
     """The body is not a webhook at all (not JSON, not an object)."""
@@ -204,7 +206,7 @@ def as_int(value: Any) -> int | None:
         return None
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "1e400" as a string is inf
         return None
 
 
@@ -238,9 +240,9 @@ def _errors(*lists: Any) -> tuple[MetaError, ...]:
 
 def parse_body(raw: bytes) -> ParsedWebhook:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedWebhook(f"body is not JSON: {exc}") from None
+        body = strict_json.loads(raw)
+    except strict_json.StrictJsonError as exc:
+        raise MalformedWebhook(f"body is not acceptable JSON: {exc}") from None
     if isinstance(body, list) and body and all(isinstance(b, dict) for b in body):
         # Meta's pickup-rate samples (docs/meta-2026-settings-events.md §3, §7) show the body
         # wrapped in [ ... ]; read such a body as the webhooks it holds rather than refuse it.

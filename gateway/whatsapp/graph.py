@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +62,10 @@ class GraphError(Exception):
             text += f" (HTTP {http_status})"
         super().__init__(f"{text}: {message}")
         self.meta_message = message
+
+
+_GRAPH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a phone number id may look like in a Graph URL path (Meta's are digits)."""
 
 
 def _meta_error(action: str, data: Any, status: int) -> GraphError:
@@ -118,7 +123,12 @@ class GraphClient:
     async def _request(self, method: str, phone_number_id: str, path: str, action: str,
                        **kwargs: Any) -> dict[str, Any]:
         """One Graph request: Bearer auth, timeout, Meta's error body turned into GraphError,
-        and one observer call with the result, whatever happens."""
+        and one observer call with the result, whatever happens once it is sent. A phone
+        number id that could change the URL's path is refused before anything is sent."""
+        if not _GRAPH_ID.fullmatch(phone_number_id):
+            # From a signed webhook, but still never a path of its own ("../", "?", "#").
+            raise GraphError(action, f"phone_number_id {phone_number_id[:40]!r} is not a Graph "
+                                     "id; request not sent")
         await self.start()
         assert self._session is not None
         url = f"{self.settings.graph_url}/{phone_number_id}/{path}"
