@@ -61,6 +61,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}", file=sys.stderr)
     if args.asterisk:
         return asyncio.run(_check_asterisk(config, args.guard_context))
+    from gateway.settings import calling_warnings
+
+    for i, n in enumerate(config.numbers):
+        for warning in calling_warnings(n.calling, f"numbers[{i}].calling",
+                                        config.media.connect_timeout_s):
+            print(f"  warning: {warning}")
     return 0
 
 
@@ -234,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="Meta calling settings kept in the config")
     settings_sub = p.add_subparsers(dest="settings_command", required=True)
+    q = settings_sub.add_parser("upload-announcement",
+                                help="upload the voicemail announcement (Ogg Opus, < 60 s) and "
+                                     "print its media id for calling.voicemail")
+    q.add_argument("file", help="the announcement, e.g. voicemail.ogg")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    q.add_argument("--phone-number-id",
+                   help="the business number it is for (needed when several are configured)")
+    q.set_defaults(func=cmd_settings_upload_announcement)
     q = settings_sub.add_parser("apply", help="show the diff against Meta, then apply it")
     q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     q.add_argument("--dry-run", action="store_true", help="only show the diff")
@@ -352,6 +366,42 @@ def cmd_settings_apply(args: argparse.Namespace) -> int:
         async with aiohttp.ClientSession() as session:
             return await apply_settings(config, session, args.dry_run, sys.stdout,
                                         args.phone_number_id)
+
+    return asyncio.run(run())
+
+
+def cmd_settings_upload_announcement(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.settings import announcement_problem
+    from gateway.whatsapp.graph import GraphClient, GraphError
+
+    config = _load(args.config)
+    pnid = _number_id(config, args.phone_number_id)
+    try:
+        content = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"{args.file}: cannot read ({exc.strerror})", file=sys.stderr)
+        return 1
+    problem = announcement_problem(content)
+    if problem:
+        print(f"{args.file}: not uploaded: {problem}", file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        graph = GraphClient(config.whatsapp)
+        try:
+            media_id = await graph.upload_media(pnid, content, "audio/ogg", Path(args.file).name,
+                                                use_case="call_voicemail_announcement")
+        except GraphError as exc:
+            print(f"not uploaded: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await graph.close()
+        print(f"announcement uploaded for {pnid}: media id {media_id}")
+        print("  in the config: calling.voicemail.audio.default.announcement_media_id: "
+              f"{media_id}")
+        return 0
 
     return asyncio.run(run())
 

@@ -183,8 +183,9 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         if call is None:
             if store is not None:
                 record = await store.get(request.match_info["id"])
-                if record is not None:
-                    return web.json_response(record.as_dict())
+                if record is not None:  # with Meta's voicemail/recording/transcript, if any
+                    media = [vars(m) for m in await store.media_for(record.wacid)]
+                    return web.json_response({**record.as_dict(), "media": media})
             return _error(404, "no such call")
         return web.json_response(call_state(call))
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.account_health import AccountHealth, PickupRate
 from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
+from gateway.call_media import CallMediaLinker
 from gateway.calls.base import CallDeps
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
@@ -28,13 +30,15 @@ from gateway.calls.permissions import (
 )
 from gateway.calls.record import CallRecord
 from gateway.config import Config
+from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
 from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
-from gateway.settings import route_for
+from gateway.settings import calling_warnings, route_for
 from gateway.store import CallStore, StoreObserver
+from gateway.voicemail import VoicemailWatchdog
 from gateway.whatsapp.events import CallEvent, Event, PermissionReply, UserIdChanged
 from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
@@ -84,9 +88,15 @@ class Gateway:
         cfg = self.config
         self.metrics = GatewayMetrics.from_config(cfg)
         self.store: CallStore | None = None
+        self.crm = CrmEvents(cfg.crm_events, self.metrics)
         self.observers = ObserverGroup(LogObserver(), MetricsObserver(self.metrics),
-                                       _PermissionMetrics(self.metrics))
+                                       _PermissionMetrics(self.metrics),
+                                       PickupRate(self.metrics),
+                                       VoicemailWatchdog(cfg, self.metrics), self.crm)
         self.graph = GraphClient(cfg.whatsapp, observer=self.metrics.graph_request)
+        self.account = AccountHealth(cfg, self.metrics)
+        self.media = CallMediaLinker(self.graph, lambda: self.store, self.observers,
+                                     self.metrics, cfg.store.media_dir)
         self.ami = AmiClient(cfg.asterisk.ami)
         self.ami.on_connection_change.append(self.metrics.ami_connection)
         self.ami.on_connection_change.append(self._ami_connection_changed)
@@ -95,6 +105,7 @@ class Gateway:
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
+        self.calls.event_hooks += [self.account.handle, self.media.handle]
         self.ami.owned = self.calls.owns_channel
         self.ami.add_event_listener("UserEvent", self._on_user_event)
         self.ami.add_event_listener("Reload", self._on_reload)
@@ -175,7 +186,18 @@ class Gateway:
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
             draining=not self.calls.accepting,
-            warnings=tuple(self.dialplan_problems))
+            warnings=tuple(self.dialplan_problems), extra=self._readiness_info())
+
+    def _readiness_info(self) -> dict:
+        """Shown in /readyz ``info``; none of it makes the gateway unready."""
+        info: dict = {}
+        account = self.account.info()
+        if account:
+            info["account"] = account  # docs/meta-2026-settings-events.md §3
+        if self.crm.enabled:
+            info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
+                                          "dropped": s.dropped} for s in self.crm.sinks}
+        return info
 
     @property
     def url(self) -> str:
@@ -189,6 +211,11 @@ class Gateway:
                         closed)
         self.observers.observers.append(StoreObserver(self.store))
         self.calls.known_call = self.store.knows  # replayed connects, even across restarts
+        for i, number in enumerate(self.config.numbers):
+            for warning in calling_warnings(number.calling, f"numbers[{i}].calling",
+                                            self.config.media.connect_timeout_s):
+                log.warning("config: %s", warning)
+        await self.crm.start()
         await self._start_ledger()
         await self.graph.start()
         try:
@@ -241,6 +268,8 @@ class Gateway:
         if self._dialplan_watch is not None:
             self._dialplan_watch.cancel()
         await self.calls.shutdown()
+        await self.media.stop()
+        await self.crm.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -130,6 +130,36 @@ class UsernameCallerId:
 
 
 @dataclass(frozen=True)
+class RecordingSettings:
+    """Meta's call recording / transcription for one number, opted in per call
+    (docs/meta-2026-settings-events.md §4): the objects sent on ``accept`` (inbound) and ``connect``
+    (outbound)."""
+
+    purpose: str
+    """Spoken to both sides before recording starts (at most 250 characters)."""
+    announcement_language: str = "en_US"
+    audio: bool = True
+    """Ask Meta for the call's audio (``recording``)."""
+    transcription: bool = False
+    """Ask Meta for a transcript (``transcription``)."""
+    directions: tuple[str, ...] = ("inbound", "outbound")
+
+    def objects(self, direction: str) -> dict[str, dict[str, str]]:
+        """``{"recording": {...}, "transcription": {...}}`` for a call in ``direction``; empty
+        when this direction is not recorded."""
+        if direction not in self.directions:
+            return {}
+        obj = {"status": "ENABLED", "purpose": self.purpose,
+               "announcement_language": self.announcement_language}
+        out: dict[str, dict[str, str]] = {}
+        if self.audio:
+            out["recording"] = dict(obj)
+        if self.transcription:
+            out["transcription"] = dict(obj)
+        return out
+
+
+@dataclass(frozen=True)
 class NumberSettings:
     phone_number_id: str
     """Meta's id of the business number: webhooks are routed by it, never by the display number."""
@@ -147,6 +177,8 @@ class NumberSettings:
     accountcode: str | None = None
     """Asterisk accountcode of this number's calls (AMI Originate ``Account``): the CDR's
     ``accountcode`` column, for billing and reports per business number."""
+    recording: RecordingSettings | None = None
+    """Meta's recording/transcription of this number's calls; None: not recorded."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +242,22 @@ class ApiSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     path: str = "var/gateway.sqlite3"
+    media_dir: str | None = None
+    """Where Meta's recordings, transcripts and voicemails are downloaded; None: only their
+    media ids are kept (Meta keeps the files 7 days)."""
+
+
+@dataclass(frozen=True)
+class CrmEventsSettings:
+    """Call events pushed to CRMs (gateway/crm_events.py)."""
+
+    urls: tuple[str, ...] = ()
+    secret: Secret = Secret("")
+    """HMAC-SHA256 key of the X-Gateway-Signature-256 header."""
+    queue_size: int = 1000
+    """Events kept per URL while the CRM is down; beyond it the oldest are dropped."""
+    timeout_s: float = 5.0
+    max_retry_delay_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +269,7 @@ class Config:
     http: HttpSettings = HttpSettings()
     api: ApiSettings = ApiSettings()
     store: StoreSettings = StoreSettings()
+    crm_events: CrmEventsSettings = CrmEventsSettings()
     source: str = "<memory>"
 
     def number(self, phone_number_id: str) -> NumberSettings | None:
@@ -388,7 +437,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     r = _Reader(dict(os.environ) if env is None else env, secrets)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must hold a mapping of sections"])
-    r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store"}, "")
+    r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store",
+                     "crm_events"}, "")
 
     wa = r.section(data, "whatsapp", "whatsapp")
     r.unknown(wa, {"graph_url", "access_token", "app_secret", "verify_token", "graph_timeout"},
@@ -420,7 +470,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             continue
         r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
                          "closed_context", "closed_extension", "calling",
-                         "username_caller_id", "accountcode"}, path)
+                         "username_caller_id", "accountcode", "recording"}, path)
         pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
         if pnid and not pnid.isdigit():
             r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
@@ -450,6 +500,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             username_caller_id=_username_caller_id(r, item.get("username_caller_id"),
                                                    f"{path}.username_caller_id"),
             accountcode=_accountcode(r, item, f"{path}.accountcode"),
+            recording=_recording(r, item.get("recording"), f"{path}.recording"),
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
@@ -516,14 +567,82 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                    for i, t in enumerate(raw_tokens))
 
     store_raw = r.section(data, "store", "store", required=False)
-    r.unknown(store_raw, {"path"}, "store")
+    r.unknown(store_raw, {"path", "media_dir"}, "store")
     store = StoreSettings(path=r.string(store_raw, "path", "store.path",
-                                        default=StoreSettings.path) or StoreSettings.path)
+                                        default=StoreSettings.path) or StoreSettings.path,
+                          media_dir=r.string(store_raw, "media_dir", "store.media_dir",
+                                             required=False))
+    crm_events = _crm_events(r, r.section(data, "crm_events", "crm_events", required=False))
 
     if r.problems:
         raise ConfigError(r.problems)
     return Config(whatsapp=whatsapp, numbers=tuple(numbers), asterisk=asterisk, media=media,
-                  http=http, api=ApiSettings(tokens=tokens), store=store, source=source)
+                  http=http, api=ApiSettings(tokens=tokens), store=store,
+                  crm_events=crm_events, source=source)
+
+
+RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+
+
+def _recording(r: _Reader, raw: Any, path: str) -> RecordingSettings | None:
+    """``numbers[].recording``: purpose, announcement_language, audio, transcription,
+    directions (docs/meta-2026-settings-events.md §4)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        r.fail(path, "must be a mapping with purpose (and announcement_language, audio, "
+                     "transcription, directions)")
+        return None
+    r.unknown(raw, {"purpose", "announcement_language", "audio", "transcription", "directions"},
+              path)
+    purpose = r.string(raw, "purpose", f"{path}.purpose") or ""
+    if len(purpose) > 250:
+        r.fail(f"{path}.purpose", f"Meta allows at most 250 characters, got {len(purpose)}")
+    language = str(raw.get("announcement_language", "en_US"))
+    if not RECORDING_LANGUAGE.fullmatch(language):
+        r.fail(f"{path}.announcement_language",
+               f"must be a language code like en_US, es or pt_BR, got {language!r}")
+    flags = {}
+    for key, default in (("audio", True), ("transcription", False)):
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            r.fail(f"{path}.{key}", f"must be true or false, got {value!r}")
+            value = default
+        flags[key] = value
+    if not flags["audio"] and not flags["transcription"]:
+        r.fail(path, "audio and transcription are both off: remove the section instead")
+    directions = raw.get("directions", ["inbound", "outbound"])
+    if not isinstance(directions, list) or not directions or \
+            not set(directions) <= {"inbound", "outbound"}:
+        r.fail(f"{path}.directions", f"must list inbound and/or outbound, got {directions!r}")
+        directions = ["inbound", "outbound"]
+    return RecordingSettings(purpose=purpose, announcement_language=language,
+                             audio=flags["audio"], transcription=flags["transcription"],
+                             directions=tuple(directions))
+
+
+def _crm_events(r: _Reader, raw: dict) -> CrmEventsSettings:
+    """``crm_events``: urls, secret (from the environment), queue_size, timeout,
+    max_retry_delay."""
+    r.unknown(raw, {"urls", "secret", "queue_size", "timeout", "max_retry_delay"}, "crm_events")
+    urls = raw.get("urls") or []
+    if not isinstance(urls, list):
+        r.fail("crm_events.urls", "must be a list of http(s) URLs")
+        urls = []
+    checked = []
+    for i, url in enumerate(urls):
+        text = r.expand(str(url), f"crm_events.urls[{i}]")
+        if not re.match(r"^https?://[^/\s]+", text):
+            r.fail(f"crm_events.urls[{i}]", f"must be an http(s) URL, got {text!r}")
+            continue
+        checked.append(text)
+    secret = r.secret(raw, "secret", "crm_events.secret", required=bool(checked))
+    return CrmEventsSettings(
+        urls=tuple(checked), secret=secret,
+        queue_size=r.integer(raw, "queue_size", "crm_events.queue_size", 1000, 1, 1_000_000),
+        timeout_s=r.number(raw, "timeout", "crm_events.timeout", 5.0, 0.1),
+        max_retry_delay_s=r.number(raw, "max_retry_delay", "crm_events.max_retry_delay", 60.0,
+                                   0.1))
 
 
 def _accountcode(r: _Reader, item: dict, path: str) -> str | None:

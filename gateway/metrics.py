@@ -54,7 +54,7 @@ META_ERROR_CODES = frozenset({
 WEBHOOK_RESULTS = ("ok", "bad_signature", "malformed", "duplicate", "unknown_number",
                    "verify_ok", "verify_failed")
 GRAPH_ACTIONS = ("pre_accept", "accept", "reject", "terminate", "connect", "call_permissions",
-                 "settings", "messages")
+                 "settings", "messages", "media")
 SETUP_STAGES = ("pre_accept", "dialplan", "media")
 PERMISSION_REQUEST_RESULTS = ("sent", "accepted", "rejected", "expired", "failed", "rate_limited")
 # The permission ledger's Decision.reason values (gateway/calls/permissions.py).
@@ -63,6 +63,14 @@ PERMISSION_REFUSAL_REASONS = ("no_permission", "permission_expired", "limit_call
                               "country_unsupported", "meta_error")
 PERMISSION_REFUSED_WHAT = ("call", "request")
 HANGUP_SIDES = ("whatsapp", "asterisk", "gateway")
+# docs/meta-2026-settings-events.md §3: what account_update reports.
+ACCOUNT_EVENTS = ("ACCOUNT_VIOLATION", "ACCOUNT_RESTRICTION")
+ACCOUNT_TYPES = ("USER_INITIATED_CALLS_LOW_PICKUP_RATE", "LOW_USER_INITIATED_CALLING_QUALITY",
+                 "LOW_BUSINESS_INITIATED_CALLING_QUALITY", "RESTRICTED_BUSINESS_INITIATED_CALLING",
+                 "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN")
+MEDIA_KINDS = ("voicemail", "recording", "transcription")
+MEDIA_RESULTS = ("fetched", "id_only", "fetch_failed")
+CRM_RESULTS = ("delivered", "retried", "rejected", "dropped")
 
 _HTTP_RESULT = re.compile(r"http_([1-5])\d\d")
 
@@ -266,6 +274,58 @@ class GatewayMetrics:
             "permanent_exists, country_unsupported (138013), meta_error.",
             ["phone_number_id", "what", "reason"], registry=r)
 
+        # ---- Meta's view of the account (docs/meta-2026-settings-events.md §3) -------------
+        self.account_updates = Counter(
+            f"{n}_account_updates_total",
+            "account_update webhooks from Meta by event (ACCOUNT_VIOLATION: an early warning; "
+            "ACCOUNT_RESTRICTION: calling paused or the call button hidden) and type (e.g. "
+            "USER_INITIATED_CALLS_LOW_PICKUP_RATE).", ["phone_number_id", "event", "type"],
+            registry=r)
+        self.account_settings_updates = Counter(
+            f"{n}_account_settings_updates_total",
+            "account_settings_update webhooks: Meta reports a change of the number's calling "
+            "settings (status, call icon, callback permission, SIP, SRTP).",
+            ["phone_number_id"], registry=r)
+        self.account_restricted = Gauge(
+            f"{n}_account_restricted",
+            "1 while Meta restricts calling on the number (by restriction type), 0 after the "
+            "restriction expired.", ["phone_number_id", "restriction_type"], registry=r)
+        self.inbound_offered = Counter(
+            f"{n}_inbound_calls_offered_total",
+            "Calls from WhatsApp users that reached the gateway (admitted or refused).",
+            ["phone_number_id"], registry=r)
+        self.inbound_answered = Counter(
+            f"{n}_inbound_calls_answered_total",
+            "Calls from WhatsApp users the gateway accepted (answered at Meta).",
+            ["phone_number_id"], registry=r)
+        self.inbound_pickup_ratio = Gauge(
+            f"{n}_inbound_pickup_ratio",
+            "Answered / offered calls from WhatsApp users over the last 24 h (1 with no "
+            "calls). Meta warns, then restricts, numbers with a low pickup rate: alert well "
+            "before it does.", ["phone_number_id"], registry=r)
+
+        # ---- voicemail, recordings, transcripts (docs/meta-2026-settings-events.md §2, §4) -
+        self.voicemail_deadline_missed = Counter(
+            f"{n}_voicemail_deadline_missed_total",
+            "Calls not accepted within voicemail.timeout_seconds: Meta's voicemail took them "
+            "(the log says which set-up step was late).", ["phone_number_id"], registry=r)
+        self.call_media = Counter(
+            f"{n}_call_media_total",
+            "Voicemails, recordings and transcripts Meta announced, by result: fetched (file "
+            "in store.media_dir), id_only (no media_dir: the media id is kept), fetch_failed.",
+            ["kind", "result"], registry=r)
+
+        # ---- call events to CRMs (gateway/crm_events.py) ----------------------------------
+        self.crm_events = Counter(
+            f"{n}_crm_events_total",
+            "Call events pushed to CRM URLs by result: delivered, retried (an attempt failed "
+            "and will be repeated), rejected (the CRM answered 4xx: not retried), dropped "
+            "(the queue was full while the CRM was down).", ["url", "result"], registry=r)
+        self.crm_events_queued = Gauge(
+            f"{n}_crm_events_queued",
+            "Call events waiting for a CRM URL (grows while the CRM is down).", ["url"],
+            registry=r)
+
         if process:
             ProcessCollector(registry=r)
 
@@ -421,6 +481,21 @@ class GatewayMetrics:
         self.permission_refusals.labels(self.number_label(phone_number_id),
                                         _bounded(what, PERMISSION_REFUSED_WHAT),
                                         _bounded(reason, PERMISSION_REFUSAL_REASONS)).inc()
+
+    def account_update(self, phone_number_id: str, event: str, kind: str) -> None:
+        """One account_update webhook (docs/meta-2026-settings-events.md §3); event and kind
+        bounded to the documented sets."""
+        self.account_updates.labels(self.number_label(phone_number_id),
+                                    _bounded(event, ACCOUNT_EVENTS),
+                                    _bounded(kind, ACCOUNT_TYPES)).inc()
+
+    def call_media_result(self, kind: str, result: str) -> None:
+        self.call_media.labels(_bounded(kind, MEDIA_KINDS), _bounded(result, MEDIA_RESULTS)).inc()
+
+    def crm_event(self, url: str, result: str) -> None:
+        """One CRM delivery result; ``url`` is a configured URL without its query or user
+        (bounded by the config)."""
+        self.crm_events.labels(url, _bounded(result, CRM_RESULTS)).inc()
 
     # ---- exposition -----------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ MAX_RANGES_PER_DAY = 2  # §4
 MAX_HOLIDAYS = 20  # §4
 ON_OFF = ("ENABLED", "DISABLED")
 KEYS = {"status", "call_icon_visibility", "call_icons", "call_hours",
-        "callback_permission_status", "srtp_key_exchange_protocol", "audio", "sip"}
+        "callback_permission_status", "srtp_key_exchange_protocol", "audio", "sip", "voicemail"}
+VOICEMAIL_TRIGGERS = ("REJECT", "TIMEOUT")
+VOICEMAIL_TIMEOUT_RANGE = (0, 30)  # docs/meta-2026-settings-events.md §1
 CALL_HOURS_KEYS = {"status", "timezone_id", "weekly_operating_hours", "holiday_schedule"}
 _HHMM = re.compile(r"([01]\d|2[0-3])([0-5]\d)")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -119,7 +121,116 @@ def validate_calling(raw: Any, path: str) -> list[str]:
     hours = raw.get("call_hours")
     if hours is not None:
         errors += _validate_call_hours(hours, f"{path}.call_hours")
+    voicemail = raw.get("voicemail")
+    if voicemail is not None:
+        errors += _validate_voicemail(voicemail, f"{path}.voicemail")
     return errors
+
+
+def _validate_voicemail(voicemail: Any, path: str) -> list[str]:
+    """``{status, triggers, audio: {default: {announcement_media_id, timeout_seconds}}}``
+    (docs/meta-2026-settings-events.md §1)."""
+    if not isinstance(voicemail, dict):
+        return [f"{path}: must be a mapping with status, triggers, audio"]
+    errors: list[str] = []
+    _unknown(errors, voicemail, {"status", "triggers", "audio"}, path)
+    if voicemail.get("status") not in ON_OFF:
+        errors.append(f"{path}.status: must be ENABLED or DISABLED, got "
+                      f"{voicemail.get('status')!r}")
+    triggers = voicemail.get("triggers", [])
+    if not isinstance(triggers, list) or not set(triggers) <= set(VOICEMAIL_TRIGGERS):
+        errors.append(f"{path}.triggers: must list REJECT and/or TIMEOUT, got {triggers!r}")
+    audio = voicemail.get("audio", {})
+    if not isinstance(audio, dict):
+        return [*errors, f"{path}.audio: must be a mapping with default"]
+    _unknown(errors, audio, {"default"}, f"{path}.audio")
+    default = audio.get("default", {})
+    dpath = f"{path}.audio.default"
+    if not isinstance(default, dict):
+        return [*errors, f"{dpath}: must be a mapping with announcement_media_id, "
+                         f"timeout_seconds"]
+    _unknown(errors, default, {"announcement_media_id", "timeout_seconds"}, dpath)
+    timeout = default.get("timeout_seconds")
+    low, high = VOICEMAIL_TIMEOUT_RANGE
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                or not low <= timeout <= high):
+        errors.append(f"{dpath}.timeout_seconds: must be a whole number of seconds "
+                      f"{low}-{high}, got {timeout!r}")
+    media = default.get("announcement_media_id")
+    if media is not None and (isinstance(media, bool) or not str(media).isdigit()):
+        errors.append(f"{dpath}.announcement_media_id: must be the id Meta returned for the "
+                      f"uploaded announcement (POST /{{id}}/media with use_case="
+                      f"call_voicemail_announcement), got {media!r}")
+    return errors
+
+
+def voicemail_timeout(calling: dict | None) -> int | None:
+    """Seconds after which Meta's voicemail answers an unanswered call (TIMEOUT trigger on,
+    voicemail ENABLED, ``timeout_seconds`` set), else None (docs/meta-2026-settings-events.md
+    §1: without timeout_seconds the TIMEOUT trigger is disabled)."""
+    voicemail = (calling or {}).get("voicemail")
+    if not isinstance(voicemail, dict) or voicemail.get("status") != "ENABLED":
+        return None
+    if "TIMEOUT" not in (voicemail.get("triggers") or []):
+        return None
+    timeout = ((voicemail.get("audio") or {}).get("default") or {}).get("timeout_seconds")
+    return timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
+
+
+ANNOUNCEMENT_MAX_S = 60.0
+"""docs/meta-2026-settings-events.md §1: the announcement is Opus in Ogg, shorter than 60 s."""
+
+
+def announcement_problem(content: bytes) -> str | None:
+    """Why a file cannot be the voicemail announcement, checked before uploading it; None when
+    it can. Needs PyAV (installed with aiortc) to read the duration."""
+    if not content.startswith(b"OggS") or b"OpusHead" not in content[:512]:
+        return "not an Ogg Opus file (convert it: ffmpeg -i in.wav -c:a libopus out.ogg)"
+    import io
+
+    import av
+
+    try:
+        with av.open(io.BytesIO(content), format="ogg") as container:
+            duration = container.duration  # microseconds, None when unknown
+            stream = container.streams.audio[0]
+            end = 0.0
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0))
+                                         * packet.time_base))
+    except (av.error.FFmpegError, IndexError) as exc:
+        return f"not a readable Ogg Opus file: {exc}"
+    seconds = max(end, (duration or 0) / 1e6)
+    if seconds >= ANNOUNCEMENT_MAX_S:
+        return f"{seconds:.1f} s long: Meta takes announcements shorter than 60 s"
+    return None
+
+
+def calling_warnings(raw: Any, path: str, media_connect_timeout_s: float | None = None
+                     ) -> list[str]:
+    """What is valid but probably not meant: ``key: warning`` lines for check-config,
+    ``settings apply`` and the start-up log."""
+    if not isinstance(raw, dict):
+        return []
+    warnings: list[str] = []
+    voicemail = raw.get("voicemail")
+    if isinstance(voicemail, dict) and voicemail.get("status") == "ENABLED":
+        hours = raw.get("call_hours")
+        if isinstance(hours, dict) and hours.get("status") == "ENABLED":
+            warnings.append(f"{path}.voicemail: call_hours are ENABLED too; Meta asks to turn "
+                            f"call hours off when voicemail is enabled")
+        triggers = voicemail.get("triggers") or []
+        timeout = voicemail_timeout(raw)
+        if "TIMEOUT" in triggers and timeout is None:
+            warnings.append(f"{path}.voicemail.triggers: TIMEOUT without "
+                            f"audio.default.timeout_seconds is disabled by Meta")
+        if timeout is not None and media_connect_timeout_s is not None \
+                and timeout < media_connect_timeout_s:
+            warnings.append(f"{path}.voicemail.audio.default.timeout_seconds: {timeout} s is "
+                            f"shorter than media.connect_timeout ({media_connect_timeout_s:g} s): "
+                            f"a call whose media is slow to connect goes to voicemail")
+    return warnings
 
 
 def _validate_call_hours(hours: Any, path: str) -> list[str]:
@@ -290,7 +401,9 @@ def diff(current_from_meta: dict, desired: dict) -> list[str]:
     lines: list[str] = []
     for path in paths:
         before, after = old.get(path), new.get(path)
-        if before == after:
+        if before == after or (isinstance(before, (int, str)) and isinstance(after, (int, str))
+                               and str(before) == str(after)):
+            # Meta may write an id the YAML has as a number as a string (a media id).
             continue
         if isinstance(before, tuple) or isinstance(after, tuple):
             b, a = before or (), after or ()
@@ -388,6 +501,9 @@ async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, d
             out.writelines(f"  {e}\n" for e in errors)
             status = 1
             continue
+        for warning in calling_warnings(number.calling, f"numbers[{i}].calling",
+                                        config.media.connect_timeout_s):
+            out.write(f"{name}: warning: {warning}\n")
         desired = to_meta_payload(number.calling)
         url = f"{config.whatsapp.graph_url}/{pnid}/settings"
         try:

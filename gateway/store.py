@@ -23,7 +23,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -96,6 +96,23 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN user_id TEXT NOT NULL DEFAULT '';
     ALTER TABLE calls ADD COLUMN username TEXT NOT NULL DEFAULT '';
     CREATE INDEX calls_user_id ON calls (user_id)
+    """,
+    # 4: Meta's media of a call, linked by wacid: the voicemail the caller left, the call's
+    # recording and transcript (docs/meta-2026-settings-events.md §2, §4, §5). A table of its own,
+    # not columns on calls: a call has none or several, each arrives after the call's record was
+    # last written, and a call record upsert must not clobber them.
+    """
+    CREATE TABLE call_media (
+        wacid TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        media_id TEXT NOT NULL,
+        mime_type TEXT NOT NULL DEFAULT '',
+        sha256 TEXT NOT NULL DEFAULT '',
+        path TEXT,
+        error TEXT NOT NULL DEFAULT '',
+        received_at REAL NOT NULL,
+        PRIMARY KEY (wacid, kind, media_id)
+    )
     """,
 )
 
@@ -225,6 +242,22 @@ def filters_from_query(query: Mapping[str, str], now: float | None = None) -> di
     return out
 
 
+@dataclass
+class CallMedia:
+    """A file Meta holds for a call: ``kind`` voicemail, recording or transcription."""
+
+    wacid: str
+    kind: str
+    media_id: str
+    mime_type: str = ""
+    sha256: str = ""
+    path: str | None = None
+    """Where it was downloaded (store.media_dir), or None: only the media id is known."""
+    error: str = ""
+    """Why the download failed, if it did."""
+    received_at: float = field(default_factory=time.time)
+
+
 class StoreClosed(DatabaseClosed):
     """The store was used after :meth:`CallStore.close` (or before open)."""
 
@@ -317,6 +350,28 @@ class CallStore:
     def _probe(self) -> None:
         self._conn.execute("INSERT INTO write_probe (id, at) VALUES (1, ?) "
                            "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (time.time(),))
+
+    async def save_media(self, media: CallMedia) -> None:
+        """Link a voicemail, recording or transcript to its call (by wacid)."""
+        await self._run(self._save_media, media)
+
+    def _save_media(self, m: CallMedia) -> None:
+        self._conn.execute(
+            "INSERT INTO call_media (wacid, kind, media_id, mime_type, sha256, path, error, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (wacid, kind, media_id) "
+            "DO UPDATE SET path = COALESCE(excluded.path, path), error = excluded.error",
+            (m.wacid, m.kind, m.media_id, m.mime_type, m.sha256, m.path, m.error,
+             m.received_at))
+
+    async def media_for(self, wacid: str) -> list[CallMedia]:
+        """The call's media, oldest first."""
+        return await self._run(self._media_for, wacid)
+
+    def _media_for(self, wacid: str) -> list[CallMedia]:
+        rows = self._conn.execute(
+            "SELECT wacid, kind, media_id, mime_type, sha256, path, error, received_at "
+            "FROM call_media WHERE wacid = ? ORDER BY received_at, kind", (wacid,)).fetchall()
+        return [CallMedia(**{k: row[k] for k in row.keys()}) for row in rows]
 
     # ---- reading -------------------------------------------------------------------------
 

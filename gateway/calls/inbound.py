@@ -113,8 +113,10 @@ class InboundCall(Call):
         obs.call_event(self.record, "dialplan_started", asterisk_channel=self.record.channel,
                        context=self.context)
 
-        await self._until_end(deps.graph.accept(ev.phone_number_id, ev.call_id, answer,
-                                                callback_data=self.channel_id))
+        recording = self.number.recording  # docs/meta-2026-settings-events.md §4
+        await self._until_end(deps.graph.accept(
+            ev.phone_number_id, ev.call_id, answer, callback_data=self.channel_id,
+            opt_in=recording.objects("inbound") if recording else None))
         self.answered = True
         self.record.answered_at = time.time()
         leg.outgoing.gate_open = True

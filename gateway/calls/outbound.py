@@ -254,9 +254,12 @@ class OutboundCall(Call):
         leg = self._new_webrtc_leg()
         offer = await leg.offer()
         self.state = "calling"
+        number = deps.config.number(self.record.phone_number_id)
+        recording = number.recording if number else None  # docs/meta-2026-settings-events.md §4
         wacid = await self._until_end(deps.graph.connect(
             self.record.phone_number_id, self.request.to.strip().lstrip("+"), offer,
-            callback_data=self.gateway_id))
+            callback_data=self.gateway_id,
+            opt_in=recording.objects("outbound") if recording else None))
         self.record.wacid = wacid
         # Recorded from here on: the call record is keyed by Meta's call id.
         deps.observer.call_admitted(self.record)

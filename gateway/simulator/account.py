@@ -85,6 +85,8 @@ class AccountApi:
             self.settings[phone_number_id] = trial
             self.note(f"settings of {phone_number_id} updated"
                       + (f": {', '.join(changed)} changed" if changed else " (no change)"))
+            self._spawn(self._settings_changed(phone_number_id, current.get("calling") or {},
+                                               trial.get("calling") or {}))
             return {"success": True}
 
         return await self._api(request, "settings", handle, lambda body: "set_settings")
@@ -139,6 +141,13 @@ class AccountApi:
             is_request or interactive_type == "voice_call"
             or (kind == "template" and "voice_call" in json.dumps(body["template"])))
         if is_request and not undeliverable:
+            if business_calling_paused(self.number_settings(phone_number_id), now):
+                # docs/meta-2026-settings-events.md §3: during a business-initiated pause,
+                # permission requests cannot be sent either. ASSUMPTION: refused with the pause's
+                # code, 138014.
+                raise GraphError(138014, "Calling is temporarily disabled for this phone "
+                                 "number", "Permission requests are paused with "
+                                 "business-initiated calling")
             counters = self.pair(phone_number_id, wa_id)
             if user.permission_status(now) == "permanent":
                 raise GraphError(138017, "Permission request not sent: permanent permission "
@@ -218,6 +227,15 @@ class AccountApi:
                                             "show this message"}}]
         self.note(f"message {wamid} to {user.key} undeliverable (131026)")
         await self.send_webhook(self._messages_envelope(phone_number_id, "statuses", [status]))
+
+
+def business_calling_paused(settings: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """The RESTRICTED_BUSINESS_INITIATED_CALLING restriction in force (GET settings shows
+    it), or None."""
+    calling = settings.get("calling") or {}
+    return next((r for r in (calling.get("restrictions") or {}).get("restrictions_list") or []
+                 if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING"
+                 and float(r.get("expiration") or 0) > now), None)
 
 
 def _check_permission_request(interactive: dict[str, Any]) -> None:

@@ -70,7 +70,8 @@ class SimulatedCall:
     """One call, either direction: the user's phone, its state at Meta, and the story so far.
 
     User-initiated: ``ringing`` → ``pre_accepted`` → ``accepted`` → ``ended`` (pre_accept
-    optional). Business-initiated: ``connecting`` (connect answered, connect webhook pending) →
+    optional), or → ``voicemail`` → ``ended`` when Meta's voicemail takes it.
+    Business-initiated: ``connecting`` (connect answered, connect webhook pending) →
     ``ringing`` (RINGING sent) → ``accepted`` (the user picked up) → ``ended``.
     Events: ``ringing``, ``accepted``, ``ended`` (and ``pre_accepted`` for user-initiated).
     """
@@ -123,6 +124,14 @@ class SimulatedCall:
         self.end_status: str | None = None
         self.error_code: int | None = None
         self.webhooks: list[WebhookDelivery] = []
+        self.opt_in_request: dict[str, dict] = {}
+        """The recording/transcription objects of the business's last /calls request."""
+        self.opt_in: dict[str, dict] = {}
+        """The recording/transcription this call was answered with
+        (docs/meta-2026-settings-events.md §4)."""
+        self.voicemail_at: float | None = None
+        """When Meta's voicemail took the call (state ``voicemail``)."""
+        self.voicemail_media_id: str | None = None
         self.lock = asyncio.Lock()
         phone.on_give_up = self._phone_gave_up
 
@@ -204,5 +213,9 @@ class SimulatedCall:
         await self.sim._send_call_webhook(self, self.sim.terminate_payload(
             self, error_code=error_code, error_detail=error_detail))
         self.ended.set()
+        if self.voicemail_at is not None:
+            self.sim._spawn(self.sim._deliver_voicemail(self))
+        elif self.accepted_at is not None and self.opt_in:
+            self.sim._spawn(self.sim._deliver_recordings(self))
         if self.outbound:
             await self.sim._outbound_ended(self)

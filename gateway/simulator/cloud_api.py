@@ -28,9 +28,11 @@ from aiohttp import web
 
 from gateway.simulator import settings as number_settings
 from gateway.simulator.account import AccountApi
+from gateway.simulator.account_events import AccountEvents
 from gateway.simulator.call import (
     SimulatedCall,
 )
+from gateway.simulator.media import CallMedia, announcement, opt_in_objects
 from gateway.simulator.meta import (
     DEFAULT_DISPLAY_NUMBER,
     DEFAULT_PHONE_NUMBER_ID,
@@ -66,7 +68,7 @@ from gateway.simulator.users import (
 log = logging.getLogger(__name__)
 
 
-class CloudApiSimulator(BusinessCalling, AccountApi):
+class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
     """graph.facebook.com for the calling API, plus the phones of the users who call.
 
     ``url`` is the Graph base to configure in the gateway (``http://127.0.0.1:PORT/v25.0``).
@@ -84,7 +86,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                  hearing_window_s: float = 0.5,
                  default_user: SimulatedUser | None = None,
                  connect_webhook_delay_s: float = 0.2, ringing_delay_s: float = 0.3,
-                 callback_grant_delay_s: float = 5.0):
+                 callback_grant_delay_s: float = 5.0, media_url_ttl_s: float = 300.0,
+                 recording_delay_s: float = 60.0, voicemail_length_s: float = 1.0):
         self.app_secret = app_secret
         self.access_token = access_token
         self.webhook_url = webhook_url
@@ -140,6 +143,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                                 self._handle_get_settings)
         self.app.router.add_post("/{version}/{phone_number_id}/settings",
                                  self._handle_post_settings)
+        self._init_media(media_url_ttl_s=media_url_ttl_s, recording_delay_s=recording_delay_s,
+                         voicemail_length_s=voicemail_length_s)
         self._permission_gets: dict[str, list[float]] = {}
         self._claimed: set[str] = set()
         self._outbound_added = asyncio.Condition()
@@ -336,6 +341,9 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             listener(call)
         await self._send_call_webhook(call, self.connect_payload(call))
         calling = self.number_settings(phone_number_id).get("calling", {})
+        voicemail_after = number_settings.voicemail_timeout(calling)
+        if voicemail_after is not None:
+            self._spawn(self._voicemail_timer(call, voicemail_after))
         if calling.get("callback_permission_status") == "ENABLED":
             self._spawn(self._callback_grant(call, user))
         return call
@@ -370,7 +378,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                 w.cancel()
         if not done:
             async with call.lock:
-                if not call.is_over and call.accepted_at is None:
+                if not call.is_over and call.accepted_at is None and call.state != "voicemail":
                     if call.outbound:
                         call.transcript.add(f"the user did not pick up within "
                                             f"{self.ring_timeout_s:g} s: the phone stops ringing")
@@ -768,6 +776,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         if call is None or call.phone_number_id != phone_number_id:
             # ASSUMPTION: an unknown call id is an invalid parameter (code 100).
             raise invalid(f"Unknown call_id {call_id} for phone number {phone_number_id}")
+        call.opt_in_request = opt_in_objects(body, action)
         if call.outbound and action != "terminate":
             # ASSUMPTION: pre_accept/accept/reject are the user-initiated actions (§2 table);
             # on a business-initiated call they are an invalid parameter.
@@ -786,6 +795,10 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         if call.is_over:
             # ASSUMPTION: actions on an ended call are refused as an invalid parameter.
             raise invalid(f"Call {call.call_id} has already ended")
+        if call.state == "voicemail":
+            # ASSUMPTION (docs/meta-2026-settings-events.md §2, §7): once Meta's voicemail took
+            # the call, the business can no longer answer it; refused as an invalid parameter.
+            raise invalid(f"Call {call.call_id} was answered by voicemail")
         sdp = session_sdp(body, action, "answer")
         opaque = body.get("biz_opaque_callback_data")
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
@@ -818,6 +831,10 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         call.accepted_at = time.time()
         call.phone.answered = True
         call.transcript.add("business sent accept: call answered")
+        call.opt_in = call.opt_in_request
+        spoken = announcement(call.opt_in)
+        if spoken:
+            call.transcript.add(f"Meta announces to both sides: {spoken}")
         call.accepted.set()
         self.pair(call.phone_number_id, call.user.key).reset_requests()  # §10: a connected call
 
@@ -826,6 +843,12 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             raise invalid(f"Call {call.call_id} has already ended")
         if call.state == "accepted":
             raise invalid("reject is only for a call not yet accepted; use terminate")
+        if call.state == "voicemail":
+            raise invalid(f"Call {call.call_id} was answered by voicemail")
+        calling = self.number_settings(call.phone_number_id).get("calling", {})
+        if number_settings.voicemail_on_reject(calling):
+            await self._start_voicemail(call, "business sent reject (voicemail REJECT trigger)")
+            return
         call.transcript.add("business sent reject: phone shows the call declined")
         call.state = "ending"
         self._spawn(self._end_locked(call))

@@ -192,6 +192,34 @@ def add_control_routes(sim: CloudApiSimulator) -> None:
     sim.app.router.add_get("/_sim/calls/{call_id}/audio.wav", _call_audio(sim))
     sim.app.router.add_post("/_sim/users", _post_user(sim))
     sim.app.router.add_get("/_sim/users", _list_users(sim))
+    sim.app.router.add_post("/_sim/account_update", _post_account_update(sim))
+
+
+def _post_account_update(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
+    """``{"event": "ACCOUNT_VIOLATION"|"ACCOUNT_RESTRICTION", "type": ..., "phone_number_id",
+    "remediation", "duration_s"}``: send Meta's account notice (docs/meta-2026-settings-events.md
+    §3) now."""
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            pnid = data.get("phone_number_id")
+            if data.get("event") == "ACCOUNT_VIOLATION":
+                delivery = await sim.send_account_violation(
+                    pnid, data.get("type", "USER_INITIATED_CALLS_LOW_PICKUP_RATE"),
+                    data.get("remediation"))
+            elif data.get("event") == "ACCOUNT_RESTRICTION":
+                delivery = await sim.restrict_calling(
+                    pnid, data.get("type", "RESTRICTED_BUSINESS_INITIATED_CALLING"),
+                    float(data.get("duration_s", 7 * 24 * 3600)), data.get("remediation"))
+            else:
+                raise ValueError("'event' must be ACCOUNT_VIOLATION or ACCOUNT_RESTRICTION")
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"delivered": delivery.ok, "status": delivery.status,
+                                  "error": delivery.error})
+    return handler
 
 
 def _user_view(sim: CloudApiSimulator, user: SimulatedUser) -> dict[str, Any]:

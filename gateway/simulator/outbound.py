@@ -9,9 +9,11 @@ import re
 import time
 from typing import Any
 
+from gateway.simulator.account import business_calling_paused
 from gateway.simulator.call import (
     SimulatedCall,
 )
+from gateway.simulator.media import announcement, opt_in_objects
 from gateway.simulator.meta import (
     BUSINESS_INITIATED,
     OPAQUE_MAX,
@@ -43,6 +45,7 @@ class BusinessCalling:
         user, by_number = self._recipient(body)
         wa_id = user.key
         sdp = session_sdp(body, "connect", "offer")
+        opt_in = opt_in_objects(body, "connect")
         opaque = body.get("biz_opaque_callback_data")
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
             raise invalid(f"biz_opaque_callback_data must be a string of at most {OPAQUE_MAX} "
@@ -57,11 +60,11 @@ class BusinessCalling:
             raise GraphError(138013, "Business-initiated calling is not available in this "
                              "country", f"Business numbers from {country} cannot call users")
         now = time.time()
-        for r in (calling.get("restrictions") or {}).get("restrictions_list") or []:
-            if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING" and \
-                    float(r.get("expiration") or 0) > now:
-                raise GraphError(138014, "Calling is temporarily disabled for this phone number",
-                                 str(r.get("reason") or "Business-initiated calling restricted"))
+        paused = business_calling_paused(self.number_settings(phone_number_id), now)
+        if paused is not None:
+            raise GraphError(138014, "Calling is temporarily disabled for this phone number",
+                             str(paused.get("reason") or "Business-initiated calling "
+                                                          "restricted"))
         if user.app_too_old:
             # ASSUMPTION: a client too old for calling is "unsupported client" (138001).
             raise GraphError(138001, "Receiver cannot be called",
@@ -101,6 +104,10 @@ class BusinessCalling:
                              show_number=self.shows_number(phone_number_id, user, now))
         call.offer_sdp, call.answer_sdp = sdp, answer
         call.biz_opaque_callback_data = opaque
+        call.opt_in = opt_in
+        spoken = announcement(call.opt_in)
+        if spoken:
+            transcript.add(f"Meta will announce to both sides once answered: {spoken}")
         if sdp.count("a=fingerprint:") > 1:
             transcript.add("note: the offer lists several fingerprints; §9 asks for one sha-256")
         transcript.add(f"business calls {wa_id if by_number else user.user_id} (connect): "

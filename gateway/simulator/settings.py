@@ -40,7 +40,15 @@ ENUMS = {
     "callback_permission_status": ("ENABLED", "DISABLED"),
     "srtp_key_exchange_protocol": ("DTLS", "SDES"),
 }
-CALLING_KEYS = (*ENUMS, "call_icons", "call_hours", "audio", "sip")
+CALLING_KEYS = (*ENUMS, "call_icons", "call_hours", "audio", "sip", "voicemail")
+VOICEMAIL_TRIGGERS = ("REJECT", "TIMEOUT")
+VOICEMAIL_TIMEOUT_S = (0, 30)
+"""docs/meta-2026-settings-events.md §1: ``timeout_seconds`` 0-30; without it TIMEOUT is
+disabled."""
+TRACKED_BY_SETTINGS_WEBHOOK = ("status", "call_icon_visibility", "callback_permission_status",
+                               "srtp_key_exchange_protocol", "sip")
+"""docs/meta-2026-settings-events.md §3: what ``account_settings_update`` reports (sip only by
+status)."""
 
 
 def default_settings() -> dict[str, Any]:
@@ -125,6 +133,62 @@ def validate_call_hours(hours: Any) -> None:
             raise ValueError(f"{where}: end_time must be after start_time")
 
 
+def validate_voicemail(voicemail: Any) -> None:
+    """``{status, triggers: [REJECT|TIMEOUT], audio: {default: {announcement_media_id,
+    timeout_seconds}}}`` (docs/meta-2026-settings-events.md §1).
+
+    ASSUMPTION: the error Meta answers for a bad voicemail object is not documented; it is
+    reported as an invalid parameter like every other settings problem."""
+    voicemail = _object("voicemail", voicemail)
+    unknown = set(voicemail) - {"status", "triggers", "audio"}
+    if unknown:
+        raise ValueError(f"voicemail has unknown field(s) {', '.join(sorted(unknown))}")
+    _enum("voicemail.status", voicemail.get("status"), ENUMS["status"])
+    triggers = voicemail.get("triggers", [])
+    if not isinstance(triggers, list) or not set(triggers) <= set(VOICEMAIL_TRIGGERS):
+        raise ValueError("voicemail.triggers may only list REJECT and TIMEOUT")
+    audio = _object("voicemail.audio", voicemail.get("audio", {}))
+    default = _object("voicemail.audio.default", audio.get("default", {}))
+    timeout = default.get("timeout_seconds")
+    low, high = VOICEMAIL_TIMEOUT_S
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)
+                                or not low <= timeout <= high):
+        raise ValueError(f"voicemail.audio.default.timeout_seconds must be {low}-{high}, "
+                         f"got {timeout!r}")
+    media = default.get("announcement_media_id")
+    if media is not None and not str(media).isdigit():
+        raise ValueError("voicemail.audio.default.announcement_media_id must be a media id")
+
+
+def voicemail_timeout(calling: dict[str, Any]) -> float | None:
+    """Seconds of ringing after which Meta's voicemail takes an unanswered call, or None."""
+    voicemail = calling.get("voicemail") or {}
+    if voicemail.get("status") != "ENABLED" or "TIMEOUT" not in (voicemail.get("triggers") or []):
+        return None
+    timeout = ((voicemail.get("audio") or {}).get("default") or {}).get("timeout_seconds")
+    return float(timeout) if isinstance(timeout, int) else None
+
+
+def voicemail_on_reject(calling: dict[str, Any]) -> bool:
+    voicemail = calling.get("voicemail") or {}
+    return voicemail.get("status") == "ENABLED" and "REJECT" in (voicemail.get("triggers") or [])
+
+
+def tracked_settings(calling: dict[str, Any]) -> dict[str, Any]:
+    """What an ``account_settings_update`` webhook shows of the calling settings, shaped like
+    tests/fixtures/payloads/webhook-account-settings-update.json (which also shows
+    ``call_hours.status``)."""
+    out: dict[str, Any] = {k: calling[k] for k in TRACKED_BY_SETTINGS_WEBHOOK[:4] if k in calling}
+    # Meta's default (docs/meta-2026-settings-events.md §1)
+    out.setdefault("srtp_key_exchange_protocol", "DTLS")
+    if "call_hours" in calling:
+        out["call_hours"] = {"status": calling["call_hours"].get("status")}
+    if "sip" in calling:
+        out["sip"] = {"status": calling["sip"].get("status"),
+                      "servers": calling["sip"].get("servers", [])}
+    return out
+
+
 def validate_calling(calling: Any) -> None:
     """Check a POSTed ``calling`` object like Meta would; ValueError names the problem."""
     calling = _object("calling", calling)
@@ -150,6 +214,8 @@ def validate_calling(calling: Any) -> None:
         if not isinstance(codecs, list) or not set(codecs) <= {"PCMA", "PCMU"}:
             raise ValueError("audio.additional_codecs may only list PCMA and PCMU (Opus is "
                              "always on)")
+    if "voicemail" in calling:
+        validate_voicemail(calling["voicemail"])
     if "sip" in calling:
         sip = _object("sip", calling["sip"])
         _enum("sip.status", sip.get("status"), ENUMS["status"])

@@ -9,6 +9,7 @@ is not a JSON object at all is malformed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +148,96 @@ class UserIdChanged:
         return ("user_id_changed", self.message_id)
 
 
-Event = CallEvent | StatusEvent | PermissionReply | UserIdChanged
+
+@dataclass(frozen=True)
+class CallMediaAvailable:
+    """``calls[i]`` with event ``call_recording_available`` / ``call_transcription_available``
+    (docs/meta-2026-settings-events.md §4): Meta's recording or transcript of an ended call. ``url``
+    is valid for 5 minutes; after that the Media API gives a fresh one for ``media_id``."""
+
+    call_id: str
+    kind: str  # "recording" | "transcription"
+    phone_number_id: str
+    media_id: str
+    mime_type: str
+    sha256: str
+    url: str
+    timestamp: int
+    user: str = ""
+
+    @property
+    def dedup_key(self) -> tuple:
+        return ("media", self.call_id, self.kind, self.media_id)
+
+
+@dataclass(frozen=True)
+class Voicemail:
+    """A ``messages[i]`` of type ``audio`` whose id is a call's wacid: what the caller left on
+    Meta's voicemail (docs/meta-2026-settings-events.md §2). Delivery is best effort."""
+
+    call_id: str
+    phone_number_id: str
+    user: str
+    media_id: str
+    mime_type: str
+    sha256: str
+    timestamp: int
+
+    @property
+    def dedup_key(self) -> tuple:
+        return ("voicemail", self.call_id, self.media_id)
+
+
+@dataclass(frozen=True)
+class Restriction:
+    restriction_type: str
+    expiration: int | None = None
+    """Unix time the restriction ends; None for the call button hidden (lifted by hand)."""
+    remediation: str = ""
+
+
+@dataclass(frozen=True)
+class AccountUpdate:
+    """Field ``account_update`` (docs/meta-2026-settings-events.md §3): ``ACCOUNT_VIOLATION``
+    (Meta's early warning: low pickup rate or quality) or ``ACCOUNT_RESTRICTION`` (calling paused,
+    or the call button hidden). The number is the display number (``phone_number``), not its id."""
+
+    waba_id: str
+    phone_number: str
+    event: str
+    timestamp: int
+    violation_type: str = ""
+    remediation: str = ""
+    restrictions: tuple[Restriction, ...] = ()
+
+    @property
+    def dedup_key(self) -> tuple:
+        return ("account_update", self.waba_id, self.phone_number, self.event, self.timestamp,
+                self.violation_type, tuple(r.restriction_type for r in self.restrictions))
+
+
+@dataclass(frozen=True)
+class AccountSettingsUpdate:
+    """Field ``account_settings_update`` (docs/meta-2026-settings-events.md §3): the tracked calling
+    settings of one number, after any change (the business's own included). ``calling`` is None when
+    Meta sends null."""
+
+    waba_id: str
+    phone_number_id: str
+    kind: str  # "phone_number_settings" (the table says PHONE_NUMBER_SETTINGS)
+    timestamp: int
+    calling: dict | None
+
+    @property
+    def dedup_key(self) -> tuple:
+        return ("account_settings_update", self.phone_number_id, self.timestamp,
+                json.dumps(self.calling, sort_keys=True))
+
+
+Event = (CallEvent | StatusEvent | PermissionReply | UserIdChanged | CallMediaAvailable
+         | Voicemail | AccountUpdate | AccountSettingsUpdate)
+MEDIA_EVENTS = {"call_recording_available": "recording",
+                "call_transcription_available": "transcription"}
 
 
 @dataclass
@@ -210,6 +300,15 @@ def parse_body(raw: bytes) -> ParsedWebhook:
         body = strict_json.loads(raw)
     except strict_json.StrictJsonError as exc:
         raise MalformedWebhook(f"body is not acceptable JSON: {exc}") from None
+    if isinstance(body, list) and body and all(isinstance(b, dict) for b in body):
+        # Meta's pickup-rate samples (docs/meta-2026-settings-events.md §3, §7) show the body
+        # wrapped in [ ... ]; read such a body as the webhooks it holds rather than refuse it.
+        merged = ParsedWebhook()
+        for part in body:
+            parsed = parse_webhook(part)
+            merged.events += parsed.events
+            merged.ignored += parsed.ignored
+        return merged
     if not isinstance(body, dict):
         raise MalformedWebhook("body is not a JSON object")
     return parse_webhook(body)
@@ -226,6 +325,8 @@ def parse_webhook(body: dict) -> ParsedWebhook:
                 _parse_calls_value(value, out)
             elif field_name == "messages":
                 _parse_messages_value(value, out)
+            elif field_name in ("account_update", "account_settings_update"):
+                _parse_account_value(field_name, _dict(entry), value, out)
             else:
                 out.ignored.append(f"field {field_name or '?'} (not handled by the gateway)")
     return out
@@ -241,6 +342,9 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
         call_id = _str(call.get("id"))
         if not call_id:
             out.ignored.append("calls[] item without id")
+            continue
+        if _str(call.get("event")).lower() in MEDIA_EVENTS:
+            _parse_media_available(call, pnid, out)
             continue
         session = _dict(call.get("session"))
         from_number = _str(call.get("from"))
@@ -335,6 +439,14 @@ def _parse_messages_value(value: dict, out: ParsedWebhook) -> None:
                 wa_id=_str(system.get("wa_id")), old_wa_id=_str(msg.get("from"))))
             continue
         interactive = _dict(msg.get("interactive"))
+        if _str(msg.get("type")) == "audio" and _str(msg.get("id")).startswith("wacid."):
+            audio = _dict(msg.get("audio"))
+            out.events.append(Voicemail(
+                call_id=_str(msg.get("id")), phone_number_id=pnid,
+                user=_str(msg.get("from")) or _str(msg.get("from_user_id")),
+                media_id=_str(audio.get("id")), mime_type=_str(audio.get("mime_type")),
+                sha256=_str(audio.get("sha256")), timestamp=as_int(msg.get("timestamp")) or 0))
+            continue
         if _str(interactive.get("type")) != "call_permission_reply":
             out.ignored.append(f"message of type {_str(msg.get('type')) or '?'}")
             continue
@@ -357,3 +469,47 @@ def _parse_messages_value(value: dict, out: ParsedWebhook) -> None:
             or contact.get("parent_user_id", ""),
             username=contact.get("username", ""),
         ))
+
+
+def _parse_media_available(call: dict, pnid: str, out: ParsedWebhook) -> None:
+    kind = MEDIA_EVENTS[_str(call.get("event")).lower()]
+    holder = _dict(call.get("call_recording")).get("audio") if kind == "recording" \
+        else _dict(call.get("call_transcript")).get("document")
+    media = _dict(holder)
+    if not _str(media.get("id")):
+        out.ignored.append(f"call_{kind}_available without a media id")
+        return
+    out.events.append(CallMediaAvailable(
+        call_id=_str(call.get("id")), kind=kind, phone_number_id=pnid,
+        media_id=_str(media.get("id")), mime_type=_str(media.get("mime_type")),
+        sha256=_str(media.get("sha256")), url=_str(media.get("url")),
+        timestamp=as_int(call.get("timestamp")) or 0,
+        user=_str(call.get("from")) or _str(call.get("from_user_id"))
+        or _str(call.get("to")) or _str(call.get("to_user_id"))))
+
+
+def _parse_account_value(field_name: str, entry: dict, value: dict,
+                         out: ParsedWebhook) -> None:
+    """docs/meta-2026-settings-events.md §3. ``account_update`` has no timestamp of its own: the
+    entry's ``time`` is used."""
+    waba_id = _str(entry.get("id"))
+    if field_name == "account_settings_update":
+        settings = _dict(value.get("phone_number_settings"))
+        calling = settings.get("calling")
+        out.events.append(AccountSettingsUpdate(
+            waba_id=waba_id, phone_number_id=_str(settings.get("phone_number_id")),
+            kind=_str(value.get("type")).lower(), timestamp=as_int(value.get("timestamp")) or 0,
+            calling=calling if isinstance(calling, dict) else None))
+        return
+    violation = _dict(value.get("violation_info"))
+    restrictions = tuple(
+        Restriction(restriction_type=_str(_dict(r).get("restriction_type")),
+                    expiration=as_int(_dict(r).get("expiration")),
+                    remediation=_str(_dict(r).get("remediation")))
+        for r in _list(value.get("restriction_info")) if _dict(r).get("restriction_type"))
+    out.events.append(AccountUpdate(
+        waba_id=waba_id, phone_number=_str(value.get("phone_number")).lstrip("+"),
+        event=_str(value.get("event")).upper(),
+        timestamp=as_int(value.get("timestamp")) or as_int(entry.get("time")) or 0,
+        violation_type=_str(violation.get("violation_type")),
+        remediation=_str(violation.get("remediation")), restrictions=restrictions))

@@ -87,6 +87,12 @@ def _meta_error(action: str, data: Any, status: int) -> GraphError:
                       error_data=error_data if isinstance(error_data, dict) else None)
 
 
+MAX_MEDIA_BYTES = 64 << 20
+"""A call recording is Opus at a few KB per second; 64 MiB is hours."""
+MEDIA_DOWNLOAD_TIMEOUT_S = 120.0
+"""An hour-long recording is ~10 MB: more than the Graph timeout allows, well within the URL's
+5 minutes."""
+
 CALL_PERMISSIONS_PER_S = 5
 """§3/§14: design for 5 call_permissions requests per second (error 613 / HTTP 429 beyond)."""
 
@@ -166,10 +172,14 @@ class GraphClient:
                                 session={"sdp_type": "answer", "sdp": sdp})
 
     async def accept(self, phone_number_id: str, call_id: str, sdp: str,
-                     callback_data: str | None = None) -> None:
+                     callback_data: str | None = None,
+                     opt_in: dict[str, dict[str, str]] | None = None) -> None:
+        """``opt_in``: the ``recording`` / ``transcription`` objects
+        (docs/meta-2026-settings-events.md §4)."""
         extra: dict[str, Any] = {"session": {"sdp_type": "answer", "sdp": sdp}}
         if callback_data:
             extra["biz_opaque_callback_data"] = callback_data[:512]
+        extra.update(opt_in or {})
         await self._call_action(phone_number_id, "accept", call_id, **extra)
 
     async def reject(self, phone_number_id: str, call_id: str) -> None:
@@ -179,14 +189,18 @@ class GraphClient:
         await self._call_action(phone_number_id, "terminate", call_id)
 
     async def connect(self, phone_number_id: str, to: str, sdp: str,
-                      callback_data: str | None = None) -> str:
+                      callback_data: str | None = None,
+                      opt_in: dict[str, dict[str, str]] | None = None) -> str:
         """Start a business-initiated call; returns Meta's call id (wacid). ``to`` is the
-        user's number, or a BSUID, which goes as ``recipient`` (docs/meta-2026-identity.md §1)."""
+        user's number, or a BSUID, which goes as ``recipient``
+        (docs/meta-2026-identity.md §1). ``opt_in``: the ``recording`` /
+        ``transcription`` objects (docs/meta-2026-settings-events.md §4)."""
         body: dict[str, Any] = {"messaging_product": "whatsapp", **recipient_fields(to),
                                 "action": "connect",
                                 "session": {"sdp_type": "offer", "sdp": sdp}}
         if callback_data:
             body["biz_opaque_callback_data"] = callback_data[:512]
+        body.update(opt_in or {})
         data = await self._post(phone_number_id, "calls", "connect", body)
         try:
             return str(data["calls"][0]["id"])
@@ -223,3 +237,57 @@ class GraphClient:
         # ``recipient=``.
         query = {"recipient": user_wa_id} if is_bsuid(user_wa_id) else {"user_wa_id": user_wa_id}
         return await self._get(phone_number_id, "call_permissions", "call_permissions", query)
+
+    # ---- media: voicemails, recordings, transcripts (docs/meta-2026-settings-events.md §2, §4)
+
+    async def upload_media(self, phone_number_id: str, content: bytes, mime_type: str,
+                           filename: str, use_case: str | None = None) -> str:
+        """``POST /{pnid}/media`` (multipart); returns the media id. ``use_case`` e.g.
+        ``call_voicemail_announcement`` (docs/meta-2026-settings-events.md §1)."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", mime_type)
+        if use_case:
+            form.add_field("use_case", use_case)
+        form.add_field("file", content, filename=filename, content_type=mime_type)
+        data = await self._request("POST", phone_number_id, "media", "media", data=form)
+        if not data.get("id"):
+            raise GraphError("media", f"answer has no id: {data}")
+        return str(data["id"])
+
+    async def media_url(self, media_id: str) -> str:
+        """``GET /{media_id}``: a fresh download URL (valid 5 minutes) for a file Meta keeps."""
+        await self.start()
+        assert self._session is not None
+        url = f"{self.settings.graph_url}/{media_id}"
+        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
+        try:
+            async with self._session.get(url, headers=headers) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400 or not isinstance(data, dict) or not data.get("url"):
+                    raise _meta_error("media", data, resp.status)
+                return str(data["url"])
+        except TimeoutError:
+            raise GraphError("media", "no answer from the Media API") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise GraphError("media", f"cannot reach the Media API: {exc}") from None
+
+    async def download(self, url: str, max_bytes: int = MAX_MEDIA_BYTES) -> bytes:
+        """An authenticated GET of a media URL (Meta's URLs need the access token)."""
+        await self.start()
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {self.settings.access_token.reveal()}"}
+        try:
+            async with self._session.get(url, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(
+                                             total=MEDIA_DOWNLOAD_TIMEOUT_S)) as resp:
+                if resp.status != 200:
+                    raise GraphError("media", "download refused", http_status=resp.status)
+                data = await resp.content.read(max_bytes + 1)
+        except TimeoutError:
+            raise GraphError("media", "download timed out") from None
+        except aiohttp.ClientError as exc:
+            raise GraphError("media", f"download failed: {exc}") from None
+        if len(data) > max_bytes:
+            raise GraphError("media", f"file larger than {max_bytes} bytes")
+        return data

@@ -96,11 +96,13 @@ def test_permission_replies():
     assert cb.response == "accept"
 
 
-def test_settings_and_account_updates_are_reported_as_ignored():
+def test_settings_and_account_updates_are_events_now():
+    """Parsed now (docs/meta-2026-settings-events.md §3; tests/unit/test_account_events.py has
+    the details)."""
     for name in ("webhook-account-settings-update.json",
                  "webhook-account-update-calling-restriction.json"):
         parsed = parse_body(load(name))
-        assert parsed.events == [] and parsed.ignored
+        assert len(parsed.events) == 1 and parsed.ignored == []
 
 
 def test_batched_entries_and_changes_are_all_read():
