@@ -105,6 +105,7 @@ async def test_cli_call_wav_saves_both_directions(control_sim, business, capsys,
     args = argparse.Namespace(
         sim_url=control_sim.base_url, from_="15550002222", name="Test User",
         phone_number_id=None, cta_payload=None, deeplink_payload=None, wav=str(path),
+            username=None,
         script="wait-answer 10; wait-audio 5; tone 600 1; wait 0.3; hangup")
     assert await cli.call_main(args) == 0
     await answering
