@@ -145,6 +145,8 @@ class Gateway:
         if closed:
             log.warning("closed %d call record(s) left active by a previous run as failed",
                         closed)
+        self.store.writes.set_hooks(on_error=lambda: self.metrics.store_error("calls"),
+                                    on_pending=lambda n: self.metrics.store_backlog("calls", n))
         self.observers.observers.append(StoreObserver(self.store))
         await self._start_ledger()
         await self.graph.start()
@@ -167,6 +169,9 @@ class Gateway:
         """The outbound permission ledger, in the same SQLite file as the call records."""
         numbers = display_numbers_from_config(self.config.numbers)
         self.ledger = await PermissionLedger.open(self.config.store.path, display_numbers=numbers)
+        self.ledger.writes.set_hooks(
+            on_error=lambda: self.metrics.store_error("permissions"),
+            on_pending=lambda n: self.metrics.store_backlog("permissions", n))
         self.calls.deps.ledger = self.ledger
         self.calls.event_hooks.append(self._permission_reply)
 

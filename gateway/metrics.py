@@ -58,6 +58,7 @@ PERMISSION_REFUSAL_REASONS = ("no_permission", "permission_expired", "limit_call
                               "country_unsupported", "meta_error")
 PERMISSION_REFUSED_WHAT = ("call", "request")
 HANGUP_SIDES = ("whatsapp", "asterisk", "gateway")
+STORES = ("calls", "permissions")
 
 _HTTP_RESULT = re.compile(r"http_([1-5])\d\d")
 
@@ -236,6 +237,21 @@ class GatewayMetrics:
             "permanent_exists, country_unsupported (138013), meta_error.",
             ["phone_number_id", "what", "reason"], registry=r)
 
+        # ---- storage ------------------------------------------------------------------------
+        self.store_errors = Counter(
+            f"{n}_store_errors_total",
+            "Writes the disk refused (full, I/O error) by store: calls (call records) or "
+            "permissions (the outbound ledger). Calls go on; the writes are kept and retried.",
+            ["store"], registry=r)
+        self.store_pending = Gauge(
+            f"{n}_store_pending_records",
+            "Writes kept in memory because the disk refused them, by store; they are written "
+            "when it takes them again (or at shutdown). Above 0 for long: free disk space.",
+            ["store"], registry=r)
+        for store in STORES:
+            self.store_errors.labels(store)
+            self.store_pending.labels(store).set(0)
+
         if process:
             ProcessCollector(registry=r)
 
@@ -378,6 +394,14 @@ class GatewayMetrics:
         self.rtp_ports_free.set(free)
         if total is not None:
             self.rtp_ports_total.set(total)
+
+    def store_error(self, store: str) -> None:
+        """A write to ``store`` (STORES) failed for a storage reason and was kept."""
+        self.store_errors.labels(_bounded(store, STORES)).inc()
+
+    def store_backlog(self, store: str, pending: int) -> None:
+        """How many writes to ``store`` are waiting for the disk."""
+        self.store_pending.labels(_bounded(store, STORES)).set(pending)
 
     def permission_request(self, result: str, phone_number_id: str) -> None:
         """A call permission request changed state; result in PERMISSION_REQUEST_RESULTS."""
