@@ -62,6 +62,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--api-version", default="v23.0")
     serve.add_argument("--ring-timeout", type=float, default=60.0,
                        help="seconds an unanswered call rings (default 60)")
+    serve.add_argument("--accept-latency", type=float, default=0.0, metavar="SECONDS",
+                       help="how long Meta takes to answer the business's accept (default 0; "
+                            "also POST /_sim/settings {\"accept_latency_s\": ...})")
     serve.add_argument("--media-address", action="append", default=None,
                        help="address the simulated phones gather ICE candidates on "
                             "(repeatable; default 127.0.0.1 and ::1)")
@@ -131,7 +134,7 @@ async def serve_main(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url, host=host.strip("[]") or "127.0.0.1", port=int(port),
         version=args.api_version, waba_id=args.waba_id, phone_number_id=args.phone_number_id,
         display_phone_number=args.display_number, ring_timeout_s=args.ring_timeout,
-        default_user=default_user)
+        default_user=default_user, accept_latency_s=args.accept_latency)
     add_control_routes(sim)
     printers: set[asyncio.Task[None]] = set()
 

@@ -79,7 +79,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                  hearing_window_s: float = 0.5,
                  default_user: SimulatedUser | None = None,
                  connect_webhook_delay_s: float = 0.2, ringing_delay_s: float = 0.3,
-                 callback_grant_delay_s: float = 5.0):
+                 callback_grant_delay_s: float = 5.0, accept_latency_s: float = 0.0):
         self.app_secret = app_secret
         self.access_token = access_token
         self.webhook_url = webhook_url
@@ -119,6 +119,10 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         self.callback_grant_delay_s = callback_grant_delay_s
         """After a user's call starts: until the automatic callback permission arrives (the
         samples' timestamps are 5 s apart)."""
+        self.accept_latency_s = accept_latency_s
+        """How long Meta takes to answer an ``accept`` (the call is answered when the 200 goes
+        out). Real ones take from tens of ms to over a second; a business must hold the PBX's
+        first prompt that long (whatsapp-calling.md §9) and still play it whole."""
         self.notes = Transcript()
         """Account-level story: permission requests and replies, settings changes, users."""
         self.note_listeners: list[Callable[[str], None]] = []
@@ -668,6 +672,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
             # on a business-initiated call they are an invalid parameter.
             raise invalid(f"{action} is for calls from users; call {call_id} was placed by the "
                           "business (use terminate)")
+        if action == "accept" and self.accept_latency_s > 0:
+            await asyncio.sleep(self.accept_latency_s)  # Meta is slow to answer this one
         async with call.lock:
             if action in ("pre_accept", "accept"):
                 await self._answer(call, action, body)

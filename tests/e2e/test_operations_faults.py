@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.app import Gateway
@@ -124,3 +125,75 @@ async def test_a_full_disk_neither_ends_the_call_nor_loses_its_record(asterisk, 
             record = await gw.store.get(call.call_id)
             assert record.outcome == Outcome.ANSWERED and record.hangup_side == "whatsapp"
             assert record.end_reason == "normal"
+
+
+# ---- 8: a slow accept must not clip the first prompt -------------------------------------------
+
+PROMPT_NUMBER = ("100000000000021", "15550000021")
+PROMPT_TONES = (500, 700, 900, 1100, 1300, 1500, 1700, 1900)
+SEGMENT_FRAMES = 5  # each tone lasts 100 ms
+PROMPT_SEGMENTS = 30  # 3 s, no quiet frame anywhere: nothing in it may be skipped
+
+
+def prompt_tones() -> list[int]:
+    """The prompt's tone per segment: consecutive segments always differ."""
+    return [PROMPT_TONES[(i * 3) % len(PROMPT_TONES)] for i in range(PROMPT_SEGMENTS)]
+
+
+def write_prompt(asterisk) -> list[int]:
+    """The prompt file the test-prompt context plays; returns its tone for every 20 ms frame."""
+    rate, frame = 16000, 320
+    t = np.arange(SEGMENT_FRAMES * frame) / rate
+    pcm = np.concatenate([0.25 * np.sin(2 * np.pi * f * t) for f in prompt_tones()])
+    (asterisk.instance_dir / "lib" / "wa-test-prompt.sln16").write_bytes(
+        (pcm * 32767).astype("<i2").tobytes())
+    return [f for f in prompt_tones() for _ in range(SEGMENT_FRAMES)]
+
+
+def frame_tone(pcm: bytes) -> int | None:
+    """The prompt tone a 20 ms frame carries (None: silence, 0: something else)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(float)
+    if x.size == 0 or np.sqrt(np.mean(x * x)) < 100:
+        return None
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    peak = float(np.argmax(spectrum)) * 16000 / x.size
+    nearest = min(PROMPT_TONES, key=lambda f: abs(f - peak))
+    return nearest if abs(nearest - peak) <= 60 else 0
+
+
+@pytest.mark.parametrize("latency", [0.3, 0.7, 1.5])
+async def test_a_slow_accept_delays_the_first_prompt_but_plays_it_whole(asterisk, tmp_path,
+                                                                        latency):
+    """Meta answers accept after ``latency`` s while the dialplan already plays its prompt:
+    the caller hears every frame of it, in order, none dropped, none cut."""
+    expected = write_prompt(asterisk)
+    numbers = [{"phone_number_id": PROMPT_NUMBER[0], "display_number": PROMPT_NUMBER[1],
+                "context": "test-prompt"}]
+    async with gateway_with(asterisk.ami_port, tmp_path / "g.sqlite3",
+                            numbers=numbers) as (sim, gw):
+        sim.numbers[PROMPT_NUMBER[0]] = PROMPT_NUMBER[1]
+        sim.accept_latency_s = latency
+        call = await sim.place_call(from_wa_id="15550007008", phone_number_id=PROMPT_NUMBER[0],
+                                    display_phone_number=PROMPT_NUMBER[1])
+        await asyncio.wait_for(call.accepted.wait(), 15)
+        await asyncio.wait_for(call.phone.wait_audio(), 10)
+        phone = call.phone
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + latency + 10
+        while True:  # until the whole prompt (and a little after it) has been heard
+            tones = [frame_tone(pcm) for _, pcm in phone.received]
+            first = next(i for i, tone in enumerate(tones) if tone is not None)
+            if len(tones) >= first + len(expected) + 10 or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        await call.hangup()
+
+    heard = tones[first:first + len(expected) + 10]
+    # Frame by frame: each heard frame carries the prompt's tone at that frame (a frame the
+    # codecs' delay puts across a segment boundary may carry its neighbour's).
+    mismatches = [(i, heard[i], expected[max(0, i - 1):i + 2])
+                  for i in range(len(expected)) if heard[i] not in expected[max(0, i - 1):i + 2]]
+    assert mismatches == [], f"accept after {latency} s: frames differ: {mismatches[:10]}"
+    sounding = sum(1 for tone in heard if tone is not None)  # the codecs ring on a frame or two
+    assert len(expected) - 1 <= sounding <= len(expected) + 3, \
+        f"accept after {latency} s: heard {sounding} frames of a {len(expected)}-frame prompt"
