@@ -66,15 +66,18 @@ def call_state(call: OutboundCall) -> dict[str, Any]:
     }
 
 
-def add_api_routes(app: web.Application, config: Config, calls: CallManager,
-                   store: Any = None, ledger: Any = None, graph: Any = None,
+def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
+                   calls: CallManager, store: Any = None, ledger: Any = None, graph: Any = None,
                    request_permission: Callable[..., Any] | None = None) -> None:
-    tokens = [t.reveal() for t in config.api.tokens if t.reveal()]
+    """``config`` may be a function returning the running config, so a reload's numbers and
+    tokens apply to the next request."""
+    current: Callable[[], Config] = config if callable(config) else (lambda: config)
 
     @web.middleware
     async def auth(request: web.Request, handler):
         if not request.path.startswith("/v1/"):
             return await handler(request)
+        tokens = [t.reveal() for t in current().api.tokens if t.reveal()]
         if not tokens:
             return _error(403, "the /v1 API is disabled: set api.tokens in the config")
         header = request.headers.get("Authorization", "")
@@ -97,6 +100,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
         if not E164.match(to):
             raise _bad_request("to: must be an E.164 number like +5511987650000", field="to")
         pnid = body.get("phone_number_id")
+        config = current()
         if pnid is None and len(config.numbers) == 1:
             pnid = config.numbers[0].phone_number_id
         if pnid is None:

@@ -255,6 +255,7 @@ class GatewayMetrics:
         if process:
             ProcessCollector(registry=r)
 
+        self._numbers_started = False
         self._ami_up = False
         self._ami_was_connected = False
         self._active: dict[str, tuple[str, str]] = {}
@@ -264,12 +265,21 @@ class GatewayMetrics:
     def from_config(cls, config: Config, *, process: bool = True) -> GatewayMetrics:
         """Metrics for the configured numbers, with their capacity and the RTP port range."""
         metrics = cls([n.phone_number_id for n in config.numbers], process=process)
-        for number in config.numbers:
-            metrics.call_capacity.labels(number.phone_number_id).set(number.max_calls)
-        metrics._start_at_zero([n.phone_number_id for n in config.numbers])
+        metrics.configure_numbers(config)
         total = len(config.media.rtp_ports)
         metrics.rtp_ports(free=total, total=total)
         return metrics
+
+    def configure_numbers(self, config: Config) -> None:
+        """The configured numbers (at start, and again after a reload): their label, their
+        capacity, and their series at 0. A number removed keeps its series (history)."""
+        added = [n.phone_number_id for n in config.numbers if n.phone_number_id not in
+                 self.numbers or not self._numbers_started]
+        self.numbers = self.numbers | {n.phone_number_id for n in config.numbers}
+        for number in config.numbers:
+            self.call_capacity.labels(number.phone_number_id).set(number.max_calls)
+        self._start_at_zero(added)
+        self._numbers_started = True
 
     def _start_at_zero(self, numbers: list[str]) -> None:
         """Create the call counters' series at 0 for every configured number: Prometheus's
