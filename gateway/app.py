@@ -24,7 +24,7 @@ from gateway.calls.permissions import (
     display_numbers_from_config,
     request_permission,
 )
-from gateway.calls.record import CallRecord
+from gateway.calls.record import CallRecord, Outcome
 from gateway.config import Config
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
 from gateway.logs import LogObserver
@@ -92,9 +92,9 @@ class Gateway:
 
     def _ami_connection_changed(self, connected: bool) -> None:
         if connected and (self.calls.calls or self.calls.outbound):
-            self.calls._spawn(self.calls.reconcile_channels())
+            self.calls.spawn(self.calls.reconcile_channels())
         if connected:
-            self.calls._spawn(self._check_dialplan())
+            self.calls.spawn(self._check_dialplan())
 
     async def _check_dialplan(self) -> None:
         """Every context/extension the config routes calls to must exist in Asterisk: a typo
@@ -131,7 +131,7 @@ class Gateway:
             ami_detail=f"AMI {self.config.asterisk.ami.host}:{self.config.asterisk.ami.port}",
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
-            draining=not self.calls.accepting,
+            draining=self.calls.draining,
             extra={"dialplan_problems": self.dialplan_problems} if self.dialplan_problems
             else {})
 
@@ -141,6 +141,8 @@ class Gateway:
 
     async def start(self) -> None:
         self.store = await CallStore.open(self.config.store.path)
+        self.calls.deps.store = self.store
+        left_open = await self.store.list(outcome=Outcome.ACTIVE, limit=None)
         closed = await self.store.close_orphans()
         if closed:
             log.warning("closed %d call record(s) left active by a previous run as failed",
@@ -150,6 +152,8 @@ class Gateway:
         self.observers.observers.append(StoreObserver(self.store))
         await self._start_ledger()
         await self.graph.start()
+        if left_open:  # Meta still has those calls up: end them (retried, in the background)
+            self.calls.spawn(self.calls.end_orphaned_records(left_open))
         try:
             await self.ami.connect()
         except AmiError as exc:
@@ -178,7 +182,7 @@ class Gateway:
     def _permission_reply(self, event: Event) -> bool:
         if not isinstance(event, PermissionReply) or self.ledger is None:
             return False
-        self.calls._spawn(self.ledger.apply_reply(event))
+        self.calls.spawn(self.ledger.apply_reply(event))
         self.metrics.permission_request(
             "accepted" if event.response == "accept" else "rejected", event.phone_number_id)
         return True

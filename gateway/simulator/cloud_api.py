@@ -22,6 +22,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -59,6 +60,29 @@ from gateway.simulator.users import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class InjectedFault:
+    """A test aid, not Meta behaviour: the next ``count`` requests for ``action`` (a calls
+    action, message type or ``call_permissions``) get an error instead of being carried out.
+
+    ``status`` 500 answers Graph's transient unknown error (code 1), 429 its rate limit (code
+    4, with ``Retry-After`` if given), anything else code 2 (service unavailable).
+    ``delay_s`` holds the answer that long first, to run a client into its timeout."""
+
+    action: str
+    status: int = 500
+    count: int = 1
+    retry_after: float | None = None
+    delay_s: float = 0.0
+
+    def error(self) -> GraphError:
+        if self.status == 429:
+            return GraphError(4, "(#4) Application request limit reached", status=429)
+        if self.status == 500:
+            return GraphError(1, "An unknown error has occurred.", status=500)
+        return GraphError(2, "Service temporarily unavailable", status=self.status)
 
 
 class CloudApiSimulator(BusinessCalling, AccountApi):
@@ -135,6 +159,9 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                                 self._handle_get_settings)
         self.app.router.add_post("/{version}/{phone_number_id}/settings",
                                  self._handle_post_settings)
+        self.app.router.add_post("/_sim/faults", self._handle_faults)
+        self.faults: list[InjectedFault] = []
+        """Test aid: Graph requests to fail on purpose (:meth:`fail_next`)."""
         self._permission_gets: dict[str, list[float]] = {}
         self._claimed: set[str] = set()
         self._outbound_added = asyncio.Condition()
@@ -595,6 +622,15 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                          time=time.time(), phone_number_id=phone_number_id, endpoint=endpoint,
                          method=request.method)
         self.requests.append(rec)
+        fault = self._take_fault(rec.action)
+        if fault is not None:
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            err = fault.error()
+            rec.status, rec.response = err.status, err.body()
+            headers = {"Retry-After": f"{fault.retry_after:g}"} \
+                if fault.retry_after is not None else None
+            return web.json_response(rec.response, status=rec.status, headers=headers)
         try:
             self._check_auth(request)
             self._check_version(request.match_info["version"])
@@ -610,6 +646,38 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         except GraphError as err:
             rec.status, rec.response = err.status, err.body()
         return web.json_response(rec.response, status=rec.status)
+
+    # --- fault injection (a test aid) ---------------------------------------------------------
+
+    def fail_next(self, action: str, status: int = 500, count: int = 1, *,
+                  retry_after: float | None = None, delay_s: float = 0.0) -> InjectedFault:
+        """Fail the next ``count`` ``action`` requests with ``status`` (see InjectedFault).
+        Faults for one action are used up in the order they were added."""
+        fault = InjectedFault(action, status, count, retry_after, delay_s)
+        self.faults.append(fault)
+        return fault
+
+    def _take_fault(self, action: str | None) -> InjectedFault | None:
+        fault = next((f for f in self.faults if f.action == action and f.count > 0), None)
+        if fault is None:
+            return None
+        fault.count -= 1
+        if fault.count == 0:
+            self.faults.remove(fault)
+        return fault
+
+    async def _handle_faults(self, request: web.Request) -> web.Response:
+        """``POST /_sim/faults`` ``{"action", "status", "count", "retry_after", "delay_s"}``."""
+        try:
+            body = await request.json()
+            fault = self.fail_next(str(body["action"]), int(body.get("status", 500)),
+                                   int(body.get("count", 1)),
+                                   retry_after=body.get("retry_after"),
+                                   delay_s=float(body.get("delay_s", 0.0)))
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad fault: {exc!r}"}, status=400)
+        return web.json_response({"action": fault.action, "status": fault.status,
+                                  "count": fault.count})
 
     # --- POST /{version}/{phone_number_id}/calls ----------------------------------------------
 

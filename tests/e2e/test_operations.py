@@ -37,8 +37,7 @@ async def fetch(url: str) -> tuple[int, str]:
 
 async def settle(gw: Gateway) -> None:
     """Until the gateway's background call work (set-ups, teardowns, checks) is done."""
-    while gw.calls._tasks:
-        await asyncio.wait(set(gw.calls._tasks), timeout=10)
+    await gw.calls.settle()
 
 
 def samples(text: str) -> list[tuple[str, dict, float]]:
