@@ -279,11 +279,17 @@ async def main(args: argparse.Namespace) -> dict:
             after = await sample(t0, sum(placed.values()) - 1, proc.pid, ast, rtp_prefix,
                                  session, url)
             samples.append(after)
+            if args.linger > 0:  # idle keep-alive connections close after their timeouts
+                await asyncio.sleep(args.linger)
+                after = await sample(t0, sum(placed.values()) - 1, proc.pid, ast, rtp_prefix,
+                                     session, url)
+                samples.append(after)
 
         user_calls = [c for c in sim.calls.values() if not c.outbound]
         records = store_counts(tmp / "soak.sqlite3")
         result = {
             "seconds": args.seconds, "workers": args.workers, "seed": args.seed,
+            "linger_s": args.linger,
             "calls_placed": len(user_calls), "scenarios": dict(placed),
             "graph_faults_injected": faults.injected,
             "settled_in_s": idle, "slowest_calls_s": slowest,
@@ -348,6 +354,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=4, help="calls in flight at once")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="after the churn, wait this long idle before the 'after' numbers "
+                             "(HTTP keep-alive connections close after 75 s)")
     parser.add_argument("--ami-port", type=int, default=None, help="default: a free port")
     parser.add_argument("--rtp-ports", default=None, help="default: from $WA_TEST_AMI_PORT")
     parser.add_argument("--webrtc-ports", default=None)
