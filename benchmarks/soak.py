@@ -234,7 +234,7 @@ async def main(args: argparse.Namespace) -> dict:
     result: dict = {}
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
+            for _ in range(600):  # up to 60 s (a cold start imports aiortc, PyAV)
                 try:
                     async with session.get(f"{url}/readyz") as r:
                         if r.status == 200:
