@@ -241,15 +241,27 @@ class RecordingObserver(CallObserver):
         self.rejected: list[CallRecord] = []
         self.ended: list[CallRecord] = []
         self.events: list[tuple[str, str, dict]] = []
+        self._seen: dict[tuple[str, str], asyncio.Event] = {}
+
+    async def reached(self, event: str, wacid: str = "") -> None:
+        """Until a call (any, or ``wacid``) reports ``event`` (a call_event name, or
+        "rejected" for a call refused at admission)."""
+        await self._flag(event, wacid).wait()
+
+    def _flag(self, event: str, wacid: str) -> asyncio.Event:
+        return self._seen.setdefault((event, wacid), asyncio.Event())
 
     def call_admitted(self, record: CallRecord) -> None:
         self.admitted.append(record)
 
     def call_rejected(self, record: CallRecord) -> None:
         self.rejected.append(record)
+        self._flag("rejected", "").set()
 
     def call_event(self, record: CallRecord, event: str, **fields: object) -> None:
         self.events.append((record.wacid, event, fields))
+        self._flag(event, "").set()
+        self._flag(event, record.wacid).set()
 
     def call_ended(self, record: CallRecord) -> None:
         self.ended.append(record)
