@@ -393,3 +393,14 @@ async def test_records_left_open_by_a_killed_run_end_the_whatsapp_side():
                for rec in saved.values())
     assert "terminate on restart failed" in saved["wacid.in-up"].reason
     assert "ended with reject on restart" in saved["wacid.in-ringing"].reason
+
+
+async def test_an_open_record_whose_accept_went_through_is_terminated_on_restart():
+    """Records are saved at admission: one killed after accept still says "not answered".
+    Meta refuses reject for an accepted call; then terminate ends it."""
+    r = fakes.rig()
+    r.graph.fail("reject", GraphError("reject", "accepted", code=100, http_status=400))
+    assert await r.manager.end_orphaned_records(
+        [open_record("wacid.in", Direction.INBOUND, False)]) == 1
+    assert r.graph.requests == [("reject", "wacid.in"), ("terminate", "wacid.in")]
+    assert "ended with terminate on restart" in r.store.records["wacid.in"].reason
