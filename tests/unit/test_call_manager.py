@@ -36,7 +36,8 @@ async def answered_inbound(r: fakes.Rig, call_id: str = CALL):
     return call
 
 
-def no_channel_left(r: fakes.Rig) -> None:
+async def no_channel_left(r: fakes.Rig) -> None:
+    await r.ami.settled()  # an Originate the call abandoned may still create its channel
     assert r.ami.channels == {}, "a channel the gateway made is still up in Asterisk"
 
 
@@ -54,7 +55,7 @@ async def test_inbound_call_answered_then_user_hangs_up():
         (Outcome.ANSWERED, HangupSide.WHATSAPP, EndReason.NORMAL, 16)
     assert r.graph.actions(CALL) == ["pre_accept", "accept"]  # Meta ended it: nothing sent
     assert r.ami.hangups == [(call.channel_id, 16)]
-    no_channel_left(r)
+    await no_channel_left(r)
     assert r.manager.live_calls() == [] and r.manager.deps.ports.free == 20
 
 
@@ -93,7 +94,7 @@ async def test_inbound_hang_up_at_every_step_leaves_nothing_behind(fake, step, w
     await asyncio.sleep(0.01)
     gates.release(step)  # the step in flight completes after the end, as it would for real
     assert await r.manager.settle(5)
-    no_channel_left(r)
+    await no_channel_left(r)
     if any(o["channel_id"] == call.channel_id for o in r.ami.originates):
         assert (call.channel_id, call.ending.q850) in r.ami.hangups
     sent = r.graph.actions(CALL)
@@ -120,7 +121,7 @@ async def test_originate_that_outlives_the_call_is_hung_up_when_it_completes():
     assert await settled
     (channel_id,) = [o["channel_id"] for o in r.ami.originates]
     assert r.ami.hangups == [(channel_id, 16)]  # ... and hangs up what it made
-    no_channel_left(r)
+    await no_channel_left(r)
 
 
 async def test_stale_terminate_is_ignored():
@@ -204,7 +205,7 @@ async def test_draining_rejects_new_calls_and_end_all_ends_the_rest():
     ended = {rec.wacid: rec for rec in r.observer.ended}
     assert ended[CALL].end_reason == EndReason.SHUTDOWN
     assert r.graph.actions(CALL)[-1] == "terminate"
-    no_channel_left(r)
+    await no_channel_left(r)
 
 
 async def test_failed_terminate_is_recorded():
@@ -227,7 +228,7 @@ async def test_graph_error_on_accept_rejects_and_hangs_up():
     assert (rec.end_reason, rec.outcome, rec.meta_error_code) == \
         (EndReason.META_API_ERROR, Outcome.FAILED, 138004)
     assert r.graph.actions(CALL)[-1] == "reject"
-    no_channel_left(r)
+    await no_channel_left(r)
 
 
 async def test_ports_exhausted_mid_call_setup_is_capacity_not_a_traceback():
@@ -271,7 +272,7 @@ async def test_outbound_answered_and_hung_up_by_the_user():
     assert call.status == DialStatus.ANSWER
     assert r.ledger.results == [(fakes.USER, True)]
     assert ("PJSIP/agent-1", "WA_DIAL_STATUS", "ANSWER") in r.ami.setvars
-    no_channel_left(r)
+    await no_channel_left(r)
 
 
 @pytest.mark.parametrize("fault,what,charged", [
@@ -353,7 +354,7 @@ async def test_outbound_hang_up_at_every_step_leaves_nothing_behind(step, who):
     if fake:
         getattr(r, fake).gates.release(step)
     assert await r.manager.settle(5)
-    no_channel_left(r)
+    await no_channel_left(r)
     assert call.state == CallState.ENDED and call.status is not None
     terminates = r.graph.actions(call.record.wacid).count("terminate")
     meta_ended = who == "user" and step != "connect"
