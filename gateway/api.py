@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.calls.ending import CallState
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.permissions import decide_call, send_call_button
@@ -56,7 +57,8 @@ def _field_error(field: str, problem: str) -> web.Response:
 def call_state(call: OutboundCall) -> dict[str, Any]:
     rec = call.record
     return {
-        "id": call.gateway_id, "state": call.state,
+        "id": call.gateway_id,
+        "state": "checking" if call.state == CallState.NEW else call.state.value,
         "wacid": rec.wacid if rec.wacid and rec.wacid != call.gateway_id else None,
         "status": call.status.value if call.status else None, "to": f"+{rec.to_number}",
         "phone_number_id": rec.phone_number_id, "asterisk_channel": rec.channel or None,

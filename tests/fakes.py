@@ -74,6 +74,7 @@ class FakeAmi:
         self.dtmf: list[tuple[str, str]] = []
         self.originate_success = True
         self.rtp_port: str | None = "40000"
+        self._in_flight: set[asyncio.Task] = set()
         self._listeners: dict[str, Callable[[dict[str, str]], None]] = {}
 
     async def originate_unicast(self, *, channel_id: str, rtp_host: str, rtp_port: int,
@@ -86,12 +87,22 @@ class FakeAmi:
         self.originates.append({"channel_id": channel_id, "context": context, "exten": exten,
                                 "application": application, "data": data,
                                 "variables": dict(variables)})
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
         await self.gates.pass_("originate")
         if not self.originate_success:
             return OriginateResult(success=False, channel="", reason=0)
         name = f"UnicastRTP/{rtp_host}:{rtp_port}-0x{len(self.originates):x}"
         self.channels[channel_id] = {"Uniqueid": channel_id, "Channel": name}
         return OriginateResult(success=True, channel=name, reason=4)
+
+    async def settled(self) -> None:
+        """Until every Originate sent has completed (whoever still awaits it): Asterisk has
+        made every channel it is going to make."""
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
 
     async def getvar(self, channel_id: str, variable: str) -> str | None:
         await self.gates.pass_("getvar")
@@ -241,15 +252,27 @@ class RecordingObserver(CallObserver):
         self.rejected: list[CallRecord] = []
         self.ended: list[CallRecord] = []
         self.events: list[tuple[str, str, dict]] = []
+        self._seen: dict[tuple[str, str], asyncio.Event] = {}
+
+    async def reached(self, event: str, wacid: str = "") -> None:
+        """Until a call (any, or ``wacid``) reports ``event`` (a call_event name, or
+        "rejected" for a call refused at admission)."""
+        await self._flag(event, wacid).wait()
+
+    def _flag(self, event: str, wacid: str) -> asyncio.Event:
+        return self._seen.setdefault((event, wacid), asyncio.Event())
 
     def call_admitted(self, record: CallRecord) -> None:
         self.admitted.append(record)
 
     def call_rejected(self, record: CallRecord) -> None:
         self.rejected.append(record)
+        self._flag("rejected", "").set()
 
     def call_event(self, record: CallRecord, event: str, **fields: object) -> None:
         self.events.append((record.wacid, event, fields))
+        self._flag(event, "").set()
+        self._flag(event, record.wacid).set()
 
     def call_ended(self, record: CallRecord) -> None:
         self.ended.append(record)

@@ -368,16 +368,25 @@ class CallManager:
             record.ended_at = record.ended_at or time.time()
             record.reason = ORPHAN_REASON
             if ending.graph != GraphAction.NONE and record.wacid:
-                action = self.deps.graph.terminate if ending.graph == GraphAction.TERMINATE \
-                    else self.deps.graph.reject
-                try:
-                    await action(record.phone_number_id, record.wacid)
-                    record.reason += f"; WhatsApp side ended with {ending.graph.value} on restart"
+                # The record may predate an accept that went through before the crash: when
+                # Meta refuses the reject as such, the call was accepted after all.
+                actions = [ending.graph] + ([GraphAction.TERMINATE]
+                                            if ending.graph == GraphAction.REJECT else [])
+                for action in actions:
+                    send = self.deps.graph.terminate if action == GraphAction.TERMINATE \
+                        else self.deps.graph.reject
+                    try:
+                        await send(record.phone_number_id, record.wacid)
+                    except GraphError as exc:
+                        record.reason += f"; {action.value} on restart failed: {exc}"
+                        log.warning("call %s left by the previous run: %s failed: %s",
+                                    record.wacid, action.value, exc)
+                        if exc.retryable:
+                            break  # Meta is down, not refusing: the other would fail too
+                        continue
+                    record.reason += f"; WhatsApp side ended with {action.value} on restart"
                     ended += 1
-                except GraphError as exc:
-                    record.reason += f"; {ending.graph.value} on restart failed: {exc}"
-                    log.warning("call %s left by the previous run: %s failed: %s",
-                                record.wacid, ending.graph.value, exc)
+                    break
             log.warning("call %s left by the previous run closed: %s", record.wacid,
                         record.reason)
             if self.deps.store is not None:

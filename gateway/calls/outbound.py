@@ -110,8 +110,11 @@ class OutboundCall(Call):
             self.end(What.REJECTED, "the user declined the call")
 
     def _on_agent_event(self, ev: dict[str, str]) -> None:
-        if ev.get("Event") == "Hangup" and self.state != CallState.ANSWERED:
-            self.cancel_dial("the waiting channel hung up before the answer")
+        """The waiting agent channel hung up: before the answer the call is cancelled; after
+        it (the bridge may not even be up yet) the call is over all the same."""
+        if ev.get("Event") == "Hangup":
+            self.cancel_dial("the waiting channel hung up" + (
+                "" if self.state == CallState.ANSWERED else " before the answer"))
 
     def cancel_dial(self, why: str) -> None:
         """The agent is gone before the user answered: stop ringing the user."""
