@@ -4,7 +4,8 @@ faults injected, and show whether anything is left behind.
 Against the real Asterisk (sandbox chroot) and the simulator, the gateway running as its own
 process: calls are placed back to back by a few workers, each one a scenario picked at random:
 a normal answered call, the user hanging up at a random stage of set-up, the dialplan hanging
-up, Meta answering a Graph request with 500, a redelivered connect webhook, the phone
+up, Meta answering a Graph request with 500 (pre_accept/accept of one call, or the next
+terminate/reject with 500 or 429), a redelivered connect webhook, the phone
 vanishing mid-call (its media stops without a goodbye). Before (after a warm-up call) and
 after (once the gateway is idle) it prints the gateway's open fds, RSS and asyncio tasks, the
 Asterisk channels the gateway made, and call records against calls placed; in between a
@@ -52,7 +53,7 @@ NUMBERS = {  # phone_number_id -> (display number, context of tests/e2e/asterisk
 }
 ECHO, HANGUP, WAIT = NUMBERS
 SCENARIOS = ("normal", "hangup_ringing", "hangup_after_accept", "dialplan_hangup",
-             "graph_500", "duplicate_connect", "phone_vanishes")
+             "graph_500", "graph_error_on_end", "duplicate_connect", "phone_vanishes")
 
 
 @dataclass
@@ -127,7 +128,8 @@ async def sample(t0: float, placed: int, pid: int, ast: LocalAsterisk, rtp_prefi
 async def one_call(sim: CloudApiSimulator, faults: GraphFaults, scenario: str, n: int,
                    rng: random.Random) -> None:
     """Place one call and drive it through ``scenario``; returns once it has ended."""
-    pnid = {"dialplan_hangup": HANGUP, "normal": ECHO}.get(scenario, WAIT)
+    pnid = {"dialplan_hangup": HANGUP, "graph_error_on_end": HANGUP,
+            "normal": ECHO}.get(scenario, WAIT)
     display = NUMBERS[pnid][0]
     caller = f"1555{n % 10_000_000:07d}"
     if scenario == "graph_500":
@@ -139,6 +141,12 @@ async def one_call(sim: CloudApiSimulator, faults: GraphFaults, scenario: str, n
             if call.wa_id == caller:
                 faults.armed[call.call_id] = action
         sim.call_listeners.append(arm)
+    if scenario == "graph_error_on_end":
+        # The simulator's own fault injection: the next terminate or reject (whichever call
+        # sends it) gets a 500 or a 429, which the gateway must retry.
+        status = rng.choice((500, 429))
+        sim.fail_next(rng.choice(("terminate", "reject")), status,
+                      retry_after=0.2 if status == 429 else None)
     try:
         call = await sim.place_call(from_wa_id=caller, phone_number_id=pnid,
                                     display_phone_number=display,
@@ -161,7 +169,7 @@ async def one_call(sim: CloudApiSimulator, faults: GraphFaults, scenario: str, n
     elif scenario in ("normal", "hangup_after_accept"):
         await _answered_then(call, rng.uniform(0.5, 2.5) if scenario == "normal"
                              else rng.uniform(0.0, 0.1))
-    # dialplan_hangup and graph_500 end by themselves.
+    # dialplan_hangup, graph_error_on_end and graph_500 end by themselves.
     if not await _wait(call.ended, 40):
         await call.hangup()  # the gateway left it up: counted as half-open in the report
         call.soak_half_open = True  # type: ignore[attr-defined]
