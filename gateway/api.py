@@ -15,9 +15,9 @@ or reason named, so a CRM developer can act on it without reading logs.
 
 from __future__ import annotations
 
-import hmac
 import io
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -25,15 +25,27 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import strict_json
 from gateway.calls.ending import CallState
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.permissions import decide_call, send_call_button
 from gateway.config import Config
-from gateway.store import filters_from_query
+from gateway.store import filters_from_query, parse_time
 from gateway.whatsapp.graph import GraphError
+from gateway.whatsapp.webhook import same_secret
 
 E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
+CONTEXT = re.compile(r"[A-Za-z0-9_.+-]{1,79}")
+"""A dialplan context name Asterisk accepts and a config would write (AST_MAX_CONTEXT 80)."""
+EXTENSION = re.compile(r"[A-Za-z0-9*#+._-]{1,79}")
+"""An extension to dial into: digits, letters and ``* # + . _ -`` (AST_MAX_EXTENSION 80)."""
+CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,19}/[A-Za-z0-9@._+*#:;=~\[\]/-]{1,200}")
+"""``Tech/resource`` as Asterisk names channels (``PJSIP/agent-0000002a``,
+``Local/100@agents-00000001;1``); no spaces, commas, ``&``, quotes or controls, which would
+split Bridge()'s argument or an AMI header."""
+MAX_TTL_MINUTES = 43200
+"""Meta's voice-call button lasts at most 30 days."""
 
 
 def _dumps(data: Any) -> str:
@@ -52,6 +64,17 @@ def _bad_request(message: str, **fields: Any) -> web.HTTPBadRequest:
 
 def _field_error(field: str, problem: str) -> web.Response:
     return _error(400, f"{field}: {problem}", field=field)
+
+
+def _filter_field(message: str, query: dict[str, str]) -> str:
+    """Which query parameter a filters_from_query error is about: the one its message starts
+    with (``limit must be ...``), else the first it does not know (``unknown filter x``)."""
+    named = next((key for key in query if message.startswith(key)), None)
+    if named is not None:
+        return named
+    unknown = [key for key in query if key in message.removeprefix("unknown filter ")
+               .split(";")[0].split(", ")]
+    return unknown[0] if unknown else "query"
 
 
 def call_state(call: OutboundCall) -> dict[str, Any]:
@@ -84,7 +107,9 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
             return _error(403, "the /v1 API is disabled: set api.tokens in the config")
         header = request.headers.get("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not given or not any(hmac.compare_digest(given, t) for t in tokens):
+        # Every token is compared (bytes, constant time), so timing tells nothing either.
+        matches = [same_secret(given, t) for t in tokens]
+        if not given or not any(matches):
             return _error(401, "missing or wrong bearer token (Authorization: Bearer ...)")
         return await handler(request)
 
@@ -93,9 +118,9 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
     async def recipient(request: web.Request) -> tuple[dict, str, str]:
         """The JSON body, the WhatsApp user (E.164 digits) and the business number id."""
         try:
-            body = await request.json()
-        except ValueError:
-            body = None
+            body = strict_json.loads(await request.read())
+        except strict_json.StrictJsonError as exc:
+            raise _bad_request(str(exc), field=exc.field) from None
         if not isinstance(body, dict):
             raise _bad_request("body must be a JSON object")
         to = str(body.get("to", ""))
@@ -118,7 +143,21 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
         channel, context = body.get("channel"), body.get("context")
         if bool(channel) == bool(context):
             return _field_error("context", "give either context (+ extension) or channel")
-        extension = str(body.get("extension", "s"))
+        extension = body.get("extension", "s")
+        for field, value, syntax, rule in (
+                ("context", context, CONTEXT, "letters, digits and _ . + - (at most 79)"),
+                ("extension", extension, EXTENSION,
+                 "letters, digits and * # + . _ - (at most 79)"),
+                ("channel", channel, CHANNEL, "Tech/resource, e.g. PJSIP/agent-0000002a, "
+                 "without spaces, commas, & or quotes")):
+            if value is None or (field != "extension" and not value):
+                continue
+            if not isinstance(value, str) or not syntax.fullmatch(value):
+                return _field_error(field, f"not a valid Asterisk {field}: {rule}")
+        if not getattr(calls.deps.ami, "connected", True):
+            # Else the user's phone would ring for a call that can never reach an agent.
+            return _error(409, "Asterisk is not connected (AMI): no call can be bridged now",
+                          reason="asterisk_down")
         if ledger is not None:
             decision = await decide_call(graph, ledger, pnid, to)
             if not decision.allowed:
@@ -154,10 +193,19 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
         if store is None:
             return _error(404, "call records are not enabled")
         query = {k: v for k, v in request.query.items() if k != "format"}
+        for key in ("since", "until"):
+            if query.get(key):
+                try:
+                    at = parse_time(query[key])
+                except (ValueError, OverflowError):
+                    at = math.nan
+                if not math.isfinite(at) or not 0 <= at < 1e11:
+                    return _field_error(key, "not a time: use 24h, 7d, 2026-01-31, "
+                                             "2026-01-31T08:00:00+01:00 or a Unix timestamp")
         try:
             filters = filters_from_query(query)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return _error(400, str(exc), field=_filter_field(str(exc), query))
         if request.query.get("format") == "csv":
             filters.pop("limit", None)
             out = io.StringIO()
@@ -186,10 +234,15 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
 
     async def call_button(request: web.Request) -> web.Response:
         body, to, pnid = await recipient(request)
-        try:
-            ttl = int(body.get("ttl_minutes", 10080))
-        except (TypeError, ValueError):
-            return _field_error("ttl_minutes", "must be a whole number of minutes")
+        ttl = body.get("ttl_minutes", 10080)
+        if isinstance(ttl, str) and ttl.strip().isdigit() and len(ttl) < 10:
+            ttl = int(ttl)
+        if isinstance(ttl, float) and ttl.is_integer():
+            ttl = int(ttl)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) \
+                or not 1 <= ttl <= MAX_TTL_MINUTES:
+            return _field_error("ttl_minutes", f"must be a whole number of minutes from 1 to "
+                                               f"{MAX_TTL_MINUTES}")
         try:
             message_id = await send_call_button(
                 graph, pnid, to, str(body.get("body") or ""),

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
@@ -40,6 +41,24 @@ from gateway.whatsapp.graph import GraphClient
 from gateway.whatsapp.webhook import add_webhook_routes
 
 log = logging.getLogger(__name__)
+
+
+class _ParserRefusals(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (an 8 KB request line, a header
+    with a bare CR) at ERROR with a traceback, after answering 400 itself. Anyone can send
+    those, so they become one WARNING line: no traceback for an admin to chase."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "HTTP request refused by the parser (%s): %s", \
+                (exc.code, exc.message.splitlines()[0] if exc.message else type(exc).__name__)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_ParserRefusals())
 
 
 class _PermissionMetrics(CallObserver):
@@ -174,6 +193,7 @@ class Gateway:
         self.store.writes.set_hooks(on_error=lambda: self.metrics.store_error("calls"),
                                     on_pending=lambda n: self.metrics.store_backlog("calls", n))
         self.observers.observers.append(StoreObserver(self.store))
+        self.calls.known_call = self.store.knows  # replayed connects, even across restarts
         await self._start_ledger()
         await self.graph.start()
         if left_open:  # Meta still has those calls up: end them (retried, in the background)
@@ -186,7 +206,9 @@ class Gateway:
         add_api_routes(self.web, lambda: self.config, self.calls, store=self.store,
                        ledger=self.ledger,
                        graph=self.graph, request_permission=self._request_permission)
-        self._runner = web.AppRunner(self.web, access_log=None)
+        # lingering_time: after refusing an over-cap body (413), read and drop what the
+        # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
+        self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()

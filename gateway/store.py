@@ -280,9 +280,12 @@ class CallStore:
     def _save_row(self, row: tuple) -> None:
         placeholders = ", ".join("?" for _ in COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "wacid")
+        # A closed record is final: a replayed webhook (even after a restart) must never
+        # reopen or overwrite it, so only a record still active is updated.
         self._conn.execute(
             f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
-            f"ON CONFLICT (wacid) DO UPDATE SET {updates}", row)
+            f"ON CONFLICT (wacid) DO UPDATE SET {updates} "
+            f"WHERE calls.outcome = '{Outcome.ACTIVE.value}'", row)
 
     async def close_orphans(self, now: float | None = None) -> int:
         """Close calls left ``active`` by a previous run as failed; returns how many."""
@@ -312,6 +315,14 @@ class CallStore:
                            "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (time.time(),))
 
     # ---- reading -------------------------------------------------------------------------
+
+    async def knows(self, wacid: str) -> bool:
+        """Is there a record for this call id (from this run or an earlier one)?"""
+        return await self._run(self._knows, wacid)
+
+    def _knows(self, wacid: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM calls WHERE wacid = ?",
+                                  (wacid,)).fetchone() is not None
 
     async def get(self, wacid: str) -> CallRecord | None:
         return await self._run(self._get, wacid)

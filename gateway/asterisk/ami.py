@@ -17,10 +17,14 @@ So :class:`AmiClient` opens each connection itself, logs in itself, waits for
 actions with :class:`AmiNotConnected` when the connection drops (and drops panoramisk's
 re-send queue), and wraps every action in ``asyncio.wait_for``.
 
+Every action it writes passes :func:`safe_action` first, the one place header values are made
+safe: text a WhatsApp user or an API client controls (a profile name, a CTA payload) can never
+end a header and write AMI actions of its own.
+
 On every (re)connect it sweeps orphans: UnicastRTP channels whose Uniqueid carries our
 ``channel_prefix`` but that no call of this gateway owns any more. chan_rtp has no RTP
 timeout, so without the sweep a crashed gateway would leave callers in queues forever
-(asterisk-handoff.md, "Hangups").
+(docs/asterisk-handoff.md, "Hangups").
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +71,17 @@ class AmiAuthError(AmiError):
     """Asterisk refused the login: username/secret or the permit/deny ACL in manager.conf."""
 
 
+class AmiUnsafeValue(AmiError):
+    """An action header value holds a line break or another control character (or text that
+    is not valid Unicode) and cannot be neutralised: sending it would let the text end the
+    header and write AMI actions of its own, so the action is not sent at all."""
+
+    def __init__(self, header: str, value: str):
+        super().__init__(f"AMI header {header}: value {value[:60]!r} holds a control character "
+                         "or invalid text; action not sent")
+        self.header = header
+
+
 @dataclass(frozen=True)
 class OriginateResult:
     """Outcome of an Originate, from Asterisk's ``OriginateResponse`` event."""
@@ -95,6 +111,74 @@ def _variable_header(name: str, value: str) -> str:
     if any(c in value for c in ',"\\|'):
         value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name}={value}"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What must never reach an AMI header value: Asterisk ends a header at LF (CR LF or a bare LF)
+and an action at an empty line, so a value holding one writes headers (or whole actions) of its
+own; the other C0 controls and DEL have no business in a header either. A tab is harmless
+(Asterisk only trims it at the start) and is kept, as are UTF-8, quotes, commas, ``;``, ``|``
+and ``)``: Asterisk carries those into the channel intact."""
+
+
+def _unsafe(value: str) -> bool:
+    if _CONTROL.search(value):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: panoramisk's write would raise mid-action
+        return True
+    return False
+
+
+def _neutral_caller_id(value: str) -> str:
+    """A caller id shows text to an agent, so its control characters become spaces."""
+    value = _CONTROL.sub(" ", value)
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def safe_action(action: Mapping[str, Any]) -> dict[str, Any]:
+    """The action as it may be written to Asterisk: the one place every header value passes.
+
+    - a ``Variable`` entry (``NAME=value``) whose value is unsafe is sent as ``NAME=`` with a
+      warning naming the variable: the call still lands, only that variable is empty (a
+      WhatsApp user's profile name or CTA payload must not be able to drop their call);
+    - ``CallerID`` control characters become spaces;
+    - any other unsafe header (Channel, Context, Exten, Application, Data, ...) raises
+      :class:`AmiUnsafeValue`: there is no safe reading of a channel or a context with a line
+      break in it, so the caller turns it into a refusal.
+    """
+    out: dict[str, Any] = {}
+    for header, value in action.items():
+        if _unsafe(str(header)):
+            raise AmiUnsafeValue("(header name)", str(header))
+        if header.lower() == "variable":
+            entries = value if isinstance(value, list | tuple) else [value]
+            out[header] = [_safe_variable(str(e), action) for e in entries]
+        elif header.lower() == "callerid":
+            out[header] = _neutral_caller_id(str(value))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if _unsafe(str(item)):
+                    raise AmiUnsafeValue(header, str(item))
+            out[header] = list(value)
+        else:
+            if _unsafe(str(value)):
+                raise AmiUnsafeValue(header, str(value))
+            out[header] = value
+    return out
+
+
+def _safe_variable(entry: str, action: Mapping[str, Any]) -> str:
+    name, _, value = entry.partition("=")
+    if _unsafe(name):
+        raise AmiUnsafeValue("Variable", name)
+    if not _unsafe(value):
+        return entry
+    log.warning("AMI %s on %s: variable %s held a control character or invalid text; "
+                "sent empty", action.get("Action", "?"), action.get("ChannelId") or
+                action.get("Channel", "?"), name)
+    return f"{name}="
 
 
 def _plain(message: Mapping[str, Any]) -> Event:
@@ -364,7 +448,7 @@ class AmiClient:
         manager = self._manager
         if manager is None or manager.protocol is None or manager.protocol.closed:
             raise AmiNotConnected(f"AMI {self._where}: not connected")
-        future = manager.send_action(_Action(action))
+        future = manager.send_action(_Action(safe_action(action)))
         self._in_flight.add(future)
         future.add_done_callback(self._in_flight.discard)
         return future
@@ -467,7 +551,7 @@ class AmiClient:
         """Queue ``digit`` on the channel as if the caller pressed it (``Receive: true``).
 
         A UnicastRTP channel has no SDP, so RFC 4733 events sent to it are dropped; this is
-        how WhatsApp keypresses reach Read(), WaitExten() and queues (asterisk-handoff.md).
+        how WhatsApp keypresses reach Read(), WaitExten() and queues (docs/asterisk-handoff.md).
         """
         if len(digit) != 1 or digit not in "0123456789*#ABCDabcd":
             raise ValueError(f"not a DTMF digit: {digit!r}")

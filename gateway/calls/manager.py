@@ -1,6 +1,6 @@
 """The registry of live calls and the gate every webhook event goes through.
 
-Meta delivers webhooks at least once and in no guaranteed order (whatsapp-calling.md §7), so
+Meta delivers webhooks at least once and in no guaranteed order (docs/meta-calling.md §7), so
 this is where idempotence lives: events are de-duplicated on (call id, event, timestamp), an
 ended call leaves a tombstone for a while so a late ``connect`` cannot revive it, and a
 ``terminate`` that overtakes its ``connect`` leaves a tombstone too — the call is then never
@@ -22,7 +22,8 @@ from gateway.calls.inbound import InboundCall
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.record import CallRecord, Direction
 from gateway.media.ports import PortsExhausted
-from gateway.media.webrtc import SdpError, inspect_offer
+from gateway.media.sdp_offer import validate_offer
+from gateway.media.webrtc import SdpError
 from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook, StatusEvent
 from gateway.whatsapp.graph import GraphError
 
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 ORPHAN_REASON = "gateway stopped during the call"
 TOMBSTONE_SECONDS = 600.0
 SEEN_EVENTS = 20000
+MAX_CONNECT_AGE_S = 300.0
+"""A connect stamped longer ago than this is a replay or a delivery so late the caller has
+long hung up (WhatsApp rings for about a minute). Not Meta's retry window: Meta retries a
+webhook for up to 7 days (docs/meta-calling.md §7), far past any ringing call."""
+
+KnownCall = Callable[[str], Awaitable[bool]]
+"""Does the call store already hold a record for this call id (from this run or an earlier
+one)? Set by the app (``store.knows``): a signed connect replayed after a restart is ignored."""
 
 RouteHook = Callable[[CallEvent], tuple[str, str] | None]
 """Returns (context, extension) to override the number's route (e.g. closed hours), or None."""
@@ -54,6 +63,9 @@ class CallManager:
         """No new call is admitted (inbound ones are rejected as shutdown): see
         :meth:`stop_admitting`."""
         self.finished_outbound: dict[str, OutboundCall] = {}
+        self.known_call: KnownCall | None = None
+        self._admitting: set[str] = set()
+        """Connects waiting for :attr:`known_call`'s answer, so a second copy is not admitted."""
 
     @property
     def accepting(self) -> bool:
@@ -179,13 +191,26 @@ class CallManager:
             return
         call = self.calls.get(ev.call_id)
         if ev.event == "connect" and ev.direction == "USER_INITIATED":
-            if call is not None or self._tombstoned(ev.call_id):
+            if call is not None or self._tombstoned(ev.call_id) \
+                    or ev.call_id in self._admitting:
                 log.info("call %s: connect for a known or ended call ignored", ev.call_id)
                 return
-            self._admit(ev)
+            if ev.timestamp and ev.timestamp < time.time() - MAX_CONNECT_AGE_S:
+                self.tombstone(ev.call_id)
+                log.warning("call %s: connect stamped %d s ago ignored (replayed or far too "
+                            "late)", ev.call_id, int(time.time() - ev.timestamp))
+                return
+            if self.known_call is None:
+                self._admit(ev)
+            else:
+                self._admitting.add(ev.call_id)
+                self.spawn(self._admit_unless_known(ev))
         elif ev.event == "terminate":
             if call is not None:
-                if ev.timestamp and ev.timestamp < call.last_event_ts:
+                # A connect stamped in the future must not make the real terminate stale:
+                # compare with the earlier of its stamp and when it actually arrived.
+                since = min(call.last_event_ts, int(call.record.webhook_at))
+                if ev.timestamp and ev.timestamp < since:
                     log.info("call %s: stale terminate ignored", ev.call_id)
                     return
                 call.whatsapp_terminated(ev)
@@ -199,7 +224,31 @@ class CallManager:
 
     # --- admission ------------------------------------------------------------------------------
 
+    async def _admit_unless_known(self, ev: CallEvent) -> None:
+        assert self.known_call is not None
+        try:
+            known = await self.known_call(ev.call_id)
+        except Exception as exc:  # the store is down: admit, the call matters more
+            log.warning("call %s: cannot ask the call store about it (%s); admitting",
+                        ev.call_id, exc)
+            known = False
+        finally:
+            self._admitting.discard(ev.call_id)
+        if known:
+            self.tombstone(ev.call_id)
+            log.warning("call %s: connect for a call the store already holds ignored "
+                        "(replayed)", ev.call_id)
+            return
+        if self._tombstoned(ev.call_id) or ev.call_id in self.calls:
+            log.info("call %s: ended before it was admitted", ev.call_id)
+            return
+        self._admit(ev)
+
     def _refusal(self, ev: CallEvent) -> tuple[What, str] | None:
+        try:  # first: a hostile offer is refused the same way whatever else is true
+            validate_offer(ev.sdp or "")
+        except SdpError as exc:
+            return What.BAD_SDP, f"unusable SDP offer: {exc}"
         cfg = self.deps.config
         number = cfg.number(ev.phone_number_id)
         if number is None:
@@ -212,10 +261,6 @@ class CallManager:
         if self.active_for(ev.phone_number_id) >= number.max_calls:
             return (What.CAPACITY,
                     f"capacity: {number.max_calls} calls active for this number (max_calls)")
-        try:
-            inspect_offer(ev.sdp or "")
-        except SdpError as exc:
-            return What.BAD_SDP, f"unusable SDP offer: {exc}"
         return None
 
     def _admit(self, ev: CallEvent) -> None:
@@ -309,7 +354,7 @@ class CallManager:
                 if number is None else "no channel"
             log.warning("WhatsAppDial from %s refused: %s", channel or "?", why)
             if channel:
-                self._spawn(self._refuse_dial(channel, why))
+                self.spawn(self._refuse_dial(channel, why))
             return None
         return self.dial(DialRequest(to=to, phone_number_id=number.phone_number_id,
                                      agent_channel=channel, agent_uniqueid=uniqueid or None))

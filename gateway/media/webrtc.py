@@ -43,7 +43,7 @@ MAX_QUEUED_BYTES = FRAME_BYTES * 10
 than real time and the oldest audio is dropped."""
 MAX_GATED_BYTES = FRAME_BYTES * 50 * 60
 """Up to 60 s of audio is held while the gate is closed (between the dialplan's start and
-accept's 200): Meta's whole answer budget (whatsapp-calling.md §8, 30-60 s), so however slow
+accept's 200): Meta's whole answer budget (docs/meta-calling.md §8, 30-60 s), so however slow
 accept is, the first prompt is delayed, never clipped (§9). 1.9 MB at most, during set-up."""
 
 

@@ -1,4 +1,4 @@
-"""Webhook bodies turned into typed events, leniently (whatsapp-calling.md §6-7).
+"""Webhook bodies turned into typed events, leniently (docs/meta-calling.md §6-7).
 
 Meta's documents and its deliveries disagree on types (``status`` as a list or a string,
 ``duration`` as a string or a number, errors at two levels), add fields over time and batch
@@ -9,9 +9,10 @@ is not a JSON object at all is malformed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway import strict_json
 
 
 class MalformedWebhook(ValueError):
@@ -116,7 +117,7 @@ def as_int(value: Any) -> int | None:
         return None
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "1e400" as a string is inf
         return None
 
 
@@ -150,9 +151,9 @@ def _errors(*lists: Any) -> tuple[MetaError, ...]:
 
 def parse_body(raw: bytes) -> ParsedWebhook:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedWebhook(f"body is not JSON: {exc}") from None
+        body = strict_json.loads(raw)
+    except strict_json.StrictJsonError as exc:
+        raise MalformedWebhook(f"body is not acceptable JSON: {exc}") from None
     if not isinstance(body, dict):
         raise MalformedWebhook("body is not a JSON object")
     return parse_webhook(body)

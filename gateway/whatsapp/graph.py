@@ -1,4 +1,4 @@
-"""Graph API calls the gateway makes: the ``/calls`` actions (whatsapp-calling.md §2).
+"""Graph API calls the gateway makes: the ``/calls`` actions (docs/meta-calling.md §2).
 
 Errors are branched on ``error.code`` only (the one documented stable field) and carried as
 :class:`GraphError` so callers can map Meta codes to Q.850 causes and metrics. Every request has
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -96,6 +97,10 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+_GRAPH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a phone number id may look like in a Graph URL path (Meta's are digits)."""
+
+
 def _meta_error(action: str, data: Any, status: int) -> GraphError:
     """Meta's error body (§2: branch on ``code`` only), or a bare HTTP failure."""
     err = data.get("error") if isinstance(data, dict) else None
@@ -145,7 +150,12 @@ class GraphClient:
     async def _request(self, method: str, phone_number_id: str, path: str, action: str,
                        **kwargs: Any) -> dict[str, Any]:
         """One Graph request: Bearer auth, timeout, Meta's error body turned into GraphError,
-        and one observer call with the result, whatever happens."""
+        and one observer call with the result, whatever happens once it is sent. A phone
+        number id that could change the URL's path is refused before anything is sent."""
+        if not _GRAPH_ID.fullmatch(phone_number_id):
+            # From a signed webhook, but still never a path of its own ("../", "?", "#").
+            raise GraphError(action, f"phone_number_id {phone_number_id[:40]!r} is not a Graph "
+                                     "id; request not sent")
         await self.start()
         assert self._session is not None
         url = f"{self.settings.graph_url}/{phone_number_id}/{path}"
@@ -233,7 +243,7 @@ class GraphClient:
         except (KeyError, IndexError, TypeError):
             raise GraphError("connect", f"answer has no calls[0].id: {data}") from None
 
-    # ---- outbound calls: messages and call permissions (whatsapp-calling.md §3, §5) -------
+    # ---- outbound calls: messages and call permissions (docs/meta-calling.md §3, §5) -------
 
     async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> str:
         """``POST /{pnid}/messages`` (§5); returns Meta's message id (``wamid.``...).

@@ -1,7 +1,9 @@
 """Meta's webhook signature: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``.
 
-Checked on the raw bytes exactly as received (payloads/webhook-verification.md): re-serialised
-JSON would hash differently. Constant-time comparison; the SHA-1 ``X-Hub-Signature`` is ignored.
+Checked on the raw bytes exactly as received (tests/fixtures/payloads/webhook-verification.md):
+re-serialised
+JSON would hash differently. Constant-time comparison on bytes, so a header holding non-ASCII
+or undecodable text is a mismatch, never an exception; the SHA-1 ``X-Hub-Signature`` is ignored.
 """
 
 from __future__ import annotations
@@ -20,5 +22,6 @@ def sign(app_secret: str, raw_body: bytes) -> str:
 def signature_ok(app_secret: str, raw_body: bytes, header: str | None) -> bool:
     if not header or not header.startswith("sha256=") or not app_secret:
         return False
-    expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len("sha256="):].strip().lower())
+    expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest().encode()
+    given = header[len("sha256="):].strip().lower().encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected, given)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 
 import aiohttp
@@ -126,8 +127,10 @@ async def test_terminate_before_connect_never_starts_a_call(stack: Stack):
     pnid = "100000000000006"
     connect = json.loads(PAYLOADS.joinpath("webhook-connect-user-initiated.json").read_text())
     terminate = json.loads(PAYLOADS.joinpath("webhook-terminate-completed.json").read_text())
-    for body in (terminate, connect):
+    now = int(time.time())  # the samples' own stamps are older than a connect may be
+    for offset, body in ((1, terminate), (0, connect)):
         body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = pnid
+        body["entry"][0]["changes"][0]["value"]["calls"][0]["timestamp"] = str(now + offset)
     call_id = connect["entry"][0]["changes"][0]["value"]["calls"][0]["id"]
     assert terminate["entry"][0]["changes"][0]["value"]["calls"][0]["id"] == call_id
     assert (await stack.sim.send_webhook(terminate)).status == 200
