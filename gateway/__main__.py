@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="check the config file, then make the running gateway "
                                       "re-read it (numbers, routes, limits, tokens; calls "
                                       "in progress are untouched)")
-    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                   help=f"YAML config file of the running gateway (default: {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("demo", help="local Asterisk + WhatsApp simulator + gateway, no Meta "

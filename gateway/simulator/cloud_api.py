@@ -146,7 +146,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         self.accept_latency_s = accept_latency_s
         """How long Meta takes to answer an ``accept`` (the call is answered when the 200 goes
         out). Real ones take from tens of ms to over a second; a business must hold the PBX's
-        first prompt that long (whatsapp-calling.md §9) and still play it whole."""
+        first prompt that long (docs/meta-calling.md §9) and still play it whole."""
         self.notes = Transcript()
         """Account-level story: permission requests and replies, settings changes, users."""
         self.note_listeners: list[Callable[[str], None]] = []
