@@ -2,6 +2,7 @@
 
     whatsapp-gateway serve --config gateway.yaml
     whatsapp-gateway check-config --config gateway.yaml [--asterisk]
+    whatsapp-gateway reload --config gateway.yaml   # re-read the config (SIGHUP to serve)
     whatsapp-gateway demo                       # local Asterisk + simulator + gateway
     whatsapp-gateway init DIR                   # write the sample configs into DIR
     whatsapp-gateway sim serve|call ...         # the WhatsApp Cloud API / phone simulator
@@ -102,18 +103,58 @@ async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
     return 0 if report.ok else 1
 
 
-async def _run_until_signal(start, stop) -> None:
+async def _serve(gateway, config_path: str) -> None:
+    """Run until SIGTERM/SIGINT, which drain (a second one stops at once); SIGHUP reloads."""
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    drain, now = asyncio.Event(), asyncio.Event()
+    reloads: set[asyncio.Task] = set()
+
+    def on_stop_signal() -> None:
+        if drain.is_set():
+            log.warning("second stop signal: ending every call now")
+            now.set()
+        drain.set()
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(_reload(gateway, config_path))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig, handler in ((signal.SIGINT, on_stop_signal), (signal.SIGTERM, on_stop_signal),
+                         (signal.SIGHUP, on_hangup)):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stopping.set)
-    await start()
+            loop.add_signal_handler(sig, handler)
+    await gateway.start()
+    pid_file = gateway.config.pid_file
     try:
-        await stopping.wait()
+        pid_file.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        log.warning("cannot write the pid file %s (reload needs it): %s", pid_file, exc)
+    try:
+        await drain.wait()
+        draining = asyncio.ensure_future(gateway.drain())
+        stop_now = asyncio.ensure_future(now.wait())
+        await asyncio.wait({draining, stop_now}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (draining, stop_now):
+            task.cancel()
     finally:
         log.info("stopping")
-        await stop()
+        await gateway.stop()
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+async def _reload(gateway, config_path: str) -> None:
+    """SIGHUP: re-read the file; an invalid one is refused and the running config kept."""
+    log.info("SIGHUP: re-reading %s", config_path)
+    try:
+        new = await asyncio.to_thread(load_config, config_path)
+    except ConfigError as exc:
+        log.error("config reload refused, the running config is kept: %s has %d problem(s):\n%s",
+                  config_path, len(exc.problems), "\n".join(f"  - {p}" for p in exc.problems))
+        return
+    gateway.reload(new)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -121,8 +162,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, args.log_format, config, args.verbose_media)
     from gateway.app import Gateway
 
-    gateway = Gateway(config)
-    asyncio.run(_run_until_signal(gateway.start, gateway.stop))
+    asyncio.run(_serve(Gateway(config), args.config))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the file, then ask the running gateway (pid file beside the store) to re-read it."""
+    config = _load(args.config)  # an invalid file is reported here, and nothing is signalled
+    pid_file = config.pid_file
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        print(f"no running gateway found: cannot read {pid_file} ({exc})", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"no running gateway: pid {pid} from {pid_file} is gone", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK; asked gateway pid {pid} to reload it (see its log)")
     return 0
 
 
@@ -193,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another context WhatsApp calls run in, for the PSTN guard "
                         "(repeatable; default: to-whatsapp, where agents dial users)")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("reload", help="check the config file, then make the running gateway "
+                                      "re-read it (numbers, routes, limits, tokens; calls "
+                                      "in progress are untouched)")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                   help=f"YAML config file of the running gateway (default: {DEFAULT_CONFIG})")
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("demo", help="local Asterisk + WhatsApp simulator + gateway, no Meta "
                                     "account needed")

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import strict_json
+from gateway.calls.ending import CallState
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.permissions import decide_call, send_call_button
@@ -81,7 +82,8 @@ def _filter_field(message: str, query: dict[str, str]) -> str:
 def call_state(call: OutboundCall) -> dict[str, Any]:
     rec = call.record
     return {
-        "id": call.gateway_id, "state": call.state,
+        "id": call.gateway_id,
+        "state": "checking" if call.state == CallState.NEW else call.state.value,
         "wacid": rec.wacid if rec.wacid and rec.wacid != call.gateway_id else None,
         "status": call.status.value if call.status else None,
         "to": f"+{rec.to_number}" if rec.to_number else None,
@@ -93,15 +95,18 @@ def call_state(call: OutboundCall) -> dict[str, Any]:
     }
 
 
-def add_api_routes(app: web.Application, config: Config, calls: CallManager,
-                   store: Any = None, ledger: Any = None, graph: Any = None,
+def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
+                   calls: CallManager, store: Any = None, ledger: Any = None, graph: Any = None,
                    request_permission: Callable[..., Any] | None = None) -> None:
-    tokens = [t.reveal() for t in config.api.tokens if t.reveal()]
+    """``config`` may be a function returning the running config, so a reload's numbers and
+    tokens apply to the next request."""
+    current: Callable[[], Config] = config if callable(config) else (lambda: config)
 
     @web.middleware
     async def auth(request: web.Request, handler):
         if not request.path.startswith("/v1/"):
             return await handler(request)
+        tokens = [t.reveal() for t in current().api.tokens if t.reveal()]
         if not tokens:
             return _error(403, "the /v1 API is disabled: set api.tokens in the config")
         header = request.headers.get("Authorization", "")
@@ -135,6 +140,7 @@ def add_api_routes(app: web.Application, config: Config, calls: CallManager,
                 raise _bad_request("to: must be an E.164 number like +5511987650000 (or give "
                                    "a BSUID as recipient)", field="to")
         pnid = body.get("phone_number_id")
+        config = current()
         if pnid is None and len(config.numbers) == 1:
             pnid = config.numbers[0].phone_number_id
         if pnid is None:

@@ -21,6 +21,7 @@ from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.call_media import CallMediaLinker
 from gateway.calls.base import CallDeps
+from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
 from gateway.calls.permissions import (
@@ -28,7 +29,7 @@ from gateway.calls.permissions import (
     display_numbers_from_config,
     request_permission,
 )
-from gateway.calls.record import CallRecord
+from gateway.calls.record import CallRecord, Outcome
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
@@ -112,12 +113,14 @@ class Gateway:
         self.dialplan_recheck_s = DIALPLAN_RECHECK_S
         self._dialplan_watch: asyncio.Task | None = None
         self.web = web.Application()
-        add_webhook_routes(self.web, cfg.whatsapp, self.calls.handle, self.metrics.webhook)
+        add_webhook_routes(self.web, lambda: self.config.whatsapp, self.calls.handle,
+                           self.metrics.webhook)
         self.metrics.add_route(self.web)
         add_health_routes(self.web, self._readiness)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.dialplan_problems: list[str] = []
+        self._ami_lost_timer: asyncio.Task | None = None
 
     def _route(self, event: CallEvent) -> tuple[str, str] | None:
         """Closed hours send the call to the number's closed_context (settings.call_hours)."""
@@ -128,10 +131,30 @@ class Gateway:
         return route.context, route.extension
 
     def _ami_connection_changed(self, connected: bool) -> None:
+        if connected and self._ami_lost_timer is not None:
+            self._ami_lost_timer.cancel()
+            self._ami_lost_timer = None
+        elif not connected and self._ami_lost_timer is None:
+            self._ami_lost_timer = asyncio.ensure_future(self._end_calls_after_ami_grace())
         if connected and (self.calls.calls or self.calls.outbound):
-            self.calls._spawn(self.calls.reconcile_channels())
+            self.calls.spawn(self.calls.reconcile_channels())
         if connected:
-            self.calls._spawn(self._check_dialplan())
+            self.calls.spawn(self._check_dialplan())
+
+    async def _end_calls_after_ami_grace(self) -> None:
+        """AMI is gone. A short outage is survived (the reconnect checks each call's channel);
+        past ``asterisk.ami_down_grace`` the live calls are ended toward WhatsApp, since their
+        callers hear silence and nothing here can tell whether Asterisk still carries them."""
+        grace = self.config.asterisk.ami_down_grace_s
+        await asyncio.sleep(grace)
+        self._ami_lost_timer = None
+        if self.ami.connected:
+            return
+        ended = self.calls.end_all(What.AMI_LOST,
+                                   f"Asterisk AMI unreachable for more than {grace:g} s")
+        if ended:
+            log.warning("Asterisk AMI unreachable for more than %g s: ended %d live call(s) "
+                        "toward WhatsApp (asterisk.ami_down_grace)", grace, ended)
 
     async def _check_dialplan(self) -> None:
         """Every context/extension the config routes calls to must exist in Asterisk: a typo
@@ -185,7 +208,7 @@ class Gateway:
             ami_detail=f"AMI {self.config.asterisk.ami.host}:{self.config.asterisk.ami.port}",
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
-            draining=not self.calls.accepting,
+            draining=self.calls.draining,
             warnings=tuple(self.dialplan_problems), extra=self._readiness_info())
 
     def _readiness_info(self) -> dict:
@@ -205,10 +228,14 @@ class Gateway:
 
     async def start(self) -> None:
         self.store = await CallStore.open(self.config.store.path)
+        self.calls.deps.store = self.store
+        left_open = await self.store.list(outcome=Outcome.ACTIVE, limit=None)
         closed = await self.store.close_orphans()
         if closed:
             log.warning("closed %d call record(s) left active by a previous run as failed",
                         closed)
+        self.store.writes.set_hooks(on_error=lambda: self.metrics.store_error("calls"),
+                                    on_pending=lambda n: self.metrics.store_backlog("calls", n))
         self.observers.observers.append(StoreObserver(self.store))
         self.calls.known_call = self.store.knows  # replayed connects, even across restarts
         for i, number in enumerate(self.config.numbers):
@@ -218,12 +245,15 @@ class Gateway:
         await self.crm.start()
         await self._start_ledger()
         await self.graph.start()
+        if left_open:  # Meta still has those calls up: end them (retried, in the background)
+            self.calls.spawn(self.calls.end_orphaned_records(left_open))
         try:
             await self.ami.connect()
         except AmiError as exc:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
-        add_api_routes(self.web, self.config, self.calls, store=self.store, ledger=self.ledger,
+        add_api_routes(self.web, lambda: self.config, self.calls, store=self.store,
+                       ledger=self.ledger,
                        graph=self.graph, request_permission=self._request_permission)
         # lingering_time: after refusing an over-cap body (413), read and drop what the
         # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
@@ -240,6 +270,9 @@ class Gateway:
         """The outbound permission ledger, in the same SQLite file as the call records."""
         numbers = display_numbers_from_config(self.config.numbers)
         self.ledger = await PermissionLedger.open(self.config.store.path, display_numbers=numbers)
+        self.ledger.writes.set_hooks(
+            on_error=lambda: self.metrics.store_error("permissions"),
+            on_pending=lambda n: self.metrics.store_backlog("permissions", n))
         self.calls.deps.ledger = self.ledger
         self.calls.event_hooks.append(self._permission_reply)
 
@@ -250,7 +283,7 @@ class Gateway:
             return True
         if not isinstance(event, PermissionReply) or self.ledger is None:
             return False
-        self.calls._spawn(self.ledger.apply_reply(event))
+        self.calls.spawn(self.ledger.apply_reply(event))
         self.metrics.permission_request(
             "accepted" if event.response == "accept" else "rejected", event.phone_number_id)
         return True
@@ -264,9 +297,66 @@ class Gateway:
             self.metrics.permission_refused(decision.reason, pnid, what="request")
         return decision, message_id
 
+    # --- operations: reload and drain -----------------------------------------------------------
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a re-read config (SIGHUP / ``whatsapp-gateway reload``) without touching calls
+        in progress: numbers, routes, limits, call hours and tokens change for the next call
+        or request. Returns the changed keys only a restart applies (they keep their value)."""
+        from gateway.logs import add_secrets, config_secrets
+
+        applied, restart = self.config.reloaded(new)
+        add_secrets(config_secrets(applied))
+        before = {n.phone_number_id for n in self.config.numbers}
+        after = {n.phone_number_id for n in applied.numbers}
+        self.config = applied
+        self.calls.deps.config = applied
+        self.graph.settings = applied.whatsapp
+        self.metrics.configure_numbers(applied)
+        if self.ledger is not None:
+            for n in applied.numbers:
+                self.ledger.set_display_number(n.phone_number_id, n.display_number)
+        log.info("config reloaded from %s: %d number(s)%s%s; %d call(s) in progress untouched",
+                 applied.source, len(applied.numbers),
+                 f", added {', '.join(sorted(after - before))}" if after - before else "",
+                 f", removed {', '.join(sorted(before - after))}" if before - after else "",
+                 len(self.calls.live_calls()))
+        for key in restart:
+            log.warning("config reload: %s changed, but only a restart applies it; the running "
+                        "value is kept", key)
+        if self.ami.connected:
+            self.calls.spawn(self._check_dialplan())
+        return restart
+
+    async def drain(self) -> None:
+        """SIGTERM: admit no new call (they are rejected, /readyz says draining) and let the
+        live ones finish, for up to ``service.shutdown_grace``; :meth:`stop` ends the rest."""
+        grace = self.config.service.shutdown_grace_s
+        self.calls.stop_admitting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        live = self.calls.live_calls()
+        log.info("draining: no new calls; %d call(s) in progress may go on for up to %g s "
+                 "(service.shutdown_grace)", len(live), grace)
+        while live and (left := deadline - loop.time()) > 0:
+            waits = {asyncio.ensure_future(c.done.wait()) for c in live}
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            live = [c for c in self.calls.live_calls() if not c.done.is_set()]
+        if live:
+            log.warning("drain: %d call(s) still up after %g s: ending them", len(live), grace)
+        else:
+            log.info("drain: every call has ended")
+
     async def stop(self) -> None:
         if self._dialplan_watch is not None:
             self._dialplan_watch.cancel()
+        if self._ami_lost_timer is not None:
+            self._ami_lost_timer.cancel()
+            self._ami_lost_timer = None
         await self.calls.shutdown()
         await self.media.stop()
         await self.crm.stop()

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,9 @@ class AmiSettings:
 class AsteriskSettings:
     ami: AmiSettings
     codec: str = "g722"
+    ami_down_grace_s: float = 10.0
+    """Live calls survive an AMI outage this long (a reconnect finds their channels); after
+    it, they are ended toward WhatsApp, so no caller sits in silence with no limit."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,19 @@ class CrmEventsSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    shutdown_grace_s: float = 30.0
+    """SIGTERM drains: no new calls, live ones may go on this long; then they are ended."""
+
+
+LIVE_KEYS = ("numbers", "api.tokens", "whatsapp.access_token", "whatsapp.app_secret",
+             "whatsapp.verify_token", "asterisk.ami_down_grace", "service.shutdown_grace")
+"""What a reload (SIGHUP, ``whatsapp-gateway reload``) applies without a restart: numbers
+(routes, max_calls, closed hours, call hours), API tokens, Meta tokens and the graces. Calls
+in progress keep what they started with."""
+
+
+@dataclass(frozen=True)
 class Config:
     whatsapp: WhatsAppSettings
     numbers: tuple[NumberSettings, ...]
@@ -270,7 +286,33 @@ class Config:
     api: ApiSettings = ApiSettings()
     store: StoreSettings = StoreSettings()
     crm_events: CrmEventsSettings = CrmEventsSettings()
+    service: ServiceSettings = ServiceSettings()
     source: str = "<memory>"
+
+    @property
+    def pid_file(self) -> Path:
+        """Where ``serve`` writes its pid (beside the store), for ``whatsapp-gateway reload``."""
+        return Path(self.store.path).with_suffix(".pid")
+
+    def reloaded(self, new: Config) -> tuple[Config, list[str]]:
+        """This config with ``new``'s live parts (:data:`LIVE_KEYS`) applied, and the keys
+        whose change only a restart can apply (those keep their running value)."""
+        restart = [name for name, old_part, new_part in (
+            ("whatsapp.graph_url", self.whatsapp.graph_url, new.whatsapp.graph_url),
+            ("whatsapp.graph_timeout", self.whatsapp.graph_timeout_s,
+             new.whatsapp.graph_timeout_s),
+            ("asterisk.ami", self.asterisk.ami, new.asterisk.ami),
+            ("asterisk.codec", self.asterisk.codec, new.asterisk.codec),
+            ("media", self.media, new.media),
+            ("http", self.http, new.http),
+            ("store", self.store, new.store)) if old_part != new_part]
+        applied = replace(
+            self, numbers=new.numbers, api=new.api, service=new.service, source=new.source,
+            whatsapp=replace(self.whatsapp, access_token=new.whatsapp.access_token,
+                             app_secret=new.whatsapp.app_secret,
+                             verify_token=new.whatsapp.verify_token),
+            asterisk=replace(self.asterisk, ami_down_grace_s=new.asterisk.ami_down_grace_s))
+        return applied, restart
 
     def number(self, phone_number_id: str) -> NumberSettings | None:
         for n in self.numbers:
@@ -438,7 +480,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must hold a mapping of sections"])
     r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store",
-                     "crm_events"}, "")
+                     "crm_events", "service"}, "")
 
     wa = r.section(data, "whatsapp", "whatsapp")
     r.unknown(wa, {"graph_url", "access_token", "app_secret", "verify_token", "graph_timeout"},
@@ -504,7 +546,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
-    r.unknown(ast, {"ami", "codec"}, "asterisk")
+    r.unknown(ast, {"ami", "codec", "ami_down_grace"}, "asterisk")
     ami = r.section(ast, "ami", "asterisk.ami")
     r.unknown(ami, {"host", "port", "username", "secret", "connect_timeout", "action_timeout"},
               "asterisk.ami")
@@ -524,6 +566,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                                       5.0, 0.1),
         ),
         codec=codec,
+        ami_down_grace_s=r.number(ast, "ami_down_grace", "asterisk.ami_down_grace", 10.0, 0.0),
     )
 
     med = r.section(data, "media", "media", required=False)
@@ -574,11 +617,16 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                                              required=False))
     crm_events = _crm_events(r, r.section(data, "crm_events", "crm_events", required=False))
 
+    service_raw = r.section(data, "service", "service", required=False)
+    r.unknown(service_raw, {"shutdown_grace"}, "service")
+    service = ServiceSettings(shutdown_grace_s=r.number(
+        service_raw, "shutdown_grace", "service.shutdown_grace", 30.0, 0.0))
+
     if r.problems:
         raise ConfigError(r.problems)
     return Config(whatsapp=whatsapp, numbers=tuple(numbers), asterisk=asterisk, media=media,
                   http=http, api=ApiSettings(tokens=tokens), store=store,
-                  crm_events=crm_events, source=source)
+                  crm_events=crm_events, service=service, source=source)
 
 
 RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")

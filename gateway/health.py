@@ -50,8 +50,15 @@ class ReadinessInputs:
 
 
 def liveness(started_at: float, now: float | None = None) -> dict[str, Any]:
+    """Alive, since when, and how many asyncio tasks the loop holds: a number that keeps
+    growing between quiet periods is a leak (benchmarks/soak.py watches it)."""
     now = time.time() if now is None else now
-    return {"status": "alive", "uptime_seconds": round(now - started_at, 1)}
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (called outside the server)
+        tasks = 0
+    return {"status": "alive", "uptime_seconds": round(now - started_at, 1),
+            "asyncio_tasks": tasks}
 
 
 def readiness(inputs: ReadinessInputs, min_free_ports: int = 1) -> tuple[bool, dict[str, Any]]:
@@ -76,7 +83,8 @@ def readiness(inputs: ReadinessInputs, min_free_ports: int = 1) -> tuple[bool, d
               else f"exhausted: {pool.free} of {pool.total} free", free=pool.free,
               total=pool.total)
     if inputs.draining:
-        check("draining", False, "shutting down, taking no new calls")
+        check("draining", False, "draining: finishing the calls in progress, taking no new "
+              "calls (shutting down)")
 
     status = "not ready" if reasons else "degraded" if inputs.warnings else "ready"
     body: dict[str, Any] = {"status": status, "reasons": reasons, "checks": checks}

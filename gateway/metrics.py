@@ -71,6 +71,7 @@ ACCOUNT_TYPES = ("USER_INITIATED_CALLS_LOW_PICKUP_RATE", "LOW_USER_INITIATED_CAL
 MEDIA_KINDS = ("voicemail", "recording", "transcription")
 MEDIA_RESULTS = ("fetched", "id_only", "fetch_failed")
 CRM_RESULTS = ("delivered", "retried", "rejected", "dropped")
+STORES = ("calls", "permissions")
 
 _HTTP_RESULT = re.compile(r"http_([1-5])\d\d")
 
@@ -326,9 +327,25 @@ class GatewayMetrics:
             "Call events waiting for a CRM URL (grows while the CRM is down).", ["url"],
             registry=r)
 
+        # ---- storage ------------------------------------------------------------------------
+        self.store_errors = Counter(
+            f"{n}_store_errors_total",
+            "Writes the disk refused (full, I/O error) by store: calls (call records) or "
+            "permissions (the outbound ledger). Calls go on; the writes are kept and retried.",
+            ["store"], registry=r)
+        self.store_pending = Gauge(
+            f"{n}_store_pending_records",
+            "Writes kept in memory because the disk refused them, by store; they are written "
+            "when it takes them again (or at shutdown). Above 0 for long: free disk space.",
+            ["store"], registry=r)
+        for store in STORES:
+            self.store_errors.labels(store)
+            self.store_pending.labels(store).set(0)
+
         if process:
             ProcessCollector(registry=r)
 
+        self._numbers_started = False
         self._ami_up = False
         self._ami_was_connected = False
         self._active: dict[str, tuple[str, str]] = {}
@@ -338,12 +355,21 @@ class GatewayMetrics:
     def from_config(cls, config: Config, *, process: bool = True) -> GatewayMetrics:
         """Metrics for the configured numbers, with their capacity and the RTP port range."""
         metrics = cls([n.phone_number_id for n in config.numbers], process=process)
-        for number in config.numbers:
-            metrics.call_capacity.labels(number.phone_number_id).set(number.max_calls)
-        metrics._start_at_zero([n.phone_number_id for n in config.numbers])
+        metrics.configure_numbers(config)
         total = len(config.media.rtp_ports)
         metrics.rtp_ports(free=total, total=total)
         return metrics
+
+    def configure_numbers(self, config: Config) -> None:
+        """The configured numbers (at start, and again after a reload): their label, their
+        capacity, and their series at 0. A number removed keeps its series (history)."""
+        added = [n.phone_number_id for n in config.numbers if n.phone_number_id not in
+                 self.numbers or not self._numbers_started]
+        self.numbers = self.numbers | {n.phone_number_id for n in config.numbers}
+        for number in config.numbers:
+            self.call_capacity.labels(number.phone_number_id).set(number.max_calls)
+        self._start_at_zero(added)
+        self._numbers_started = True
 
     def _start_at_zero(self, numbers: list[str]) -> None:
         """Create the call counters' series at 0 for every configured number: Prometheus's
@@ -468,6 +494,14 @@ class GatewayMetrics:
         self.rtp_ports_free.set(free)
         if total is not None:
             self.rtp_ports_capacity.set(total)
+
+    def store_error(self, store: str) -> None:
+        """A write to ``store`` (STORES) failed for a storage reason and was kept."""
+        self.store_errors.labels(_bounded(store, STORES)).inc()
+
+    def store_backlog(self, store: str, pending: int) -> None:
+        """How many writes to ``store`` are waiting for the disk."""
+        self.store_pending.labels(_bounded(store, STORES)).set(pending)
 
     def permission_request(self, result: str, phone_number_id: str) -> None:
         """A call permission request changed state; result in PERMISSION_REQUEST_RESULTS."""

@@ -31,6 +31,7 @@ from typing import IO, Any, TypeVar
 from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
 from gateway.sqlite_thread import DatabaseClosed, SqliteThread
+from gateway.write_behind import WriteBehind
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -268,6 +269,8 @@ class CallStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._sql = SqliteThread(path, "call-store", StoreClosed)
+        self.writes = WriteBehind(f"call store {self.path}")
+        """Record writes the disk refused, kept and retried (a full disk never loses one)."""
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -279,7 +282,9 @@ class CallStore:
         return store
 
     async def close(self) -> None:
-        """Wait for queued writes, then close the file. Safe to call twice."""
+        """Write what is waiting (logging what the disk still refuses), then close the file.
+        Safe to call twice."""
+        await self.writes.close()
         await self._sql.close()
 
     @property
@@ -304,15 +309,15 @@ class CallStore:
     # ---- writing -------------------------------------------------------------------------
 
     async def save(self, record: CallRecord) -> None:
-        """Insert or update the record (by wacid)."""
-        await self._run(self._save_row, record_to_row(record))
+        """Insert or update the record (by wacid). A disk that refuses the write does not
+        raise: the row is kept and written when it can be (:class:`WriteBehind`)."""
+        await self.writes.write(("call", record.wacid), _SaveRow(self, record_to_row(record)))
 
     def save_soon(self, record: CallRecord) -> None:
         """Queue a save without awaiting it (for synchronous callers such as observers).
 
-        Saves still happen in call order; a failure is logged, not raised."""
-        future = self._sql.submit(self._save_row, record_to_row(record))
-        future.add_done_callback(_log_failure)
+        Saves still happen in call order; a failing disk delays them, never loses them."""
+        self.writes.write_soon(("call", record.wacid), _SaveRow(self, record_to_row(record)))
 
     def _save_row(self, row: tuple) -> None:
         placeholders = ", ".join("?" for _ in COLUMNS)
@@ -434,10 +439,20 @@ class CallStore:
         return len(records)
 
 
-def _log_failure(future: Any) -> None:
-    exc = future.exception()
-    if exc is not None:
-        log.error("saving a call record failed: %s", exc)
+class _SaveRow:
+    """One pending upsert of a call record (the row is taken when the save is asked for)."""
+
+    def __init__(self, store: CallStore, row: tuple):
+        self.store = store
+        self.row = row
+
+    async def __call__(self) -> None:
+        await self.store._run(self.store._save_row, self.row)
+
+    def describe(self) -> str:
+        return "call record " + ", ".join(f"{c}={v!r}" for c, v in zip(COLUMNS, self.row,
+                                                                          strict=True)
+                                          if v not in (None, "", 0))
 
 
 class StoreObserver(CallObserver):

@@ -13,12 +13,15 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
-from gateway.calls.base import CallDeps
+from gateway.calls.base import Call, CallDeps
+from gateway.calls.ending import CallState, GraphAction, What, ending_for
 from gateway.calls.inbound import InboundCall
 from gateway.calls.outbound import DialRequest, OutboundCall
-from gateway.calls.record import CallRecord, Direction, EndReason, HangupSide, Outcome
+from gateway.calls.record import CallRecord, Direction
+from gateway.media.ports import PortsExhausted
 from gateway.media.sdp_offer import validate_offer
 from gateway.media.webrtc import SdpError
 from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook, StatusEvent
@@ -27,6 +30,7 @@ from gateway.whatsapp.identity import parse_target
 
 log = logging.getLogger(__name__)
 
+ORPHAN_REASON = "gateway stopped during the call"
 TOMBSTONE_SECONDS = 600.0
 SEEN_EVENTS = 20000
 MAX_CONNECT_AGE_S = 300.0
@@ -56,17 +60,28 @@ class CallManager:
         self.event_hooks: list[Callable[[Event], bool]] = []
         """Handlers tried first for each event (outbound calls, permission replies); a hook
         returning True has consumed the event."""
-        self.accepting = True
+        self.draining = False
+        """No new call is admitted (inbound ones are rejected as shutdown): see
+        :meth:`stop_admitting`."""
         self.finished_outbound: dict[str, OutboundCall] = {}
         self.known_call: KnownCall | None = None
         self._admitting: set[str] = set()
         """Connects waiting for :attr:`known_call`'s answer, so a second copy is not admitted."""
 
+    @property
+    def accepting(self) -> bool:
+        return not self.draining
+
+    def stop_admitting(self) -> None:
+        """Drain: calls in progress go on, new ones are refused (inbound: ``reject``ed with
+        end reason shutdown; outbound: ended at once, WA_DIAL_STATUS FAILED)."""
+        self.draining = True
+
     # --- bookkeeping ----------------------------------------------------------------------------
 
     def owns_channel(self, channel_id: str) -> bool:
         return any(c.channel_id == channel_id
-                   for c in [*self.calls.values(), *self.outbound.values()])
+                   for c in self.live_calls())
 
     def _outbound_for(self, call_id: str, callback_data: str | None) -> OutboundCall | None:
         if callback_data and callback_data in self.outbound:
@@ -78,7 +93,7 @@ class CallManager:
         return len(self.calls) + len(self.outbound)
 
     def active_for(self, phone_number_id: str) -> int:
-        return sum(1 for c in [*self.calls.values(), *self.outbound.values()]
+        return sum(1 for c in self.live_calls()
                    if c.record.phone_number_id == phone_number_id)
 
     def _is_duplicate(self, key: tuple) -> bool:
@@ -98,10 +113,45 @@ class CallManager:
     def tombstone(self, call_id: str) -> None:
         self._tombstones[call_id] = time.monotonic() + TOMBSTONE_SECONDS
 
-    def _spawn(self, coro) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future:
+        """Run ``coro`` as the manager's background work: :meth:`settle` waits for it."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    _spawn = spawn  # the old private name, for code not yet moved to spawn()
+
+    async def settle(self, timeout: float | None = None) -> bool:
+        """Until every call task and background job (including ones they start) is done;
+        False if ``timeout`` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._tasks:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)
+        return True
+
+    def live_calls(self) -> list[Call]:
+        """Every call in progress, inbound and outbound."""
+        return [*self.calls.values(), *self.outbound.values()]
+
+    def find(self, call_id: str) -> Call | None:
+        """A live call by Meta's call id, or an outbound call by our id."""
+        return self.calls.get(call_id) or self.outbound.get(call_id) or next(
+            (c for c in self.outbound.values() if c.record.wacid == call_id), None)
+
+    def end(self, call_id: str, what: What, why: str = "") -> bool:
+        """End one live call because ``what`` happened (the table decides the rest)."""
+        call = self.find(call_id)
+        return call is not None and call.end(what, why)
+
+    def end_all(self, what: What, why: str = "") -> int:
+        """End every live call because ``what`` happened (shutdown, Asterisk gone); returns
+        how many were ended. Their teardowns run in their own tasks: :meth:`settle`."""
+        return sum(1 for call in self.live_calls() if call.end(what, why))
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -155,7 +205,7 @@ class CallManager:
                 self._admit(ev)
             else:
                 self._admitting.add(ev.call_id)
-                self._spawn(self._admit_unless_known(ev))
+                self.spawn(self._admit_unless_known(ev))
         elif ev.event == "terminate":
             if call is not None:
                 # A connect stamped in the future must not make the real terminate stale:
@@ -195,40 +245,45 @@ class CallManager:
             return
         self._admit(ev)
 
-    def _refusal(self, ev: CallEvent) -> tuple[str, EndReason] | None:
+    def _refusal(self, ev: CallEvent) -> tuple[What, str] | None:
         try:  # first: a hostile offer is refused the same way whatever else is true
             validate_offer(ev.sdp or "")
         except SdpError as exc:
-            return f"unusable SDP offer: {exc}", EndReason.BAD_SDP
+            return What.BAD_SDP, f"unusable SDP offer: {exc}"
         cfg = self.deps.config
         number = cfg.number(ev.phone_number_id)
         if number is None:
-            return (f"unknown phone_number_id {ev.phone_number_id} (not in numbers:)",
-                    EndReason.UNKNOWN_NUMBER)
-        if not self.accepting:
-            return "gateway is shutting down", EndReason.SHUTDOWN
+            return (What.UNKNOWN_NUMBER,
+                    f"unknown phone_number_id {ev.phone_number_id} (not in numbers:)")
+        if self.draining:
+            return What.SHUTDOWN, "gateway is shutting down (draining)"
         if not getattr(self.deps.ami, "connected", False):
-            return "Asterisk AMI not connected", EndReason.ASTERISK_DOWN
+            return What.NO_AMI, "Asterisk AMI not connected"
         if self.active_for(ev.phone_number_id) >= number.max_calls:
-            return (f"capacity: {number.max_calls} calls active for this number (max_calls)",
-                    EndReason.CAPACITY)
-        if self.deps.ports.free < 1:
-            return "capacity: no free RTP port in media.rtp_ports", EndReason.CAPACITY
+            return (What.CAPACITY,
+                    f"capacity: {number.max_calls} calls active for this number (max_calls)")
         return None
 
     def _admit(self, ev: CallEvent) -> None:
         refusal = self._refusal(ev)
+        number = self.deps.config.number(ev.phone_number_id)
+        call = None
+        if refusal is None:
+            assert number is not None
+            route = self.route_hook(ev) if self.route_hook else None
+            context, extension = route if route else (None, None)
+            call = InboundCall(ev, number, self.deps, context=context, extension=extension)
+            try:
+                call.reserve_port()  # now, not after ICE: simultaneous calls cannot race
+            except PortsExhausted as exc:
+                refusal = What.CAPACITY, f"capacity: {exc}"
         if refusal is not None:
             self.tombstone(ev.call_id)
-            self._spawn(self._reject(ev, *refusal))
+            self.spawn(self._reject(ev, *refusal))
             return
-        number = self.deps.config.number(ev.phone_number_id)
-        assert number is not None
-        route = self.route_hook(ev) if self.route_hook else None
-        context, extension = route if route else (None, None)
-        call = InboundCall(ev, number, self.deps, context=context, extension=extension)
+        assert call is not None
         self.calls[ev.call_id] = call
-        self._spawn(self._run(call))
+        self.spawn(self._run(call))
 
     async def _run(self, call: InboundCall) -> None:
         try:
@@ -237,19 +292,23 @@ class CallManager:
             self.calls.pop(call.event.call_id, None)
             self.tombstone(call.event.call_id)
 
-    async def _reject(self, ev: CallEvent, reason: str, end_reason: EndReason) -> None:
+    async def _reject(self, ev: CallEvent, what: What, reason: str) -> None:
+        """A call refused at admission: no call object, the same table."""
+        ending = ending_for(what, CallState.NEW, direction=Direction.INBOUND)
         record = CallRecord(
             wacid=ev.call_id, direction=Direction.INBOUND, phone_number_id=ev.phone_number_id,
             from_number=ev.from_number, to_number=ev.to_number or ev.display_phone_number,
             profile_name=ev.profile_name, user_id=ev.user_id, username=ev.username,
-            outcome=Outcome.REJECTED, reason=reason,
-            end_reason=end_reason, hangup_side=HangupSide.GATEWAY)
-        try:
-            await self.deps.graph.reject(ev.phone_number_id, ev.call_id)
-        except GraphError as exc:
-            record.meta_error_code = exc.code
-            record.meta_error_text = exc.meta_message
-            log.warning("call %s: reject failed: %s", ev.call_id, exc)
+            outcome=ending.outcome, reason=reason,
+            end_reason=ending.reason, hangup_side=ending.side)
+        if ending.graph == GraphAction.REJECT:
+            try:
+                await self.deps.graph.reject(ev.phone_number_id, ev.call_id)
+            except GraphError as exc:
+                record.meta_error_code = exc.code
+                record.meta_error_text = exc.meta_message
+                record.reason = f"{reason}; reject failed: {exc}"
+                log.warning("call %s: reject failed: %s", ev.call_id, exc)
         record.ended_at = time.time()
         self.deps.observer.call_rejected(record)
 
@@ -258,8 +317,15 @@ class CallManager:
     def dial(self, request: DialRequest) -> OutboundCall:
         """Start an outbound call (its permission check runs inside the call)."""
         call = OutboundCall(request, self.deps)
+        if self.draining:
+            call.end(What.SHUTDOWN, "gateway is shutting down (draining)")
+        else:
+            try:
+                call.reserve_port()
+            except PortsExhausted as exc:
+                call.end(What.CAPACITY, f"capacity: {exc}")
         self.outbound[call.gateway_id] = call
-        self._spawn(self._run_outbound(call))
+        self.spawn(self._run_outbound(call))
         return call
 
     async def _run_outbound(self, call: OutboundCall) -> None:
@@ -296,7 +362,7 @@ class CallManager:
                 if number is None else "no channel"
             log.warning("WhatsAppDial from %s refused: %s", channel or "?", why)
             if channel:
-                self._spawn(self._refuse_dial(channel, why))
+                self.spawn(self._refuse_dial(channel, why))
             return None
         return self.dial(DialRequest(to=to, phone_number_id=number.phone_number_id,
                                      agent_channel=channel, agent_uniqueid=uniqueid or None))
@@ -327,21 +393,66 @@ class CallManager:
             log.warning("cannot list Asterisk channels after reconnect: %s", exc)
             return
         alive = {c.get("Uniqueid", "") for c in channels}
-        for call in [*self.calls.values(), *self.outbound.values()]:
-            if call.channel_up and call.channel_id not in alive:
-                call._finish(HangupSide.ASTERISK,
-                             "the Asterisk channel vanished while AMI was down",
-                             EndReason.ASTERISK_VANISHED)
-            agent = getattr(getattr(call, "request", None), "agent_uniqueid", None)
-            if agent and not call.answered and agent not in alive:
+        for call in self.live_calls():
+            if call.channel_made and call.channel_id not in alive:
+                call.end(What.ASTERISK_VANISHED,
+                         "the Asterisk channel vanished while AMI was down")
+            if isinstance(call, OutboundCall) and call.request.agent_uniqueid \
+                    and call.state != CallState.ANSWERED \
+                    and call.request.agent_uniqueid not in alive:
                 call.cancel_dial("the waiting channel vanished while AMI was down")
+
+    # --- restarts -------------------------------------------------------------------------------
+
+    async def end_orphaned_records(self, records: Iterable[CallRecord]) -> int:
+        """Calls a previous run left open (it was killed): end their WhatsApp side — Meta
+        still has them up, the users connected to nothing — and close their records.
+
+        ``records`` are the store's active records as read at start; returns how many were
+        ended on the WhatsApp side."""
+        ended = 0
+        for record in records:
+            state = CallState.ANSWERED if record.answered_at else (
+                CallState.CALLING if record.direction == Direction.OUTBOUND
+                else CallState.RINGING)
+            ending = ending_for(What.CRASH, state, direction=record.direction)
+            record.outcome, record.end_reason = ending.outcome, ending.reason
+            record.hangup_side = record.hangup_side or ending.side
+            record.ended_at = record.ended_at or time.time()
+            record.reason = ORPHAN_REASON
+            if ending.graph != GraphAction.NONE and record.wacid:
+                # The record may predate an accept that went through before the crash: when
+                # Meta refuses the reject as such, the call was accepted after all.
+                actions = [ending.graph] + ([GraphAction.TERMINATE]
+                                            if ending.graph == GraphAction.REJECT else [])
+                for action in actions:
+                    send = self.deps.graph.terminate if action == GraphAction.TERMINATE \
+                        else self.deps.graph.reject
+                    try:
+                        await send(record.phone_number_id, record.wacid)
+                    except GraphError as exc:
+                        record.reason += f"; {action.value} on restart failed: {exc}"
+                        log.warning("call %s left by the previous run: %s failed: %s",
+                                    record.wacid, action.value, exc)
+                        if exc.retryable:
+                            break  # Meta is down, not refusing: the other would fail too
+                        continue
+                    record.reason += f"; WhatsApp side ended with {action.value} on restart"
+                    ended += 1
+                    break
+            log.warning("call %s left by the previous run closed: %s", record.wacid,
+                        record.reason)
+            if self.deps.store is not None:
+                try:
+                    await self.deps.store.save(record)
+                except Exception as exc:
+                    log.error("call %s: record not saved: %s", record.wacid, exc)
+        return ended
 
     # --- shutdown -------------------------------------------------------------------------------
 
     async def shutdown(self, timeout: float = 10.0) -> None:
-        """End every live call on both sides (gateway stopping)."""
-        self.accepting = False
-        for call in [*self.calls.values(), *self.outbound.values()]:
-            call._finish(HangupSide.GATEWAY, "gateway shutting down", EndReason.SHUTDOWN)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """End every live call on both sides (gateway stopping), and wait for them."""
+        self.stop_admitting()
+        self.end_all(What.SHUTDOWN, "gateway shutting down")
+        await self.settle(timeout)

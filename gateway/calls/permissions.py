@@ -47,6 +47,7 @@ from gateway.whatsapp.events import PermissionReply, UserIdChanged, as_int
 from gateway.whatsapp.graph import GraphClient, GraphError
 from gateway.whatsapp.identity import WhatsAppUser, canonical_number, is_bsuid, user_key
 from gateway.whatsapp.messages import permission_request_body, voice_call_body
+from gateway.write_behind import WriteBehind
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -273,6 +274,9 @@ class PermissionLedger:
         self._display_numbers: dict[str, str] = dict(display_numbers or {})
         self._meta_country_blocked: set[str] = set()
         self._sql = SqliteThread(path, "permissions", LedgerClosed)
+        self.writes = WriteBehind(f"permission ledger {self.path}")
+        """What happened to a pair (calls, requests, replies) that the disk refused to take:
+        kept in order and written later, so a full disk neither ends a call nor forgets it."""
         self._locks: dict[tuple[str, str], list[Any]] = {}
 
     # ---- life ----------------------------------------------------------------------------
@@ -299,7 +303,8 @@ class PermissionLedger:
         db.execute("COMMIT")
 
     async def close(self) -> None:
-        """Wait for queued work, then close the file. Safe to call twice."""
+        """Write what is waiting, then close the file. Safe to call twice."""
+        await self.writes.close()
         await self._sql.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -314,7 +319,8 @@ class PermissionLedger:
             try:
                 out = fn(db, *args)
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLITE_FULL may already have rolled it back
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
             return out
@@ -438,8 +444,8 @@ class PermissionLedger:
     async def record_request_sent(self, phone_number_id: str, user: User, message_id: str | None,
                                   now: float | None = None) -> None:
         """A permission request message was accepted by Meta (``messages[0].id``)."""
-        await self._tx_user(self._record_request, phone_number_id, user, message_id,
-                            self._now(now))
+        await self._record(self._tx_user, self._record_request, phone_number_id, user,
+                           message_id, self._now(now))
 
     async def record_call_result(self, phone_number_id: str, user: User, answered: bool,
                                  now: float | None = None, *, call_id: str | None = None) -> None:
@@ -450,18 +456,25 @@ class PermissionLedger:
         no answer) extends the streak; at the revoke threshold the permission is marked revoked,
         as Meta does. ``call_id`` (the wacid) makes a repeated report for the same call a no-op.
         """
-        await self._tx_user(self._record_call, phone_number_id, user, bool(answered),
-                            self._now(now), call_id)
+        await self._record(self._tx_user, self._record_call, phone_number_id, user,
+                           bool(answered), self._now(now), call_id)
 
     async def record_user_call(self, phone_number_id: str, user: User,
                                now: float | None = None) -> None:
         """A user-initiated call was connected: §10 "any connected call" resets the
         permission-request counters. Does not count toward the business-call limits."""
-        await self._tx_user(self._reset_request_counters, phone_number_id, user, self._now(now))
+        await self._record(self._tx_user, self._reset_request_counters, phone_number_id, user,
+                           self._now(now))
 
     async def apply_reply(self, reply: PermissionReply, now: float | None = None) -> None:
         """A ``call_permission_reply`` webhook (§6): grant, refusal or automatic revocation."""
-        await self._tx(self._apply_reply, reply, self._now(now))
+        await self._record(self._tx, self._apply_reply, reply, self._now(now))
+
+    async def _record(self, run: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> None:
+        """A fact to remember (``now`` already fixed in ``args``): written now, or kept and
+        written when the disk takes it again. Never raises a storage error, so a call in
+        progress is never ended by the ledger."""
+        await self.writes.write(self.writes.key(), lambda: run(fn, *args))
 
     async def apply_meta_permissions(self, phone_number_id: str, user: User,
                                      response_json: Mapping[str, Any],

@@ -43,6 +43,7 @@ class EndReason(StrEnum):
     WHATSAPP_ERROR = "whatsapp_error"  # Meta ended it with an error (terminate FAILED + code)
     MEDIA_TIMEOUT = "media_timeout"  # ICE/DTLS never came up
     MEDIA_LOST = "media_lost"  # the WebRTC leg died mid-call
+    ANSWER_TIMEOUT = "answer_timeout"  # outbound: Meta's connect webhook (answer) never came
     NO_PERMISSION = "no_permission"  # outbound: the user's call permission
     LIMIT = "limit"  # outbound: a Meta limit (per user or per number)
     DECLINED = "declined"  # outbound: the user rejected the call

@@ -16,6 +16,11 @@ Why each hook exists (measurements in docs/media.md):
   port 0 take a free port of the configured range instead.
 - Payload-type rewrite on send: aiortc sends every packet of a track with the codec's PT; an
   RFC 4733 event must go out with PT 126 in the same SSRC and sequence space as audio.
+- ICE consent after close: aioice (0.13) starts its consent-freshness task at the very end of
+  ``Connection.connect()``; when the connection is closed while connect() is waking up from a
+  completed check list (a call hung up, or refused by Meta, just as ICE succeeds), the task is
+  started on the closed connection and sleeps forever, keeping it in memory. Found by
+  benchmarks/soak.py (one leaked task per ~10 such calls); the hook cancels it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ TELEPHONE_EVENT_PT = 126
 _host_addresses: list[str] | None = None
 _leg_addresses: ContextVar[list[str] | None] = ContextVar("leg_addresses", default=None)
 _original_get_host_addresses = aioice.ice.get_host_addresses
+_original_ice_connect = aioice.ice.Connection.connect
 _installed = False
 
 
@@ -60,7 +66,18 @@ def install() -> None:
         *audio,
     ]
     aioice.ice.get_host_addresses = _get_host_addresses
+    aioice.ice.Connection.connect = _connect_unless_closed  # type: ignore[method-assign]
     _installed = True
+
+
+async def _connect_unless_closed(self: aioice.ice.Connection) -> None:
+    """aioice's connect(), without leaving a consent task behind on a connection that was
+    closed while connect() finished (see the module doc)."""
+    await _original_ice_connect(self)
+    if getattr(self, "_closing", False):  # the attributes of aioice 0.13 (pyproject's range)
+        task, self._query_consent_task = getattr(self, "_query_consent_task", None), None
+        if task is not None:
+            task.cancel()
 
 
 def set_host_addresses(addresses: Sequence[str] | None) -> None:

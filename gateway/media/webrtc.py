@@ -39,10 +39,12 @@ MAX_CONCEALED = 3
 """Up to 3 lost packets in a row (60 ms) are concealed; a longer gap is left to the pacer's
 silence, since repeating sound for longer is worse than a gap."""
 MAX_QUEUED_BYTES = FRAME_BYTES * 10
-"""200 ms: beyond that the far side sends faster than real time and old audio is dropped."""
-MAX_GATED_BYTES = FRAME_BYTES * 50
-"""Up to 1 s of audio is held while the gate is closed (between pre_accept and accept's 200),
-so the start of the first prompt is delayed rather than clipped (docs/meta-calling.md §9)."""
+"""200 ms of jitter allowed on top of the held backlog: beyond that the far side sends faster
+than real time and the oldest audio is dropped."""
+MAX_GATED_BYTES = FRAME_BYTES * 50 * 60
+"""Up to 60 s of audio is held while the gate is closed (between the dialplan's start and
+accept's 200): Meta's whole answer budget (docs/meta-calling.md §8, 30-60 s), so however slow
+accept is, the first prompt is delayed, never clipped (§9). 1.9 MB at most, during set-up."""
 
 
 class SdpError(ValueError):
@@ -113,10 +115,11 @@ class OutgoingAudio(MediaStreamTrack):
         self._start: float | None = None
         self._rewriter: aiortc_hooks.PayloadTypeRewriter | None = None
         self.dtmf_pt = aiortc_hooks.TELEPHONE_EVENT_PT
-        self.gate_open = True
-        """While False, silence is sent and audio held (before Meta's accept returns)."""
-        self._backlog_limit = MAX_GATED_BYTES
-        """The held backlog may only shrink once the gate opened; new audio cannot grow it."""
+        self._gate_open = True
+        self._backlog = 0
+        """Bytes of held audio still owed as extra latency once the gate opened. It shrinks
+        only when the queue really gets shorter (quiet frames dropped, or the far side
+        pausing), never by cutting what is heard; new audio cannot grow it."""
         self.frames_sent = 0
         self.events_sent: list[str] = []
 
@@ -132,19 +135,31 @@ class OutgoingAudio(MediaStreamTrack):
 
     def queue_pcm(self, pcm: bytes) -> None:
         self._pcm += pcm
-        limit = MAX_QUEUED_BYTES if self.gate_open else MAX_GATED_BYTES
-        if len(self._pcm) > max(limit, self._backlog_limit):
-            del self._pcm[: len(self._pcm) - max(limit, self._backlog_limit)]
+        limit = MAX_GATED_BYTES if not self.gate_open else self._backlog + MAX_QUEUED_BYTES
+        if len(self._pcm) > limit:
+            del self._pcm[: len(self._pcm) - limit]
+
+    @property
+    def gate_open(self) -> bool:
+        """While False, silence is sent and audio held (before Meta's accept returns). Set
+        True when accept returns: what was held is played whole, live audio behind it."""
+        return self._gate_open
+
+    @gate_open.setter
+    def gate_open(self, value: bool) -> None:
+        if value and not self._gate_open:
+            self._backlog = len(self._pcm)
+        self._gate_open = value
 
     def _next_pcm(self) -> bytes:
         """The next 20 ms to send. Held audio after the gate opens is a backlog (latency): it is
-        worked off by skipping silent frames, never by cutting speech."""
+        worked off by skipping quiet frames, never by cutting speech."""
         if not self.gate_open or len(self._pcm) < FRAME_BYTES:
             return SILENCE
         trim_backlog(self._pcm)
+        self._backlog = min(self._backlog, len(self._pcm) - FRAME_BYTES)
         pcm = bytes(self._pcm[:FRAME_BYTES])
         del self._pcm[:FRAME_BYTES]
-        self._backlog_limit = min(self._backlog_limit, len(self._pcm))
         return pcm
 
     def clear(self) -> None:

@@ -74,6 +74,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--prompts", metavar="DIR",
                        help="Asterisk's sound files (e.g. /usr/share/asterisk/sounds/en): "
                             "transcripts then name the prompts the phone heard")
+    serve.add_argument("--accept-latency", type=float, default=0.0, metavar="SECONDS",
+                       help="how long Meta takes to answer the business's accept (default 0; "
+                            "also POST /_sim/settings {\"accept_latency_s\": ...})")
     serve.add_argument("--media-address", action="append", default=None,
                        help="address the simulated phones gather ICE candidates on "
                             "(repeatable; default 127.0.0.1 and ::1)")
@@ -155,7 +158,7 @@ async def serve_main(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url, host=host.strip("[]") or "127.0.0.1", port=int(port),
         version=args.api_version, waba_id=args.waba_id, phone_number_id=args.phone_number_id,
         display_phone_number=args.display_number, ring_timeout_s=args.ring_timeout,
-        default_user=default_user)
+        default_user=default_user, accept_latency_s=args.accept_latency)
     if args.prompts:
         if not await asyncio.to_thread(os.path.isdir, args.prompts):
             print(f"error: --prompts {args.prompts}: not a directory", file=sys.stderr)

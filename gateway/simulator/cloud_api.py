@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -68,6 +69,29 @@ from gateway.simulator.users import (
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class InjectedFault:
+    """A test aid, not Meta behaviour: the next ``count`` requests for ``action`` (a calls
+    action, message type or ``call_permissions``) get an error instead of being carried out.
+
+    ``status`` 500 answers Graph's transient unknown error (code 1), 429 its rate limit (code
+    4, with ``Retry-After`` if given), anything else code 2 (service unavailable).
+    ``delay_s`` holds the answer that long first, to run a client into its timeout."""
+
+    action: str
+    status: int = 500
+    count: int = 1
+    retry_after: float | None = None
+    delay_s: float = 0.0
+
+    def error(self) -> GraphError:
+        if self.status == 429:
+            return GraphError(4, "(#4) Application request limit reached", status=429)
+        if self.status == 500:
+            return GraphError(1, "An unknown error has occurred.", status=500)
+        return GraphError(2, "Service temporarily unavailable", status=self.status)
+
+
 class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
     """graph.facebook.com for the calling API, plus the phones of the users who call.
 
@@ -87,7 +111,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
                  default_user: SimulatedUser | None = None,
                  connect_webhook_delay_s: float = 0.2, ringing_delay_s: float = 0.3,
                  callback_grant_delay_s: float = 5.0, media_url_ttl_s: float = 300.0,
-                 recording_delay_s: float = 60.0, voicemail_length_s: float = 1.0):
+                 recording_delay_s: float = 60.0, voicemail_length_s: float = 1.0,
+                 accept_latency_s: float = 0.0):
         self.app_secret = app_secret
         self.access_token = access_token
         self.webhook_url = webhook_url
@@ -131,6 +156,10 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
         self.callback_grant_delay_s = callback_grant_delay_s
         """After a user's call starts: until the automatic callback permission arrives (the
         samples' timestamps are 5 s apart)."""
+        self.accept_latency_s = accept_latency_s
+        """How long Meta takes to answer an ``accept`` (the call is answered when the 200 goes
+        out). Real ones take from tens of ms to over a second; a business must hold the PBX's
+        first prompt that long (docs/meta-calling.md §9) and still play it whole."""
         self.notes = Transcript()
         """Account-level story: permission requests and replies, settings changes, users."""
         self.note_listeners: list[Callable[[str], None]] = []
@@ -145,6 +174,9 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
                                  self._handle_post_settings)
         self._init_media(media_url_ttl_s=media_url_ttl_s, recording_delay_s=recording_delay_s,
                          voicemail_length_s=voicemail_length_s)
+        self.app.router.add_post("/_sim/faults", self._handle_faults)
+        self.faults: list[InjectedFault] = []
+        """Test aid: Graph requests to fail on purpose (:meth:`fail_next`)."""
         self._permission_gets: dict[str, list[float]] = {}
         self._claimed: set[str] = set()
         self._outbound_added = asyncio.Condition()
@@ -709,6 +741,15 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
                          time=time.time(), phone_number_id=phone_number_id, endpoint=endpoint,
                          method=request.method)
         self.requests.append(rec)
+        fault = self._take_fault(rec.action)
+        if fault is not None:
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            err = fault.error()
+            rec.status, rec.response = err.status, err.body()
+            headers = {"Retry-After": f"{fault.retry_after:g}"} \
+                if fault.retry_after is not None else None
+            return web.json_response(rec.response, status=rec.status, headers=headers)
         try:
             self._check_auth(request)
             self._check_version(request.match_info["version"])
@@ -724,6 +765,38 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
         except GraphError as err:
             rec.status, rec.response = err.status, err.body()
         return web.json_response(rec.response, status=rec.status)
+
+    # --- fault injection (a test aid) ---------------------------------------------------------
+
+    def fail_next(self, action: str, status: int = 500, count: int = 1, *,
+                  retry_after: float | None = None, delay_s: float = 0.0) -> InjectedFault:
+        """Fail the next ``count`` ``action`` requests with ``status`` (see InjectedFault).
+        Faults for one action are used up in the order they were added."""
+        fault = InjectedFault(action, status, count, retry_after, delay_s)
+        self.faults.append(fault)
+        return fault
+
+    def _take_fault(self, action: str | None) -> InjectedFault | None:
+        fault = next((f for f in self.faults if f.action == action and f.count > 0), None)
+        if fault is None:
+            return None
+        fault.count -= 1
+        if fault.count == 0:
+            self.faults.remove(fault)
+        return fault
+
+    async def _handle_faults(self, request: web.Request) -> web.Response:
+        """``POST /_sim/faults`` ``{"action", "status", "count", "retry_after", "delay_s"}``."""
+        try:
+            body = await request.json()
+            fault = self.fail_next(str(body["action"]), int(body.get("status", 500)),
+                                   int(body.get("count", 1)),
+                                   retry_after=body.get("retry_after"),
+                                   delay_s=float(body.get("delay_s", 0.0)))
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad fault: {exc!r}"}, status=400)
+        return web.json_response({"action": fault.action, "status": fault.status,
+                                  "count": fault.count})
 
     # --- POST /{version}/{phone_number_id}/calls ----------------------------------------------
 
@@ -782,6 +855,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
             # on a business-initiated call they are an invalid parameter.
             raise invalid(f"{action} is for calls from users; call {call_id} was placed by the "
                           "business (use terminate)")
+        if action == "accept" and self.accept_latency_s > 0:
+            await asyncio.sleep(self.accept_latency_s)  # Meta is slow to answer this one
         async with call.lock:
             if action in ("pre_accept", "accept"):
                 await self._answer(call, action, body)

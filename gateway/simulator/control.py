@@ -193,6 +193,44 @@ def add_control_routes(sim: CloudApiSimulator) -> None:
     sim.app.router.add_post("/_sim/users", _post_user(sim))
     sim.app.router.add_get("/_sim/users", _list_users(sim))
     sim.app.router.add_post("/_sim/account_update", _post_account_update(sim))
+    sim.app.router.add_get("/_sim/settings", _get_settings(sim))
+    sim.app.router.add_post("/_sim/settings", _post_settings(sim))
+
+
+SIM_SETTINGS = {"accept_latency_s": (0.0, 30.0), "connect_webhook_delay_s": (0.0, 60.0),
+                "ringing_delay_s": (0.0, 60.0), "ring_timeout_s": (0.1, 600.0)}
+"""How "Meta" behaves, settable while it runs: name -> (min, max) seconds."""
+
+
+def _get_settings(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({name: getattr(sim, name) for name in SIM_SETTINGS})
+    return handler
+
+
+def _post_settings(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            unknown = sorted(set(data) - set(SIM_SETTINGS))
+            if unknown:
+                raise ValueError(f"unknown setting {', '.join(unknown)}; use "
+                                 f"{', '.join(SIM_SETTINGS)}")
+            for name, value in data.items():
+                low, high = SIM_SETTINGS[name]
+                if isinstance(value, bool) or not isinstance(value, int | float) \
+                        or not low <= value <= high:
+                    raise ValueError(f"{name} must be a number of seconds from {low:g} to "
+                                     f"{high:g}, got {value!r}")
+        except (ValueError, json.JSONDecodeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        for name, value in data.items():
+            setattr(sim, name, float(value))
+            sim.note(f"simulator setting {name} = {float(value):g} s")
+        return web.json_response({name: getattr(sim, name) for name in SIM_SETTINGS})
+    return handler
 
 
 def _post_account_update(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]

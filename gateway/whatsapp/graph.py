@@ -53,13 +53,20 @@ class GraphError(Exception):
 
     def __init__(self, action: str, message: str, *, code: int | None = None,
                  http_status: int | None = None, details: str = "",
-                 error_data: dict[str, Any] | None = None):
+                 error_data: dict[str, Any] | None = None, timed_out: bool = False,
+                 unreachable: bool = False, retry_after: float | None = None):
         self.action = action
         self.code = code
         self.http_status = http_status
         self.details = details
         self.error_data = error_data or {}
         """Meta's whole ``error_data`` (138012 says when the next call is allowed there)."""
+        self.timed_out = timed_out
+        """No answer within graph_timeout_s (Meta may or may not have done it)."""
+        self.unreachable = unreachable
+        """The request never got an HTTP answer (connection refused, reset, DNS)."""
+        self.retry_after = retry_after
+        """Seconds from the answer's ``Retry-After`` header, if it had one."""
         text = f"Graph {action} failed"
         if code is not None:
             text += f": code {code}"
@@ -67,6 +74,32 @@ class GraphError(Exception):
             text += f" (HTTP {http_status})"
         super().__init__(f"{text}: {message}")
         self.meta_message = message
+
+    @property
+    def retryable(self) -> bool:
+        """Worth asking again: Meta was overloaded or unreachable, not refusing the request."""
+        return self.timed_out or self.unreachable or self.http_status == 429 or \
+            (self.http_status is not None and self.http_status >= 500) or \
+            self.code in RETRYABLE_CODES
+
+
+RETRYABLE_CODES = frozenset({1, 2, 4, 17, 32, 613})
+"""Graph's transient codes: unknown/service errors and the rate limits (613: calls per
+second; 4/17/32: app, user and page request limits)."""
+
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+"""Backoff between attempts of an action that is safe to repeat (reject, terminate)."""
+RETRY_AFTER_CAP_S = 10.0
+"""A longer ``Retry-After`` than this is not waited for in full: the WhatsApp user is on a
+dead line meanwhile, and Meta ends an unanswered call by itself in about a minute."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is not used by Graph)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 _GRAPH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -149,16 +182,18 @@ class GraphClient:
                     data = None
                 if resp.status >= 400 or not isinstance(data, dict) or "error" in data:
                     err = _meta_error(action, data, resp.status)
+                    err.retry_after = _retry_after(resp.headers.get("Retry-After"))
                     result = str(err.code) if err.code is not None else f"http_{resp.status}"
                     raise err
                 return data
         except TimeoutError:
             result = "timeout"
-            raise GraphError(action, f"no answer within {self.settings.graph_timeout_s} s") \
-                from None
+            raise GraphError(action, f"no answer within {self.settings.graph_timeout_s} s",
+                             timed_out=True) from None
         except aiohttp.ClientError as exc:
             result = "unreachable"
-            raise GraphError(action, f"cannot reach the Graph API: {exc}") from None
+            raise GraphError(action, f"cannot reach the Graph API: {exc}",
+                             unreachable=True) from None
         finally:
             self._observer(action, result, time.perf_counter() - started)
 
@@ -183,10 +218,33 @@ class GraphClient:
         await self._call_action(phone_number_id, "accept", call_id, **extra)
 
     async def reject(self, phone_number_id: str, call_id: str) -> None:
-        await self._call_action(phone_number_id, "reject", call_id)
+        """Refuse a call not yet accepted; retried while Meta is overloaded (see _ending)."""
+        await self._ending_action(phone_number_id, "reject", call_id)
 
     async def terminate(self, phone_number_id: str, call_id: str) -> None:
-        await self._call_action(phone_number_id, "terminate", call_id)
+        """End a call; retried while Meta is overloaded (see _ending)."""
+        await self._ending_action(phone_number_id, "terminate", call_id)
+
+    async def _ending_action(self, phone_number_id: str, action: str, call_id: str) -> None:
+        """reject and terminate end a call, so asking twice is harmless, and not getting
+        through leaves the WhatsApp user on a dead line: a 5xx, 429, rate-limit code,
+        timeout or unreachable Graph is retried after :data:`RETRY_DELAYS_S` (or Meta's
+        ``Retry-After``, up to :data:`RETRY_AFTER_CAP_S`). Meta's refusals (4xx with a
+        code, e.g. the call is already over) are final. Raises the last error."""
+        for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
+            try:
+                await self._call_action(phone_number_id, action, call_id)
+                if attempt > 1:
+                    log.info("call %s: %s went through on attempt %d", call_id, action, attempt)
+                return
+            except GraphError as exc:
+                if delay is None or not exc.retryable:
+                    raise
+                wait = min(RETRY_AFTER_CAP_S, exc.retry_after) \
+                    if exc.retry_after is not None else delay
+                log.warning("call %s: %s attempt %d failed (%s); again in %.1f s", call_id,
+                            action, attempt, exc, wait)
+                await asyncio.sleep(wait)
 
     async def connect(self, phone_number_id: str, to: str, sdp: str,
                       callback_data: str | None = None,

@@ -59,13 +59,19 @@ ResultObserver = Callable[[str], None]
 """Told one result per request: ok, bad_signature, malformed, duplicate, verify_ok|failed."""
 
 
-def add_webhook_routes(app: web.Application, settings: WhatsAppSettings, sink: EventSink,
-                       observe: ResultObserver | None = None, path: str = "/webhook") -> None:
+def add_webhook_routes(app: web.Application,
+                       settings: WhatsAppSettings | Callable[[], WhatsAppSettings],
+                       sink: EventSink, observe: ResultObserver | None = None,
+                       path: str = "/webhook") -> None:
+    """``settings`` may be a function returning the running settings (a reload rotates the
+    app secret and verify token for the next request)."""
     observe = observe or (lambda result: None)
+    current: Callable[[], WhatsAppSettings] = settings if callable(settings) \
+        else (lambda: settings)
 
     async def verify(request: web.Request) -> web.Response:
         q = request.query
-        token = settings.verify_token.reveal()
+        token = current().verify_token.reveal()
         if q.get("hub.mode") == "subscribe" and same_secret(q.get("hub.verify_token"), token):
             observe("verify_ok")
             return web.Response(text=q.get("hub.challenge", ""), content_type="text/plain")
@@ -84,7 +90,7 @@ def add_webhook_routes(app: web.Application, settings: WhatsAppSettings, sink: E
             refusal = web.json_response({"error": f"body over {MAX_BODY} bytes"}, status=413)
             refusal.force_close()  # the rest of the body is never read: drop the connection
             return refusal
-        if not signature_ok(settings.app_secret.reveal(), raw, request.headers.get(HEADER)):
+        if not signature_ok(current().app_secret.reveal(), raw, request.headers.get(HEADER)):
             observe("bad_signature")
             log.warning("webhook: %s from %s: nothing processed",
                         "missing signature" if HEADER not in request.headers

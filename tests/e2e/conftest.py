@@ -85,13 +85,11 @@ class Stack:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            tasks = set(self.gateway.calls._tasks)
-            if tasks:
-                await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
-            if not self.gateway.calls.calls and not await self.channels():
+            await self.gateway.calls.settle(max(0.1, deadline - loop.time()))
+            if not self.gateway.calls.live_calls() and not await self.channels():
                 return
             if loop.time() > deadline:
-                raise AssertionError(f"not idle: calls={list(self.gateway.calls.calls)} "
+                raise AssertionError(f"not idle: calls={self.gateway.calls.live_calls()} "
                                      f"channels={await self.channels()}")
             # Asterisk removes a hung-up channel asynchronously: poll its own listing.
             await asyncio.sleep(0.05)

@@ -37,8 +37,7 @@ async def fetch(url: str) -> tuple[int, str]:
 
 async def settle(gw: Gateway) -> None:
     """Until the gateway's background call work (set-ups, teardowns, checks) is done."""
-    while gw.calls._tasks:
-        await asyncio.wait(set(gw.calls._tasks), timeout=10)
+    await gw.calls.settle()
 
 
 def samples(text: str) -> list[tuple[str, dict, float]]:
@@ -47,11 +46,12 @@ def samples(text: str) -> list[tuple[str, dict, float]]:
 
 
 def process_config(sim: CloudApiSimulator, asterisk: LocalAsterisk, tmp_path, http_port: int,
-                   rtp_ports: str) -> tuple[dict, str]:
-    """A config for a gateway run as its own process, and the file it is written to."""
+                   rtp_ports: str, **extra) -> tuple[dict, str]:
+    """A config for a gateway run as its own process (``extra``: more top-level keys), and the
+    file it is written to."""
     config = {
         "whatsapp": {"graph_url": sim.url, "access_token": ACCESS_TOKEN,
-                     "app_secret": APP_SECRET, "verify_token": "v"},
+                     "app_secret": APP_SECRET, "verify_token": "e2e-verify"},
         "numbers": [{"phone_number_id": pnid, "context": ctx}
                     for pnid, (_d, ctx) in NUMBERS.items()],
         "asterisk": {"ami": {"port": asterisk.ami_port, "username": "gateway",
@@ -59,6 +59,7 @@ def process_config(sim: CloudApiSimulator, asterisk: LocalAsterisk, tmp_path, ht
         "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": rtp_ports},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "store": {"path": str(tmp_path / "gateway.sqlite3")},
+        **extra,
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -67,12 +68,12 @@ def process_config(sim: CloudApiSimulator, asterisk: LocalAsterisk, tmp_path, ht
 
 @contextlib.asynccontextmanager
 async def call_through_gateway_process(asterisk: LocalAsterisk, tmp_path, http_port: int,
-                                       rtp_ports: str, caller: str):
+                                       rtp_ports: str, caller: str, **extra):
     """A gateway running as its own process, with one answered call through it into the
     test-wait context: yields (config, process, call). Cleans up whatever the test did."""
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    config, path = process_config(sim, asterisk, tmp_path, http_port, rtp_ports)
+    config, path = process_config(sim, asterisk, tmp_path, http_port, rtp_ports, **extra)
     proc = await start_gateway_process(path)
     call = None
     try:
@@ -289,11 +290,13 @@ async def test_calls_outside_call_hours_go_to_the_closed_context(asterisk: Local
 
 
 async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path):
-    """Stopping the service (SIGTERM) hangs up both sides of every live call and closes its
-    record, instead of leaving callers in Asterisk."""
+    """Stopping the service (SIGTERM) drains for service.shutdown_grace, then hangs up both
+    sides of every call still up and closes its record, instead of leaving callers in
+    Asterisk."""
     async with call_through_gateway_process(asterisk, tmp_path, free_tcp_port(),
-                                            udp_range(500, 100),
-                                            "15550006666") as (config, proc, call):
+                                            udp_range(500, 100), "15550006666",
+                                            service={"shutdown_grace": 1}) as (config, proc,
+                                                                              call):
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(call.ended.wait(), 15)
         assert call.ended_by == "business"
@@ -310,14 +313,16 @@ async def test_sigterm_ends_live_calls_cleanly(asterisk: LocalAsterisk, tmp_path
 
 
 async def test_asterisk_crash_mid_call_ends_the_whatsapp_call_after_reconnect(tmp_path):
-    """Asterisk dies (SIGKILL: no Hangup events) during a call and comes back: on the AMI
-    reconnect the gateway finds the channel gone and ends the WhatsApp call."""
+    """Asterisk dies (SIGKILL: no Hangup events) during a call and comes back within
+    asterisk.ami_down_grace: on the AMI reconnect the gateway finds the channel gone and ends
+    the WhatsApp call."""
     ast = LocalAsterisk(instance_name("crash"), ami_port=free_tcp_port(),
                         overlay_dir=Path(__file__).parent / "asterisk-overlay")
     await ast.start()
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     await sim.start()
-    gw = Gateway(make_config(sim.url, ast.ami_port, store={"path": str(tmp_path / "g.sqlite3")}))
+    gw = Gateway(make_config(sim.url, ast.ami_port, store={"path": str(tmp_path / "g.sqlite3")},
+                             asterisk={"ami_down_grace": 300}))
     changes: asyncio.Queue[bool] = asyncio.Queue()
     gw.ami.on_connection_change.append(changes.put_nowait)
     await gw.start()

@@ -185,3 +185,46 @@ async def test_our_opus_respects_the_peers_maxaveragebitrate():
     finally:
         await phone.close()
         await gateway.close()
+
+
+async def test_an_ice_connection_closed_as_connect_finishes_leaves_no_task_behind():
+    """close() while connect() wakes up from a completed check list (a call hung up just as
+    ICE succeeded): aioice alone would start consent checks on the closed connection."""
+    import aioice
+
+    aiortc_hooks.install()
+    aiortc_hooks.set_host_addresses(["127.0.0.1"])
+
+    class HeldQueue(asyncio.Queue):
+        """connect()'s check-list result, held until the test has closed the connection."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.got, self.release = asyncio.Event(), asyncio.Event()
+
+        async def get(self):
+            item = await super().get()
+            self.got.set()
+            await self.release.wait()
+            return item
+
+    a = aioice.Connection(ice_controlling=True, components=1)
+    b = aioice.Connection(ice_controlling=False, components=1)
+    for one in (a, b):
+        await one.gather_candidates()
+    for one, other in ((a, b), (b, a)):
+        for candidate in other.local_candidates:
+            await one.add_remote_candidate(candidate)
+        await one.add_remote_candidate(None)
+        one.remote_username, one.remote_password = other.local_username, other.local_password
+    held = HeldQueue()
+    a._check_list_state = held
+    connecting = asyncio.gather(a.connect(), b.connect())
+    await asyncio.wait_for(held.got.wait(), 10)  # ICE succeeded; connect() not yet resumed
+    await a.close()
+    held.release.set()
+    await asyncio.wait_for(connecting, 10)
+    assert a._query_consent_task is None
+    assert not [t for t in asyncio.all_tasks()
+                if t.get_coro().cr_frame and t.get_coro().cr_frame.f_locals.get("self") is a]
+    await b.close()

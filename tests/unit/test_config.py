@@ -96,3 +96,34 @@ def test_overlapping_rtp_and_webrtc_ports_are_refused_naming_both_keys():
     assert "40900-40999" in problem
     data = {**GOOD, "media": {"rtp_ports": "40000-40999", "webrtc_ports": "41000-41999"}}
     assert parse_config(data, env=ENV).media.webrtc_ports.first == 41000
+
+
+def test_operations_keys_and_their_defaults():
+    cfg = parse_config(GOOD, env=ENV)
+    assert cfg.asterisk.ami_down_grace_s == 10.0 and cfg.service.shutdown_grace_s == 30.0
+    cfg = parse_config({**GOOD, "asterisk": {**GOOD["asterisk"], "ami_down_grace": 3},
+                        "service": {"shutdown_grace": 0}}, env=ENV)
+    assert cfg.asterisk.ami_down_grace_s == 3.0 and cfg.service.shutdown_grace_s == 0.0
+    assert str(cfg.pid_file) == "var/gateway.pid"  # beside the store
+    assert problems({**GOOD, "service": {"shutdown_grace": -1, "drain": 1}}) == [
+        "service.drain: unknown key (typo?)",
+        "service.shutdown_grace: must be at least 0.0, got -1.0"]
+
+
+def test_a_reload_applies_the_live_keys_and_keeps_the_rest():
+    old = parse_config(GOOD, env=ENV)
+    new = parse_config({
+        **GOOD,
+        "numbers": [*GOOD["numbers"], {"phone_number_id": "106540000000003", "context": "x",
+                                       "max_calls": 2}],
+        "api": {"tokens": ["t2"]},
+        "asterisk": {"ami": {"username": "gateway", "secret": "other", "port": 5040}},
+        "media": {"rtp_ports": "41000-41009"}, "service": {"shutdown_grace": 5}},
+        env={**ENV, "WA_ACCESS_TOKEN": "tok-rotated"})
+    applied, restart = old.reloaded(new)
+    assert [n.phone_number_id for n in applied.numbers] == ["106540000000002",
+                                                            "106540000000003"]
+    assert applied.api.tokens == (Secret("t2"),) and applied.service.shutdown_grace_s == 5
+    assert applied.whatsapp.access_token.reveal() == "tok-rotated"
+    assert restart == ["asterisk.ami", "media"]
+    assert applied.asterisk.ami == old.asterisk.ami and applied.media == old.media
