@@ -3,6 +3,7 @@
     whatsapp-gateway serve --config gateway.yaml
     whatsapp-gateway check-config --config gateway.yaml
     whatsapp-gateway demo                       # local Asterisk + simulator + gateway
+    whatsapp-gateway init DIR                   # write the sample configs into DIR
     whatsapp-gateway sim serve|call ...         # the WhatsApp Cloud API / phone simulator
 """
 
@@ -22,12 +23,16 @@ from gateway.config import Config, ConfigError, load_config
 log = logging.getLogger("gateway")
 
 DEFAULT_CONFIG = "gateway.yaml"
+CONFIG_HELP = f"YAML config file (default: {DEFAULT_CONFIG})"
+NUMBER_HELP = "the business number's phone_number_id (needed when several are configured)"
 
 
-def _setup_logging(level: str, fmt: str = "text", config: Config | None = None) -> None:
+def _setup_logging(level: str, fmt: str = "text", config: Config | None = None,
+                   verbose_media: bool = False) -> None:
     from gateway.logs import config_secrets, setup_logging
 
-    setup_logging(level.upper(), fmt, secrets=config_secrets(config) if config else [])
+    setup_logging(level.upper(), fmt, secrets=config_secrets(config) if config else [],
+                  verbose_media=verbose_media)
 
 
 def _load(path: str) -> Config:
@@ -67,7 +72,7 @@ async def _run_until_signal(start, stop) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    _setup_logging(args.log_level, args.log_format, config)
+    _setup_logging(args.log_level, args.log_format, config, args.verbose_media)
     from gateway.app import Gateway
 
     gateway = Gateway(config)
@@ -76,31 +81,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level, args.log_format)
+    _setup_logging(args.log_level, args.log_format, verbose_media=args.verbose_media)
     from gateway.sandbox.demo import run_demo
 
     asyncio.run(run_demo(Path(args.config) if args.config else None, args.call))
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from gateway.resources import write_init
+
+    target = Path(args.directory)
+    try:
+        written = write_init(target, force=args.force)
+    except FileExistsError as exc:
+        print(f"init: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} files into {target}:")
+    for name in ("asterisk-conf/", "gateway.example.yaml", "monitoring/", "packaging/"):
+        print(f"  {target / name}")
+    print("next: copy gateway.example.yaml to gateway.yaml, edit it, then "
+          f"`whatsapp-gateway check-config -c {target / 'gateway.yaml'}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.version import version
+
     parser = argparse.ArgumentParser(prog="whatsapp-gateway",
                                      description="WhatsApp Business Calling <-> Asterisk gateway")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, config_default: str | None = DEFAULT_CONFIG) -> None:
         p.add_argument("--config", "-c", default=config_default,
                        help=f"YAML config file (default: {config_default})")
         p.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
-        p.add_argument("--log-format", default="text", choices=["text", "json"])
+                       choices=["debug", "info", "warning", "error"],
+                       help="lowest level logged (default: info)")
+        p.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text (logfmt-style) or one JSON object per line (default: text)")
+        p.add_argument("--verbose-media", action="store_true",
+                       help="let aioice/aiortc log below WARNING too (ICE checks, DTLS states)")
 
     p = sub.add_parser("serve", help="run the gateway")
     common(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate the config file and show what it means")
-    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("demo", help="local Asterisk + WhatsApp simulator + gateway, no Meta "
@@ -109,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call", metavar="SCRIPT",
                    help="place one simulated call with this script, print it, and stop")
     p.set_defaults(func=cmd_demo)
+
+    what = ("write the sample asterisk-conf/, gateway.example.yaml, monitoring/ and packaging/ "
+            "(systemd unit, TLS proxy) into a directory")
+    p = sub.add_parser("init", help=what, description=what)
+    p.add_argument("directory", help="where to write them (created if missing)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite files that are already there")
+    p.set_defaults(func=cmd_init)
 
     try:
         from gateway.simulator.cli import add_subcommands
@@ -121,45 +159,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calls", help="call records (one per call, joinable with Asterisk's CDR)")
     calls_sub = p.add_subparsers(dest="calls_command", required=True)
     q = calls_sub.add_parser("list", help="list call records, newest first (or CSV)")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     q.add_argument("--since", help="e.g. 24h, 2026-01-31, 2026-01-31T08:00, unix seconds")
-    q.add_argument("--until")
-    q.add_argument("--direction", choices=["inbound", "outbound"])
-    q.add_argument("--outcome")
-    q.add_argument("--phone-number-id")
-    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--until", help="end of the time range, same forms as --since")
+    q.add_argument("--direction", choices=["inbound", "outbound"],
+                   help="only calls of this direction")
+    q.add_argument("--outcome", help="only calls with this outcome (answered, failed, ...)")
+    q.add_argument("--phone-number-id", help=NUMBER_HELP)
+    q.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     q.add_argument("--csv", action="store_true", help="CSV for a spreadsheet, oldest first")
     q.set_defaults(func=cmd_calls_list)
 
     p = sub.add_parser("settings", help="Meta calling settings kept in the config")
     settings_sub = p.add_subparsers(dest="settings_command", required=True)
     q = settings_sub.add_parser("apply", help="show the diff against Meta, then apply it")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     q.add_argument("--dry-run", action="store_true", help="only show the diff")
-    q.add_argument("--phone-number-id", action="append")
+    q.add_argument("--phone-number-id", action="append",
+                   help="only this business number (repeatable; default: all)")
     q.set_defaults(func=cmd_settings_apply)
 
     p = sub.add_parser("permissions", help="outbound call permissions (ledger and requests)")
     perm_sub = p.add_subparsers(dest="permissions_command", required=True)
     q = perm_sub.add_parser("show", help="what the ledger knows of one user")
     q.add_argument("user", help="the WhatsApp user, E.164")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    q.add_argument("--phone-number-id")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    q.add_argument("--phone-number-id", help=NUMBER_HELP)
     q.set_defaults(func=cmd_permissions_show)
     q = perm_sub.add_parser("request", help="send a call-permission request message")
     q.add_argument("user", help="the WhatsApp user, E.164")
-    q.add_argument("--body", default="May we call you on WhatsApp about your request?")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    q.add_argument("--phone-number-id")
+    q.add_argument("--body", default="May we call you on WhatsApp about your request?",
+                   help="the message text the user sees")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    q.add_argument("--phone-number-id", help=NUMBER_HELP)
     q.set_defaults(func=cmd_permissions_request)
     q = perm_sub.add_parser("button", help="send the voice-call button message (user calls you)")
     q.add_argument("user", help="the WhatsApp user, E.164")
-    q.add_argument("--body", default="Tap to call us on WhatsApp.")
+    q.add_argument("--body", default="Tap to call us on WhatsApp.",
+                   help="the message text above the button")
     q.add_argument("--display-text", default="Call Now", help="button text, at most 20 chars")
-    q.add_argument("--ttl-minutes", type=int, default=10080)
+    q.add_argument("--ttl-minutes", type=int, default=10080,
+                   help="how long the button works, 1-43200 minutes (default a week)")
     q.add_argument("--payload", help="comes back as WA_CTA_PAYLOAD on the user's call")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    q.add_argument("--phone-number-id")
+    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    q.add_argument("--phone-number-id", help=NUMBER_HELP)
     q.set_defaults(func=cmd_permissions_button)
     return parser
 

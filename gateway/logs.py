@@ -3,8 +3,10 @@
 Every line goes through :class:`RedactionFilter`, attached to the gateway's handler: configured
 secret values (access token, app secret, verify token, AMI secret, API tokens), ``Bearer ...``
 credentials and ``access_token=...`` style query parameters are replaced by ``***`` in the
-message, its arguments, the exception text and the call-event fields. Redaction happens on the
-formatted text, so a secret cannot slip through an argument's ``repr`` or a traceback.
+message, its arguments, the exception text and the call-event fields. A configured value is
+replaced only where it stands whole (not glued to letters or digits), so a short secret cannot
+mangle ordinary words. Redaction happens on the formatted text, so a secret cannot slip through
+an argument's ``repr`` or a traceback.
 
 Call events (:func:`call_log`) carry ``wacid`` and ``channel`` (our channel id, the Asterisk
 Uniqueid) so one grep finds a call in the gateway's log and in Asterisk's.
@@ -45,6 +47,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str | Secret] = ()):
         self._secrets: list[str] = []
+        self._whole: re.Pattern[str] | None = None
         self.add(secrets)
 
     def add(self, secrets: Iterable[str | Secret]) -> None:
@@ -55,11 +58,15 @@ class Redactor:
                 values.add(value)
         # Longest first, so a secret that contains another is removed whole.
         self._secrets = sorted(values, key=len, reverse=True)
+        self._whole = re.compile("|".join(
+            rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])" for v in self._secrets)) \
+            if self._secrets else None
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
+        # Only a whole value: a secret must not be glued to letters or digits on either side,
+        # so a short test secret such as "t" never turns "context" into "con***ex***".
+        if self._whole is not None:
+            text = self._whole.sub(MASK, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
@@ -158,11 +165,18 @@ def config_secrets(config: Config) -> list[Secret]:
             config.whatsapp.verify_token, config.asterisk.ami.secret, *config.api.tokens]
 
 
+MEDIA_LOGGERS = ("aioice", "aiortc")
+"""ICE and WebRTC internals: at INFO/DEBUG they log every STUN check and state change of every
+call, which drowns the call-event lines. WARNING unless ``verbose_media`` asks for them."""
+
+
 def setup_logging(level: str | int = "INFO", fmt: str = "text",
-                  secrets: Iterable[str | Secret] = (), stream: IO[str] | None = None) -> None:
+                  secrets: Iterable[str | Secret] = (), stream: IO[str] | None = None,
+                  verbose_media: bool = False) -> None:
     """Send every logger's lines to ``stream`` (stderr) in ``fmt`` (``text`` or ``json``).
 
-    Calling it again replaces the gateway's handler (tests, or once the config is read)."""
+    Calling it again replaces the gateway's handler (tests, or once the config is read).
+    ``verbose_media`` lets aioice/aiortc log at ``level`` too (``--verbose-media``)."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, got {fmt!r}")
     add_secrets(secrets)
@@ -178,6 +192,8 @@ def setup_logging(level: str | int = "INFO", fmt: str = "text",
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # aiohttp logs every request at INFO; an operator wants calls, not webhook POSTs.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in MEDIA_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose_media else logging.WARNING)
 
 
 def call_log(logger: logging.Logger, event: str, *, wacid: str, channel_id: str = "",

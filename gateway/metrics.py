@@ -3,7 +3,7 @@
 Names follow Prometheus conventions (``whatsapp_gateway_`` prefix, base units, ``_total`` on
 counters, ``_seconds`` on times). Every label value is bounded so a flood of odd input cannot
 blow up the time-series count: ``phone_number_id`` only takes configured numbers (else
-``unknown``), Meta error codes only the codes of whatsapp-calling.md §11 (else ``other``),
+``unknown``), Meta error codes only the codes of docs/meta-calling.md §11 (else ``other``),
 Q.850 causes only 0-127, actions and results only the documented sets.
 
 :class:`GatewayMetrics` owns its own :class:`CollectorRegistry`, so several gateways (tests)
@@ -24,6 +24,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -37,9 +38,13 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 PREFIX = "whatsapp_gateway"
+
+# A ``_created`` series per counter and histogram child doubles the series count and no query
+# uses it (Prometheus handles counter resets itself).
+disable_created_metrics()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# whatsapp-calling.md §11: the calling error codes Meta documents. Anything else is "other".
+# docs/meta-calling.md §11: the calling error codes Meta documents. Anything else is "other".
 META_ERROR_CODES = frozenset({
     100, 613, 131009, 131026, 131030, 131044, 131055,
     138000, 138001, 138002, 138003, 138004, 138005, 138006, 138007, 138009,
@@ -60,6 +65,19 @@ PERMISSION_REFUSED_WHAT = ("call", "request")
 HANGUP_SIDES = ("whatsapp", "asterisk", "gateway")
 
 _HTTP_RESULT = re.compile(r"http_([1-5])\d\d")
+
+
+def _build_labels() -> tuple[str, str, str]:
+    import platform
+    from importlib import metadata
+
+    from gateway.version import version
+
+    try:
+        aiortc = metadata.version("aiortc")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        aiortc = "unknown"
+    return version(), platform.python_version(), aiortc
 
 
 def _bounded(value: object, allowed: Iterable[str], fallback: str = "other") -> str:
@@ -112,6 +130,13 @@ class GatewayMetrics:
         r = self.registry
         n = PREFIX
         call = ["phone_number_id", "direction"]
+
+        # ---- the build --------------------------------------------------------------------
+        self.build_info = Gauge(
+            f"{n}_build_info",
+            "Always 1; the labels say which gateway build runs (join on instance to annotate "
+            "dashboards after an upgrade).", ["version", "python", "aiortc"], registry=r)
+        self.build_info.labels(*_build_labels()).set(1)
 
         # ---- calls --------------------------------------------------------------------------
         self.calls_admitted = Counter(
@@ -218,8 +243,8 @@ class GatewayMetrics:
         self.rtp_ports_free = Gauge(
             f"{n}_rtp_ports_free",
             "Free UDP ports for the Asterisk RTP leg; at 0 new calls are rejected.", registry=r)
-        self.rtp_ports_total = Gauge(
-            f"{n}_rtp_ports_total",
+        self.rtp_ports_capacity = Gauge(
+            f"{n}_rtp_ports_capacity",
             "Size of the configured Asterisk RTP port range (media.rtp_ports).", registry=r)
 
         # ---- outbound permissions -----------------------------------------------------------
@@ -377,7 +402,7 @@ class GatewayMetrics:
         """Free ports of the Asterisk RTP range (set after every allocation/release)."""
         self.rtp_ports_free.set(free)
         if total is not None:
-            self.rtp_ports_total.set(total)
+            self.rtp_ports_capacity.set(total)
 
     def permission_request(self, result: str, phone_number_id: str) -> None:
         """A call permission request changed state; result in PERMISSION_REQUEST_RESULTS."""

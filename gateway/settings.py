@@ -1,11 +1,11 @@
 """A business number's calling settings: validated from the YAML, pushed to Meta, and obeyed.
 
-The YAML keeps each number's ``calling:`` block in Meta's own shape (whatsapp-calling.md §4,
-payloads/request-settings-calling.json), so what an admin reads in Meta's docs is what they
-write. This module checks it locally before Meta does (with errors that name the key and the
-day), turns it into the POST body, shows what would change against Meta's current settings
-(``settings apply``, ``--dry-run``), and answers "is the business open now?" so a call outside
-the call hours goes to the number's ``closed_context``.
+The YAML keeps each number's ``calling:`` block in Meta's own shape (docs/meta-calling.md §4,
+tests/fixtures/payloads/request-settings-calling.json), so what an admin reads in Meta's docs
+is what they write. This module checks it locally before Meta does (with errors that name the
+key and the day), turns it into the POST body, shows what would change against Meta's current
+settings (``settings apply``, ``--dry-run``), and answers "is the business open now?" so a
+call outside the call hours goes to the number's ``closed_context``.
 
 YAML trap: an unquoted ``0800`` happens to stay a string but ``0700`` is read as the octal
 number 448, so times below 1000 must be quoted; 1000-2359 unquoted are accepted.

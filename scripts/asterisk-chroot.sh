@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) a Debian sid chroot holding a real Asterisk 22, for the demo and the tests.
 # Debian 12 ships no asterisk package and no Docker engine runs on these machines; see
-# ../shared/reference/asterisk-handoff.md. The chroot lives in a cache dir outside the repo.
+# docs/asterisk-handoff.md. The chroot lives in a cache dir outside the repo.
 # Prints the chroot path on stdout. Idempotent: a finished chroot is reused.
 set -euo pipefail
 

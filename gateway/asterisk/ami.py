@@ -20,7 +20,7 @@ re-send queue), and wraps every action in ``asyncio.wait_for``.
 On every (re)connect it sweeps orphans: UnicastRTP channels whose Uniqueid carries our
 ``channel_prefix`` but that no call of this gateway owns any more. chan_rtp has no RTP
 timeout, so without the sweep a crashed gateway would leave callers in queues forever
-(asterisk-handoff.md, "Hangups").
+(docs/asterisk-handoff.md, "Hangups").
 """
 
 from __future__ import annotations
@@ -467,7 +467,7 @@ class AmiClient:
         """Queue ``digit`` on the channel as if the caller pressed it (``Receive: true``).
 
         A UnicastRTP channel has no SDP, so RFC 4733 events sent to it are dropped; this is
-        how WhatsApp keypresses reach Read(), WaitExten() and queues (asterisk-handoff.md).
+        how WhatsApp keypresses reach Read(), WaitExten() and queues (docs/asterisk-handoff.md).
         """
         if len(digit) != 1 or digit not in "0123456789*#ABCDabcd":
             raise ValueError(f"not a DTMF digit: {digit!r}")

@@ -163,7 +163,8 @@ class Call:
                      cause=int(cause) if cause.isdigit() else None)
         elif name == "DTMFEnd" and ev.get("Direction", "").lower() == "sent":
             # Asterisk writes a digit to our channel (an agent's key press across a bridge):
-            # chan_rtp cannot send it, so it goes to WhatsApp as RFC 4733 (asterisk-handoff.md).
+            # chan_rtp cannot send it, so it goes to WhatsApp as RFC 4733
+            # (docs/asterisk-handoff.md).
             digit = ev.get("Digit", "")
             duration = ev.get("DurationMs", "")
             if self.leg is not None and digit:

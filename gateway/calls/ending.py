@@ -10,7 +10,7 @@ what happened and the call's :class:`CallState` at that moment, :func:`ending_fo
   agent channel), and the ``WA_DIAL_STATUS`` a dialplan ``Dial()`` user sees;
 - which Graph action, if any, ends the WhatsApp side: ``reject`` for an inbound call not yet
   accepted, ``terminate`` for an answered one or a business-initiated call Meta knows of,
-  nothing when Meta ended it (whatsapp-calling.md §2);
+  nothing when Meta ended it (docs/meta-calling.md §2);
 - whether the outbound permission ledger counts the call as answered, unanswered (four
   unanswered in a row revoke the permission, §10) or not at all;
 - whether the gateway must hang up the Asterisk channel (not when Asterisk ended it).
@@ -110,7 +110,8 @@ class LedgerCount(StrEnum):
     NONE = "none"
 
 
-# Q.850 cause the waiting channel gets for each result (asterisk-handoff.md suggests 21/19/17).
+# Q.850 cause the waiting channel gets for each result
+# (docs/asterisk-handoff.md suggests 21/19/17).
 DIAL_CAUSE: dict[DialStatus, int] = {
     DialStatus.ANSWER: causes.NORMAL_CLEARING,
     DialStatus.REJECTED: causes.CALL_REJECTED,

@@ -1,6 +1,6 @@
 """A WhatsApp user calls the business: the call walks the number's dialplan like a PSTN call.
 
-Set-up follows whatsapp-calling.md §8 and asterisk-handoff.md:
+Set-up follows docs/meta-calling.md §8 and docs/asterisk-handoff.md:
 
     connect webhook → WebRTC answer → pre_accept (caller sees "Ringing", ICE/DTLS start)
       → ICE/DTLS connected → AMI Originate UnicastRTP into the number's context (the
@@ -57,7 +57,7 @@ class InboundCall(Call):
 
         # The caller hears ringing while ICE/DTLS come up; only then does the dialplan start,
         # so a call whose media can never flow creates no channel, and the first prompt is
-        # not played into a leg that cannot carry it yet (whatsapp-calling.md §9).
+        # not played into a leg that cannot carry it yet (docs/meta-calling.md §9).
         limit = deps.config.media.connect_timeout_s
         try:
             await self._until_end(leg.connected.wait(), timeout=max(0.1, limit - self._elapsed()))

@@ -1,6 +1,6 @@
 """The registry of live calls and the gate every webhook event goes through.
 
-Meta delivers webhooks at least once and in no guaranteed order (whatsapp-calling.md §7), so
+Meta delivers webhooks at least once and in no guaranteed order (docs/meta-calling.md §7), so
 this is where idempotence lives: events are de-duplicated on (call id, event, timestamp), an
 ended call leaves a tombstone for a while so a late ``connect`` cannot revive it, and a
 ``terminate`` that overtakes its ``connect`` leaves a tombstone too — the call is then never

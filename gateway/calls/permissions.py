@@ -1,7 +1,7 @@
 """Outbound calls: Meta's call-permission rules, enforced by the gateway before Meta refuses.
 
 A business may call a WhatsApp user only with the user's permission, and both the permission
-requests and the calls are rate-limited per (business number, user) pair (whatsapp-calling.md
+requests and the calls are rate-limited per (business number, user) pair (docs/meta-calling.md
 §3, §5, §6, §10, §11). :class:`PermissionLedger` remembers, in SQLite, what the gateway knows of
 each pair -- the permission and its expiry, the requests sent, the business-initiated calls and
 their results -- and answers "may we call?" / "may we ask?" with a :class:`Decision` that
@@ -45,7 +45,7 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 WEEK = 7 * DAY
 
-# ---- Meta's limits (whatsapp-calling.md §10; sandbox values in the same table) -----------------
+# ---- Meta's limits (docs/meta-calling.md §10; sandbox values in the same table) -----------------
 REQUESTS_PER_24H = 1
 """§10: at most 1 permission request per 24 h per pair (over it: 138009)."""
 REQUESTS_PER_7D = 2

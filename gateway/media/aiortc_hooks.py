@@ -3,7 +3,7 @@
 aiortc is pinned exactly in pyproject.toml because of this file; tests/unit/test_aiortc_hooks.py
 and the end-to-end tests cover every hook, so an upgrade that breaks one fails loudly.
 
-Why each hook exists (measurements in ../shared/reference/webrtc-media.md):
+Why each hook exists (measurements in docs/media.md):
 - Codec table: WhatsApp offers Opus as PT 111 and telephone-event/8000 as PT 126; aiortc knows
   no telephone-event, so without registering it the answer drops DTMF altogether.
 - Host addresses: aioice gathers on every interface but loopback; a gateway must gather on the

@@ -3,7 +3,7 @@
 16 kHz is what WhatsApp plays (its offer says maxplaybackrate=16000) and what G.722 carries, so
 the wideband path needs no resampling at all; ulaw/alaw resample to 8 kHz at the Asterisk edge.
 Own Opus encoder rather than aiortc's: aiortc's is fixed at 96 kb/s stereo without FEC and costs
-twice the CPU (webrtc-media.md); ours is mono, ``application=voip``, in-band FEC on.
+twice the CPU (docs/media.md); ours is mono, ``application=voip``, in-band FEC on.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class OpusDecoder:
 @dataclass(frozen=True)
 class AsteriskCodec:
     """A codec of the Asterisk leg: static payload types only, since a UnicastRTP channel has
-    no SDP (asterisk-handoff.md)."""
+    no SDP (docs/asterisk-handoff.md)."""
 
     name: str
     ffmpeg: str

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 EVENTS = "0123456789*#ABCD"
 CLOCK_RATE = 8000
-"""WhatsApp only does telephone-event/8000 (whatsapp-calling.md §9)."""
+"""WhatsApp only does telephone-event/8000 (docs/meta-calling.md §9)."""
 SAMPLES_PER_PACKET = 160  # 20 ms at 8 kHz
 END_REPEATS = 3
 DEFAULT_VOLUME = 10  # -10 dBm0, the usual value for generated digits

@@ -1,7 +1,7 @@
 """The Asterisk leg: plain RTP between one UDP socket of ours and a UnicastRTP channel.
 
 Asterisk's strict RTP accepts packets at once only from the address written in the dial string
-(asterisk-handoff.md), so every packet leaves from the socket whose port that string names.
+(docs/asterisk-handoff.md), so every packet leaves from the socket whose port that string names.
 
 Audio toward Asterisk is paced here, one 20 ms frame every 20 ms, silence when WhatsApp sent
 nothing: measured on Asterisk 22, a UnicastRTP channel that receives no RTP does not advance

@@ -42,7 +42,7 @@ MAX_QUEUED_BYTES = FRAME_BYTES * 10
 """200 ms: beyond that the far side sends faster than real time and old audio is dropped."""
 MAX_GATED_BYTES = FRAME_BYTES * 50
 """Up to 1 s of audio is held while the gate is closed (between pre_accept and accept's 200),
-so the start of the first prompt is delayed rather than clipped (whatsapp-calling.md §9)."""
+so the start of the first prompt is delayed rather than clipped (docs/meta-calling.md §9)."""
 
 
 class SdpError(ValueError):

@@ -2,7 +2,7 @@
 
 Debian 12 has no asterisk package and these machines have no Docker engine, so
 ``scripts/asterisk-chroot.sh`` builds (once) a sid chroot holding the Debian package; see
-``asterisk-handoff.md``. Each :class:`LocalAsterisk` gets its own directory inside that chroot,
+``docs/asterisk-handoff.md``. Each :class:`LocalAsterisk` gets its own directory inside that chroot,
 ``/run-gateway/<name>/{etc,run,log,spool,lib,cache}``, holding a copy of ``asterisk-conf/``
 plus an optional overlay (the tests add ``extensions_local.conf``), and an ``asterisk.conf``
 pointing at those directories. Modules and sounds stay the package's own.
@@ -27,11 +27,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.resources import ASTERISK_CHROOT_SCRIPT, SAMPLE_ASTERISK_CONF, resource
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-CHROOT_SCRIPT = REPO / "scripts" / "asterisk-chroot.sh"
-SAMPLE_CONF = REPO / "asterisk-conf"
+# Shipped in the wheel too (gateway/resources.py), so the demo runs from an installed package.
+CHROOT_SCRIPT = resource(ASTERISK_CHROOT_SCRIPT)
+SAMPLE_CONF = resource(SAMPLE_ASTERISK_CONF)
 ASTERISK = "/usr/sbin/asterisk"
 
 

@@ -6,5 +6,5 @@
 - ``audio``: tones and what was heard, in words; ``transcript``: the call's story;
 - ``control`` / ``cli``: call scripts, the ``/_sim/`` control API, ``sim serve|call``.
 
-Truth is ../shared/reference/whatsapp-calling.md and its payloads, never what the gateway does.
+Truth is docs/meta-calling.md and its payloads, never what the gateway does.
 """

@@ -85,8 +85,8 @@ class AccountApi:
         return await self._api(request, "messages", self._message, action)
 
     async def _message(self, phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
-        """§5: validate, record, answer per payloads/response-message-send.json; a permission
-        request is answered by the user later, like on a phone."""
+        """§5: validate, record, answer per tests/fixtures/payloads/response-message-send.json; a
+        permission request is answered by the user later, like on a phone."""
         if body.get("messaging_product") != "whatsapp":
             raise invalid("messaging_product must be \"whatsapp\"")
         to = body.get("to")
@@ -189,7 +189,7 @@ class AccountApi:
 
 
 def _check_permission_request(interactive: dict[str, Any]) -> None:
-    """§5 / payloads/request-message-call-permission-request.json."""
+    """§5 / tests/fixtures/payloads/request-message-call-permission-request.json."""
     action = interactive.get("action")
     if not isinstance(action, dict) or action.get("name") != "call_permission_request":
         raise invalid("interactive.action.name must be \"call_permission_request\"")
@@ -206,7 +206,7 @@ def _check_permission_request(interactive: dict[str, Any]) -> None:
 
 
 def _check_voice_call(interactive: dict[str, Any]) -> None:
-    """§5 / payloads/request-message-voice-call-button.json."""
+    """§5 / tests/fixtures/payloads/request-message-voice-call-button.json."""
     body = interactive.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("text"), str) \
             or not body["text"].strip():

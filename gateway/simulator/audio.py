@@ -3,7 +3,7 @@
 Everything works on the gateway's internal format (gateway/media/codecs.py): 16 kHz mono signed
 16-bit little-endian PCM, so a 20 ms frame is 640 bytes. Pure functions over ``bytes``; numpy does
 the arithmetic. No DTMF here on purpose: the phone presses keys with RFC 4733 events, the way the
-WhatsApp client does (whatsapp-calling.md §9), never with in-band tones.
+WhatsApp client does (docs/meta-calling.md §9), never with in-band tones.
 """
 
 from __future__ import annotations

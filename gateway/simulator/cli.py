@@ -49,17 +49,22 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "serve", help="run the Cloud API simulator (Graph /calls + signed webhooks)",
         description="Stand in for graph.facebook.com: the gateway's graph_url points here, "
                     "webhooks go to the gateway, and /_sim/ takes scripted calls.")
-    serve.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
+    serve.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT",
+                       help="where the simulated Graph API listens (default 127.0.0.1:8090)")
     serve.add_argument("--webhook-url", required=True,
                        help="the gateway's webhook, e.g. http://127.0.0.1:8080/webhook")
     serve.add_argument("--app-secret", default=os.environ.get("WA_APP_SECRET"),
                        help="signs webhooks (default: $WA_APP_SECRET)")
     serve.add_argument("--access-token", default=os.environ.get("WA_ACCESS_TOKEN"),
                        help="the Bearer token the gateway must send (default: $WA_ACCESS_TOKEN)")
-    serve.add_argument("--phone-number-id", default=DEFAULT_PHONE_NUMBER_ID)
-    serve.add_argument("--display-number", default=DEFAULT_DISPLAY_NUMBER)
-    serve.add_argument("--waba-id", default=DEFAULT_WABA_ID)
-    serve.add_argument("--api-version", default="v23.0")
+    serve.add_argument("--phone-number-id", default=DEFAULT_PHONE_NUMBER_ID,
+                       help="the simulated business number's id (webhook metadata)")
+    serve.add_argument("--display-number", default=DEFAULT_DISPLAY_NUMBER,
+                       help="the business number as users see it")
+    serve.add_argument("--waba-id", default=DEFAULT_WABA_ID,
+                       help="the WhatsApp Business Account id in webhook entries")
+    serve.add_argument("--api-version", default="v23.0",
+                       help="Graph API version served in paths (v17.0 or later)")
     serve.add_argument("--ring-timeout", type=float, default=60.0,
                        help="seconds an unanswered call rings (default 60)")
     serve.add_argument("--media-address", action="append", default=None,
@@ -86,13 +91,17 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "call", help="place a scripted call through a running simulator",
         description="Steps: wait N, wait-answer [N], wait-audio [N], press DIGITS, "
                     "tone HZ SECONDS, hangup, expect-hangup [N]; separated by ';'.")
-    call.add_argument("--sim-url", default="http://127.0.0.1:8090")
+    call.add_argument("--sim-url", default="http://127.0.0.1:8090",
+                      help="the running simulator (sim serve --listen)")
     call.add_argument("--from", dest="from_", default="15550002222", help="the user's number")
     call.add_argument("--name", default="Test User", help="the user's profile name")
     call.add_argument("--phone-number-id", default=None, help="business number to call")
-    call.add_argument("--cta-payload", default=None)
-    call.add_argument("--deeplink-payload", default=None)
-    call.add_argument("--script", default="wait-answer; wait 5; hangup")
+    call.add_argument("--cta-payload", default=None,
+                      help="as if the user tapped a call button with this payload")
+    call.add_argument("--deeplink-payload", default=None,
+                      help="as if the user opened a wa.me/call link with this payload")
+    call.add_argument("--script", default="wait-answer; wait 5; hangup",
+                      help="what the caller does, steps separated by ;")
     call.set_defaults(func=lambda a: _run(call_main(a)), async_func=call_main)
 
 

@@ -1,10 +1,10 @@
 """Meta's Cloud API for calling, simulated: the Graph ``/calls`` endpoint and signed webhooks.
 
 Stands in for graph.facebook.com so the gateway (or an admin testing a dialplan) can take
-WhatsApp calls without Meta. Behaviour follows ../shared/reference/whatsapp-calling.md: request
+WhatsApp calls without Meta. Behaviour follows docs/meta-calling.md: request
 validation and error bodies per §2/§11/§14, webhook bodies shaped like the samples in
-reference/payloads/, signatures per payloads/webhook-verification.md. Where the reference is
-silent, the choice made is written next to the code as an ASSUMPTION.
+tests/fixtures/payloads/, signatures per tests/fixtures/payloads/webhook-verification.md. Where
+the reference is silent, the choice made is written next to the code as an ASSUMPTION.
 
 Both directions: a user calls the business (:meth:`CloudApiSimulator.place_call`), or the
 business calls a user with ``connect`` (connect webhook with Meta's answer, RINGING / ACCEPTED /
@@ -314,8 +314,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     async def _callback_grant(self, call: SimulatedCall, user: SimulatedUser) -> None:
         """§4 callback_permission_status ENABLED: a user who calls (answered or missed) grants
-        a temporary permission; the reply webhook names the call (context.id = wacid, payloads/
-        webhook-call-permission-reply-automatic-callback.json).
+        a temporary permission; the reply webhook names the call (context.id = wacid,
+        tests/fixtures/payloads/webhook-call-permission-reply-automatic-callback.json).
 
         ASSUMPTION: nothing is granted (nor sent) while a permanent permission exists; an
         existing temporary one is renewed for 7 days, with a webhook."""
@@ -364,8 +364,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         if contacts:
             contact: dict[str, Any] = {"wa_id": call.from_wa_id}
             if call.profile_name and not call.outbound:
-                # Business-initiated connects carry only the wa_id (payloads/webhook-connect-
-                # business-initiated.json).
+                # Business-initiated connects carry only the wa_id
+                # (tests/fixtures/payloads/webhook-connect-business-initiated.json).
                 contact = {"profile": {"name": call.profile_name}, "wa_id": call.from_wa_id}
             value["contacts"] = [contact]
         value[key] = calls
@@ -382,7 +382,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         return {"to": call.display_phone_number, "from": call.wa_id}
 
     def connect_payload(self, call: SimulatedCall) -> dict[str, Any]:
-        """Shaped like payloads/webhook-connect-{user,business}-initiated.json."""
+        """Shaped like tests/fixtures/payloads/webhook-connect-{user,business}-initiated.json."""
         if call.outbound:
             item: dict[str, Any] = {"id": call.call_id, **self._parties(call),
                                     "event": "connect", "timestamp": str(int(time.time())),
@@ -407,7 +407,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
 
     def terminate_payload(self, call: SimulatedCall, *, error_code: int | None = None,
                           error_detail: str | None = None) -> dict[str, Any]:
-        """Shaped like payloads/webhook-terminate-{completed,failed}.json."""
+        """Shaped like tests/fixtures/payloads/webhook-terminate-{completed,failed}.json."""
         item: dict[str, Any] = {
             "id": call.call_id,
             **self._parties(call),
@@ -435,7 +435,7 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
         return self._envelope(call, [item], errors)
 
     def status_payload(self, call: SimulatedCall, status: str) -> dict[str, Any]:
-        """Shaped like payloads/webhook-status-{ringing,accepted,rejected}.json."""
+        """Shaped like tests/fixtures/payloads/webhook-status-{ringing,accepted,rejected}.json."""
         item: dict[str, Any] = {"id": call.call_id, "timestamp": str(int(time.time())),
                                 "type": "call", "status": status, "recipient_id": call.wa_id}
         if call.biz_opaque_callback_data is not None:
@@ -465,8 +465,8 @@ class CloudApiSimulator(BusinessCalling, AccountApi):
                                  response: str, source: str, context_id: str | None,
                                  permanent: bool, expires_at: float | None,
                                  now: float) -> dict[str, Any]:
-        """Shaped like payloads/webhook-call-permission-reply*.json. ASSUMPTION: a reject
-        carries only ``response`` and ``response_source`` (as the auto-revoked sample)."""
+        """Shaped like tests/fixtures/payloads/webhook-call-permission-reply*.json. ASSUMPTION: a
+        reject carries only ``response`` and ``response_source`` (as the auto-revoked sample)."""
         reply: dict[str, Any] = {"response": response}
         if response == "accept":
             reply["is_permanent"] = permanent

@@ -1,5 +1,5 @@
 """The simulated Meta's vocabulary: ids, error bodies, recorded requests and webhook
-deliveries, and the country rule for business-initiated calls (whatsapp-calling.md §10-11)."""
+deliveries, and the country rule for business-initiated calls (docs/meta-calling.md §10-11)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ DEFAULT_WABA_ID = "102290000000001"
 DEFAULT_PHONE_NUMBER_ID = "106540000000002"
 DEFAULT_DISPLAY_NUMBER = "15550001111"
 MIN_CALLING_VERSION = (17, 0)
-"""Calling needs Graph v17.0 or later (whatsapp-calling.md §1)."""
+"""Calling needs Graph v17.0 or later (docs/meta-calling.md §1)."""
 OPAQUE_MAX = 512
 TROUBLESHOOTING_URL = ("https://developers.facebook.com/documentation/business-messaging/"
                        "whatsapp/calling/troubleshooting")
@@ -53,7 +53,8 @@ def new_wamid() -> str:
 
 
 class GraphError(Exception):
-    """An error the Graph API answers with (body per payloads/response-error.json)."""
+    """An error the Graph API answers with (body per
+    tests/fixtures/payloads/response-error.json)."""
 
     def __init__(self, code: int, message: str, details: str | None = None, status: int = 400,
                  type_: str = "OAuthException", subcode: int | None = None):
@@ -128,7 +129,7 @@ class WebhookDelivery:
 
 def sign(app_secret: str, body: bytes) -> str:
     """``X-Hub-Signature-256`` value: HMAC-SHA256 of the exact body bytes
-    (payloads/webhook-verification.md)."""
+    (tests/fixtures/payloads/webhook-verification.md)."""
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
 
 

@@ -173,7 +173,8 @@ class BusinessCalling:
 
     async def _outbound_ended(self, call: SimulatedCall) -> None:
         """§10: declined or unanswered business calls in a row; 4 revoke the permission, with
-        an automatic reject reply (payloads/webhook-call-permission-reply-auto-revoked.json).
+        an automatic reject reply
+        (tests/fixtures/payloads/webhook-call-permission-reply-auto-revoked.json).
 
         ASSUMPTION: only what the user did counts (declined, or not picked up before the ring
         timeout); a call the business cancelled or that failed on media does not."""

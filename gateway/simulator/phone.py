@@ -1,7 +1,8 @@
 """A WhatsApp user's phone, as the business sees it through Meta's relay: a real WebRTC peer.
 
-The phone offers what WhatsApp offers (whatsapp-calling.md §9, payloads/webhook-connect-user-
-initiated.json): an ICE-lite relay with one IPv4 and one IPv6 host candidate, DTLS ``actpass``
+The phone offers what WhatsApp offers (docs/meta-calling.md §9,
+tests/fixtures/payloads/webhook-connect-user-initiated.json): an ICE-lite relay with one
+IPv4 and one IPv6 host candidate, DTLS ``actpass``
 with one sha-256 fingerprint, Opus/111 with WhatsApp's fmtp and telephone-event/8000 on 126, one
 SSRC named ``WhatsAppAudioStream1``. Underneath runs the project's own :class:`WebRtcLeg`, so the
 media is real Opus over SRTP and key presses are real RFC 4733 events.
@@ -35,12 +36,12 @@ log = logging.getLogger(__name__)
 WHATSAPP_OPUS_FMTP = ("maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;"
                       "sprop-maxcapturerate=16000;useinbandfec=1")
 META_ANSWER_OPUS_FMTP = "minptime=10;useinbandfec=1"
-"""Opus fmtp of Meta's answer to a business's offer (payloads/webhook-connect-business-initiated
-.json)."""
+"""Opus fmtp of Meta's answer to a business's offer
+(tests/fixtures/payloads/webhook-connect-business-initiated.json)."""
 META_DTMF_PT = 126
 """§9: without telephone-event/8000 in the business's offer Meta still uses PT 126 at 8 kHz."""
 NO_MEDIA_ERROR = 138021
-"""Client received no media for too long (whatsapp-calling.md §11)."""
+"""Client received no media for too long (docs/meta-calling.md §11)."""
 FEED_LEAD_FRAMES = 3
 """Frames queued ahead of the sender's 20 ms clock: enough to ride out loop jitter, well under
 the 200 ms the outgoing queue keeps."""
@@ -442,7 +443,8 @@ def whatsapp_offer(local_sdp: str) -> str:
 
 def meta_answer(local_sdp: str) -> str:
     """Rewrite aiortc's answer to a business's offer into the shape of Meta's answer
-    (payloads/webhook-connect-business-initiated.json, §9 ⚠): session-level ``a=ice-lite``,
+    (tests/fixtures/payloads/webhook-connect-business-initiated.json, §9 ⚠): session-level
+    ``a=ice-lite``,
     ``a=ice-options:trickle``, one sha-256 fingerprint, the DTLS role aiortc chose (``active``
     against an ``actpass`` offer, as in Meta's sample), mid and payload types mirrored from the
     offer, Meta's Opus fmtp, host candidates of one IPv4 and one IPv6 address, one SSRC.

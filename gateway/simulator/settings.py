@@ -1,6 +1,7 @@
 """A business number's settings at Meta: ``GET|POST /{PHONE_NUMBER_ID}/settings`` (§4).
 
-Starts from payloads/response-get-settings-calling.json, minus its ``restrictions`` (the sample's
+Starts from tests/fixtures/payloads/response-get-settings-calling.json, minus its
+``restrictions`` (the sample's
 restriction expired long ago; tests add one when they want it). POST replaces each calling key
 it names, and ``call_hours`` as a whole (leaving out ``holiday_schedule`` deletes it).
 """

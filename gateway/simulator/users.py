@@ -1,6 +1,6 @@
 """WhatsApp users as Meta knows them: call permission, how they behave, and Meta's counters.
 
-Rules from whatsapp-calling.md §3 (the ``call_permissions`` answer) and §10 (limits), per
+Rules from docs/meta-calling.md §3 (the ``call_permissions`` answer) and §10 (limits), per
 business number + user pair:
 
 - permission requests: 1 per 24 h and 2 per 7 days (138009); none while a permanent permission
@@ -181,7 +181,8 @@ def call_limits(counters: PairCounters, now: float) -> list[dict[str, Any]]:
 
 
 def permissions_body(user: SimulatedUser, counters: PairCounters, now: float) -> dict[str, Any]:
-    """``GET call_permissions`` answer, shaped like payloads/response-get-call-permissions.json.
+    """``GET call_permissions`` answer, shaped like
+    tests/fixtures/payloads/response-get-call-permissions.json.
 
     ASSUMPTION: ``can_perform_action`` of send_call_permission_request is false while a
     permanent permission exists (it would fail with 138017) or a limit is exhausted; of

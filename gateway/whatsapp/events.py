@@ -1,4 +1,4 @@
-"""Webhook bodies turned into typed events, leniently (whatsapp-calling.md §6-7).
+"""Webhook bodies turned into typed events, leniently (docs/meta-calling.md §6-7).
 
 Meta's documents and its deliveries disagree on types (``status`` as a list or a string,
 ``duration`` as a string or a number, errors at two levels), add fields over time and batch

@@ -1,4 +1,4 @@
-"""Graph API calls the gateway makes: the ``/calls`` actions (whatsapp-calling.md §2).
+"""Graph API calls the gateway makes: the ``/calls`` actions (docs/meta-calling.md §2).
 
 Errors are branched on ``error.code`` only (the one documented stable field) and carried as
 :class:`GraphError` so callers can map Meta codes to Q.850 causes and metrics. Every request has
@@ -233,7 +233,7 @@ class GraphClient:
         except (KeyError, IndexError, TypeError):
             raise GraphError("connect", f"answer has no calls[0].id: {data}") from None
 
-    # ---- outbound calls: messages and call permissions (whatsapp-calling.md §3, §5) -------
+    # ---- outbound calls: messages and call permissions (docs/meta-calling.md §3, §5) -------
 
     async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> str:
         """``POST /{pnid}/messages`` (§5); returns Meta's message id (``wamid.``...).

@@ -1,5 +1,5 @@
 """Bodies of the ``POST /{PHONE_NUMBER_ID}/messages`` requests that drive calling
-(whatsapp-calling.md §5): the call-permission request and the voice-call button.
+(docs/meta-calling.md §5): the call-permission request and the voice-call button.
 
 Checked here, before any request, against Meta's documented bounds, so a CRM or an admin gets
 an error naming the field (``ValueError("display_text: ...")``) instead of Meta's error 100.

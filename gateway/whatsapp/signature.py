@@ -1,7 +1,8 @@
 """Meta's webhook signature: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``.
 
-Checked on the raw bytes exactly as received (payloads/webhook-verification.md): re-serialised
-JSON would hash differently. Constant-time comparison; the SHA-1 ``X-Hub-Signature`` is ignored.
+Checked on the raw bytes exactly as received (tests/fixtures/payloads/webhook-verification.md):
+re-serialised JSON would hash differently. Constant-time comparison; the SHA-1
+``X-Hub-Signature`` is ignored.
 """
 
 from __future__ import annotations

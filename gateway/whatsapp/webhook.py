@@ -1,6 +1,6 @@
 """``/webhook``: Meta's verification handshake (GET) and event delivery (POST).
 
-POST order matters (whatsapp-calling.md §7): the signature is checked on the raw bytes before
+POST order matters (docs/meta-calling.md §7): the signature is checked on the raw bytes before
 anything is parsed; then the body is parsed and handed off, and Meta gets its 200 at once —
 the calls are set up in their own tasks, never inside the request.
 """

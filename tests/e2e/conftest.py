@@ -21,7 +21,7 @@ from gateway.sandbox.local_asterisk import LocalAsterisk
 from gateway.simulator.cloud_api import CloudApiSimulator
 from tests.ports import udp_range
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 APP_SECRET = "e2e-app-secret"
 ACCESS_TOKEN = "e2e-access-token"
 API_TOKEN = "e2e-api-token"
@@ -34,6 +34,8 @@ NUMBERS = {
     "100000000000004": ("15550000004", "test-hangup"),
     "100000000000005": ("15550000005", "from-whatsapp"),
     "100000000000006": ("15550000006", "test-wait"),
+    "100000000000007": ("15550000007", "from-whatsapp-recorded"),
+    "100000000000008": ("15550000008", "from-whatsapp-queue"),
     # The number the sample [to-whatsapp] context calls from (outbound tests).
     "106540000000002": ("15550001111", "from-whatsapp"),
 }

@@ -1,4 +1,4 @@
-"""The AMI + UnicastRTP handoff against a real Asterisk (asterisk-handoff.md, step by step).
+"""The AMI + UnicastRTP handoff against a real Asterisk (docs/asterisk-handoff.md, step by step).
 
 Each test is a scenario an admin would describe: "the gateway originates a WhatsApp call into
 test-echo; the 700 Hz tone it sends comes back". The dialplans are in asterisk-overlay/ and

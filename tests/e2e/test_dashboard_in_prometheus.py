@@ -36,7 +36,7 @@ PROM_PORT = free_port()
 
 # Grafana fills these in; any valid value exercises the query the same way.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "10m", "$number": ".*",
-                     "$direction": ".*"}
+                     "$direction": ".*", "$instance": ".*"}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """A minimal business written from the reference alone, for the simulator's tests.
 
-What whatsapp-calling.md §8 describes, nothing more: a webhook receiver that checks Meta's
+What docs/meta-calling.md §8 describes, nothing more: a webhook receiver that checks Meta's
 signature, and real WebRtcLegs that answer the phone's offer, with pre_accept / accept /
 terminate sent over HTTP. No gateway code runs.
 """

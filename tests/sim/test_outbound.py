@@ -17,7 +17,7 @@ from gateway.simulator import audio
 from gateway.simulator.meta import business_country_block
 from tests.sim.business import Business, make_sim
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 USER = "15550002222"
 OPAQUE = "gw-outbound-0001"
 

@@ -18,7 +18,7 @@ from gateway.simulator.control import add_control_routes
 from gateway.simulator.users import DAY, SimulatedUser
 from tests.sim.business import make_sim
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 USER = "15550002222"
 
 

@@ -12,6 +12,7 @@ import yaml
 from gateway.metrics import GatewayMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
+TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped series
 DASHBOARD = ROOT / "monitoring/grafana/dashboards/whatsapp-gateway.json"
 METRIC = re.compile(r"\b((?:whatsapp_gateway|process)_[a-z0-9_]+)")
 SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
@@ -68,7 +69,7 @@ def test_grouping_and_matcher_labels_exist_on_the_metric() -> None:
     names = exported()
     for expr in expressions(json.loads(DASHBOARD.read_text())):
         for metric, matchers in re.findall(r"\b(whatsapp_gateway_[a-z0-9_]+)\{([^}]*)\}", expr):
-            used = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers))
+            used = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers)) - TARGET_LABELS
             assert used <= names[metric][1], f"{metric} has no label {used - names[metric][1]}"
         grouped = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr)
                    for label in group.split(",")}
@@ -90,7 +91,7 @@ def test_panels_explain_themselves() -> None:
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel.get("description"), panel["title"]
-            assert panel["datasource"]["uid"] == "prometheus"
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 
 
 def test_provisioning_points_at_the_dashboard_and_prometheus_scrapes_the_gateway() -> None:
@@ -106,3 +107,43 @@ def test_provisioning_points_at_the_dashboard_and_prometheus_scrapes_the_gateway
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:8080"]  # host network
     cpu = [e for e in expressions(json.loads(DASHBOARD.read_text())) if "process_cpu" in e]
     assert cpu and all(f'job="{job["job_name"]}"' in e for e in cpu)
+
+
+def test_importable_into_an_existing_grafana() -> None:
+    """No datasource uid of ours is baked in: a ``datasource`` variable picks the admin's
+    Prometheus, and nothing else names a datasource."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    uids = set(re.findall(r'"uid":\s*"([^"]*)"', json.dumps(
+        {k: v for k, v in dashboard.items() if k != "uid"})))
+    assert uids == {"${datasource}"}
+
+
+def test_every_query_filters_on_the_instance_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["instance"]["includeAll"] and variables["instance"]["allValue"] == ".*"
+    assert "instance" in variables["instance"]["definition"]
+    selectors = 0
+    for expr in expressions(dashboard):
+        for metric, rest in re.findall(r"\b((?:whatsapp_gateway|process)_[a-z0-9_]+)(\{[^}]*\})?",
+                                       expr):
+            selectors += 1
+            if "label_values(whatsapp_gateway_build_info" in expr:
+                continue  # the instance variable itself
+            assert 'instance=~"$instance"' in rest, f"{metric} in {expr}"
+    assert selectors > 30
+
+
+def test_dashboard_is_what_the_portability_script_makes() -> None:
+    """scripts/portable-dashboard.py (run after adding panels) has nothing left to change."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("portable_dashboard",
+                                                  ROOT / "scripts" / "portable-dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = DASHBOARD.read_text()
+    assert json.dumps(module.portable(json.loads(text)), indent=2) + "\n" == text

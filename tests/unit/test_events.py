@@ -1,4 +1,4 @@
-"""The webhook parser on every payload of ../shared/reference/payloads, and their variants."""
+"""The webhook parser on every payload of tests/fixtures/payloads, and their variants."""
 
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ from gateway.whatsapp.events import (
     parse_webhook,
 )
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 WEBHOOKS = sorted(PAYLOADS.glob("webhook-*.json"))
 WACID_IN = "wacid.TESTHBgLMTU1NTAwMDIyMjIVAgASGBRVSUMwMDAwMDAwMDAwMDAwMDAxAA=="
 

@@ -98,3 +98,39 @@ def test_call_event_json_line() -> None:
 def test_unknown_format_refused() -> None:
     with pytest.raises(ValueError, match="text or json"):
         setup_logging("INFO", "xml")
+
+
+def test_a_short_secret_is_only_redacted_where_it_stands_whole(monkeypatch) -> None:
+    """A 1-character test secret must not mangle every word that contains its letter."""
+    import gateway.logs
+
+    monkeypatch.setattr(gateway.logs, "_redactor", gateway.logs.Redactor())  # keep "t" local
+    stream = io.StringIO()
+    setup_logging("INFO", "text", secrets=["t", Secret("x1")], stream=stream)
+    log = logging.getLogger("gateway.test")
+    log.info("context=from-whatsapp extension=s secret=t ami=x1 word=x12 path=/t/")
+    line = stream.getvalue()
+    assert "context=from-whatsapp extension=s" in line
+    assert "word=x12" in line
+    assert "secret=*** ami=*** " in line and "path=/***/" in line
+
+
+def test_a_secret_inside_a_url_or_header_is_still_redacted() -> None:
+    stream = start("text")
+    log = logging.getLogger("gateway.test")
+    log.info("GET /x?a=%s&b=1 and Basic:%s; ami %s.", APP_SECRET, AMI_SECRET, AMI_SECRET)
+    assert leaked(stream.getvalue()) == []
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_media_stack_chatter_only_when_asked(verbose: bool) -> None:
+    stream = io.StringIO()
+    setup_logging("DEBUG", "text", stream=stream, verbose_media=verbose)
+    logging.getLogger("aioice.ice").info("Connection(0) Check CandidatePair succeeded")
+    logging.getLogger("aiortc.rtcdtlstransport").debug("DTLS handshake complete")
+    logging.getLogger("aiortc").warning("sender stopped")
+    logging.getLogger("gateway.calls").debug("still here")
+    text = stream.getvalue()
+    assert "sender stopped" in text and "still here" in text
+    assert ("CandidatePair succeeded" in text) is verbose
+    assert ("DTLS handshake complete" in text) is verbose

@@ -153,3 +153,28 @@ async def test_metrics_route_serves_exposition() -> None:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         assert 'whatsapp_gateway_webhook_requests_total{result="ok"} 1.0' in await response.text()
+
+
+def test_build_info_and_no_created_series() -> None:
+    import platform
+
+    from gateway.version import version
+
+    m = GatewayMetrics([PNID], process=False)
+    m.call_ended(answered_record())
+    text = m.exposition().decode()
+    assert "_created" not in text  # no second series per counter/histogram child
+    (info,) = [f for f in text_string_to_metric_families(text)
+               if f.name == "whatsapp_gateway_build_info"]
+    (sample,) = info.samples
+    assert sample.value == 1
+    assert sample.labels["version"] == version()
+    assert sample.labels["python"] == platform.python_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", sample.labels["aiortc"])
+
+
+def test_no_gauge_is_named_like_a_counter() -> None:
+    """``promtool check metrics``: a ``_total`` suffix is for counters only."""
+    for family in text_string_to_metric_families(GatewayMetrics([PNID]).exposition().decode()):
+        if family.type != "counter":
+            assert not family.name.endswith("_total"), family.name

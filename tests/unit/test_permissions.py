@@ -28,7 +28,7 @@ from gateway.whatsapp.events import PermissionReply, parse_body
 from gateway.whatsapp.graph import GraphClient, GraphError
 from gateway.whatsapp.messages import permission_request_body, voice_call_body
 
-PAYLOADS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 PNID = "106540000000002"
 USER = "15550002222"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC

@@ -24,7 +24,7 @@ from gateway.settings import (
     validate_calling,
 )
 
-PAYLOADS = Path("/work/shared/reference/payloads")
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 PATH = "numbers[0].calling"
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 

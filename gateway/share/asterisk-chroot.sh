@@ -1,0 +1,1 @@
+../../scripts/asterisk-chroot.sh
