@@ -110,7 +110,8 @@ class LedgerCount(StrEnum):
     NONE = "none"
 
 
-# Q.850 cause the waiting channel gets for each result (docs/asterisk-handoff.md suggests 21/19/17).
+# Q.850 cause the waiting channel gets for each result
+# (docs/asterisk-handoff.md suggests 21/19/17).
 DIAL_CAUSE: dict[DialStatus, int] = {
     DialStatus.ANSWER: causes.NORMAL_CLEARING,
     DialStatus.REJECTED: causes.CALL_REJECTED,
@@ -307,8 +308,6 @@ class Happened:
     detail: str
     meta_code: int | None = None
     meta_text: str = ""
-    error_data: dict | None = None
-    """Meta's ``error_data`` of a Graph error (138012 carries the next allowed time)."""
 
 
 def what_for(exc: BaseException) -> Happened:
@@ -322,7 +321,7 @@ def what_for(exc: BaseException) -> Happened:
         return Happened(exc.what, str(exc))
     if isinstance(exc, GraphError):
         what = What.GRAPH_TIMEOUT if exc.timed_out else What.GRAPH_ERROR
-        return Happened(what, str(exc), exc.code, exc.meta_message, exc.error_data)
+        return Happened(what, str(exc), exc.code, exc.meta_message)
     if isinstance(exc, SdpError):
         return Happened(What.BAD_SDP, f"unusable SDP: {exc}")
     if isinstance(exc, (NoCandidates, PortsExhausted)):
