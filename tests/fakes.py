@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,8 @@ class FakeAmi:
                                 codec: str, caller_id: str, variables: Any,
                                 context: str | None = None, exten: str | None = None,
                                 application: str | None = None,
-                                data: str | None = None) -> OriginateResult:
+                                data: str | None = None,
+                                account: str | None = None) -> OriginateResult:
         if not self.connected:
             raise AmiNotConnected("not connected")
         self.originates.append({"channel_id": channel_id, "context": context, "exten": exten,
@@ -174,7 +176,8 @@ class FakeGraph:
         await self._do("pre_accept", call_id)
 
     async def accept(self, phone_number_id: str, call_id: str, sdp: str,
-                     callback_data: str | None = None) -> None:
+                     callback_data: str | None = None,
+                     opt_in: dict[str, dict[str, str]] | None = None) -> None:
         await self._do("accept", call_id)
 
     async def reject(self, phone_number_id: str, call_id: str) -> None:
@@ -184,7 +187,8 @@ class FakeGraph:
         await self._do("terminate", call_id)
 
     async def connect(self, phone_number_id: str, to: str, sdp: str,
-                      callback_data: str | None = None) -> str:
+                      callback_data: str | None = None,
+                      opt_in: dict[str, dict[str, str]] | None = None) -> str:
         await self._do("connect", to)
         return f"wacid.out-{next(self._ids)}"
 
@@ -214,17 +218,26 @@ class FakeLedger:
                                      now: float | None = None) -> None:
         return None
 
-    async def record_call_result(self, phone_number_id: str, user: str, answered: bool,
+    def clock(self) -> float:
+        return time.time()
+
+    async def record_call_result(self, phone_number_id: str, user: Any, answered: bool,
                                  now: float | None = None, call_id: str | None = None) -> None:
-        self.results.append((user, answered))
+        self.results.append((_key(user), answered))
 
-    async def record_user_call(self, phone_number_id: str, user: str,
+    async def record_user_call(self, phone_number_id: str, user: Any,
                                now: float | None = None) -> None:
-        self.user_calls.append(user)
+        self.user_calls.append(_key(user))
 
-    async def apply_meta_error(self, phone_number_id: str, user: str, code: int | None,
-                               now: float | None = None) -> None:
+    async def apply_meta_error(self, phone_number_id: str, user: Any, code: int | None,
+                               now: float | None = None, *,
+                               retry_at: float | None = None) -> None:
         self.meta_errors.append(code)
+
+
+def _key(user: Any) -> str:
+    """A user as the ledger keys them: a number string, or a WhatsAppUser's key."""
+    return user if isinstance(user, str) else user.key
 
 
 class FakeStore:
@@ -367,27 +380,33 @@ def rig(*, rtp_ports: str | None = None, connect_at_once: bool = True, **overrid
     return Rig(CallManager(deps), ami, graph, ledger, store, observer, legs)
 
 
+NOW = int(time.time())
+"""The connect stamp of these fakes: fresh, since the gateway ignores connects older than
+300 s (a replay guard)."""
+
 _CONNECT = parse_webhook(json.loads((PAYLOADS / "webhook-connect-user-initiated.json")
                                     .read_text())).events[0]
 
 
-def connect_event(call_id: str = "wacid.unit-1", timestamp: int = 1767225600,
+def connect_event(call_id: str = "wacid.unit-1", timestamp: int | None = None,
                   **fields: Any) -> CallEvent:
     """The reference user-initiated connect webhook, as a parsed event, for ``call_id``."""
     assert isinstance(_CONNECT, CallEvent)
-    return dataclasses.replace(_CONNECT, call_id=call_id, timestamp=timestamp, **fields)
+    return dataclasses.replace(_CONNECT, call_id=call_id,
+                               timestamp=NOW if timestamp is None else timestamp, **fields)
 
 
-def terminate_event(call_id: str = "wacid.unit-1", timestamp: int = 1767225660, *,
+def terminate_event(call_id: str = "wacid.unit-1", timestamp: int | None = None, *,
                     direction: str = "USER_INITIATED", errors: tuple = (),
                     status: str = "COMPLETED") -> CallEvent:
-    return dataclasses.replace(connect_event(call_id), event="terminate", timestamp=timestamp,
+    return dataclasses.replace(connect_event(call_id), event="terminate",
+                               timestamp=NOW + 60 if timestamp is None else timestamp,
                                direction=direction, sdp=None, sdp_type=None, status=status,
                                errors=errors)
 
 
-def status_event(call_id: str, status: str, timestamp: int = 1767225610,
+def status_event(call_id: str, status: str, timestamp: int | None = None,
                  callback_data: str | None = None) -> StatusEvent:
     return StatusEvent(call_id=call_id, status=status, phone_number_id=PNID,
-                       recipient_id=USER, timestamp=timestamp,
+                       recipient_id=USER, timestamp=NOW + 10 if timestamp is None else timestamp,
                        biz_opaque_callback_data=callback_data)

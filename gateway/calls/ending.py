@@ -308,6 +308,8 @@ class Happened:
     detail: str
     meta_code: int | None = None
     meta_text: str = ""
+    error_data: dict | None = None
+    """Meta's ``error_data`` of a Graph error (138012 carries the next allowed time)."""
 
 
 def what_for(exc: BaseException) -> Happened:
@@ -321,7 +323,7 @@ def what_for(exc: BaseException) -> Happened:
         return Happened(exc.what, str(exc))
     if isinstance(exc, GraphError):
         what = What.GRAPH_TIMEOUT if exc.timed_out else What.GRAPH_ERROR
-        return Happened(what, str(exc), exc.code, exc.meta_message)
+        return Happened(what, str(exc), exc.code, exc.meta_message, exc.error_data)
     if isinstance(exc, SdpError):
         return Happened(What.BAD_SDP, f"unusable SDP: {exc}")
     if isinstance(exc, (NoCandidates, PortsExhausted)):

@@ -127,7 +127,7 @@ async def test_originate_that_outlives_the_call_is_hung_up_when_it_completes():
 async def test_stale_terminate_is_ignored():
     r = fakes.rig()
     await answered_inbound(r)
-    webhook(r, fakes.terminate_event(timestamp=1767225500))  # older than the connect
+    webhook(r, fakes.terminate_event(timestamp=fakes.NOW - 100))  # older than the connect
     await asyncio.sleep(0.01)
     assert r.manager.find(CALL) is not None
     webhook(r, fakes.terminate_event())
@@ -143,7 +143,7 @@ async def test_terminate_before_connect_tombstones_and_late_connect_cannot_reviv
     await answered_inbound(r, "wacid.unit-2")
     webhook(r, fakes.terminate_event("wacid.unit-2"))
     assert await r.manager.settle(5)
-    webhook(r, fakes.connect_event("wacid.unit-2", timestamp=1767225700))  # Meta redelivers
+    webhook(r, fakes.connect_event("wacid.unit-2", timestamp=fakes.NOW + 100))  # Meta redelivers
     assert r.manager.live_calls() == []
     assert r.graph.actions("wacid.unit-2") == ["pre_accept", "accept"]
 
