@@ -229,11 +229,13 @@ class Gateway:
     async def start(self) -> None:
         self.store = await CallStore.open(self.config.store.path)
         self.calls.deps.store = self.store
+        # Records a killed previous run left active: Meta still has those calls up. They stay
+        # active until end_orphaned_records (below) has ended each at Meta and saved its
+        # closed record once, with what happened (a closed record is final).
         left_open = await self.store.list(outcome=Outcome.ACTIVE, limit=None)
-        closed = await self.store.close_orphans()
-        if closed:
-            log.warning("closed %d call record(s) left active by a previous run as failed",
-                        closed)
+        if left_open:
+            log.warning("%d call record(s) left active by a previous run: ending them",
+                        len(left_open))
         self.store.writes.set_hooks(on_error=lambda: self.metrics.store_error("calls"),
                                     on_pending=lambda n: self.metrics.store_backlog("calls", n))
         self.observers.observers.append(StoreObserver(self.store))

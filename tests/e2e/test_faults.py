@@ -140,7 +140,15 @@ async def test_three_simultaneous_calls_with_two_ports_one_clean_capacity_reject
             calls = await asyncio.gather(*(
                 sim.place_call(from_wa_id=f"1555000555{n}", phone_number_id=pnid,
                                display_phone_number=display) for n in range(3)))
-            rejected = [c for c in calls if c.call_id not in gw.calls.calls]
+            # Admission is asynchronous (the store is asked first whether the call id is a
+            # replay): wait until each call is pre-accepted or ended.
+            for call in calls:
+                waits = [asyncio.ensure_future(call.pre_accepted.wait()),
+                         asyncio.ensure_future(call.ended.wait())]
+                await asyncio.wait(waits, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+            rejected = [c for c in calls if not c.pre_accepted.is_set()]
             assert len(rejected) == 1
             await asyncio.wait_for(rejected[0].ended.wait(), 15)
             for call in calls:

@@ -241,7 +241,8 @@ async def test_gateway_killed_mid_call_is_recovered_on_restart(asterisk: LocalAs
 
     cfg = parse_config(config, env={})
     gw = Gateway(cfg)
-    await gw.start()  # closes orphaned records, sweeps orphaned channels on AMI connect
+    await gw.start()  # sweeps orphaned channels on AMI connect ...
+    await gw.calls.settle(60)  # ... and ends orphaned records (at Meta too), then closes them
     try:
         record = await gw.store.get(call.call_id)
         assert record.outcome == Outcome.FAILED and record.end_reason == "shutdown"
