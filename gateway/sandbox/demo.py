@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ import yaml
 from gateway.app import Gateway
 from gateway.config import ConfigError, load_config
 from gateway.media import aiortc_hooks
-from gateway.sandbox.local_asterisk import LocalAsterisk, LocalAsteriskError
+from gateway.sandbox.local_asterisk import LocalAsterisk, LocalAsteriskError, port_is_free
 from gateway.simulator.cloud_api import (
     DEFAULT_DISPLAY_NUMBER,
     DEFAULT_PHONE_NUMBER_ID,
@@ -54,18 +53,6 @@ class DemoPorts:
     ami: int = AMI_PORT
     http: int = GATEWAY_PORT
     sim: int = SIM_PORT
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            return False
-    return True
 
 
 def choose_port(what: str, option: str, requested: int | None, default: int,

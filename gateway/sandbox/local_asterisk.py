@@ -37,6 +37,19 @@ SAMPLE_CONF = resource(SAMPLE_ASTERISK_CONF)
 ASTERISK = "/usr/sbin/asterisk"
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a TCP listener could bind 127.0.0.1:``port`` now (the demo and AMI checks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            return False
+    return True
+
+
 class LocalAsteriskError(RuntimeError):
     """Asterisk could not be started (or stopped); the message says why, with its log tail."""
 
@@ -272,17 +285,10 @@ class LocalAsterisk:
 
     @staticmethod
     def _check_port_free(port: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                raise LocalAsteriskError(
-                    f"AMI port 127.0.0.1:{port} is already in use (another Asterisk? "
-                    f"see `ss -ltnp 'sport = :{port}'`); stop it or choose another port"
-                ) from None
+        if not port_is_free(port):
+            raise LocalAsteriskError(
+                f"AMI port 127.0.0.1:{port} is already in use (another Asterisk? "
+                f"see `ss -ltnp 'sport = :{port}'`); stop it or choose another port")
 
     def _lay_out(self) -> None:
         inst = self.instance_dir
