@@ -80,6 +80,13 @@ class Stack:
         return [c for c in await self.gateway.ami.core_show_channels()
                 if c.get("Uniqueid", "").startswith("wa-")]
 
+    async def records_written(self, timeout: float = 10.0) -> None:
+        """Until the call store and the ledger have written what ended calls left them (a
+        call's record is saved by a write queued as it ends, so it can still be in flight)."""
+        for part in (self.gateway.store, self.gateway.ledger):
+            if part is not None:
+                await asyncio.wait_for(part.writes.drained.wait(), timeout)
+
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Until the gateway holds no call and Asterisk no channel of ours."""
         loop = asyncio.get_running_loop()
@@ -87,6 +94,7 @@ class Stack:
         while True:
             await self.gateway.calls.settle(max(0.1, deadline - loop.time()))
             if not self.gateway.calls.live_calls() and not await self.channels():
+                await self.records_written(max(0.1, deadline - loop.time()))
                 return
             if loop.time() > deadline:
                 raise AssertionError(f"not idle: calls={self.gateway.calls.live_calls()} "
