@@ -368,10 +368,14 @@ class CallManager:
                                      agent_channel=channel, agent_uniqueid=uniqueid or None))
 
     async def _refuse_dial(self, channel: str, why: str) -> None:
+        """A WhatsAppDial naming no user or no business number of ours: the ending table says
+        what the waiting channel is told (it never became a call, so nothing else follows)."""
+        ending = ending_for(What.UNKNOWN_NUMBER, CallState.NEW, direction=Direction.OUTBOUND)
+        assert ending.dial_status is not None and ending.q850 is not None
         ami = self.deps.ami
         try:
-            await ami.setvar(channel, "WA_DIAL_STATUS", "FAILED")
-            await ami.hangup(channel, 41)
+            await ami.setvar(channel, "WA_DIAL_STATUS", ending.dial_status.value)
+            await ami.hangup(channel, ending.q850)
         except Exception as exc:
             log.warning("could not hang up %s after a bad WhatsAppDial (%s): %s", channel, why,
                         exc)

@@ -85,6 +85,9 @@ class StatusEvent:
     recipient_user_id: str = ""
     """docs/meta-2026-identity.md §1/§6: ``recipient_user_id``; ``recipient_id`` is left out for
     username users."""
+    recipient_parent_user_id: str = ""
+    """``recipient_parent_user_id``; Meta called it ``parent_recipient_user_id`` until May 2026,
+    so both names are read (docs/meta-2026-identity.md §1)."""
 
     @property
     def dedup_key(self) -> tuple:
@@ -92,7 +95,8 @@ class StatusEvent:
 
     @property
     def user(self) -> WhatsAppUser:
-        return WhatsAppUser(wa_id=self.recipient_id, user_id=self.recipient_user_id)
+        return WhatsAppUser(wa_id=self.recipient_id, user_id=self.recipient_user_id,
+                            parent_user_id=self.recipient_parent_user_id)
 
 
 @dataclass(frozen=True)
@@ -394,6 +398,8 @@ def _parse_calls_value(value: dict, out: ParsedWebhook) -> None:
             errors=_errors(st.get("errors"), value.get("errors")),
             recipient_user_id=_str(st.get("recipient_user_id"))
             or _contact_for(contacts, _str(st.get("recipient_id")), "").get("user_id", ""),
+            recipient_parent_user_id=_str(st.get("recipient_parent_user_id"))
+            or _str(st.get("parent_recipient_user_id")),
         ))
 
 

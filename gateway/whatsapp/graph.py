@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ERROR_TEXT = {
     100: "invalid parameter",
     131055: "calling Graph endpoints used on a SIP-enabled number",
+    131062: "BSUID recipients are not supported for this message",
     138000: "calling not enabled on this number",
     138001: "receiver cannot be called",
     138002: "1000 concurrent calls reached",

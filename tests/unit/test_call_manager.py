@@ -405,3 +405,19 @@ async def test_an_open_record_whose_accept_went_through_is_terminated_on_restart
         [open_record("wacid.in", Direction.INBOUND, False)]) == 1
     assert r.graph.requests == [("reject", "wacid.in"), ("terminate", "wacid.in")]
     assert "ended with terminate on restart" in r.store.records["wacid.in"].reason
+
+
+@pytest.mark.parametrize("event, why", [
+    ({"To": "not a number", "From": fakes.PNID}, "bad To"),
+    ({"To": "+15550009999", "From": "15559990000"}, "unknown From"),
+])
+async def test_a_whatsapp_dial_the_gateway_cannot_place_is_refused_by_the_table(event, why):
+    """A WhatsAppDial that names no user, or no business number of ours, never becomes a
+    call: the waiting channel gets the table's FAILED and its cause, and Meta hears nothing."""
+    r = fakes.rig()
+    agent = "PJSIP/agent-00000001"
+    assert r.manager.dial_from_dialplan({**event, "Channel": agent}) is None, why
+    assert await r.manager.settle(5)
+    assert r.ami.setvars == [(agent, "WA_DIAL_STATUS", "FAILED")]
+    assert r.ami.hangups == [(agent, 41)]
+    assert r.graph.requests == []

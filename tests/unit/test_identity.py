@@ -119,6 +119,19 @@ def test_ringing_status_with_bsuid():
     assert (ev.recipient_id, ev.recipient_user_id) == ("", BSUID)
 
 
+def test_status_parent_bsuid_under_both_names():
+    """Meta renamed ``parent_recipient_user_id`` to ``recipient_parent_user_id`` in May 2026;
+    a webhook under either name gives the same parent BSUID."""
+    for name in ("recipient_parent_user_id", "parent_recipient_user_id"):
+        body = fixture("webhook-status-ringing-with-bsuid.json")
+        st = body["entry"][0]["changes"][0]["value"]["statuses"][0]
+        st.pop("recipient_parent_user_id", None)
+        st[name] = PARENT
+        (ev,) = parse_webhook(body).events
+        assert ev.recipient_parent_user_id == PARENT, name
+        assert ev.user.parent_user_id == PARENT
+
+
 def test_business_initiated_connect_reads_to_user_id():
     body = fixture("webhook-connect-business-initiated.json")
     value = body["entry"][0]["changes"][0]["value"]
