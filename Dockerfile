@@ -5,6 +5,7 @@ COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 COPY asterisk-conf ./asterisk-conf
 COPY monitoring ./monitoring
+COPY packaging ./packaging
 COPY gateway.example.yaml ./
 COPY scripts/asterisk-chroot.sh ./scripts/
 RUN pip install --no-cache-dir . \

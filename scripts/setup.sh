@@ -40,4 +40,22 @@ if [ ! -f "$stamp" ]; then
 fi
 
 scripts/asterisk-chroot.sh >/dev/null
+
+# --test: nginx's and Caddy's binaries, only to check the TLS-front examples in packaging/
+# (`nginx -t`, `caddy validate`). Unpacked from Debian's packages into the cache, never
+# installed, so no web server is started or enabled on this machine. scripts/test puts them
+# on PATH.
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/whatsapp-asterisk-gateway/tools"
+if [ "${1:-}" = --test ] && [ ! -x "$tools/bin/caddy" ] && command -v apt-get >/dev/null; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && { apt-get download -qq nginx caddy 2>/dev/null \
+        || { apt-get update -qq && apt-get download -qq nginx caddy; }; } >/dev/null 2>&1 \
+      && for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$tmp/root"; done); then
+    mkdir -p "$tools/bin"
+    cp "$tmp/root/usr/sbin/nginx" "$tmp/root/usr/bin/caddy" "$tools/bin/"
+  else
+    log "could not unpack nginx and caddy: the TLS-front example checks will skip"
+  fi
+  rm -rf "$tmp"
+fi
 log "ready"
