@@ -62,7 +62,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}", file=sys.stderr)
     if args.asterisk:
         return asyncio.run(_check_asterisk(config, args.guard_context))
-    from gateway.settings import calling_warnings
+    from gateway.calling_settings import calling_warnings
 
     for i, n in enumerate(config.numbers):
         for warning in calling_warnings(n.calling, f"numbers[{i}].calling",

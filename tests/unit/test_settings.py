@@ -14,15 +14,9 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.calling_settings import is_open, route_for, validate_calling
 from gateway.config import ConfigError, parse_config
-from gateway.settings import (
-    apply_settings,
-    diff,
-    is_open,
-    route_for,
-    to_meta_payload,
-    validate_calling,
-)
+from gateway.settings import apply_settings, diff, to_meta_payload
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 PATH = "numbers[0].calling"

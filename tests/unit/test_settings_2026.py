@@ -10,15 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.calling_settings import calling_warnings, validate_calling, voicemail_timeout
 from gateway.config import ConfigError, parse_config
-from gateway.settings import (
-    apply_settings,
-    calling_warnings,
-    diff,
-    to_meta_payload,
-    validate_calling,
-    voicemail_timeout,
-)
+from gateway.settings import apply_settings, diff, to_meta_payload
 from gateway.simulator.cloud_api import CloudApiSimulator
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
