@@ -421,15 +421,14 @@ def cmd_calls_list(args: argparse.Namespace) -> int:
 
 
 def cmd_settings_apply(args: argparse.Namespace) -> int:
-    import aiohttp
-
     from gateway.settings import apply_settings
+    from gateway.whatsapp.graph import GraphClient
 
     config = _load(args.config)
 
     async def run() -> int:
-        async with aiohttp.ClientSession() as session:
-            return await apply_settings(config, session, args.dry_run, sys.stdout,
+        async with GraphClient(config.whatsapp) as graph:
+            return await apply_settings(config, graph, args.dry_run, sys.stdout,
                                         args.phone_number_id)
 
     return asyncio.run(run())

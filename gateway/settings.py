@@ -2,8 +2,9 @@
 
 The block is validated and obeyed by gateway/calling_settings.py; this module turns it into
 the POST body (docs/meta-calling.md §4), shows what would change against Meta's current
-settings (``--dry-run`` stops there), and POSTs it. It also checks the voicemail
-announcement before ``settings upload-announcement`` sends it.
+settings (``--dry-run`` stops there), and sends it through the gateway's one Graph client, so
+Meta's errors read as they do everywhere else and an overloaded Graph API is retried. It also
+checks the voicemail announcement before ``settings upload-announcement`` sends it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 from collections.abc import Iterable
 from typing import IO, Any
 
-import aiohttp
 import av
 
 from gateway.calling_settings import (
@@ -25,6 +25,7 @@ from gateway.calling_settings import (
     validate_calling,
 )
 from gateway.config import Config
+from gateway.whatsapp.graph import GraphClient, GraphError
 
 ANNOUNCEMENT_MAX_S = 60.0
 """docs/meta-2026-settings-events.md §1: the announcement is Opus in Ogg, shorter than 60 s."""
@@ -135,24 +136,13 @@ def diff(current_from_meta: dict, desired: dict) -> list[str]:
 
 # ---- settings apply ------------------------------------------------------------------------
 
-async def _graph_error(response: aiohttp.ClientResponse) -> str:
-    try:
-        body = await response.json(content_type=None)
-        error = body["error"]
-        return f"HTTP {response.status}: Meta error {error.get('code')}: {error.get('message')}"
-    except Exception:
-        return f"HTTP {response.status}"
-
-
-async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, dry_run: bool,
-                         out: IO[str], phone_number_ids: Iterable[str] | None = None) -> int:
+async def apply_settings(config: Config, graph: GraphClient, dry_run: bool, out: IO[str],
+                         phone_number_ids: Iterable[str] | None = None) -> int:
     """``settings apply``: for each number with a ``calling:`` block, validate it, GET Meta's
     current settings, print the diff and POST the config's settings unless ``dry_run``.
 
     Returns an exit status: 0 when every number is up to date (or would be), 1 otherwise."""
     wanted = set(phone_number_ids) if phone_number_ids is not None else None
-    headers = {"Authorization": f"Bearer {config.whatsapp.access_token.reveal()}"}
-    timeout = aiohttp.ClientTimeout(total=config.whatsapp.graph_timeout_s)
     status = 0
     for i, number in enumerate(config.numbers):
         pnid = number.phone_number_id
@@ -173,18 +163,10 @@ async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, d
                                         config.media.connect_timeout_s):
             out.write(f"{name}: warning: {warning}\n")
         desired = to_meta_payload(number.calling)
-        url = f"{config.whatsapp.graph_url}/{pnid}/settings"
         try:
-            async with graph_session.get(url, headers=headers, timeout=timeout) as response:
-                if response.status != 200:
-                    out.write(f"{name}: cannot read Meta's settings: "
-                              f"{await _graph_error(response)}\n")
-                    status = 1
-                    continue
-                current = _unwrap(await response.json(content_type=None))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            out.write(f"{name}: cannot reach {config.whatsapp.graph_url}: "
-                      f"{type(exc).__name__} {exc}\n")
+            current = _unwrap(await graph.get_settings(pnid))
+        except GraphError as exc:
+            out.write(f"{name}: cannot read Meta's settings: {exc}\n")
             status = 1
             continue
 
@@ -204,16 +186,15 @@ async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, d
             out.write(f"{name}: dry run, nothing sent\n")
             continue
         try:
-            async with graph_session.post(url, headers=headers, json=desired,
-                                          timeout=timeout) as response:
-                if response.status != 200:
-                    out.write(f"{name}: Meta refused the settings: "
-                              f"{await _graph_error(response)}\n")
-                    status = 1
-                    continue
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            out.write(f"{name}: cannot reach {config.whatsapp.graph_url}: "
-                      f"{type(exc).__name__} {exc}\n")
+            await graph.set_settings(pnid, desired)
+        except GraphError as exc:
+            if exc.timed_out:  # Meta may have applied them before the answer was lost
+                out.write(f"{name}: no answer from Meta, applied or not (run settings apply "
+                          f"again to see): {exc}\n")
+            elif exc.unreachable:
+                out.write(f"{name}: settings not sent: {exc}\n")
+            else:
+                out.write(f"{name}: Meta refused the settings: {exc}\n")
             status = 1
             continue
         out.write(f"{name}: applied (WhatsApp clients may take up to 7 days to show it)\n")
