@@ -20,6 +20,7 @@ from gateway.account_health import AccountHealth, PickupRate
 from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.call_media import CallMediaLinker
+from gateway.calling_settings import calling_warnings, route_for
 from gateway.calls.base import CallDeps
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
@@ -37,7 +38,6 @@ from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
-from gateway.settings import calling_warnings, route_for
 from gateway.store import CallStore, StoreObserver
 from gateway.voicemail import VoicemailWatchdog
 from gateway.whatsapp.events import CallEvent, Event, PermissionReply, UserIdChanged

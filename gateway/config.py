@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from gateway.calling_settings import validate_calling
+
 CODECS = ("g722", "ulaw", "alaw")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
@@ -171,7 +173,8 @@ class NumberSettings:
     """Where calls outside the configured call hours go (issue: calling settings)."""
     closed_extension: str = "s"
     calling: dict[str, Any] = field(default_factory=dict)
-    """Meta calling settings for this number, as written in the YAML (validated by settings.py)."""
+    """Meta calling settings for this number, as written in the YAML (validated by
+    calling_settings.py)."""
     username_caller_id: UsernameCallerId = UsernameCallerId()
     """CALLERID of callers without a phone number (username users)."""
     accountcode: str | None = None
@@ -524,8 +527,6 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             r.fail(f"{path}.calling", "must be a mapping of Meta calling settings")
             calling = {}
         else:
-            from gateway.settings import validate_calling  # settings imports this module
-
             r.problems.extend(validate_calling(calling, f"{path}.calling"))
         numbers.append(NumberSettings(
             phone_number_id=pnid,

@@ -1,181 +1,31 @@
-"""A business number's calling settings: validated from the YAML, pushed to Meta, and obeyed.
+"""``settings apply``: a number's ``calling:`` block pushed to Meta, after showing the diff.
 
-The YAML keeps each number's ``calling:`` block in Meta's own shape (docs/meta-calling.md §4,
-tests/fixtures/payloads/request-settings-calling.json), so what an admin reads in Meta's docs
-is what they write. This module checks it locally before Meta does (with errors that name the
-key and the day), turns it into the POST body, shows what would change against Meta's current
-settings (``settings apply``, ``--dry-run``), and answers "is the business open now?" so a
-call outside the call hours goes to the number's ``closed_context``.
-
-YAML trap: an unquoted ``0800`` happens to stay a string but ``0700`` is read as the octal
-number 448, so times below 1000 must be quoted; 1000-2359 unquoted are accepted.
+The block is validated and obeyed by gateway/calling_settings.py; this module turns it into
+the POST body (docs/meta-calling.md §4), shows what would change against Meta's current
+settings (``--dry-run`` stops there), and sends it through the gateway's one Graph client, so
+Meta's errors read as they do everywhere else and an overloaded Graph API is retried. It also
+checks the voicemail announcement before ``settings upload-announcement`` sends it.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import re
+import io
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import IO, Any
 
-import aiohttp
+import av
 
-if TYPE_CHECKING:
-    from gateway.config import Config, NumberSettings
-
-DAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
-MAX_RANGES_PER_DAY = 2  # §4
-MAX_HOLIDAYS = 20  # §4
-ON_OFF = ("ENABLED", "DISABLED")
-KEYS = {"status", "call_icon_visibility", "call_icons", "call_hours",
-        "callback_permission_status", "srtp_key_exchange_protocol", "audio", "sip", "voicemail"}
-VOICEMAIL_TRIGGERS = ("REJECT", "TIMEOUT")
-VOICEMAIL_TIMEOUT_RANGE = (0, 30)  # docs/meta-2026-settings-events.md §1
-CALL_HOURS_KEYS = {"status", "timezone_id", "weekly_operating_hours", "holiday_schedule"}
-_HHMM = re.compile(r"([01]\d|2[0-3])([0-5]\d)")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-# ---- validation ----------------------------------------------------------------------------
-
-def _minutes(value: Any) -> tuple[int | None, str]:
-    """HHMM -> minutes since midnight, or (None, what is wrong)."""
-    if isinstance(value, bool):
-        return None, f"{value!r} is not HHMM"
-    if isinstance(value, int):
-        if value < 1000:
-            return None, (f"{value} is not HHMM: quote times before 10:00, e.g. \"0800\" "
-                          f"(YAML reads 0700 unquoted as the number 448)")
-        value = str(value)
-    if not isinstance(value, str) or not _HHMM.fullmatch(value):
-        return None, f"{value!r} is not HHMM (24 h, e.g. \"0800\" or \"1730\")"
-    return int(value[:2]) * 60 + int(value[2:]), ""
-
-
-def _hhmm(value: Any) -> str:
-    """A validated time as Meta writes it: "0800"."""
-    return f"{value:04d}" if isinstance(value, int) else str(value)
-
-
-def _date_text(value: Any) -> str:
-    return value.isoformat() if isinstance(value, dt.date) else str(value)
-
-
-def _enum(errors: list[str], raw: dict, key: str, path: str, allowed: Iterable[str]) -> None:
-    if key in raw and raw[key] not in allowed:
-        errors.append(f"{path}.{key}: must be one of {', '.join(allowed)}, got {raw[key]!r}")
-
-
-def _unknown(errors: list[str], raw: dict, known: set[str], path: str) -> None:
-    for key in raw:
-        if key not in known:
-            errors.append(f"{path}.{key}: unknown key (typo?)")
-
-
-def validate_calling(raw: Any, path: str) -> list[str]:
-    """Every problem of one number's ``calling:`` block, as ``key: problem`` lines."""
-    if not raw:
-        return []
-    if not isinstance(raw, dict):
-        return [f"{path}: must be a mapping of Meta calling settings"]
-    errors: list[str] = []
-    _unknown(errors, raw, KEYS, path)
-    _enum(errors, raw, "status", path, ON_OFF)
-    _enum(errors, raw, "call_icon_visibility", path, ("DEFAULT", "DISABLE_ALL"))
-    _enum(errors, raw, "callback_permission_status", path, ON_OFF)
-    if raw.get("srtp_key_exchange_protocol", "DTLS") != "DTLS":
-        errors.append(f"{path}.srtp_key_exchange_protocol: must be DTLS: the gateway's WebRTC "
-                      f"leg uses DTLS-SRTP (SDES drops ICE and DTLS), got "
-                      f"{raw['srtp_key_exchange_protocol']!r}")
-    sip = raw.get("sip")
-    if sip is not None and (not isinstance(sip, dict) or sip.get("status") != "DISABLED"):
-        errors.append(f"{path}.sip: status must be DISABLED: SIP mode stops every calls "
-                      f"webhook this gateway lives on (§13)")
-
-    icons = raw.get("call_icons")
-    if icons is not None:
-        if not isinstance(icons, dict):
-            errors.append(f"{path}.call_icons: must be a mapping")
-        else:
-            _unknown(errors, icons, {"restrict_to_user_countries"}, f"{path}.call_icons")
-            countries = icons.get("restrict_to_user_countries", [])
-            if not isinstance(countries, list) or not all(
-                    isinstance(c, str) and re.fullmatch(r"[A-Z]{2}", c) for c in countries):
-                errors.append(f"{path}.call_icons.restrict_to_user_countries: must be a list of "
-                              f"ISO 3166 two-letter codes like BR, got {countries!r}")
-
-    audio = raw.get("audio")
-    if audio is not None:
-        if not isinstance(audio, dict):
-            errors.append(f"{path}.audio: must be a mapping")
-        else:
-            _unknown(errors, audio, {"additional_codecs"}, f"{path}.audio")
-            codecs = audio.get("additional_codecs", [])
-            if not isinstance(codecs, list) or not set(codecs) <= {"PCMA", "PCMU"}:
-                errors.append(f"{path}.audio.additional_codecs: must list PCMA and/or PCMU "
-                              f"(Opus is always on), got {codecs!r}")
-
-    hours = raw.get("call_hours")
-    if hours is not None:
-        errors += _validate_call_hours(hours, f"{path}.call_hours")
-    voicemail = raw.get("voicemail")
-    if voicemail is not None:
-        errors += _validate_voicemail(voicemail, f"{path}.voicemail")
-    return errors
-
-
-def _validate_voicemail(voicemail: Any, path: str) -> list[str]:
-    """``{status, triggers, audio: {default: {announcement_media_id, timeout_seconds}}}``
-    (docs/meta-2026-settings-events.md §1)."""
-    if not isinstance(voicemail, dict):
-        return [f"{path}: must be a mapping with status, triggers, audio"]
-    errors: list[str] = []
-    _unknown(errors, voicemail, {"status", "triggers", "audio"}, path)
-    if voicemail.get("status") not in ON_OFF:
-        errors.append(f"{path}.status: must be ENABLED or DISABLED, got "
-                      f"{voicemail.get('status')!r}")
-    triggers = voicemail.get("triggers", [])
-    if not isinstance(triggers, list) or not set(triggers) <= set(VOICEMAIL_TRIGGERS):
-        errors.append(f"{path}.triggers: must list REJECT and/or TIMEOUT, got {triggers!r}")
-    audio = voicemail.get("audio", {})
-    if not isinstance(audio, dict):
-        return [*errors, f"{path}.audio: must be a mapping with default"]
-    _unknown(errors, audio, {"default"}, f"{path}.audio")
-    default = audio.get("default", {})
-    dpath = f"{path}.audio.default"
-    if not isinstance(default, dict):
-        return [*errors, f"{dpath}: must be a mapping with announcement_media_id, "
-                         f"timeout_seconds"]
-    _unknown(errors, default, {"announcement_media_id", "timeout_seconds"}, dpath)
-    timeout = default.get("timeout_seconds")
-    low, high = VOICEMAIL_TIMEOUT_RANGE
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
-                                or not low <= timeout <= high):
-        errors.append(f"{dpath}.timeout_seconds: must be a whole number of seconds "
-                      f"{low}-{high}, got {timeout!r}")
-    media = default.get("announcement_media_id")
-    if media is not None and (isinstance(media, bool) or not str(media).isdigit()):
-        errors.append(f"{dpath}.announcement_media_id: must be the id Meta returned for the "
-                      f"uploaded announcement (POST /{{id}}/media with use_case="
-                      f"call_voicemail_announcement), got {media!r}")
-    return errors
-
-
-def voicemail_timeout(calling: dict | None) -> int | None:
-    """Seconds after which Meta's voicemail answers an unanswered call (TIMEOUT trigger on,
-    voicemail ENABLED, ``timeout_seconds`` set), else None (docs/meta-2026-settings-events.md
-    §1: without timeout_seconds the TIMEOUT trigger is disabled)."""
-    voicemail = (calling or {}).get("voicemail")
-    if not isinstance(voicemail, dict) or voicemail.get("status") != "ENABLED":
-        return None
-    if "TIMEOUT" not in (voicemail.get("triggers") or []):
-        return None
-    timeout = ((voicemail.get("audio") or {}).get("default") or {}).get("timeout_seconds")
-    return timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
-
+from gateway.calling_settings import (
+    DAYS,
+    calling_warnings,
+    date_text,
+    hhmm,
+    validate_calling,
+)
+from gateway.config import Config
+from gateway.whatsapp.graph import GraphClient, GraphError
 
 ANNOUNCEMENT_MAX_S = 60.0
 """docs/meta-2026-settings-events.md §1: the announcement is Opus in Ogg, shorter than 60 s."""
@@ -186,10 +36,6 @@ def announcement_problem(content: bytes) -> str | None:
     it can. Needs PyAV (installed with aiortc) to read the duration."""
     if not content.startswith(b"OggS") or b"OpusHead" not in content[:512]:
         return "not an Ogg Opus file (convert it: ffmpeg -i in.wav -c:a libopus out.ogg)"
-    import io
-
-    import av
-
     try:
         with av.open(io.BytesIO(content), format="ogg") as container:
             duration = container.duration  # microseconds, None when unknown
@@ -207,136 +53,6 @@ def announcement_problem(content: bytes) -> str | None:
     return None
 
 
-def calling_warnings(raw: Any, path: str, media_connect_timeout_s: float | None = None
-                     ) -> list[str]:
-    """What is valid but probably not meant: ``key: warning`` lines for check-config,
-    ``settings apply`` and the start-up log."""
-    if not isinstance(raw, dict):
-        return []
-    warnings: list[str] = []
-    voicemail = raw.get("voicemail")
-    if isinstance(voicemail, dict) and voicemail.get("status") == "ENABLED":
-        hours = raw.get("call_hours")
-        if isinstance(hours, dict) and hours.get("status") == "ENABLED":
-            warnings.append(f"{path}.voicemail: call_hours are ENABLED too; Meta asks to turn "
-                            f"call hours off when voicemail is enabled")
-        triggers = voicemail.get("triggers") or []
-        timeout = voicemail_timeout(raw)
-        if "TIMEOUT" in triggers and timeout is None:
-            warnings.append(f"{path}.voicemail.triggers: TIMEOUT without "
-                            f"audio.default.timeout_seconds is disabled by Meta")
-        if timeout is not None and media_connect_timeout_s is not None \
-                and timeout < media_connect_timeout_s:
-            warnings.append(f"{path}.voicemail.audio.default.timeout_seconds: {timeout} s is "
-                            f"shorter than media.connect_timeout ({media_connect_timeout_s:g} s): "
-                            f"a call whose media is slow to connect goes to voicemail")
-    return warnings
-
-
-def _validate_call_hours(hours: Any, path: str) -> list[str]:
-    if not isinstance(hours, dict):
-        return [f"{path}: must be a mapping with status, timezone_id, weekly_operating_hours"]
-    errors: list[str] = []
-    _unknown(errors, hours, CALL_HOURS_KEYS, path)
-    status = hours.get("status")
-    if status not in ON_OFF:
-        errors.append(f"{path}.status: must be ENABLED or DISABLED, got {status!r}")
-    enabled = status == "ENABLED"
-
-    tz = hours.get("timezone_id")
-    if tz is None:
-        if enabled:
-            errors.append(f"{path}.timezone_id: missing (an IANA name like America/Sao_Paulo)")
-    elif not isinstance(tz, str) or not _zone(tz):
-        errors.append(f"{path}.timezone_id: {tz!r} is not an IANA time zone "
-                      f"(e.g. America/Sao_Paulo, Europe/Berlin)")
-
-    weekly = hours.get("weekly_operating_hours", [])
-    wpath = f"{path}.weekly_operating_hours"
-    if not isinstance(weekly, list):
-        errors.append(f"{wpath}: must be a list of day_of_week/open_time/close_time entries")
-        weekly = []
-    if enabled and not weekly:
-        errors.append(f"{wpath}: at least one range is needed when call hours are ENABLED "
-                      f"(otherwise the business is always closed)")
-    per_day: dict[str, list[tuple[int, int, str]]] = {}
-    for i, entry in enumerate(weekly):
-        epath = f"{wpath}[{i}]"
-        if not isinstance(entry, dict):
-            errors.append(f"{epath}: must be a mapping with day_of_week, open_time, close_time")
-            continue
-        _unknown(errors, entry, {"day_of_week", "open_time", "close_time"}, epath)
-        day = entry.get("day_of_week")
-        if day not in DAYS:
-            errors.append(f"{epath}.day_of_week: {day!r} is not a day; use one of "
-                          f"{', '.join(DAYS)}")
-            day = f"entry {i}"
-        opening, problem_open = _minutes(entry.get("open_time"))
-        closing, problem_close = _minutes(entry.get("close_time"))
-        if problem_open:
-            errors.append(f"{epath}.open_time: {day}: {problem_open}")
-        if problem_close:
-            errors.append(f"{epath}.close_time: {day}: {problem_close}")
-        if opening is None or closing is None:
-            continue
-        text = f"{_hhmm(entry['open_time'])}-{_hhmm(entry['close_time'])}"
-        if closing <= opening:
-            errors.append(f"{epath}: {day} {text}: close_time must be after open_time "
-                          f"(ranges cannot cross midnight; split them over two days)")
-            continue
-        per_day.setdefault(day, []).append((opening, closing, text))
-    for day in sorted(per_day, key=lambda d: DAYS.index(d) if d in DAYS else 99):
-        ranges = sorted(per_day[day])
-        if len(ranges) > MAX_RANGES_PER_DAY:
-            errors.append(f"{wpath}: {day} has {len(ranges)} ranges, at most "
-                          f"{MAX_RANGES_PER_DAY}")
-        for (_, end_a, text_a), (start_b, _, text_b) in zip(ranges, ranges[1:], strict=False):
-            if start_b < end_a:
-                errors.append(f"{wpath}: {day} {text_a} overlaps {text_b}")
-
-    holidays = hours.get("holiday_schedule", [])
-    hpath = f"{path}.holiday_schedule"
-    if not isinstance(holidays, list):
-        errors.append(f"{hpath}: must be a list of date/start_time/end_time entries")
-        holidays = []
-    if len(holidays) > MAX_HOLIDAYS:
-        errors.append(f"{hpath}: {len(holidays)} holidays, at most {MAX_HOLIDAYS}")
-    for i, entry in enumerate(holidays):
-        epath = f"{hpath}[{i}]"
-        if not isinstance(entry, dict):
-            errors.append(f"{epath}: must be a mapping with date, start_time, end_time")
-            continue
-        _unknown(errors, entry, {"date", "start_time", "end_time"}, epath)
-        date = _date_text(entry.get("date"))
-        if not _DATE.fullmatch(date) or not _valid_date(date):
-            errors.append(f"{epath}.date: {entry.get('date')!r} is not a date YYYY-MM-DD")
-        start, problem_start = _minutes(entry.get("start_time"))
-        end, problem_end = _minutes(entry.get("end_time"))
-        if problem_start:
-            errors.append(f"{epath}.start_time: {date}: {problem_start}")
-        if problem_end:
-            errors.append(f"{epath}.end_time: {date}: {problem_end}")
-        if start is not None and end is not None and end <= start:
-            errors.append(f"{epath}: {date} {_hhmm(entry['start_time'])}-"
-                          f"{_hhmm(entry['end_time'])}: end_time must be after start_time")
-    return errors
-
-
-def _zone(name: str) -> ZoneInfo | None:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-
-
-def _valid_date(text: str) -> bool:
-    try:
-        dt.date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
 # ---- Meta payload and diff -----------------------------------------------------------------
 
 def to_meta_payload(raw: dict) -> dict:
@@ -347,21 +63,21 @@ def to_meta_payload(raw: dict) -> dict:
     if isinstance(hours, dict):
         for entry in hours.get("weekly_operating_hours", []) or []:
             for key in ("open_time", "close_time"):
-                entry[key] = _hhmm(entry[key])
+                entry[key] = hhmm(entry[key])
         for entry in hours.get("holiday_schedule", []) or []:
-            entry["date"] = _date_text(entry["date"])
+            entry["date"] = date_text(entry["date"])
             for key in ("start_time", "end_time"):
-                entry[key] = _hhmm(entry[key])
+                entry[key] = hhmm(entry[key])
     return {"calling": calling}
 
 
 def _render_entry(path: str, entry: Any) -> str:
     if isinstance(entry, dict) and path.endswith("weekly_operating_hours"):
-        return (f"{entry.get('day_of_week')} {_hhmm(entry.get('open_time'))}-"
-                f"{_hhmm(entry.get('close_time'))}")
+        return (f"{entry.get('day_of_week')} {hhmm(entry.get('open_time'))}-"
+                f"{hhmm(entry.get('close_time'))}")
     if isinstance(entry, dict) and path.endswith("holiday_schedule"):
-        return (f"{_date_text(entry.get('date'))} {_hhmm(entry.get('start_time'))}-"
-                f"{_hhmm(entry.get('end_time'))}")
+        return (f"{date_text(entry.get('date'))} {hhmm(entry.get('start_time'))}-"
+                f"{hhmm(entry.get('end_time'))}")
     return str(entry)
 
 
@@ -416,75 +132,17 @@ def diff(current_from_meta: dict, desired: dict) -> list[str]:
     return lines
 
 
-# ---- call hours at run time ----------------------------------------------------------------
-
-def is_open(call_hours: dict | None, at: dt.datetime) -> bool:
-    """Whether a call at ``at`` (timezone-aware) falls inside the call hours.
-
-    No call hours, or status DISABLED, means always open. A holiday closes from start_time to
-    end_time inclusive (Meta's whole-day example is 0000-2359); a weekly range is open from
-    open_time up to, not including, close_time."""
-    if not call_hours or call_hours.get("status") != "ENABLED":
-        return True
-    if at.tzinfo is None:
-        raise ValueError("is_open needs a timezone-aware datetime")
-    local = at.astimezone(ZoneInfo(call_hours["timezone_id"]))
-    minute = local.hour * 60 + local.minute
-    today = local.date().isoformat()
-    for holiday in call_hours.get("holiday_schedule") or []:
-        if _date_text(holiday["date"]) == today:
-            start, _ = _minutes(holiday["start_time"])
-            end, _ = _minutes(holiday["end_time"])
-            if start is not None and end is not None and start <= minute <= end:
-                return False
-    weekday = DAYS[local.weekday()]
-    for entry in call_hours.get("weekly_operating_hours") or []:
-        if entry.get("day_of_week") != weekday:
-            continue
-        opening, _ = _minutes(entry["open_time"])
-        closing, _ = _minutes(entry["close_time"])
-        if opening is not None and closing is not None and opening <= minute < closing:
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class CallRoute:
-    context: str
-    extension: str
-    open: bool
-    """False when the call came outside the call hours (set WA_OPEN=0 or similar)."""
-
-
-def route_for(number: NumberSettings, at: dt.datetime) -> CallRoute:
-    """Where an inbound call goes: ``closed_context`` outside the call hours when one is
-    configured, else the number's normal context."""
-    open_now = is_open(number.calling.get("call_hours"), at)
-    if not open_now and number.closed_context:
-        return CallRoute(number.closed_context, number.closed_extension, False)
-    return CallRoute(number.context, number.extension, open_now)
 
 
 # ---- settings apply ------------------------------------------------------------------------
 
-async def _graph_error(response: aiohttp.ClientResponse) -> str:
-    try:
-        body = await response.json(content_type=None)
-        error = body["error"]
-        return f"HTTP {response.status}: Meta error {error.get('code')}: {error.get('message')}"
-    except Exception:
-        return f"HTTP {response.status}"
-
-
-async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, dry_run: bool,
-                         out: IO[str], phone_number_ids: Iterable[str] | None = None) -> int:
+async def apply_settings(config: Config, graph: GraphClient, dry_run: bool, out: IO[str],
+                         phone_number_ids: Iterable[str] | None = None) -> int:
     """``settings apply``: for each number with a ``calling:`` block, validate it, GET Meta's
     current settings, print the diff and POST the config's settings unless ``dry_run``.
 
     Returns an exit status: 0 when every number is up to date (or would be), 1 otherwise."""
     wanted = set(phone_number_ids) if phone_number_ids is not None else None
-    headers = {"Authorization": f"Bearer {config.whatsapp.access_token.reveal()}"}
-    timeout = aiohttp.ClientTimeout(total=config.whatsapp.graph_timeout_s)
     status = 0
     for i, number in enumerate(config.numbers):
         pnid = number.phone_number_id
@@ -505,18 +163,10 @@ async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, d
                                         config.media.connect_timeout_s):
             out.write(f"{name}: warning: {warning}\n")
         desired = to_meta_payload(number.calling)
-        url = f"{config.whatsapp.graph_url}/{pnid}/settings"
         try:
-            async with graph_session.get(url, headers=headers, timeout=timeout) as response:
-                if response.status != 200:
-                    out.write(f"{name}: cannot read Meta's settings: "
-                              f"{await _graph_error(response)}\n")
-                    status = 1
-                    continue
-                current = _unwrap(await response.json(content_type=None))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            out.write(f"{name}: cannot reach {config.whatsapp.graph_url}: "
-                      f"{type(exc).__name__} {exc}\n")
+            current = _unwrap(await graph.get_settings(pnid))
+        except GraphError as exc:
+            out.write(f"{name}: cannot read Meta's settings: {exc}\n")
             status = 1
             continue
 
@@ -536,16 +186,15 @@ async def apply_settings(config: Config, graph_session: aiohttp.ClientSession, d
             out.write(f"{name}: dry run, nothing sent\n")
             continue
         try:
-            async with graph_session.post(url, headers=headers, json=desired,
-                                          timeout=timeout) as response:
-                if response.status != 200:
-                    out.write(f"{name}: Meta refused the settings: "
-                              f"{await _graph_error(response)}\n")
-                    status = 1
-                    continue
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            out.write(f"{name}: cannot reach {config.whatsapp.graph_url}: "
-                      f"{type(exc).__name__} {exc}\n")
+            await graph.set_settings(pnid, desired)
+        except GraphError as exc:
+            if exc.timed_out:  # Meta may have applied them before the answer was lost
+                out.write(f"{name}: no answer from Meta, applied or not (run settings apply "
+                          f"again to see): {exc}\n")
+            elif exc.unreachable:
+                out.write(f"{name}: settings not sent: {exc}\n")
+            else:
+                out.write(f"{name}: Meta refused the settings: {exc}\n")
             status = 1
             continue
         out.write(f"{name}: applied (WhatsApp clients may take up to 7 days to show it)\n")

@@ -22,11 +22,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from gateway.calling_settings import voicemail_timeout
 from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
-from gateway.settings import voicemail_timeout
 
 log = logging.getLogger(__name__)
 

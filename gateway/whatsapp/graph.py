@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -152,6 +152,13 @@ class GraphClient:
             await self._session.close()
             self._session = None
 
+    async def __aenter__(self) -> GraphClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def _post(self, phone_number_id: str, path: str, action: str,
                     body: dict[str, Any]) -> dict[str, Any]:
         return await self._request("POST", phone_number_id, path, action, json=body)
@@ -228,24 +235,31 @@ class GraphClient:
 
     async def _ending_action(self, phone_number_id: str, action: str, call_id: str) -> None:
         """reject and terminate end a call, so asking twice is harmless, and not getting
-        through leaves the WhatsApp user on a dead line: a 5xx, 429, rate-limit code,
-        timeout or unreachable Graph is retried after :data:`RETRY_DELAYS_S` (or Meta's
-        ``Retry-After``, up to :data:`RETRY_AFTER_CAP_S`). Meta's refusals (4xx with a
-        code, e.g. the call is already over) are final. Raises the last error."""
+        through leaves the WhatsApp user on a dead line: retried (see :meth:`_retried`)."""
+        await self._retried(f"call {call_id}", action,
+                            lambda: self._call_action(phone_number_id, action, call_id))
+
+    async def _retried(self, subject: str, action: str,
+                       send: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Send a request that is safe to repeat: a 5xx, 429, rate-limit code, timeout or
+        unreachable Graph is retried after :data:`RETRY_DELAYS_S` (or Meta's
+        ``Retry-After``, up to :data:`RETRY_AFTER_CAP_S`). Meta's refusals (4xx with a code,
+        e.g. the call is already over) are final. Raises the last error."""
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
             try:
-                await self._call_action(phone_number_id, action, call_id)
+                data = await send()
                 if attempt > 1:
-                    log.info("call %s: %s went through on attempt %d", call_id, action, attempt)
-                return
+                    log.info("%s: %s went through on attempt %d", subject, action, attempt)
+                return data
             except GraphError as exc:
                 if delay is None or not exc.retryable:
                     raise
                 wait = min(RETRY_AFTER_CAP_S, exc.retry_after) \
                     if exc.retry_after is not None else delay
-                log.warning("call %s: %s attempt %d failed (%s); again in %.1f s", call_id,
-                            action, attempt, exc, wait)
+                log.warning("%s: %s attempt %d failed (%s); again in %.1f s", subject, action,
+                            attempt, exc, wait)
                 await asyncio.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def connect(self, phone_number_id: str, to: str, sdp: str,
                       callback_data: str | None = None,
@@ -296,6 +310,22 @@ class GraphClient:
         # ``recipient=``.
         query = {"recipient": user_wa_id} if is_bsuid(user_wa_id) else {"user_wa_id": user_wa_id}
         return await self._get(phone_number_id, "call_permissions", "call_permissions", query)
+
+    # ---- the number's calling settings (docs/meta-calling.md §4) -----------------------------
+
+    async def get_settings(self, phone_number_id: str) -> dict[str, Any]:
+        """``GET /{pnid}/settings``: the number's settings, ``calling`` among other keys
+        (with ``restrictions`` in it when Meta restricts calling). Retried like reject:
+        reading changes nothing at Meta."""
+        return await self._retried(f"number {phone_number_id}", "settings",
+                                   lambda: self._get(phone_number_id, "settings", "settings", {}))
+
+    async def set_settings(self, phone_number_id: str, body: dict[str, Any]) -> None:
+        """``POST /{pnid}/settings`` with ``body`` (``{"calling": {...}}``). Retried like
+        reject: a POST replaces the keys it names (``call_hours`` whole), so sending the same
+        body twice leaves Meta as sending it once."""
+        await self._retried(f"number {phone_number_id}", "settings",
+                            lambda: self._post(phone_number_id, "settings", "settings", body))
 
     # ---- media: voicemails, recordings, transcripts (docs/meta-2026-settings-events.md §2, §4)
 

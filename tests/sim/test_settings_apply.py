@@ -15,11 +15,11 @@ from gateway.simulator.cloud_api import CloudApiSimulator
 PNID = "106540000000002"
 
 
-def config(graph_url: str, calling: dict) -> dict:
+def config(graph_url: str, calling: dict, pnid: str = PNID) -> dict:
     return {
         "whatsapp": {"graph_url": graph_url, "access_token": "tok", "app_secret": "sec",
                      "verify_token": "ver"},
-        "numbers": [{"phone_number_id": PNID, "context": "from-whatsapp", "calling": calling}],
+        "numbers": [{"phone_number_id": pnid, "context": "from-whatsapp", "calling": calling}],
         "asterisk": {"ami": {"username": "gateway", "secret": "x"}},
     }
 
@@ -87,3 +87,28 @@ async def test_invalid_hours_are_refused_naming_the_day(sim: CloudApiSimulator, 
     assert code != 0
     assert "TUESDAY" in out and "overlap" in out, out
     assert sim.requests == []
+
+
+async def test_an_overloaded_graph_is_retried_and_metas_refusal_is_reported(
+        sim: CloudApiSimulator, tmp_path):
+    """settings apply goes through the gateway's Graph client: Meta's transient answers (5xx,
+    429 with Retry-After) are retried, a refusal is final and reported with Meta's code."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config(sim.url, WANTED)))
+    sim.fail_next("get_settings", 503)
+    sim.fail_next("set_settings", 429, retry_after=0.1)
+    code, out = await cli("settings", "apply", "-c", str(path))
+    assert code == 0 and "applied" in out, out
+    assert [(r.action, r.status) for r in sim.requests] == [
+        ("get_settings", 503), ("get_settings", 200), ("set_settings", 429),
+        ("set_settings", 200)]
+    assert sim.number_settings(PNID)["calling"]["call_icon_visibility"] == "DISABLE_ALL"
+
+    sim.requests.clear()
+    unknown = "106540000000099"  # not a number of this account: Meta answers code 100
+    path.write_text(yaml.safe_dump(config(sim.url, WANTED, pnid=unknown)))
+    code, out = await cli("settings", "apply", "-c", str(path))
+    assert code == 1
+    assert (f"numbers[0] {unknown}: cannot read Meta's settings: Graph settings failed: "
+            f"code 100 (HTTP 400)") in out, out
+    assert [(r.action, r.status) for r in sim.requests] == [("get_settings", 400)]

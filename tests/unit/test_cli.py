@@ -1,17 +1,22 @@
 """Every command-line option says what it does: ``--help`` is the admin's first manual.
 
 Walks every argparse parser reachable from ``whatsapp-gateway`` (the simulator's ``sim``
-commands from gateway/simulator/cli.py included) and fails on an option without help text.
+commands from gateway/simulator/cli.py included) and fails on an option, argument or
+subcommand without help text; and both ways in (the console script, ``python -m gateway``)
+reach the same ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 
-from gateway.__main__ import build_parser, main
+from gateway.cli import build_parser, main
 from gateway.version import version
 
 
@@ -65,3 +70,10 @@ def test_help_runs_as_a_program() -> None:
     proc = subprocess.run([sys.executable, "-m", "gateway", "init", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "asterisk-conf" in proc.stdout
+
+
+def test_the_console_script_is_the_cli() -> None:
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    target = tomllib.loads(pyproject.read_text())["project"]["scripts"]["whatsapp-gateway"]
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is main

@@ -14,15 +14,10 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.calling_settings import is_open, route_for, validate_calling
 from gateway.config import ConfigError, parse_config
-from gateway.settings import (
-    apply_settings,
-    diff,
-    is_open,
-    route_for,
-    to_meta_payload,
-    validate_calling,
-)
+from gateway.settings import apply_settings, diff, to_meta_payload
+from gateway.whatsapp.graph import GraphClient
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 PATH = "numbers[0].calling"
@@ -234,7 +229,8 @@ async def test_apply_settings_shows_diff_and_posts_unless_dry_run(dry_run: bool)
         url = str(client.make_url("/v23.0"))
         cfg = config(good(), graph_url=url)
         out = io.StringIO()
-        status = await apply_settings(cfg, client.session, dry_run, out)
+        async with GraphClient(cfg.whatsapp) as graph:
+            status = await apply_settings(cfg, graph, dry_run, out)
     text = out.getvalue()
     assert status == 0
     assert "  - MONDAY 0800-1800" in text and "  + TUESDAY 0800-1800" in text
@@ -261,9 +257,11 @@ async def test_apply_settings_reports_metas_refusal_and_invalid_config() -> None
     async with TestClient(TestServer(app)) as client:
         cfg = config(good(), graph_url=str(client.make_url("/v23.0")))
         out = io.StringIO()
-        assert await apply_settings(cfg, client.session, False, out) == 1
+        async with GraphClient(cfg.whatsapp) as graph:
+            assert await apply_settings(cfg, graph, False, out) == 1
         assert "status: DISABLED -> ENABLED" in out.getvalue()
-        assert "Meta refused the settings: HTTP 400: Meta error 138015" in out.getvalue()
+        assert ("Meta refused the settings: Graph settings failed: code 138015 (HTTP 400): "
+                "messaging limit") in out.getvalue()
 
         # Invalid hours never get this far: the config itself is refused at load, naming the
         # offending day (apply_settings re-validates for configs built in code).

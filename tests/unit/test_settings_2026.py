@@ -7,19 +7,14 @@ import io
 import json
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from gateway.config import ConfigError, parse_config
-from gateway.settings import (
-    apply_settings,
-    calling_warnings,
-    diff,
-    to_meta_payload,
-    validate_calling,
-    voicemail_timeout,
-)
+from gateway.calling_settings import calling_warnings, validate_calling, voicemail_timeout
+from gateway.config import ConfigError, Secret, WhatsAppSettings, parse_config
+from gateway.settings import announcement_problem, apply_settings, diff, to_meta_payload
 from gateway.simulator.cloud_api import CloudApiSimulator
+from gateway.simulator.media import ogg_opus
+from gateway.whatsapp.graph import GraphClient, GraphError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 PATH = "numbers[0].calling"
@@ -123,8 +118,8 @@ async def test_settings_apply_against_the_simulator_posts_voicemail_and_warns():
                    "call_icons": {"restrict_to_user_countries": ["BR"]}}
         cfg = config({"calling": calling}, graph_url=sim.url)
         out = io.StringIO()
-        async with aiohttp.ClientSession() as session:
-            assert await apply_settings(cfg, session, False, out) == 0
+        async with GraphClient(cfg.whatsapp) as graph:
+            assert await apply_settings(cfg, graph, False, out) == 0
             text = out.getvalue()
             assert "warning: numbers[0].calling.voicemail: call_hours are ENABLED too" in text
             assert "voicemail.audio.default.timeout_seconds: (not set) -> 25" in text
@@ -134,7 +129,7 @@ async def test_settings_apply_against_the_simulator_posts_voicemail_and_warns():
             assert stored["audio"] == {"additional_codecs": ["PCMU"]}
             assert stored["call_icons"] == {"restrict_to_user_countries": ["BR"]}
             again = io.StringIO()
-            assert await apply_settings(cfg, session, False, again) == 0
+            assert await apply_settings(cfg, graph, False, again) == 0
             assert "up to date" in again.getvalue()
     finally:
         await sim.close()
@@ -170,11 +165,6 @@ def test_recording_and_crm_events_config():
 
 
 async def test_the_voicemail_announcement_is_checked_and_uploaded():
-    from gateway.config import Secret, WhatsAppSettings
-    from gateway.settings import announcement_problem
-    from gateway.simulator.media import ogg_opus
-    from gateway.whatsapp.graph import GraphClient, GraphError
-
     good, long = ogg_opus(3.0), ogg_opus(61.0)
     assert announcement_problem(good) is None
     assert "61.0 s long" in announcement_problem(long)

@@ -1,0 +1,117 @@
+"""``serve`` runs the gateway until a stop signal; ``reload`` makes a running one re-read its
+config (the same as ``systemctl reload``: SIGHUP to the pid in the pid file)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from gateway.app import Gateway
+from gateway.cli.common import (
+    DEFAULT_CONFIG,
+    add_config_option,
+    add_logging_options,
+    load,
+    start_logging,
+)
+from gateway.config import ConfigError, load_config
+
+log = logging.getLogger("gateway")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("serve", help="run the gateway")
+    add_config_option(p)
+    add_logging_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("reload", help="check the config file, then make the running "
+                                           "gateway re-read it (numbers, routes, limits, "
+                                           "tokens; calls in progress are untouched)")
+    add_config_option(p, help=f"YAML config file of the running gateway (default: "
+                              f"{DEFAULT_CONFIG})")
+    p.set_defaults(func=cmd_reload)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    start_logging(args, config)
+    asyncio.run(_serve(Gateway(config), args.config))
+    return 0
+
+
+async def _serve(gateway: Gateway, config_path: str) -> None:
+    """Run until SIGTERM/SIGINT, which drain (a second one stops at once); SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+    drain, now = asyncio.Event(), asyncio.Event()
+    reloads: set[asyncio.Task] = set()
+
+    def on_stop_signal() -> None:
+        if drain.is_set():
+            log.warning("second stop signal: ending every call now")
+            now.set()
+        drain.set()
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(_reload(gateway, config_path))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig, handler in ((signal.SIGINT, on_stop_signal), (signal.SIGTERM, on_stop_signal),
+                         (signal.SIGHUP, on_hangup)):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, handler)
+    await gateway.start()
+    pid_file = gateway.config.pid_file
+    try:
+        pid_file.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        log.warning("cannot write the pid file %s (reload needs it): %s", pid_file, exc)
+    try:
+        await drain.wait()
+        draining = asyncio.ensure_future(gateway.drain())
+        stop_now = asyncio.ensure_future(now.wait())
+        await asyncio.wait({draining, stop_now}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (draining, stop_now):
+            task.cancel()
+    finally:
+        log.info("stopping")
+        await gateway.stop()
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+async def _reload(gateway: Gateway, config_path: str) -> None:
+    """SIGHUP: re-read the file; an invalid one is refused and the running config kept."""
+    log.info("SIGHUP: re-reading %s", config_path)
+    try:
+        new = await asyncio.to_thread(load_config, config_path)
+    except ConfigError as exc:
+        log.error("config reload refused, the running config is kept: %s has %d problem(s):\n%s",
+                  config_path, len(exc.problems), "\n".join(f"  - {p}" for p in exc.problems))
+        return
+    gateway.reload(new)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Check the file, then ask the running gateway (pid file beside the store) to re-read it."""
+    config = load(args.config)  # an invalid file is reported here, and nothing is signalled
+    pid_file = config.pid_file
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        print(f"no running gateway found: cannot read {pid_file} ({exc})", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"no running gateway: pid {pid} from {pid_file} is gone", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK; asked gateway pid {pid} to reload it (see its log)")
+    return 0
