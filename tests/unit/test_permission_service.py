@@ -1,0 +1,74 @@
+"""The permission rules as the gateway uses them: a request is counted in the transaction that
+allows it (real SQLite, two ledgers on one file standing for two gateways)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from gateway.calls.permissions import PermissionLedger, request_permission
+from tests import fakes
+
+USER = "15550002222"
+T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+
+
+# ---- a request is counted where it is allowed ---------------------------------------------------
+
+
+class HeldGraph:
+    """Meta's messages endpoint, holding the first request until released."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def send_message(self, pnid: str, body: dict) -> str:
+        self.sent.append(body)
+        if len(self.sent) == 1:
+            self.reached.set()
+            await self.release.wait()
+        return f"wamid.HELD{len(self.sent)}"
+
+
+async def test_two_gateways_sharing_a_ledger_cannot_both_send_a_request(tmp_path: Path):
+    path = tmp_path / "gateway.sqlite3"
+    first, second = await PermissionLedger.open(path), await PermissionLedger.open(path)
+    graph = HeldGraph()
+    try:
+        sending = asyncio.ensure_future(
+            request_permission(graph, first, fakes.PNID, USER, "hi", now=T0))
+        await asyncio.wait_for(graph.reached.wait(), 5)  # the first is at Meta
+        decision, message_id = await request_permission(graph, second, fakes.PNID, USER, "hi",
+                                                        now=T0 + 1)
+        assert (decision.reason, message_id) == ("limit_requests_24h", None)
+        graph.release.set()
+        decision, message_id = await sending
+        assert decision.allowed and message_id == "wamid.HELD1" and len(graph.sent) == 1
+        state = await second.get(fakes.PNID, USER, now=T0 + 2)
+        assert [r["message_id"] for r in state["requests"]["recent"]] == ["wamid.HELD1"]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_request_is_still_sent_and_counted_when_the_disk_refuses_the_reservation(
+        tmp_path: Path, monkeypatch):
+    ledger = await PermissionLedger.open(tmp_path / "gateway.sqlite3")
+    graph = HeldGraph()
+    graph.release.set()
+
+    async def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    try:
+        monkeypatch.setattr(ledger.store, "reserve_request", full)
+        decision, message_id = await request_permission(graph, ledger, fakes.PNID, USER, "hi",
+                                                        now=T0)
+        assert decision.allowed and message_id == "wamid.HELD1"
+        refused = await ledger.can_request(fakes.PNID, USER, now=T0 + 1)
+        assert refused.reason == "limit_requests_24h"
+    finally:
+        await ledger.close()
