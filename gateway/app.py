@@ -24,11 +24,7 @@ from gateway.calls.base import CallDeps
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
-from gateway.calls.permissions import (
-    PermissionLedger,
-    display_numbers_from_config,
-    request_permission,
-)
+from gateway.calls.permissions import PermissionLedger, open_ledger, request_permission
 from gateway.calls.record import CallRecord, Outcome
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
@@ -270,8 +266,7 @@ class Gateway:
 
     async def _start_ledger(self) -> None:
         """The outbound permission ledger, in the same SQLite file as the call records."""
-        numbers = display_numbers_from_config(self.config.numbers)
-        self.ledger = await PermissionLedger.open(self.config.store.path, display_numbers=numbers)
+        self.ledger = await open_ledger(self.config)
         self.ledger.writes.set_hooks(
             on_error=lambda: self.metrics.store_error("permissions"),
             on_pending=lambda n: self.metrics.store_backlog("permissions", n))

@@ -1,5 +1,6 @@
-"""The permission rules as the gateway uses them: a request is counted in the transaction that
-allows it (real SQLite, two ledgers on one file standing for two gateways)."""
+"""The permission rules as the gateway uses them: the CLI opens the ledger as the gateway does,
+and a request is counted in the transaction that allows it (real SQLite, two ledgers on one
+file standing for two gateways)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,53 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from gateway.calls.permissions import PermissionLedger, request_permission
+import yaml
+
+from gateway.__main__ import main
+from gateway.calls.permissions import PermissionLedger, open_ledger, request_permission
+from gateway.config import parse_config
 from tests import fakes
 
 USER = "15550002222"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+US_NUMBER = "+1 415 555 0100"
+"""A business number of the USA: Meta refuses its business-initiated calls (138013)."""
+
+
+# ---- one way to open the ledger ---------------------------------------------------------------
+
+
+def us_config(tmp_path: Path) -> Path:
+    """A config whose number is a US number, its Graph API on a port nothing listens on."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({
+        "whatsapp": {"graph_url": "http://127.0.0.1:9/v23.0", "access_token": "t",
+                     "app_secret": "s", "verify_token": "v"},
+        "numbers": [{"phone_number_id": fakes.PNID, "display_number": US_NUMBER,
+                     "context": "from-whatsapp"}],
+        "asterisk": {"ami": {"username": "gateway", "secret": "x"}},
+        "store": {"path": str(tmp_path / "gateway.sqlite3")},
+    }))
+    return path
+
+
+async def test_open_ledger_knows_the_display_numbers(tmp_path: Path):
+    config = parse_config(yaml.safe_load(us_config(tmp_path).read_text()), env={})
+    ledger = await open_ledger(config)
+    try:
+        decision = await ledger.can_request(fakes.PNID, USER)
+        assert (decision.reason, decision.meta_code) == ("country_unsupported", 138013)
+    finally:
+        await ledger.close()
+
+
+def test_cli_permission_request_applies_the_country_rule(tmp_path: Path, capsys):
+    """``permissions request`` from a US number is refused before Meta is asked (it used to
+    open the ledger without the display numbers, and send)."""
+    config = us_config(tmp_path)
+    assert main(["permissions", "request", USER, "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "not sent" in err and "USA/Canada" in err
 
 
 # ---- a request is counted where it is allowed ---------------------------------------------------
