@@ -28,7 +28,7 @@ from gateway.calls.ending import (
     LedgerCount,
     What,
 )
-from gateway.calls.permissions import RefusalReason, decide_call, next_allowed_at
+from gateway.calls.permissions import Decision, RefusalReason, decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
@@ -66,6 +66,9 @@ class DialRequest:
     """Or send the answered call into this context/extension (CRM click-to-call)."""
     extension: str = "s"
     requested_by: str = "dialplan"
+    permission: Decision | None = None
+    """The permission decision when the requester already made it (the API answers the CRM
+    with it before dialing); None: the call asks the ledger itself."""
 
 
 class OutboundCall(Call):
@@ -172,8 +175,10 @@ class OutboundCall(Call):
         ledger = self.deps.ledger
         if ledger is None:
             return
-        decision = await decide_call(self.deps.graph, ledger, self.record.phone_number_id,
-                                     self.request.to.strip().lstrip("+"))
+        decision = self.request.permission
+        if decision is None:
+            decision = await decide_call(self.deps.graph, ledger, self.record.phone_number_id,
+                                         self.request.to.strip().lstrip("+"))
         if decision.allowed:
             return
         self.record.meta_error_code = decision.meta_code

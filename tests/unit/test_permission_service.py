@@ -1,6 +1,6 @@
-"""The permission rules as the gateway uses them: the CLI opens the ledger as the gateway does,
-and a request is counted in the transaction that allows it (real SQLite, two ledgers on one
-file standing for two gateways)."""
+"""The permission rules as the gateway uses them: the API decides once and counts its refusals,
+the CLI opens the ledger as the gateway does, and a request is counted in the transaction that
+allows it (real SQLite, two ledgers on one file standing for two gateways)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,88 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.__main__ import main
-from gateway.calls.permissions import PermissionLedger, open_ledger, request_permission
+from gateway.api import add_api_routes
+from gateway.calls.permissions import (
+    Decision,
+    PermissionLedger,
+    PermissionService,
+    RefusalReason,
+    open_ledger,
+    request_permission,
+)
 from gateway.config import parse_config
+from gateway.metrics import PERMISSION_REFUSAL_REASONS, GatewayMetrics
 from tests import fakes
 
 USER = "15550002222"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+TOKEN = "api-token-1"
 US_NUMBER = "+1 415 555 0100"
 """A business number of the USA: Meta refuses its business-initiated calls (138013)."""
+
+
+def refusals(metrics: GatewayMetrics, reason: str, what: str = "call") -> float:
+    value = metrics.registry.get_sample_value(
+        "whatsapp_gateway_permission_refusals_total",
+        {"phone_number_id": fakes.PNID, "what": what, "reason": reason})
+    return value or 0.0
+
+
+@pytest.fixture
+async def api():
+    """The /v1 API over a call manager on fakes, with the rules and the metrics the gateway
+    gives it."""
+    r = fakes.rig(api={"tokens": [TOKEN]})
+    metrics = GatewayMetrics([fakes.PNID], process=False)
+    app = web.Application()
+    add_api_routes(app, r.manager.deps.config, r.manager, graph=r.graph,
+                   permissions=PermissionService(r.graph, r.ledger, metrics))  # type: ignore[arg-type]
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield r, metrics, client
+    finally:
+        await r.manager.shutdown()
+        await client.close()
+
+
+async def post_call(client: TestClient) -> tuple[int, dict]:
+    resp = await client.post("/v1/calls", json={"to": f"+{USER}", "context": "agents",
+                                                 "extension": "100"},
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    return resp.status, await resp.json()
+
+
+async def test_an_api_call_is_decided_once(api):
+    r, _, client = api
+    status, body = await post_call(client)
+    assert status == 201, body
+    await asyncio.wait_for(r.graph.gates.reached("connect"), 5)  # past the permission check
+    assert r.ledger.asked == [USER], "the API and the call must not both ask the ledger"
+
+
+@pytest.mark.parametrize("reason, status", [("no_permission", 409), ("limit_calls_24h", 429)])
+async def test_an_api_refusal_is_answered_and_counted(api, reason, status):
+    r, metrics, client = api
+    r.ledger.decision = Decision(False, reason, "refused", meta_code=138006)
+    code, body = await post_call(client)
+    assert (code, body["error"]["reason"]) == (status, reason)
+    assert refusals(metrics, reason) == 1
+    assert r.graph.requests == [] and r.manager.outbound == {}
+
+
+def test_every_refusal_reason_is_its_own_metric_label():
+    assert set(PERMISSION_REFUSAL_REASONS) == {r.value for r in RefusalReason}
+    metrics = GatewayMetrics([fakes.PNID], process=False)
+    for reason in RefusalReason:
+        metrics.permission_refused(reason, fakes.PNID, what="request")
+        assert refusals(metrics, reason.value, "request") == 1
 
 
 # ---- one way to open the ledger ---------------------------------------------------------------
