@@ -30,7 +30,12 @@ from gateway import strict_json
 from gateway.calls.ending import CallState
 from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
-from gateway.calls.permissions import decide_call, send_call_button
+from gateway.calls.permissions import (
+    Decision,
+    PermissionService,
+    RefusalReason,
+    send_call_button,
+)
 from gateway.config import Config
 from gateway.store import filters_from_query, parse_time
 from gateway.whatsapp.graph import GraphError
@@ -46,6 +51,8 @@ CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,19}/[A-Za-z0-9@._+*#:;=~\[\]/-]{1,
 """``Tech/resource`` as Asterisk names channels (``PJSIP/agent-0000002a``,
 ``Local/100@agents-00000001;1``); no spaces, commas, ``&``, quotes or controls, which would
 split Bridge()'s argument or an AMI header."""
+RATE_LIMITS = frozenset(r for r in RefusalReason if r.is_limit)
+"""Refusals the API answers with 429 (the action is possible again later); the others 409."""
 MAX_TTL_MINUTES = 43200
 """Meta's voice-call button lasts at most 30 days."""
 
@@ -95,11 +102,20 @@ def call_state(call: OutboundCall) -> dict[str, Any]:
     }
 
 
+def _refused(decision: Decision) -> web.Response:
+    """A permission refusal: 429 for a limit (possible again later), 409 otherwise."""
+    return _error(429 if decision.reason in RATE_LIMITS else 409, decision.message,
+                  reason=decision.reason,
+                  next_allowed_at=decision.next_allowed_at, meta_code=decision.meta_code)
+
+
 def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
-                   calls: CallManager, store: Any = None, ledger: Any = None, graph: Any = None,
-                   request_permission: Callable[..., Any] | None = None) -> None:
+                   calls: CallManager, store: Any = None, graph: Any = None,
+                   permissions: PermissionService | None = None) -> None:
     """``config`` may be a function returning the running config, so a reload's numbers and
-    tokens apply to the next request."""
+    tokens apply to the next request. ``graph`` sends the call buttons; ``permissions``: the
+    permission rules (None: no ledger, calls are placed unchecked and the permission routes
+    answer 404)."""
     current: Callable[[], Config] = config if callable(config) else (lambda: config)
 
     @web.middleware
@@ -171,16 +187,17 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
             # Else the user's phone would ring for a call that can never reach an agent.
             return _error(409, "Asterisk is not connected (AMI): no call can be bridged now",
                           reason="asterisk_down")
-        if ledger is not None:
-            decision = await decide_call(graph, ledger, pnid, to)
+        decision = None
+        if permissions is not None:
+            # Decided once, here: the CRM gets the refusal, and the call is told the decision
+            # rather than asking the ledger (and Meta's call_permissions) again.
+            decision = await permissions.may_call(pnid, to)
             if not decision.allowed:
-                status = 429 if decision.reason.startswith("limit") else 409
-                return _error(status, decision.message, reason=decision.reason,
-                              next_allowed_at=decision.next_allowed_at,
-                              meta_code=decision.meta_code)
+                return _refused(decision)
         call = calls.dial(DialRequest(
             to=to, phone_number_id=pnid, agent_channel=channel or None,
-            context=context or None, extension=extension, requested_by="api"))
+            context=context or None, extension=extension, requested_by="api",
+            permission=decision))
         return web.json_response(call_state(call), status=201,
                                  headers={"Location": f"/v1/calls/{call.gateway_id}"})
 
@@ -229,21 +246,19 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
         return web.json_response({"calls": [r.as_dict() for r in records]})
 
     async def permission_request(request: web.Request) -> web.Response:
-        if ledger is None or request_permission is None:
+        if permissions is None:
             return _error(404, "permission ledger not enabled")
         body, to, pnid = await recipient(request)
         try:
-            decision, message_id = await request_permission(pnid, to,
-                                                            str(body.get("body") or ""))
+            decision, message_id = await permissions.request(pnid, to,
+                                                             str(body.get("body") or ""))
         except GraphError as exc:
             return _error(502, f"Meta refused the request: {exc.meta_message or exc}",
                           meta_code=exc.code)
         except ValueError as exc:
             return _field_error("body", str(exc))
         if not decision.allowed:
-            status = 429 if decision.reason.startswith("limit") else 409
-            return _error(status, decision.message, reason=decision.reason,
-                          next_allowed_at=decision.next_allowed_at, meta_code=decision.meta_code)
+            return _refused(decision)
         return web.json_response({"message_id": message_id, "sent_at": time.time()}, status=201)
 
     async def call_button(request: web.Request) -> web.Response:
@@ -271,10 +286,10 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
         return web.json_response({"message_id": message_id}, status=201)
 
     async def get_permission(request: web.Request) -> web.Response:
-        if ledger is None:
+        if permissions is None:
             return _error(404, "permission ledger not enabled")
         pnid, user = request.match_info["pnid"], request.match_info["user"].lstrip("+")
-        return web.json_response(await ledger.get(pnid, user), dumps=_dumps)
+        return web.json_response(await permissions.ledger.get(pnid, user), dumps=_dumps)
 
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls", list_calls)

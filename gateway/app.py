@@ -25,11 +25,7 @@ from gateway.calls.base import CallDeps
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
-from gateway.calls.permissions import (
-    PermissionLedger,
-    display_numbers_from_config,
-    request_permission,
-)
+from gateway.calls.permissions import PermissionLedger, PermissionService, open_ledger
 from gateway.calls.record import CallRecord, Outcome
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
@@ -69,7 +65,8 @@ logging.getLogger("aiohttp.server").addFilter(_ParserRefusals())
 
 
 class _PermissionMetrics(CallObserver):
-    """Outbound calls the ledger refused before dialing, by the ledger's reason."""
+    """Outbound calls the ledger refused before dialing, by the ledger's reason (the API's
+    refusals are counted by its :class:`PermissionService`: such a call is never dialed)."""
 
     def __init__(self, metrics: GatewayMetrics):
         self.metrics = metrics
@@ -103,6 +100,7 @@ class Gateway:
         self.ami.on_connection_change.append(self._ami_connection_changed)
         self.ports = PortPool(cfg.media.rtp_ports)
         self.ledger: PermissionLedger | None = None
+        self.permissions: PermissionService | None = None
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
@@ -255,8 +253,7 @@ class Gateway:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
         add_api_routes(self.web, lambda: self.config, self.calls, store=self.store,
-                       ledger=self.ledger,
-                       graph=self.graph, request_permission=self._request_permission)
+                       graph=self.graph, permissions=self.permissions)
         # lingering_time: after refusing an over-cap body (413), read and drop what the
         # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
         self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
@@ -270,8 +267,8 @@ class Gateway:
 
     async def _start_ledger(self) -> None:
         """The outbound permission ledger, in the same SQLite file as the call records."""
-        numbers = display_numbers_from_config(self.config.numbers)
-        self.ledger = await PermissionLedger.open(self.config.store.path, display_numbers=numbers)
+        self.ledger = await open_ledger(self.config)
+        self.permissions = PermissionService(self.graph, self.ledger, self.metrics)
         self.ledger.writes.set_hooks(
             on_error=lambda: self.metrics.store_error("permissions"),
             on_pending=lambda n: self.metrics.store_backlog("permissions", n))
@@ -289,15 +286,6 @@ class Gateway:
         self.metrics.permission_request(
             "accepted" if event.response == "accept" else "rejected", event.phone_number_id)
         return True
-
-    async def _request_permission(self, pnid: str, user: str, body: str):
-        decision, message_id = await request_permission(self.graph, self.ledger, pnid, user,
-                                                        body)
-        if decision.allowed:
-            self.metrics.permission_request("sent", pnid)
-        else:
-            self.metrics.permission_refused(decision.reason, pnid, what="request")
-        return decision, message_id
 
     # --- operations: reload and drain -----------------------------------------------------------
 

@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.calls.observer import CallObserver
+from gateway.calls.permissions.rules import RefusalReason
 from gateway.calls.record import CallRecord, Direction, EndReason, Outcome
 
 if TYPE_CHECKING:
@@ -57,10 +58,8 @@ GRAPH_ACTIONS = ("pre_accept", "accept", "reject", "terminate", "connect", "call
                  "settings", "messages", "media")
 SETUP_STAGES = ("pre_accept", "dialplan", "media")
 PERMISSION_REQUEST_RESULTS = ("sent", "accepted", "rejected", "expired", "failed", "rate_limited")
-# The permission ledger's Decision.reason values (gateway/calls/permissions.py).
-PERMISSION_REFUSAL_REASONS = ("no_permission", "permission_expired", "limit_calls_24h",
-                              "limit_requests_24h", "limit_requests_7d", "permanent_exists",
-                              "country_unsupported", "meta_error")
+# The permission rules' refusal reasons: one list, the rules' own (anything else is "other").
+PERMISSION_REFUSAL_REASONS = tuple(r.value for r in RefusalReason)
 PERMISSION_REFUSED_WHAT = ("call", "request")
 HANGUP_SIDES = ("whatsapp", "asterisk", "gateway")
 # docs/meta-2026-settings-events.md §3: what account_update reports.
@@ -269,10 +268,10 @@ class GatewayMetrics:
             ["phone_number_id", "result"], registry=r)
         self.permission_refusals = Counter(
             f"{n}_permission_refusals_total",
-            "Outbound calls (what=call) or permission requests (what=request) refused by "
-            "the permission rules, by reason: no_permission, permission_expired, "
-            "limit_calls_24h (Meta 138012), limit_requests_24h/7d (138009), "
-            "permanent_exists, country_unsupported (138013), meta_error.",
+            "Outbound calls (what=call, from the dialplan or the API) or permission requests "
+            "(what=request) refused by the permission rules, by reason: no_permission, "
+            "permission_expired, limit_calls_24h (Meta 138012), limit_requests_24h/7d "
+            "(138009), permanent_exists, country_unsupported (138013).",
             ["phone_number_id", "what", "reason"], registry=r)
 
         # ---- Meta's view of the account (docs/meta-2026-settings-events.md §3) -------------
@@ -511,7 +510,7 @@ class GatewayMetrics:
     def permission_refused(self, reason: str, phone_number_id: str,
                            what: str = "call") -> None:
         """An outbound call (``what="call"``) or a permission request (``"request"``) was
-        refused; reason is the ledger's Decision.reason (PERMISSION_REFUSAL_REASONS)."""
+        refused; reason is a :class:`RefusalReason` (anything else is counted as "other")."""
         self.permission_refusals.labels(self.number_label(phone_number_id),
                                         _bounded(what, PERMISSION_REFUSED_WHAT),
                                         _bounded(reason, PERMISSION_REFUSAL_REASONS)).inc()

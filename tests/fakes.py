@@ -207,8 +207,11 @@ class FakeLedger:
         """(user, answered) per record_call_result."""
         self.user_calls: list[str] = []
         self.meta_errors: list[int | None] = []
+        self.asked: list[str] = []
+        """The user of each ``can_call`` (how often a call was decided)."""
 
     async def can_call(self, phone_number_id: str, user: str, now: float | None = None):
+        self.asked.append(_key(user))
         return self.decision
 
     async def get(self, phone_number_id: str, user: str, now: float | None = None) -> dict:

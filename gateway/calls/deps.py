@@ -2,7 +2,7 @@
 
 A call and the :class:`~gateway.calls.manager.CallManager` only use these methods of the AMI
 client, the Graph client, the permission ledger and the call store; the real ones live in
-gateway/asterisk/ami.py, gateway/whatsapp/graph.py, gateway/calls/permissions.py and
+gateway/asterisk/ami.py, gateway/whatsapp/graph.py, gateway/calls/permissions/ and
 gateway/store.py, and tests/fakes.py has in-memory ones so a manager and its calls run in a
 unit test in milliseconds (the way aiortc's own tests use dummy transports).
 """
@@ -75,7 +75,7 @@ class Graph(Protocol):
 
 
 class Ledger(Protocol):
-    """The outbound permission ledger (gateway/calls/permissions.py), as calls use it."""
+    """The outbound permission ledger (gateway/calls/permissions/ledger.py), as calls use it."""
 
     async def can_call(self, phone_number_id: str, user: str, now: float | None = None): ...
 

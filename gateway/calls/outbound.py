@@ -28,7 +28,7 @@ from gateway.calls.ending import (
     LedgerCount,
     What,
 )
-from gateway.calls.permissions import decide_call, next_allowed_at
+from gateway.calls.permissions import Decision, RefusalReason, decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
@@ -42,12 +42,12 @@ RING_TIMEOUT_S = 45.0
 ANSWER_SDP_TIMEOUT_S = 20.0
 """Meta's connect webhook with its answer normally follows connect within a second or two."""
 
-# The permission ledger's refusals (gateway/calls/permissions.py Decision.reason).
+# The permission rules' refusals of a call, as the ending table names them.
 LEDGER_WHAT = {
-    "no_permission": What.NO_PERMISSION,
-    "permission_expired": What.NO_PERMISSION,
-    "country_unsupported": What.NO_PERMISSION,
-    "limit_calls_24h": What.LIMIT,
+    RefusalReason.NO_PERMISSION: What.NO_PERMISSION,
+    RefusalReason.PERMISSION_EXPIRED: What.NO_PERMISSION,
+    RefusalReason.COUNTRY_UNSUPPORTED: What.NO_PERMISSION,
+    RefusalReason.LIMIT_CALLS_24H: What.LIMIT,
 }
 
 
@@ -66,6 +66,9 @@ class DialRequest:
     """Or send the answered call into this context/extension (CRM click-to-call)."""
     extension: str = "s"
     requested_by: str = "dialplan"
+    permission: Decision | None = None
+    """The permission decision when the requester already made it (the API answers the CRM
+    with it before dialing); None: the call asks the ledger itself."""
 
 
 class OutboundCall(Call):
@@ -172,8 +175,10 @@ class OutboundCall(Call):
         ledger = self.deps.ledger
         if ledger is None:
             return
-        decision = await decide_call(self.deps.graph, ledger, self.record.phone_number_id,
-                                     self.request.to.strip().lstrip("+"))
+        decision = self.request.permission
+        if decision is None:
+            decision = await decide_call(self.deps.graph, ledger, self.record.phone_number_id,
+                                         self.request.to.strip().lstrip("+"))
         if decision.allowed:
             return
         self.record.meta_error_code = decision.meta_code

@@ -42,14 +42,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def cmd_permissions_show(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.calls.permissions import PermissionLedger
+    from gateway.calls.permissions import open_ledger
 
     config = load(args.config, secrets=False)
     pnid = number_id(config, args.phone_number_id)
     user = args.user.lstrip("+")
 
     async def run() -> None:
-        ledger = await PermissionLedger.open(config.store.path)
+        ledger = await open_ledger(config)
         try:  # get() includes the can_call / can_request decisions
             print(json.dumps(await ledger.get(pnid, user), indent=2, default=str))
         finally:
@@ -60,14 +60,14 @@ def cmd_permissions_show(args: argparse.Namespace) -> int:
 
 
 def cmd_permissions_request(args: argparse.Namespace) -> int:
-    from gateway.calls.permissions import PermissionLedger, request_permission
+    from gateway.calls.permissions import open_ledger, request_permission
     from gateway.whatsapp.graph import GraphClient
 
     config = load(args.config)
     pnid = number_id(config, args.phone_number_id)
 
     async def run() -> int:
-        ledger = await PermissionLedger.open(config.store.path)
+        ledger = await open_ledger(config)
         graph = GraphClient(config.whatsapp)
         try:
             decision, message_id = await request_permission(graph, ledger, pnid,
