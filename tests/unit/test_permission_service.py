@@ -13,7 +13,6 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.cli import main
 from gateway.api import add_api_routes
 from gateway.calls.permissions import (
     Decision,
@@ -23,6 +22,7 @@ from gateway.calls.permissions import (
     open_ledger,
     request_permission,
 )
+from gateway.cli import main
 from gateway.config import parse_config
 from gateway.metrics import PERMISSION_REFUSAL_REASONS, GatewayMetrics
 from tests import fakes

@@ -590,3 +590,12 @@ async def test_call_permissions_lookups_are_paced_to_metas_rate_limit():
     assert len(seen) == 7
     # any 6 consecutive lookups span at least a second: never more than 5 in one second
     assert all(seen[i + 5] - seen[i] >= 0.99 for i in range(len(seen) - 5))
+
+
+@pytest.mark.parametrize("field", ["expiration_time", "expiration"])
+def test_metas_permission_expiry_is_read_under_either_documented_name(field):
+    """Meta's call_permissions sample says ``expiration_time``, its field table
+    ``expiration``: the expiry is the same under either."""
+    from gateway.calls.permissions.reconcile import parse
+    answer = parse({"permission": {"status": "temporary", field: 1767831000}, "actions": []})
+    assert (answer.status, answer.expires_at) == ("temporary", 1767831000.0)

@@ -87,7 +87,9 @@ def parse(answer: Mapping[str, Any]) -> MetaAnswer:
         named = str(permission.get("status") or "").lower()
         if named in STATUSES:
             status = named
-            expires = as_int(permission.get("expiration_time"))
+            # Meta's sample says expiration_time, its field table expiration: read either
+            # (docs/meta-2026-identity.md, "Unconfirmed").
+            expires = as_int(permission.get("expiration_time", permission.get("expiration")))
             expires_at = float(expires) if expires is not None else None
         elif named:
             log.warning("call_permissions: unknown status %r", named)
