@@ -31,6 +31,7 @@ from gateway.calls.ending import (
 )
 from gateway.calls.record import CallRecord
 from gateway.config import NumberSettings, UsernameCallerId
+from gateway.errors import GatewayError
 from gateway.media.codecs import ASTERISK_CODECS
 from gateway.media.rtp_leg import AsteriskRtpLeg
 from gateway.media.webrtc import WebRtcLeg
@@ -87,7 +88,7 @@ ORIGINATE_REASONS = {
 """OriginateResponse ``Reason`` values (Asterisk's AST_CONTROL_* numbering)."""
 
 
-class CallEnded(Exception):
+class CallEnded(GatewayError):
     """Raised inside set-up when the call ended while it was being set up."""
 
 

@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
+from gateway.errors import BadInput, MediaFailed
 from gateway.media import aiortc_hooks, rfc4733
 from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder, trim_backlog
 
@@ -47,11 +48,11 @@ accept's 200): Meta's whole answer budget (docs/meta-calling.md §8, 30-60 s), s
 accept is, the first prompt is delayed, never clipped (§9). 1.9 MB at most, during set-up."""
 
 
-class SdpError(ValueError):
+class SdpError(BadInput, ValueError):
     """The remote SDP cannot be used (no audio, no Opus, ...); the reason is in the message."""
 
 
-class NoCandidates(RuntimeError):
+class NoCandidates(MediaFailed, RuntimeError):
     """No local ICE candidate could be gathered (no usable address, or media.webrtc_ports is
     used up): the leg could never carry media, so it fails now rather than at the ICE timeout."""
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import strict_json
+from gateway.errors import BadInput
 from gateway.whatsapp.identity import WhatsAppUser, canonical_number
 
 
-class MalformedWebhook(ValueError):
+class MalformedWebhook(BadInput, ValueError):
     """The body is not a webhook at all (not JSON, not an object)."""
 
 

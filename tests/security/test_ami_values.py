@@ -10,11 +10,13 @@ import logging
 
 import pytest
 
-from gateway.asterisk.ami import AmiUnsafeValue, _Action, _variable_header, safe_action
+from gateway.asterisk.ami import AmiUnsafeValue, safe_action
+from gateway.asterisk.ami_values import variable_header
+from gateway.asterisk.panoramisk_hooks import GatewayAction
 
 
 def wire(action: dict) -> bytes:
-    sent = _Action(safe_action(action))
+    sent = GatewayAction(safe_action(action))
     sent["ActionID"] = "t-1"
     return str(sent).encode("utf8")
 
@@ -47,8 +49,8 @@ def originate(**extra) -> dict:
     "lone \ud800 surrogate",
 ])
 async def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, caplog):
-    action = originate(Variable=[_variable_header("WA_CTA_PAYLOAD", hostile),
-                                 _variable_header("WA_CALL_ID", "wacid.1")])
+    action = originate(Variable=[variable_header("WA_CTA_PAYLOAD", hostile),
+                                 variable_header("WA_CALL_ID", "wacid.1")])
     with caplog.at_level(logging.WARNING, "gateway.asterisk.ami"):
         raw = wire(action)
     lines = headers(raw)
@@ -66,7 +68,7 @@ async def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, 
     "Zoë 🎧 «quoted» \"double\" 'single'", "a,b,c", "x;y", "p|q", "f(x)", "tab\tinside",
 ])
 async def test_text_asterisk_can_carry_arrives_intact(text):
-    entry = _variable_header("WA_PROFILE_NAME", text)
+    entry = variable_header("WA_PROFILE_NAME", text)
     raw = wire(originate(Variable=[entry], CallerID=f'"{text}" <+5511999990000>'))
     assert f"Variable: {entry}".encode() in raw
     assert f'CallerID: "{text}" <+5511999990000>'.encode() in raw
