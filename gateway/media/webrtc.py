@@ -30,6 +30,7 @@ from aiortc.rtp import RtpPacket
 from gateway.errors import BadInput, MediaFailed
 from gateway.media import aiortc_hooks, rfc4733
 from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder, trim_backlog
+from gateway.media.serial import seq_delta
 
 log = logging.getLogger(__name__)
 
@@ -328,9 +329,10 @@ class WebRtcLeg:
         pt = packet.payload_type
         seq = packet.sequence_number
         # Events and audio share one sequence space: a gap is lost packets of either kind.
-        gap = ((seq - self._last_seq) & 0xFFFF) - 1 if self._last_seq is not None else 0
+        # Sequence numbers wrap at 2**16 (every 22 minutes): compare them the way they wrap.
+        gap = seq_delta(seq, self._last_seq) - 1 if self._last_seq is not None else 0
         if pt == self._dtmf_pt:
-            if 0 <= gap < 0x7FFF:
+            if gap >= 0:
                 self._last_seq = seq
             for digit, ms in self._dtmf.feed(packet.timestamp, packet.payload):
                 self.dtmf_received.append(digit)
@@ -338,7 +340,7 @@ class WebRtcLeg:
             return
         if pt != self._opus_pt:
             return
-        if gap < 0 or gap >= 0x7FFF:
+        if gap < 0:
             return  # late or duplicate: its moment has passed
         self._last_seq = seq
         self.packets_received += 1
