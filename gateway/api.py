@@ -32,7 +32,7 @@ from gateway.calls.manager import CallManager
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.permissions import decide_call, send_call_button
 from gateway.config import Config
-from gateway.store import filters_from_query, parse_time
+from gateway.store_query import filters_from_query, parse_time
 from gateway.whatsapp.graph import GraphError
 from gateway.whatsapp.identity import is_bsuid
 from gateway.whatsapp.webhook import same_secret

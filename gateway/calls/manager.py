@@ -19,6 +19,7 @@ from gateway.bounded import BoundedDict
 from gateway.calls.base import Call, CallDeps
 from gateway.calls.ending import CallState, GraphAction, What, ending_for
 from gateway.calls.inbound import InboundCall
+from gateway.calls.orphans import end_records
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.record import CallRecord, Direction
 from gateway.media.ports import PortsExhausted
@@ -30,7 +31,6 @@ from gateway.whatsapp.identity import parse_target
 
 log = logging.getLogger(__name__)
 
-ORPHAN_REASON = "gateway stopped during the call"
 TOMBSTONE_SECONDS = 600.0
 SEEN_EVENTS = 20000
 FINISHED_OUTBOUND = 1000
@@ -400,49 +400,8 @@ class CallManager:
     # --- restarts -------------------------------------------------------------------------------
 
     async def end_orphaned_records(self, records: Iterable[CallRecord]) -> int:
-        """Calls a previous run left open (it was killed): end their WhatsApp side — Meta
-        still has them up, the users connected to nothing — and close their records.
-
-        ``records`` are the store's active records as read at start; returns how many were
-        ended on the WhatsApp side."""
-        ended = 0
-        for record in records:
-            state = CallState.ANSWERED if record.answered_at else (
-                CallState.CALLING if record.direction == Direction.OUTBOUND
-                else CallState.RINGING)
-            ending = ending_for(What.CRASH, state, direction=record.direction)
-            record.outcome, record.end_reason = ending.outcome, ending.reason
-            record.hangup_side = record.hangup_side or ending.side
-            record.ended_at = record.ended_at or time.time()
-            record.reason = ORPHAN_REASON
-            if ending.graph != GraphAction.NONE and record.wacid:
-                # The record may predate an accept that went through before the crash: when
-                # Meta refuses the reject as such, the call was accepted after all.
-                actions = [ending.graph] + ([GraphAction.TERMINATE]
-                                            if ending.graph == GraphAction.REJECT else [])
-                for action in actions:
-                    send = self.deps.graph.terminate if action == GraphAction.TERMINATE \
-                        else self.deps.graph.reject
-                    try:
-                        await send(record.phone_number_id, record.wacid)
-                    except GraphError as exc:
-                        record.reason += f"; {action.value} on restart failed: {exc}"
-                        log.warning("call %s left by the previous run: %s failed: %s",
-                                    record.wacid, action.value, exc)
-                        if exc.retryable:
-                            break  # Meta is down, not refusing: the other would fail too
-                        continue
-                    record.reason += f"; WhatsApp side ended with {action.value} on restart"
-                    ended += 1
-                    break
-            log.warning("call %s left by the previous run closed: %s", record.wacid,
-                        record.reason)
-            if self.deps.store is not None:
-                try:
-                    await self.deps.store.save(record)
-                except Exception as exc:
-                    log.error("call %s: record not saved: %s", record.wacid, exc)
-        return ended
+        """Calls a previous run left open: see :func:`gateway.calls.orphans.end_records`."""
+        return await end_records(self.deps, records)
 
     # --- shutdown -------------------------------------------------------------------------------
 
