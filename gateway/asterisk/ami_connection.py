@@ -187,6 +187,8 @@ class AmiConnection:
                     await hook()
                 except AmiError as exc:
                     log.warning("AMI on-connect step %r failed: %s", hook, exc)
+                except Exception:  # a bug there must not stop the connection's supervision
+                    log.exception("AMI on-connect step %r failed", hook)
             if self._first_connect and not self._first_connect.done():
                 self._first_connect.set_result(None)
             self._notify(True)
