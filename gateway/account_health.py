@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.bounded import BoundedDict
 from gateway.calls.observer import CallObserver
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import Config
@@ -191,7 +192,7 @@ class PickupRate(CallObserver):
         self.window_s = window_s
         self.clock = clock
         self._calls: dict[str, deque[tuple[float, bool]]] = {}
-        self._seen: deque[str] = deque(maxlen=4096)
+        self._seen: BoundedDict[str, None] = BoundedDict(4096)
         for pnid in sorted(metrics.numbers):
             self._gauge(pnid)
             # At 0 from the start, so increase() over the first calls is right.
@@ -213,9 +214,8 @@ class PickupRate(CallObserver):
         return sum(1 for _, answered in calls if answered) / len(calls)
 
     def _count(self, record: CallRecord) -> None:
-        if record.direction != Direction.INBOUND or record.wacid in self._seen:
+        if record.direction != Direction.INBOUND or not self._seen.first_time(record.wacid):
             return
-        self._seen.append(record.wacid)
         label = self.metrics.number_label(record.phone_number_id)
         answered = record.answered_at is not None
         if label not in self._calls:

@@ -25,6 +25,7 @@ from gateway.calls.base import CallDeps
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
+from gateway.calls.orphans import OrphanSweep
 from gateway.calls.permissions import PermissionLedger, PermissionService, open_ledger
 from gateway.calls.record import CallRecord, Outcome
 from gateway.config import Config
@@ -105,7 +106,8 @@ class Gateway:
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
         self.calls.event_hooks += [self.account.handle, self.media.handle]
-        self.ami.owned = self.calls.owns_channel
+        # Before anyone hears "connected", each (re)connect hangs up channels no call owns.
+        self.orphan_sweep = OrphanSweep(self.ami, self.calls.owns_channel).install()
         self.ami.add_event_listener("UserEvent", self._on_user_event)
         self.ami.add_event_listener("Reload", self._on_reload)
         self.dialplan_recheck_s = DIALPLAN_RECHECK_S

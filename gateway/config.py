@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 
 from gateway.calling_settings import validate_calling
+from gateway.errors import BadInput
+from gateway.media.codecs import ASTERISK_CODECS
 
-CODECS = ("g722", "ulaw", "alaw")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
 """What an accountcode may hold: Asterisk keeps at most 79 characters (AST_MAX_ACCOUNT_CODE
@@ -28,7 +29,7 @@ is 80 with the NUL), and the CSV, SQL and AMI paths it travels are safest withou
 commas, spaces or semicolons."""
 
 
-class ConfigError(Exception):
+class ConfigError(BadInput):
     """The config file is unusable; ``problems`` lists every ``key: problem`` found."""
 
     def __init__(self, problems: list[str]):
@@ -552,8 +553,8 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     r.unknown(ami, {"host", "port", "username", "secret", "connect_timeout", "action_timeout"},
               "asterisk.ami")
     codec = str(ast.get("codec", "g722")).lower()
-    if codec not in CODECS:
-        r.fail("asterisk.codec", f"must be one of {', '.join(CODECS)}, got {codec!r}")
+    if codec not in ASTERISK_CODECS:
+        r.fail("asterisk.codec", f"must be one of {', '.join(ASTERISK_CODECS)}, got {codec!r}")
         codec = "g722"
     asterisk = AsteriskSettings(
         ami=AmiSettings(

@@ -15,6 +15,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from gateway.errors import SetupError
+
 SAMPLE_ASTERISK_CONF = "asterisk-conf"
 EXAMPLE_CONFIG = "gateway.example.yaml"
 MONITORING = "monitoring"
@@ -25,7 +27,7 @@ INIT_ITEMS = (SAMPLE_ASTERISK_CONF, EXAMPLE_CONFIG, MONITORING, PACKAGING)
 """What ``init`` writes into a directory, under these same names."""
 
 
-class ResourceMissing(FileNotFoundError):
+class ResourceMissing(SetupError, FileNotFoundError):
     """A shipped file is not there: a broken install or a checkout without its symlinks."""
 
 

@@ -14,10 +14,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.errors import StorageError
+
 T = TypeVar("T")
 
 
-class DatabaseClosed(RuntimeError):
+class DatabaseClosed(StorageError, RuntimeError):
     """The database was closed (or never opened)."""
 
 

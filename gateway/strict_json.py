@@ -16,6 +16,8 @@ import math
 import re
 from typing import Any
 
+from gateway.errors import BadInput
+
 MAX_DEPTH = 64
 """Meta's webhook bodies nest about 8 deep; /v1 bodies 2."""
 MAX_INT_DIGITS = 32
@@ -24,7 +26,7 @@ MAX_INT_DIGITS = 32
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class StrictJsonError(ValueError):
+class StrictJsonError(BadInput, ValueError):
     """The body is not acceptable JSON; ``field`` is the top-level key where the problem is
     (or ``"body"`` when it is the document itself)."""
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import time
 from typing import Any
 
-from gateway.asterisk.ami import format_caller_id
+from gateway.calls.caller_id import caller_id, e164, user_caller_id
 from gateway.calls.deps import CallDeps
 from gateway.calls.ending import (
     CallFailure,
@@ -30,14 +29,15 @@ from gateway.calls.ending import (
     what_for,
 )
 from gateway.calls.record import CallRecord
-from gateway.config import NumberSettings, UsernameCallerId
+from gateway.errors import GatewayError
 from gateway.media.codecs import ASTERISK_CODECS
 from gateway.media.rtp_leg import AsteriskRtpLeg
 from gateway.media.webrtc import WebRtcLeg
 from gateway.whatsapp.events import CallEvent
 from gateway.whatsapp.graph import ERROR_TEXT, GraphError
 
-__all__ = ["Call", "CallDeps", "CallEnded", "OriginateFailed", "caller_id"]
+__all__ = ["Call", "CallDeps", "CallEnded", "OriginateFailed", "caller_id", "e164",
+           "user_caller_id"]
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +47,6 @@ DTMF_DURATION_MS = 120
 ORIGINATE_WAIT_S = 30.0
 """How long a teardown waits for an Originate still in flight before hanging up what it made
 (the AMI client's own limit is action_timeout_s + 10 s)."""
-
-
-def caller_id(profile_name: str, number: str) -> str:
-    """``"Name" <+E164>``, as a PSTN trunk would present it. The WhatsApp profile name is the
-    user's own text: line breaks and angle brackets go, quotes are escaped (Asterisk keeps
-    them in ``CALLERID(name)``)."""
-    name = re.sub(r"\s+", " ", re.sub(r"[<>]", "", profile_name)).strip()
-    return format_caller_id(name, number if number.startswith("+") else f"+{number}")
-
-
-def e164(number: str) -> str:
-    """``+digits``, or empty when there is no number."""
-    digits = number.lstrip("+")
-    return f"+{digits}" if digits else ""
-
-
-def user_caller_id(record: CallRecord, number: NumberSettings | None) -> str:
-    """CALLERID of the WhatsApp user: ``"Profile name" <+E164>`` when Meta gave the number;
-    for a username caller without one, what the number's ``username_caller_id`` says (the
-    username as name and an empty number by default)."""
-    if record.user_number:
-        return caller_id(record.profile_name, record.user_number)
-    template = number.username_caller_id if number is not None else UsernameCallerId()
-    name, num = template.render(username=record.username, profile_name=record.profile_name,
-                                user_id=record.user_id)
-    name = re.sub(r"\s+", " ", re.sub(r"[<>]", "", name)).strip()
-    return format_caller_id(name, num)
 
 
 ORIGINATE_REASONS = {
@@ -87,7 +60,7 @@ ORIGINATE_REASONS = {
 """OriginateResponse ``Reason`` values (Asterisk's AST_CONTROL_* numbering)."""
 
 
-class CallEnded(Exception):
+class CallEnded(GatewayError):
     """Raised inside set-up when the call ended while it was being set up."""
 
 

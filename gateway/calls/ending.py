@@ -26,7 +26,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.asterisk import causes
+from gateway.asterisk.ami_errors import AmiNotConnected
 from gateway.calls.record import Direction, EndReason, HangupSide, Outcome
+from gateway.errors import (
+    AsteriskRefused,
+    CapacityExhausted,
+    GatewayError,
+    MediaFailed,
+    MetaRefused,
+)
+from gateway.media.webrtc import SdpError
+from gateway.whatsapp.graph import GraphError
 
 
 class What(StrEnum):
@@ -292,7 +302,7 @@ def ending_for(what: What, state: CallState, *, direction: Direction,
                   hangup_channel=what not in (What.ASTERISK_HANGUP, What.ASTERISK_VANISHED))
 
 
-class CallFailure(Exception):
+class CallFailure(GatewayError):
     """A typed failure inside a call's set-up: it carries what happened."""
 
     def __init__(self, what: What, detail: str):
@@ -313,23 +323,22 @@ class Happened:
 
 
 def what_for(exc: BaseException) -> Happened:
-    """The exceptions a call's set-up can raise, named. Anything unnamed is a gateway bug."""
-    from gateway.asterisk.ami import AmiError, AmiNotConnected
-    from gateway.media.ports import PortsExhausted
-    from gateway.media.webrtc import NoCandidates, SdpError
-    from gateway.whatsapp.graph import GraphError
-
+    """What happened, read from the gateway's exception tree (gateway/errors.py): the one place
+    an exception raised during a call's set-up becomes a :class:`What`. A branch is enough
+    where every leaf means the same for the call; anything outside the tree is a gateway bug."""
     if isinstance(exc, CallFailure):
         return Happened(exc.what, str(exc))
     if isinstance(exc, GraphError):
         what = What.GRAPH_TIMEOUT if exc.timed_out else What.GRAPH_ERROR
         return Happened(what, str(exc), exc.code, exc.meta_message, exc.error_data)
+    if isinstance(exc, MetaRefused):
+        return Happened(What.GRAPH_ERROR, str(exc))
     if isinstance(exc, SdpError):
         return Happened(What.BAD_SDP, f"unusable SDP: {exc}")
-    if isinstance(exc, (NoCandidates, PortsExhausted)):
+    if isinstance(exc, CapacityExhausted | MediaFailed):
         return Happened(What.CAPACITY, f"capacity: {exc}")
     if isinstance(exc, AmiNotConnected):
         return Happened(What.NO_AMI, f"Asterisk AMI not connected: {exc}")
-    if isinstance(exc, AmiError):
+    if isinstance(exc, AsteriskRefused):
         return Happened(What.ORIGINATE_FAILED, f"Asterisk refused: {exc}")
     return Happened(What.GATEWAY_ERROR, f"gateway error: {exc!r}")

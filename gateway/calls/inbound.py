@@ -19,6 +19,7 @@ import uuid
 
 from gateway.calls.base import Call, CallDeps, user_caller_id
 from gateway.calls.ending import CallFailure, CallState, What
+from gateway.calls.orphans import CHANNEL_PREFIX
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import NumberSettings
 from gateway.whatsapp.events import CallEvent
@@ -37,7 +38,7 @@ class InboundCall(Call):
             wacid=event.call_id, direction=Direction.INBOUND,
             phone_number_id=event.phone_number_id, from_number=event.from_number,
             to_number=event.to_number or event.display_phone_number,
-            profile_name=event.profile_name, channel_id=f"wa-{uuid.uuid4().hex}",
+            profile_name=event.profile_name, channel_id=f"{CHANNEL_PREFIX}{uuid.uuid4().hex}",
             context=self.context, webhook_at=time.time(), user_id=event.user_id,
             username=event.username))
         self.last_event_ts = event.timestamp

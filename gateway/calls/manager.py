@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from gateway.bounded import BoundedDict
 from gateway.calls.base import Call, CallDeps
 from gateway.calls.ending import CallState, GraphAction, What, ending_for
 from gateway.calls.inbound import InboundCall
+from gateway.calls.orphans import end_records
 from gateway.calls.outbound import DialRequest, OutboundCall
 from gateway.calls.record import CallRecord, Direction
 from gateway.media.ports import PortsExhausted
@@ -30,9 +31,9 @@ from gateway.whatsapp.identity import parse_target
 
 log = logging.getLogger(__name__)
 
-ORPHAN_REASON = "gateway stopped during the call"
 TOMBSTONE_SECONDS = 600.0
 SEEN_EVENTS = 20000
+FINISHED_OUTBOUND = 1000
 MAX_CONNECT_AGE_S = 300.0
 """A connect stamped longer ago than this is a replay or a delivery so late the caller has
 long hung up (WhatsApp rings for about a minute). Not Meta's retry window: Meta retries a
@@ -53,7 +54,7 @@ class CallManager:
         """Inbound calls by wacid."""
         self.outbound: dict[str, OutboundCall] = {}
         """Outbound calls by our id (the wacid is only known once Meta answers connect)."""
-        self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._seen: BoundedDict[tuple, None] = BoundedDict(SEEN_EVENTS)
         self._tombstones: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self.route_hook: RouteHook | None = None
@@ -63,7 +64,8 @@ class CallManager:
         self.draining = False
         """No new call is admitted (inbound ones are rejected as shutdown): see
         :meth:`stop_admitting`."""
-        self.finished_outbound: dict[str, OutboundCall] = {}
+        self.finished_outbound: BoundedDict[str, OutboundCall] = BoundedDict(FINISHED_OUTBOUND)
+        """Ended outbound calls, still answerable by id (the API's GET after the end)."""
         self.known_call: KnownCall | None = None
         self._admitting: set[str] = set()
         """Connects waiting for :attr:`known_call`'s answer, so a second copy is not admitted."""
@@ -97,12 +99,7 @@ class CallManager:
                    if c.record.phone_number_id == phone_number_id)
 
     def _is_duplicate(self, key: tuple) -> bool:
-        if key in self._seen:
-            return True
-        self._seen[key] = None
-        if len(self._seen) > SEEN_EVENTS:
-            self._seen.popitem(last=False)
-        return False
+        return not self._seen.first_time(key)
 
     def _tombstoned(self, call_id: str) -> bool:
         now = time.monotonic()
@@ -336,8 +333,6 @@ class CallManager:
             if call.record.wacid:
                 self.tombstone(call.record.wacid)
             self.finished_outbound[call.gateway_id] = call
-            while len(self.finished_outbound) > 1000:
-                self.finished_outbound.pop(next(iter(self.finished_outbound)))
 
     def dial_from_dialplan(self, ev: dict[str, str]) -> OutboundCall | None:
         """AMI ``UserEvent(WhatsAppDial,To: +E164,From: <business number>)`` from a waiting
@@ -409,49 +404,8 @@ class CallManager:
     # --- restarts -------------------------------------------------------------------------------
 
     async def end_orphaned_records(self, records: Iterable[CallRecord]) -> int:
-        """Calls a previous run left open (it was killed): end their WhatsApp side — Meta
-        still has them up, the users connected to nothing — and close their records.
-
-        ``records`` are the store's active records as read at start; returns how many were
-        ended on the WhatsApp side."""
-        ended = 0
-        for record in records:
-            state = CallState.ANSWERED if record.answered_at else (
-                CallState.CALLING if record.direction == Direction.OUTBOUND
-                else CallState.RINGING)
-            ending = ending_for(What.CRASH, state, direction=record.direction)
-            record.outcome, record.end_reason = ending.outcome, ending.reason
-            record.hangup_side = record.hangup_side or ending.side
-            record.ended_at = record.ended_at or time.time()
-            record.reason = ORPHAN_REASON
-            if ending.graph != GraphAction.NONE and record.wacid:
-                # The record may predate an accept that went through before the crash: when
-                # Meta refuses the reject as such, the call was accepted after all.
-                actions = [ending.graph] + ([GraphAction.TERMINATE]
-                                            if ending.graph == GraphAction.REJECT else [])
-                for action in actions:
-                    send = self.deps.graph.terminate if action == GraphAction.TERMINATE \
-                        else self.deps.graph.reject
-                    try:
-                        await send(record.phone_number_id, record.wacid)
-                    except GraphError as exc:
-                        record.reason += f"; {action.value} on restart failed: {exc}"
-                        log.warning("call %s left by the previous run: %s failed: %s",
-                                    record.wacid, action.value, exc)
-                        if exc.retryable:
-                            break  # Meta is down, not refusing: the other would fail too
-                        continue
-                    record.reason += f"; WhatsApp side ended with {action.value} on restart"
-                    ended += 1
-                    break
-            log.warning("call %s left by the previous run closed: %s", record.wacid,
-                        record.reason)
-            if self.deps.store is not None:
-                try:
-                    await self.deps.store.save(record)
-                except Exception as exc:
-                    log.error("call %s: record not saved: %s", record.wacid, exc)
-        return ended
+        """Calls a previous run left open: see :func:`gateway.calls.orphans.end_records`."""
+        return await end_records(self.deps, records)
 
     # --- shutdown -------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from gateway.calls.ending import (
     LedgerCount,
     What,
 )
+from gateway.calls.orphans import CHANNEL_PREFIX
 from gateway.calls.permissions import Decision, RefusalReason, decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction
 from gateway.whatsapp.events import CallEvent, StatusEvent
@@ -74,7 +75,7 @@ class DialRequest:
 class OutboundCall(Call):
     def __init__(self, request: DialRequest, deps: CallDeps):
         self.request = request
-        self.gateway_id = f"wa-{uuid.uuid4().hex}"
+        self.gateway_id = f"{CHANNEL_PREFIX}{uuid.uuid4().hex}"
         number = deps.config.number(request.phone_number_id)
         self.number = number
         bsuid = request.to.strip() if is_bsuid(request.to) else ""

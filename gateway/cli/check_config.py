@@ -56,7 +56,7 @@ async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
     Exit 1 when a route is missing or AMI is unreachable; PSTN risks are warnings (exit 0)."""
     ami_cfg = config.asterisk.ami
     # No orphan sweep: this client owns no call, and a gateway may be serving live ones.
-    ami = AmiClient(ami_cfg, sweep_on_connect=False)
+    ami = AmiClient(ami_cfg)  # no orphan sweep: the app installs it, a check never does
     try:
         await ami.connect()
         report = await check_dialplan(ami, config, guard_contexts)

@@ -121,6 +121,10 @@ ASTERISK_CODECS = {
     "ulaw": AsteriskCodec("ulaw", "pcm_mulaw", 0, 8000),
     "alaw": AsteriskCodec("alaw", "pcm_alaw", 8, 8000),
 }
+"""The one registry of the Asterisk leg's codecs, by the name Asterisk gives them (the
+``c(<codec>)`` of a UnicastRTP channel): ``asterisk.codec`` is validated against it
+(gateway/config.py), the AMI client refuses an Originate with any other
+(gateway/asterisk/ami.py), and a call's RTP leg encodes with the entry it names."""
 
 
 class AsteriskTranscoder:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import socket
 
 from gateway.config import PortRange
+from gateway.errors import CapacityExhausted
 
 
-class PortsExhausted(RuntimeError):
+class PortsExhausted(CapacityExhausted, RuntimeError):
     """Every port of the range is in use: the gateway is at capacity for media."""
 
 

@@ -15,6 +15,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gateway.bounded import BoundedDict
+from gateway.media.serial import ts_delta
+
 EVENTS = "0123456789*#ABCD"
 CLOCK_RATE = 8000
 """WhatsApp only does telephone-event/8000 (docs/meta-calling.md §9)."""
@@ -54,13 +57,25 @@ class TelephoneEvent:
         return cls(event=event, end=bool(flags & 0x80), volume=flags & 0x3F, duration=duration)
 
 
+REMEMBERED_EVENTS = 16
+"""Reported events whose repeated or duplicated packets are recognised: far more than can be
+in flight (an event's packets span its duration plus three end repeats)."""
+LATE_WINDOW = 10 * CLOCK_RATE
+"""A packet up to 10 s behind the newest event belongs to an older event and is dropped; one
+further behind is a new timeline (a sender that restarted its timestamps), not a late packet."""
+
+
 class DtmfDetector:
-    """Turns a stream of telephone-event packets into digits, each exactly once."""
+    """Turns a stream of telephone-event packets into digits, each exactly once.
+
+    Timestamps are compared the way they wrap (gateway/media/serial.py): one event's timestamp
+    may be just below 2**32 and the next one just above 0."""
 
     def __init__(self) -> None:
         self._current: int | None = None  # timestamp of the event in progress
         self._current_event: TelephoneEvent | None = None
-        self._reported: set[int] = set()
+        self._newest: int | None = None  # timestamp of the newest event seen
+        self._reported: BoundedDict[int, None] = BoundedDict(REMEMBERED_EVENTS)
 
     def feed(self, timestamp: int, payload: bytes) -> list[tuple[str, int]]:
         """Return the (digit, duration_ms) pairs this packet completes."""
@@ -71,6 +86,9 @@ class DtmfDetector:
         done: list[tuple[str, int]] = []
         if timestamp in self._reported:
             return done  # a repeated end packet or a late duplicate
+        if self._newest is not None and -LATE_WINDOW <= ts_delta(timestamp, self._newest) < 0:
+            return done  # a packet of an event older than the newest: its moment has passed
+        self._newest = timestamp
         if self._current is not None and timestamp != self._current:
             # A new event began while the previous one never showed an end packet.
             done += self._report(self._current, self._current_event)
@@ -81,9 +99,7 @@ class DtmfDetector:
 
     def _report(self, timestamp: int, ev: TelephoneEvent | None) -> list[tuple[str, int]]:
         self._current, self._current_event = None, None
-        self._reported.add(timestamp)
-        if len(self._reported) > 64:  # keep memory bounded on very long calls
-            self._reported = set(sorted(self._reported)[-32:])
+        self._reported.first_time(timestamp)
         if ev is None or ev.digit is None:
             return []
         return [(ev.digit, ev.duration * 1000 // CLOCK_RATE)]

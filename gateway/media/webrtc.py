@@ -27,8 +27,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
+from gateway.errors import BadInput, MediaFailed
 from gateway.media import aiortc_hooks, rfc4733
 from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder, trim_backlog
+from gateway.media.serial import seq_delta
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,11 @@ accept's 200): Meta's whole answer budget (docs/meta-calling.md §8, 30-60 s), s
 accept is, the first prompt is delayed, never clipped (§9). 1.9 MB at most, during set-up."""
 
 
-class SdpError(ValueError):
+class SdpError(BadInput, ValueError):
     """The remote SDP cannot be used (no audio, no Opus, ...); the reason is in the message."""
 
 
-class NoCandidates(RuntimeError):
+class NoCandidates(MediaFailed, RuntimeError):
     """No local ICE candidate could be gathered (no usable address, or media.webrtc_ports is
     used up): the leg could never carry media, so it fails now rather than at the ICE timeout."""
 
@@ -327,9 +329,10 @@ class WebRtcLeg:
         pt = packet.payload_type
         seq = packet.sequence_number
         # Events and audio share one sequence space: a gap is lost packets of either kind.
-        gap = ((seq - self._last_seq) & 0xFFFF) - 1 if self._last_seq is not None else 0
+        # Sequence numbers wrap at 2**16 (every 22 minutes): compare them the way they wrap.
+        gap = seq_delta(seq, self._last_seq) - 1 if self._last_seq is not None else 0
         if pt == self._dtmf_pt:
-            if 0 <= gap < 0x7FFF:
+            if gap >= 0:
                 self._last_seq = seq
             for digit, ms in self._dtmf.feed(packet.timestamp, packet.payload):
                 self.dtmf_received.append(digit)
@@ -337,7 +340,7 @@ class WebRtcLeg:
             return
         if pt != self._opus_pt:
             return
-        if gap < 0 or gap >= 0x7FFF:
+        if gap < 0:
             return  # late or duplicate: its moment has passed
         self._last_seq = seq
         self.packets_received += 1

@@ -21,6 +21,7 @@ import yaml
 
 from gateway.app import Gateway
 from gateway.config import ConfigError, load_config
+from gateway.errors import SetupError
 from gateway.media import aiortc_hooks
 from gateway.sandbox.local_asterisk import LocalAsterisk, LocalAsteriskError, port_is_free
 from gateway.simulator.cloud_api import (
@@ -44,7 +45,7 @@ DEMO_SECRETS = {"WA_ACCESS_TOKEN": "demo-access-token", "WA_APP_SECRET": "demo-a
 EXAMPLE_SCRIPT = "wait-answer; wait-audio; wait 3; press 3; wait 2; press 1234#; wait 6; hangup"
 
 
-class DemoError(RuntimeError):
+class DemoError(SetupError, RuntimeError):
     """The demo cannot start; the message is one line saying what to do."""
 
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.errors import SetupError
 from gateway.resources import ASTERISK_CHROOT_SCRIPT, SAMPLE_ASTERISK_CONF, resource
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-class LocalAsteriskError(RuntimeError):
+class LocalAsteriskError(SetupError, RuntimeError):
     """Asterisk could not be started (or stopped); the message says why, with its log tail."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from gateway.config import WhatsAppSettings
+from gateway.errors import MetaRefused
 from gateway.whatsapp.identity import is_bsuid
 from gateway.whatsapp.messages import recipient_fields
 
@@ -49,7 +50,7 @@ ERROR_TEXT = {
 }
 
 
-class GraphError(Exception):
+class GraphError(MetaRefused):
     """A Graph request failed: Meta's error, an HTTP error without a body, or no answer."""
 
     def __init__(self, action: str, message: str, *, code: int | None = None,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.config import WhatsAppSettings
+from gateway.errors import BadInput
 from gateway.whatsapp.events import MalformedWebhook, ParsedWebhook, parse_body
 from gateway.whatsapp.signature import HEADER, signature_ok
 
@@ -27,7 +28,7 @@ MAX_BODY = 4 << 20
 reference's largest sample): 4 MiB keeps every real body and bounds what one request costs."""
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(BadInput):
     """The request body is over the cap: refused with 413 before any of it is used."""
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.asterisk.ami import AmiClient, AmiError, Event, format_caller_id
 from gateway.asterisk.causes import cause_name
+from gateway.calls.orphans import OrphanSweep
 from gateway.config import AmiSettings, Secret
 from gateway.sandbox.local_asterisk import LocalAsterisk
 from tests.ports import free_tcp_port, instance_name
@@ -331,14 +332,14 @@ async def test_orphan_sweep_on_connect(ami: AmiClient, ami_settings: AmiSettings
     orphan = await originate(ami, rtp, "test-wait", listener=orphan_events)
     kept = await originate(ami, rtp, "test-wait", listener=kept_events)
     restarted = AmiClient(ami_settings)
-    restarted.owned = lambda uniqueid: uniqueid == kept
+    sweep = OrphanSweep(restarted, owned=lambda uniqueid: uniqueid == kept).install()
     try:
         await restarted.connect()  # the sweep runs before connect() returns
         hangup = await orphan_events.wait_for("Hangup")
         assert hangup["Cause"] == "41"
         channels = {c["Uniqueid"] for c in await ami.core_show_channels()}
         assert kept in channels and orphan not in channels
-        assert await restarted.sweep_orphans() == []
+        assert await sweep.sweep() == []
     finally:
         await restarted.close()
         await ami.hangup(kept)

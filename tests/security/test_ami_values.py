@@ -10,11 +10,13 @@ import logging
 
 import pytest
 
-from gateway.asterisk.ami import AmiUnsafeValue, _Action, _variable_header, safe_action
+from gateway.asterisk.ami import AmiUnsafeValue, safe_action
+from gateway.asterisk.ami_values import variable_header
+from gateway.asterisk.panoramisk_hooks import GatewayAction
 
 
 def wire(action: dict) -> bytes:
-    sent = _Action(safe_action(action))
+    sent = GatewayAction(safe_action(action))
     sent["ActionID"] = "t-1"
     return str(sent).encode("utf8")
 
@@ -47,8 +49,8 @@ def originate(**extra) -> dict:
     "lone \ud800 surrogate",
 ])
 async def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, caplog):
-    action = originate(Variable=[_variable_header("WA_CTA_PAYLOAD", hostile),
-                                 _variable_header("WA_CALL_ID", "wacid.1")])
+    action = originate(Variable=[variable_header("WA_CTA_PAYLOAD", hostile),
+                                 variable_header("WA_CALL_ID", "wacid.1")])
     with caplog.at_level(logging.WARNING, "gateway.asterisk.ami"):
         raw = wire(action)
     lines = headers(raw)
@@ -66,7 +68,7 @@ async def test_unsafe_variable_is_sent_empty_and_the_action_still_goes(hostile, 
     "Zoë 🎧 «quoted» \"double\" 'single'", "a,b,c", "x;y", "p|q", "f(x)", "tab\tinside",
 ])
 async def test_text_asterisk_can_carry_arrives_intact(text):
-    entry = _variable_header("WA_PROFILE_NAME", text)
+    entry = variable_header("WA_PROFILE_NAME", text)
     raw = wire(originate(Variable=[entry], CallerID=f'"{text}" <+5511999990000>'))
     assert f"Variable: {entry}".encode() in raw
     assert f'CallerID: "{text}" <+5511999990000>'.encode() in raw
@@ -94,3 +96,29 @@ async def test_a_clean_action_is_unchanged():
     action = {"Action": "Getvar", "Channel": "wa-1", "Variable": "UNICASTRTP_LOCAL_PORT"}
     assert safe_action(action) == {**action, "Variable": ["UNICASTRTP_LOCAL_PORT"]}
     assert headers(wire(action))[-1] == "Variable: UNICASTRTP_LOCAL_PORT"
+
+
+def test_every_action_is_written_through_one_sanitised_path():
+    """The header check holds only if nothing writes around it: in all of gateway/ the one
+    call of panoramisk's ``send_action`` (or its command helpers) is in
+    ``AmiConnection._send``, and its argument is built by ``safe_action``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    writers = []
+    for path in sorted((root / "gateway").rglob("*.py")):
+        if "simulator" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                        node.func.attr in ("send_action", "send_command", "send_agi_command"):
+                    wrapped = any(isinstance(a, ast.Call) and any(
+                        isinstance(n, ast.Name) and n.id == "safe_action"
+                        for n in ast.walk(a)) for a in node.args)
+                    writers.append((path.relative_to(root).as_posix(), func.name, wrapped))
+    assert writers == [("gateway/asterisk/ami_connection.py", "_send", True)]

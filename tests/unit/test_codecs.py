@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from gateway.asterisk.ami import AmiClient
+from gateway.config import AmiSettings, ConfigError, Secret, parse_config
 from gateway.media.codecs import (
     ASTERISK_CODECS,
     FRAME_BYTES,
@@ -9,6 +11,7 @@ from gateway.media.codecs import (
     OpusEncoder,
     trim_backlog,
 )
+from tests.unit.test_config import ENV, GOOD
 
 
 def tone(hz: float, frames: int, amplitude: int = 8000) -> bytes:
@@ -53,3 +56,29 @@ def test_backlog_trimmed_by_quiet_frames_only():
     queue = bytearray(quiet * 3)
     trim_backlog(queue)
     assert len(queue) == 3 * FRAME_BYTES  # a small queue is left alone
+
+
+
+async def test_one_registry_decides_the_codec_everywhere(monkeypatch):
+    """asterisk.codec in the YAML and the AMI client's Originate accept exactly the codecs of
+    ASTERISK_CODECS: a codec added there is accepted by both, one removed by neither."""
+
+    def config_with(codec: str):
+        return parse_config({**GOOD, "asterisk": {**GOOD["asterisk"], "codec": codec}}, env=ENV)
+
+    for name in ASTERISK_CODECS:
+        assert config_with(name.upper()).asterisk.codec == name
+    with pytest.raises(ConfigError, match="asterisk.codec: must be one of g722, ulaw, alaw"):
+        config_with("opus")
+
+    monkeypatch.setitem(ASTERISK_CODECS, "slin16", ASTERISK_CODECS["g722"])
+    assert config_with("slin16").asterisk.codec == "slin16"
+    monkeypatch.delitem(ASTERISK_CODECS, "ulaw")
+    with pytest.raises(ConfigError, match="must be one of g722, alaw, slin16, got 'ulaw'"):
+        config_with("ulaw")
+
+    ami = AmiClient(AmiSettings(host="127.0.0.1", port=1, username="u", secret=Secret("s")))
+    with pytest.raises(ValueError, match="codec must be one of g722, alaw, slin16, got 'ulaw'"):
+        await ami.originate_unicast(channel_id="wa-1", rtp_host="127.0.0.1", rtp_port=40000,
+                                    codec="ulaw", caller_id="", variables={}, context="c",
+                                    exten="s")

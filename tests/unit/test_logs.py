@@ -134,3 +134,21 @@ def test_media_stack_chatter_only_when_asked(verbose: bool) -> None:
     assert "sender stopped" in text and "still here" in text
     assert ("CandidatePair succeeded" in text) is verbose
     assert ("DTLS handshake complete" in text) is verbose
+
+
+def test_the_ami_clients_own_filter_redacts_a_short_secret_only_where_it_stands_whole():
+    """panoramisk's own log lines pass the AMI client's filter: a 1-character AMI secret
+    must go where it stands whole and leave words like "context" alone."""
+    from gateway.asterisk.ami import AmiClient
+    from gateway.config import AmiSettings, Secret
+
+    client = AmiClient(AmiSettings(host="127.0.0.1", port=5038, username="gw",
+                                   secret=Secret("t")))
+    logger = client._panoramisk_log
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1,
+                               "Fail to send %r", ({"Context": "context", "Secret": "t"},), None)
+    for f in logger.filters:
+        f.filter(record)
+    text = record.getMessage()
+    assert "'context'" in text and "'Context'" in text
+    assert "'Secret': '***'" in text
