@@ -180,7 +180,7 @@ async def test_a_slow_accept_delays_the_first_prompt_but_plays_it_whole(asterisk
     async with gateway_with(asterisk.ami_port, tmp_path / "g.sqlite3",
                             numbers=numbers) as (sim, gw):
         sim.numbers[PROMPT_NUMBER[0]] = PROMPT_NUMBER[1]
-        sim.accept_latency_s = latency
+        sim.timings.accept_latency_s = latency
         call = await sim.place_call(from_wa_id="15550007008", phone_number_id=PROMPT_NUMBER[0],
                                     display_phone_number=PROMPT_NUMBER[1])
         await asyncio.wait_for(call.accepted.wait(), 15)

@@ -61,6 +61,9 @@ class Business:
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         """``messages`` field items (permission replies)."""
         self.message_statuses: list[dict[str, Any]] = []
+        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        """Whole bodies of account-level webhooks (``account_update``,
+        ``account_settings_update``)."""
         self.raw: list[tuple[bytes, str | None]] = []
         self.bad_signatures = 0
         self.legs: list[WebRtcLeg] = []
@@ -101,9 +104,13 @@ class Business:
         if self.fail_next:
             self.fail_next -= 1
             return web.Response(status=500)
-        for entry in json.loads(body)["entry"]:
+        payload = json.loads(body)
+        for entry in payload["entry"]:
             for change in entry["changes"]:
                 value = change["value"]
+                if change["field"] not in ("calls", "messages"):
+                    self.notices.put_nowait(payload)
+                    continue
                 if change["field"] == "messages":
                     for msg in value.get("messages", []):
                         self.messages.put_nowait({"value": value, "message": msg})
@@ -146,6 +153,9 @@ class Business:
 
     async def next_message(self, timeout: float = 10) -> dict[str, Any]:
         return await asyncio.wait_for(self.messages.get(), timeout)
+
+    async def next_notice(self, timeout: float = 10) -> dict[str, Any]:
+        return await asyncio.wait_for(self.notices.get(), timeout)
 
     async def answer(self, offer: str) -> tuple[WebRtcLeg, str]:
         leg = WebRtcLeg(name="business")

@@ -16,6 +16,7 @@ import pytest
 
 from gateway.simulator.control import add_control_routes
 from gateway.simulator.users import DAY, SimulatedUser
+from tests.fakes import ManualClock
 from tests.sim.business import make_sim, pre_bsuid
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
@@ -88,16 +89,20 @@ async def test_call_permissions_answers_in_the_samples_shape(sim, business):
     assert (await business.graph(sim, "GET", "call_permissions"))[1]["error"]["code"] == 100
 
 
-async def test_call_permissions_rate_limit_is_613(sim, business):
-    codes = []
-    for _ in range(7):
-        status, body = await business.graph(sim, "GET", "call_permissions",
-                                            params={"user_wa_id": USER})
-        codes.append(status if status == 200 else (status, body["error"]["code"]))
-    assert codes[:5] == [200] * 5 and codes[5:] == [(429, 613)] * 2
-    await asyncio.sleep(1.05)
-    assert (await business.graph(sim, "GET", "call_permissions",
-                                 params={"user_wa_id": USER}))[0] == 200
+async def test_call_permissions_rate_limit_is_613(business):
+    async with make_sim(business, clock=ManualClock()) as sim:
+        codes = []
+        for _ in range(7):
+            status, body = await business.graph(sim, "GET", "call_permissions",
+                                                params={"user_wa_id": USER})
+            codes.append(status if status == 200 else (status, body["error"]["code"]))
+        assert codes[:5] == [200] * 5 and codes[5:] == [(429, 613)] * 2
+        sim.clock.advance(0.9)  # still inside the same second
+        assert (await business.graph(sim, "GET", "call_permissions",
+                                     params={"user_wa_id": USER}))[0] == 429
+        sim.clock.advance(0.2)  # the second is over
+        assert (await business.graph(sim, "GET", "call_permissions",
+                                     params={"user_wa_id": USER}))[0] == 200
 
 
 async def test_permission_request_limits_are_1_per_day_and_2_per_week(sim, business):
