@@ -143,16 +143,29 @@ class BusinessCalls:
             return
         except TimeoutError:
             pass
+        if user.on_call == "reject":
+            await self.decline(call)
+        else:
+            await self.pick_up(call)
+
+    async def decline(self, call: SimulatedCall) -> None:
+        """The user declines the ringing call: REJECTED, then the terminate webhook."""
         async with call.lock:
             if call.is_over:
                 return
-            if user.on_call == "reject":
-                call.rejected = True
-                call.transcript.add("the user declined the call")
-                await self.webhooks.send_call_webhook(call, self.payloads.status(call, "REJECTED"))
-                # ASSUMPTION: the terminate after REJECTED is FAILED without errors[].
-                await call.end(by="user")
-                return
+            call.rejected = True
+            call.transcript.add("the user declined the call")
+            await self.webhooks.send_call_webhook(call, self.payloads.status(call, "REJECTED"))
+            # ASSUMPTION: the terminate after REJECTED is FAILED without errors[].
+            await call.end(by="user")
+
+    async def pick_up(self, call: SimulatedCall) -> None:
+        """The user picks up the ringing call: the phone sends audio, Meta counts a connected
+        call and sends ACCEPTED; the user's script (if any) starts. A user configured to
+        ``ignore`` calls picks up only when told so by this method."""
+        async with call.lock:
+            if call.state != "ringing":
+                return  # not rung yet, already answered, or over
             call.state = "accepted"
             call.accepted_at = self.clock.now()
             call.phone.pick_up()
@@ -164,8 +177,8 @@ class BusinessCalls:
             counters.reset_requests()  # §10: any connected call resets the request counters
             # §6: ACCEPTED typically arrives after media already flows.
             await self.webhooks.send_call_webhook(call, self.payloads.status(call, "ACCEPTED"))
-        if user.script:
-            self.background.spawn(self._run_user_script(call, user.script))
+        if call.user.script:
+            self.background.spawn(self._run_user_script(call, call.user.script))
 
     async def _run_user_script(self, call: SimulatedCall, script: str) -> None:
         try:

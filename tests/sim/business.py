@@ -8,17 +8,22 @@ terminate sent over HTTP. No gateway code runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
+import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from gateway.media.codecs import RATE
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator.cloud_api import CloudApiSimulator
+from gateway.simulator.transcript import Transcript
 
 USER_ID_KEYS = frozenset({
     "user_id", "parent_user_id", "from_user_id", "from_parent_user_id", "to_user_id",
@@ -61,6 +66,7 @@ class Business:
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         """``messages`` field items (permission replies)."""
         self.message_statuses: list[dict[str, Any]] = []
+        self._message_status_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         """Whole bodies of account-level webhooks (``account_update``,
         ``account_settings_update``)."""
@@ -116,6 +122,7 @@ class Business:
                         self.messages.put_nowait({"value": value, "message": msg})
                     for st in value.get("statuses", []):
                         self.message_statuses.append(st)
+                        self._message_status_queue.put_nowait(st)
                     continue
                 for call in value.get("calls", []):
                     self.events.put_nowait({"value": value, "call": call})
@@ -153,6 +160,10 @@ class Business:
 
     async def next_message(self, timeout: float = 10) -> dict[str, Any]:
         return await asyncio.wait_for(self.messages.get(), timeout)
+
+    async def next_message_status(self, timeout: float = 10) -> dict[str, Any]:
+        """The next ``statuses[]`` item on field ``messages``."""
+        return await asyncio.wait_for(self._message_status_queue.get(), timeout)
 
     async def next_notice(self, timeout: float = 10) -> dict[str, Any]:
         return await asyncio.wait_for(self.notices.get(), timeout)
@@ -199,7 +210,7 @@ async def auto_answer(business: Business, sim: CloudApiSimulator, *, tone_hz: fl
         while sim.calls[call_id].state == "accepted":
             if tone_hz:
                 leg.play(audio.tone(tone_hz, 0.1))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # media pacing: the leg takes real-time audio
             if hangup_after is not None and \
                     asyncio.get_running_loop().time() - started >= hangup_after:
                 await business.action(sim, "terminate", call_id)
@@ -207,3 +218,78 @@ async def auto_answer(business: Business, sim: CloudApiSimulator, *, tone_hz: fl
 
     business.tasks.append(asyncio.ensure_future(play()))
     return digits
+
+
+async def transcript_says(transcript: Transcript, pattern: str, count: int = 1,
+                          timeout: float = 10) -> list[str]:
+    """Until the call's story has ``count`` lines matching ``pattern`` (lines are pushed to
+    followers as they are written: no polling); returns them."""
+    found: list[str] = []
+
+    async def follow() -> list[str]:
+        async with contextlib.aclosing(transcript.follow()) as lines:
+            async for line in lines:
+                if re.search(pattern, line):
+                    found.append(line)
+                    if len(found) >= count:
+                        return found
+        raise AssertionError(f"the story ended with {len(found)} of {count} {pattern!r}")
+
+    try:
+        return await asyncio.wait_for(follow(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"{len(found)} of {count} lines {pattern!r} in {timeout:g} s:\n"
+                             f"{transcript}") from None
+
+
+class Received:
+    """What a business's leg got (``leg.on_audio = received.audio``, ``leg.on_dtmf =
+    received.dtmf``), with waits on it that wake as it arrives."""
+
+    def __init__(self) -> None:
+        self.pcm = bytearray()
+        self.digits: list[str] = []
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    def audio(self, pcm: bytes) -> None:
+        self.pcm += pcm
+        self._check()
+
+    def dtmf(self, digit: str, duration_ms: int) -> None:
+        self.digits.append(digit)
+        self._check()
+
+    def _check(self) -> None:
+        for predicate, fut in self._waiters:
+            if not fut.done() and predicate():
+                fut.set_result(None)
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        if predicate():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        entry = (predicate, fut)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters.remove(entry)
+
+    async def audio_seconds(self, seconds: float, since: int = 0) -> bytes:
+        """Until ``seconds`` of audio arrived after byte ``since``; returns that audio."""
+        size = int(seconds * 2 * RATE)
+        await self.until(lambda: len(self.pcm) - since >= size)
+        return bytes(self.pcm[since:since + size])
+
+    async def digit_count(self, n: int) -> list[str]:
+        await self.until(lambda: len(self.digits) >= n)
+        return self.digits
+
+
+async def play_paced(leg: WebRtcLeg, pcm: bytes, chunk_s: float = 0.1) -> None:
+    """Feed audio to a leg in real time: the leg queues only 200 ms ahead (a live source),
+    so a longer sound is handed over piece by piece (media pacing, not synchronisation)."""
+    step = int(chunk_s * 2 * RATE)
+    for i in range(0, len(pcm), step):
+        leg.play(pcm[i:i + step])
+        await asyncio.sleep(chunk_s)
