@@ -219,6 +219,14 @@ class LocalAsterisk:
         await self.stop()
         await self.start()
 
+    async def crash(self) -> None:
+        """Kill Asterisk with no goodbye (SIGKILL): no Hangup events, no AMI logoff, as when
+        the process or its machine dies. :meth:`start` brings it back."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
     async def cli(self, command: str) -> str:
         """Run one CLI command (``asterisk -rx``) against this instance; return its output."""
         if not self.running:
