@@ -60,7 +60,7 @@ class DtmfDetector:
     def __init__(self) -> None:
         self._current: int | None = None  # timestamp of the event in progress
         self._current_event: TelephoneEvent | None = None
-        self._reported: set[int] = set()
+        self._reported: dict[int, None] = {}  # timestamps already reported, oldest first
 
     def feed(self, timestamp: int, payload: bytes) -> list[tuple[str, int]]:
         """Return the (digit, duration_ms) pairs this packet completes."""
@@ -81,9 +81,11 @@ class DtmfDetector:
 
     def _report(self, timestamp: int, ev: TelephoneEvent | None) -> list[tuple[str, int]]:
         self._current, self._current_event = None, None
-        self._reported.add(timestamp)
-        if len(self._reported) > 64:  # keep memory bounded on very long calls
-            self._reported = set(sorted(self._reported)[-32:])
+        self._reported[timestamp] = None
+        if len(self._reported) > 64:  # keep memory bounded on very long calls: forget the
+            # oldest (by arrival; timestamps wrap, so the smallest may be the newest)
+            for old in list(self._reported)[:32]:
+                del self._reported[old]
         if ev is None or ev.digit is None:
             return []
         return [(ev.digit, ev.duration * 1000 // CLOCK_RATE)]
