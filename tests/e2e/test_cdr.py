@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gateway.sandbox.local_asterisk import LocalAsterisk
+from tests.waits import transcript_says
 
 from .conftest import API_TOKEN, MakeStack, Stack, numbers_config
 
@@ -60,11 +62,7 @@ async def rows_of_call(asterisk: LocalAsterisk, linkedid_of: str, timeout: float
 
 
 async def phone_got_dtmf(call, digit: str, timeout: float = 15.0) -> None:
-    async def scan() -> None:
-        async for line in call.transcript.follow():
-            if f"phone got DTMF {digit}" in line:
-                return
-    await asyncio.wait_for(scan(), timeout)
+    await transcript_says(call.transcript, f"phone got DTMF {re.escape(digit)}", timeout=timeout)
 
 
 async def stack_with_accountcode(make_stack: MakeStack, number: str, code: str) -> Stack:

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.whatsapp.signature import sign
 from tests.ports import free_tcp_port
+from tests.waits import transcript_says
 
 from .conftest import APP_SECRET, PAYLOADS, MakeStack, Stack, numbers_config
 
@@ -77,9 +78,11 @@ async def test_ivr_prompt_reaches_the_caller(stack: Stack):
     call = await stack.place_call("from-whatsapp")
     await stack.wait_event(user_event("WhatsAppCallStart"))
     first = await call.phone.wait_audio(timeout=10)
-    await asyncio.sleep(1.0)  # listen to one second of the menu prompt
-    heard = call.phone.heard(since=first, until=call.transcript.now())
-    assert heard.kind != "silence" and heard.dbfs > -40, f"menu prompt not heard: {heard}"
+    # The phone describes what it hears window by window (half a second each).
+    await transcript_says(call.transcript, r"hearing (?!silence|nothing)", after=first)
+    heard = next(s.heard for s in call.phone.heard_segments
+                 if s.heard is not None and s.heard.kind != "silence")
+    assert heard.dbfs > -40, f"menu prompt not heard: {heard}"
     await call.hangup()
     await stack.wait_idle()
 

@@ -8,13 +8,10 @@ terminate sent over HTTP. No gateway code runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
-import re
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,7 +20,6 @@ from aiohttp import web
 from gateway.media.codecs import RATE
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator.cloud_api import CloudApiSimulator
-from gateway.simulator.transcript import Transcript
 
 USER_ID_KEYS = frozenset({
     "user_id", "parent_user_id", "from_user_id", "from_parent_user_id", "to_user_id",
@@ -218,72 +214,6 @@ async def auto_answer(business: Business, sim: CloudApiSimulator, *, tone_hz: fl
 
     business.tasks.append(asyncio.ensure_future(play()))
     return digits
-
-
-async def transcript_says(transcript: Transcript, pattern: str, count: int = 1,
-                          timeout: float = 10) -> list[str]:
-    """Until the call's story has ``count`` lines matching ``pattern`` (lines are pushed to
-    followers as they are written: no polling); returns them."""
-    found: list[str] = []
-
-    async def follow() -> list[str]:
-        async with contextlib.aclosing(transcript.follow()) as lines:
-            async for line in lines:
-                if re.search(pattern, line):
-                    found.append(line)
-                    if len(found) >= count:
-                        return found
-        raise AssertionError(f"the story ended with {len(found)} of {count} {pattern!r}")
-
-    try:
-        return await asyncio.wait_for(follow(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"{len(found)} of {count} lines {pattern!r} in {timeout:g} s:\n"
-                             f"{transcript}") from None
-
-
-class Received:
-    """What a business's leg got (``leg.on_audio = received.audio``, ``leg.on_dtmf =
-    received.dtmf``), with waits on it that wake as it arrives."""
-
-    def __init__(self) -> None:
-        self.pcm = bytearray()
-        self.digits: list[str] = []
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-
-    def audio(self, pcm: bytes) -> None:
-        self.pcm += pcm
-        self._check()
-
-    def dtmf(self, digit: str, duration_ms: int) -> None:
-        self.digits.append(digit)
-        self._check()
-
-    def _check(self) -> None:
-        for predicate, fut in self._waiters:
-            if not fut.done() and predicate():
-                fut.set_result(None)
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
-        if predicate():
-            return
-        fut = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiters.remove(entry)
-
-    async def audio_seconds(self, seconds: float, since: int = 0) -> bytes:
-        """Until ``seconds`` of audio arrived after byte ``since``; returns that audio."""
-        size = int(seconds * 2 * RATE)
-        await self.until(lambda: len(self.pcm) - since >= size)
-        return bytes(self.pcm[since:since + size])
-
-    async def digit_count(self, n: int) -> list[str]:
-        await self.until(lambda: len(self.digits) >= n)
-        return self.digits
 
 
 async def play_paced(leg: WebRtcLeg, pcm: bytes, chunk_s: float = 0.1) -> None:

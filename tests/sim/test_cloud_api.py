@@ -11,14 +11,8 @@ import re
 
 from gateway.simulator import audio
 from gateway.simulator.phone import PhoneTimers
-from tests.sim.business import (
-    APP_SECRET,
-    IPV6,
-    Received,
-    make_sim,
-    play_paced,
-    transcript_says,
-)
+from tests.sim.business import APP_SECRET, IPV6, make_sim, play_paced
+from tests.waits import Received, transcript_says
 
 
 async def test_connect_webhook_is_shaped_and_signed_like_meta(sim, business):

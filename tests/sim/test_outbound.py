@@ -16,14 +16,8 @@ from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator import audio
 from gateway.simulator.meta import business_country_block
 from tests.fakes import ManualClock
-from tests.sim.business import (
-    Business,
-    Received,
-    make_sim,
-    play_paced,
-    pre_bsuid,
-    transcript_says,
-)
+from tests.sim.business import Business, make_sim, play_paced, pre_bsuid
+from tests.waits import Received, transcript_says
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 USER = "15550002222"
