@@ -331,5 +331,9 @@ async def test_wait_outbound_call_waits_for_the_next_one(fast_sim, business):
     _, _, resp = await dial(business, sim)
     call = await waiter
     assert call.call_id == resp["calls"][0]["id"] and seen == [call]
-    with pytest.raises(TimeoutError):
-        await sim.wait_outbound_call(to=USER, timeout=0.2)  # already claimed
+    # The claimed call is not returned again: the next wait gets the next call.
+    other = "15550003333"
+    sim.add_user(other, permission="temporary", on_call="ignore")
+    again = asyncio.ensure_future(sim.wait_outbound_call(timeout=5))
+    _, _, resp = await dial(business, sim, to=other)
+    assert (await again).call_id == resp["calls"][0]["id"] != call.call_id
