@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.simulator.account import AccountApi
-from gateway.simulator.account_events import AccountEvents
+from gateway.simulator.account_events import PAUSE_S, RESTRICTIONS, VIOLATIONS, AccountEvents
 from gateway.simulator.call import SimulatedCall
 from gateway.simulator.calls import CallEnds, CallRegistry, Phones
 from gateway.simulator.calls_api import CallsEndpoint
@@ -274,9 +274,16 @@ class CloudApiSimulator:
     def number_settings(self, phone_number_id: str) -> dict[str, Any]:
         return self.waba.number_settings(phone_number_id)
 
-    async def place_call(self, **kw: Any) -> SimulatedCall:
+    async def place_call(self, *, from_wa_id: str, profile_name: str | None = "Test User",
+                         phone_number_id: str | None = None,
+                         display_phone_number: str | None = None,
+                         cta_payload: str | None = None, deeplink_payload: str | None = None,
+                         idle_audio: bytes | None = None) -> SimulatedCall:
         """A user calls the business: :meth:`UserCalls.place_call`."""
-        return await self.user_calls.place_call(**kw)
+        return await self.user_calls.place_call(
+            from_wa_id=from_wa_id, profile_name=profile_name, phone_number_id=phone_number_id,
+            display_phone_number=display_phone_number, cta_payload=cta_payload,
+            deeplink_payload=deeplink_payload, idle_audio=idle_audio)
 
     async def wait_outbound_call(self, to: str | None = None,
                                  timeout: float | None = 10.0) -> SimulatedCall:
@@ -311,9 +318,16 @@ class CloudApiSimulator:
     def media_url(self, media_id: str) -> str:
         return self.media_store.media_url(media_id)
 
-    async def send_account_violation(self, *args: Any, **kw: Any) -> WebhookDelivery:
-        return await self.account_events.send_account_violation(*args, **kw)
+    async def send_account_violation(self, phone_number_id: str | None = None,
+                                     violation_type: str = VIOLATIONS[0],
+                                     remediation: str | None = None) -> WebhookDelivery:
+        return await self.account_events.send_account_violation(
+            phone_number_id, violation_type, remediation)
 
-    async def restrict_calling(self, *args: Any, **kw: Any) -> WebhookDelivery:
-        return await self.account_events.restrict_calling(*args, **kw)
+    async def restrict_calling(self, phone_number_id: str | None = None,
+                               restriction_type: str = RESTRICTIONS[0],
+                               duration_s: float | None = PAUSE_S,
+                               remediation: str | None = None) -> WebhookDelivery:
+        return await self.account_events.restrict_calling(
+            phone_number_id, restriction_type, duration_s, remediation)
 
