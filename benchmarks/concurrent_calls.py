@@ -31,6 +31,7 @@ from gateway.media import aiortc_hooks  # noqa: E402
 from gateway.sandbox.local_asterisk import LocalAsterisk  # noqa: E402
 from gateway.simulator import audio  # noqa: E402
 from gateway.simulator.cloud_api import CloudApiSimulator  # noqa: E402
+from tests.ports import free_tcp_port, instance_name, udp_range  # noqa: E402
 
 PNID, DISPLAY = "100000000000002", "15550000002"
 SECRET, TOKEN = "bench-secret", "bench-token"
@@ -63,7 +64,9 @@ async def metrics(url: str) -> dict[tuple[str, tuple], float]:
 async def main(calls: int, hold: float, codec: str) -> None:
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
-    ast = LocalAsterisk("bench", ami_port=5097,
+    # Free ports and the suite's own names and UDP block: it can run beside a test suite.
+    ami_port, http_port = free_tcp_port(), free_tcp_port()
+    ast = LocalAsterisk(instance_name("bench"), ami_port=ami_port,
                         overlay_dir=ROOT / "tests" / "e2e" / "asterisk-overlay")
     await ast.start()
     sim = CloudApiSimulator(app_secret=SECRET, access_token=TOKEN)
@@ -74,10 +77,11 @@ async def main(calls: int, hold: float, codec: str) -> None:
                      "verify_token": "v"},
         "numbers": [{"phone_number_id": PNID, "display_number": DISPLAY,
                      "context": "test-echo", "max_calls": 1000}],
-        "asterisk": {"ami": {"port": 5097, "username": "gateway", "secret": "gateway-secret"},
+        "asterisk": {"ami": {"port": ami_port, "username": "gateway",
+                             "secret": "gateway-secret"},
                      "codec": codec},
-        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "44000-44999"},
-        "http": {"listen": "127.0.0.1:18777"},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": udp_range(1400, 1000)},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
         "store": {"path": str(tmp / "bench.sqlite3")},
     }
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
@@ -85,7 +89,7 @@ async def main(calls: int, hold: float, codec: str) -> None:
         sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
         "--log-level", "warning", cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
-    url = "http://127.0.0.1:18777"
+    url = f"http://127.0.0.1:{http_port}"
     try:
         for _ in range(100):
             try:

@@ -33,7 +33,7 @@ class Crm:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{self.port}/events"
 
     async def close(self) -> None:

@@ -413,3 +413,23 @@ def status_event(call_id: str, status: str, timestamp: int | None = None,
     return StatusEvent(call_id=call_id, status=status, phone_number_id=PNID,
                        recipient_id=USER, timestamp=NOW + 10 if timestamp is None else timestamp,
                        biz_opaque_callback_data=callback_data)
+
+
+class ManualClock:
+    """The simulator's clock (gateway/simulator/runtime.py ``Clock``) that moves only when a
+    test says so: Meta's time rules (rate per second, URL lifetimes, 7-day permissions) are
+    tested without waiting on the real clock."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._monotonic = 1000.0
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        self._monotonic += seconds

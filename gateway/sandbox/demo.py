@@ -23,7 +23,8 @@ from gateway.app import Gateway
 from gateway.config import ConfigError, load_config
 from gateway.errors import SetupError
 from gateway.media import aiortc_hooks
-from gateway.sandbox.local_asterisk import LocalAsterisk, LocalAsteriskError, port_is_free
+from gateway.sandbox.host import port_is_free
+from gateway.sandbox.local_asterisk import LocalAsterisk, LocalAsteriskError
 from gateway.simulator.cloud_api import (
     DEFAULT_DISPLAY_NUMBER,
     DEFAULT_PHONE_NUMBER_ID,

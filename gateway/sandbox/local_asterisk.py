@@ -15,20 +15,19 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import errno
 import logging
 import math
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from gateway.errors import SetupError
 from gateway.resources import ASTERISK_CHROOT_SCRIPT, SAMPLE_ASTERISK_CONF, resource
+from gateway.sandbox.host import is_mount, pid_alive, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +35,6 @@ log = logging.getLogger(__name__)
 CHROOT_SCRIPT = resource(ASTERISK_CHROOT_SCRIPT)
 SAMPLE_CONF = resource(SAMPLE_ASTERISK_CONF)
 ASTERISK = "/usr/sbin/asterisk"
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a TCP listener could bind 127.0.0.1:``port`` now (the demo and AMI checks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            return False
-    return True
 
 
 class LocalAsteriskError(SetupError, RuntimeError):
@@ -220,6 +206,14 @@ class LocalAsterisk:
         await self.stop()
         await self.start()
 
+    async def crash(self) -> None:
+        """Kill Asterisk with no goodbye (SIGKILL): no Hangup events, no AMI logoff, as when
+        the process or its machine dies. :meth:`start` brings it back."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
     async def cli(self, command: str) -> str:
         """Run one CLI command (``asterisk -rx``) against this instance; return its output."""
         if not self.running:
@@ -269,7 +263,7 @@ class LocalAsterisk:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             for _ in range(50):
-                if not _alive(pid):
+                if not pid_alive(pid):
                     return
                 await asyncio.sleep(0.1)
 
@@ -371,13 +365,13 @@ class LocalAsterisk:
     async def _mount_proc(self) -> None:
         assert self.root is not None
         proc_dir = self.root / "proc"
-        if _is_mount(proc_dir):
+        if is_mount(proc_dir):
             return
         proc = await asyncio.create_subprocess_exec(
             "mount", "-t", "proc", "proc", str(proc_dir),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
-        if proc.returncode != 0 and not _is_mount(proc_dir):
+        if proc.returncode != 0 and not is_mount(proc_dir):
             raise LocalAsteriskError(f"cannot mount proc in {proc_dir}: {out.decode().strip()}")
 
     async def _wait_booted(self) -> None:
@@ -438,11 +432,3 @@ class LocalAsterisk:
         if not count:
             raise LocalAsteriskError(f"{path.name}: no line matching {pattern!r} to rewrite")
         path.write_text(text)
-
-
-def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-def _is_mount(path: Path) -> bool:
-    return os.path.ismount(path)

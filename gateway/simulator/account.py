@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 from aiohttp import web
 
 from gateway.simulator import settings as number_settings
+from gateway.simulator.account_events import AccountEvents
+from gateway.simulator.graph_api import GraphApi
 from gateway.simulator.meta import (
     CALL_PERMISSIONS_PER_S,
     ApiRequest,
@@ -18,6 +19,9 @@ from gateway.simulator.meta import (
     invalid,
     new_wamid,
 )
+from gateway.simulator.payloads import Payloads
+from gateway.simulator.permission_replies import PermissionReplies
+from gateway.simulator.runtime import Background, Clock
 from gateway.simulator.users import (
     BSUID,
     SimulatedUser,
@@ -25,22 +29,44 @@ from gateway.simulator.users import (
     permissions_body,
     request_limits,
 )
+from gateway.simulator.waba import Waba
+from gateway.simulator.webhooks import WebhookSender
 
 
 class AccountApi:
-    """Mixin of :class:`CloudApiSimulator`: permissions, settings, messages."""
+    """The account's Graph endpoints: call permissions, settings, messages."""
+
+    def __init__(self, *, waba: Waba, graph: GraphApi, payloads: Payloads,
+                 webhooks: WebhookSender, permissions: PermissionReplies,
+                 events: AccountEvents, clock: Clock, background: Background):
+        self.waba = waba
+        self.graph = graph
+        self.payloads = payloads
+        self.webhooks = webhooks
+        self.permissions = permissions
+        self.events = events
+        self.clock = clock
+        self.background = background
+        self._permission_gets: dict[str, list[float]] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/{version}/{phone_number_id}/messages", self._handle_messages)
+        app.router.add_get("/{version}/{phone_number_id}/call_permissions",
+                           self._handle_call_permissions)
+        app.router.add_get("/{version}/{phone_number_id}/settings", self._handle_get_settings)
+        app.router.add_post("/{version}/{phone_number_id}/settings", self._handle_post_settings)
 
     # --- GET /{version}/{phone_number_id}/call_permissions ------------------------------------
 
     async def _handle_call_permissions(self, request: web.Request) -> web.Response:
         async def handle(phone_number_id: str, query: Any, rec: ApiRequest) -> dict[str, Any]:
             recent = [t for t in self._permission_gets.get(phone_number_id, [])
-                      if t > time.monotonic() - 1.0]
+                      if t > self.clock.monotonic() - 1.0]
             if len(recent) >= CALL_PERMISSIONS_PER_S:
                 raise GraphError(613, "(#613) Calls to this api have exceeded the rate limit.",
                                  f"At most {CALL_PERMISSIONS_PER_S} call_permissions requests "
                                  "per second", status=429)
-            recent.append(time.monotonic())
+            recent.append(self.clock.monotonic())
             self._permission_gets[phone_number_id] = recent
             # docs/meta-2026-identity.md §1: ``recipient=<BSUID>`` next to ``user_wa_id``; the
             # answer's shape is the same.
@@ -49,47 +75,47 @@ class AccountApi:
             if wa_id:
                 if not wa_id.isdigit():
                     raise invalid("user_wa_id must be the user's phone number")
-                user = self.user(wa_id)
+                user = self.waba.user(wa_id)
             elif recipient:
                 if not BSUID.fullmatch(recipient):
                     raise invalid("recipient must be a BSUID or a parent BSUID")
-                found = self.find_user(recipient)
+                found = self.waba.find_user(recipient)
                 if found is None:
                     raise invalid(f"recipient {recipient} is not a user of this portfolio")
                 user = found
             else:
                 raise invalid("user_wa_id (the user's phone number) or recipient (the user's "
                               "BSUID) is required")
-            now = time.time()
-            return permissions_body(user, self.pair(phone_number_id, user.key), now)
+            now = self.clock.now()
+            return permissions_body(user, self.waba.pair(phone_number_id, user.key), now)
 
-        return await self._api(request, "call_permissions", handle,
+        return await self.graph.serve(request, "call_permissions", handle,
                                lambda body: "call_permissions")
 
     # --- GET|POST /{version}/{phone_number_id}/settings ---------------------------------------
 
     async def _handle_get_settings(self, request: web.Request) -> web.Response:
         async def handle(phone_number_id: str, query: Any, rec: ApiRequest) -> dict[str, Any]:
-            return json.loads(json.dumps(self.number_settings(phone_number_id)))
+            return json.loads(json.dumps(self.waba.number_settings(phone_number_id)))
 
-        return await self._api(request, "settings", handle, lambda body: "get_settings")
+        return await self.graph.serve(request, "settings", handle, lambda body: "get_settings")
 
     async def _handle_post_settings(self, request: web.Request) -> web.Response:
         async def handle(phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
-            current = self.number_settings(phone_number_id)
+            current = self.waba.number_settings(phone_number_id)
             trial = json.loads(json.dumps(current))
             try:
                 changed = number_settings.apply_settings(trial, body)
             except ValueError as exc:
                 raise invalid(str(exc)) from None
-            self.settings[phone_number_id] = trial
-            self.note(f"settings of {phone_number_id} updated"
-                      + (f": {', '.join(changed)} changed" if changed else " (no change)"))
-            self._spawn(self._settings_changed(phone_number_id, current.get("calling") or {},
-                                               trial.get("calling") or {}))
+            self.waba.settings[phone_number_id] = trial
+            self.waba.note(f"settings of {phone_number_id} updated"
+                           + (f": {', '.join(changed)} changed" if changed else " (no change)"))
+            self.background.spawn(self.events.settings_changed(
+                phone_number_id, current.get("calling") or {}, trial.get("calling") or {}))
             return {"success": True}
 
-        return await self._api(request, "settings", handle, lambda body: "set_settings")
+        return await self.graph.serve(request, "settings", handle, lambda body: "set_settings")
 
     # --- POST /{version}/{phone_number_id}/messages -------------------------------------------
 
@@ -99,19 +125,19 @@ class AccountApi:
                 return body["interactive"].get("type")
             return body.get("type")
 
-        return await self._api(request, "messages", self._message, action)
+        return await self.graph.serve(request, "messages", self._message, action)
 
     async def _message(self, phone_number_id: str, body: Any, rec: ApiRequest) -> dict[str, Any]:
         """§5: validate, record, answer per tests/fixtures/payloads/response-message-send.json; a
         permission request is answered by the user later, like on a phone."""
         if body.get("messaging_product") != "whatsapp":
             raise invalid("messaging_product must be \"whatsapp\"")
-        user, by_number = self._recipient(body)
+        user, by_number = self.waba.recipient(body)
         wa_id = user.key
         kind = body.get("type", "text")
         if not isinstance(kind, str) or kind not in body:
             raise invalid(f"the message needs a {kind!r} object matching its type")
-        now = time.time()
+        now = self.clock.now()
         interactive_type = None
         is_request = False
         if kind == "interactive":
@@ -141,14 +167,15 @@ class AccountApi:
             is_request or interactive_type == "voice_call"
             or (kind == "template" and "voice_call" in json.dumps(body["template"])))
         if is_request and not undeliverable:
-            if business_calling_paused(self.number_settings(phone_number_id), now):
+            settings = self.waba.number_settings(phone_number_id)
+            if number_settings.business_calling_paused(settings, now):
                 # docs/meta-2026-settings-events.md §3: during a business-initiated pause,
                 # permission requests cannot be sent either. ASSUMPTION: refused with the pause's
                 # code, 138014.
                 raise GraphError(138014, "Calling is temporarily disabled for this phone "
                                  "number", "Permission requests are paused with "
                                  "business-initiated calling")
-            counters = self.pair(phone_number_id, wa_id)
+            counters = self.waba.pair(phone_number_id, wa_id)
             if user.permission_status(now) == "permanent":
                 raise GraphError(138017, "Permission request not sent: permanent permission "
                                  "exists", "The user already granted a permanent permission")
@@ -161,15 +188,15 @@ class AccountApi:
             counters.requests.append(now)
         if by_number:
             # docs/meta-2026-identity.md §1: the business messaged it
-            self.number_contact(phone_number_id, user, now)
-        self.messages.append({"id": wamid, "to": wa_id, "type": kind,
+            self.waba.number_contact(phone_number_id, user, now)
+        self.waba.messages.append({"id": wamid, "to": wa_id, "type": kind,
                               "interactive_type": interactive_type, "body": body, "time": now,
                               "phone_number_id": phone_number_id})
-        self.note(f"business sent {interactive_type or kind} to {wa_id} ({wamid})")
+        self.waba.note(f"business sent {interactive_type or kind} to {wa_id} ({wamid})")
         if undeliverable:
-            self._spawn(self._undeliverable(phone_number_id, user, wamid))
+            self.background.spawn(self._undeliverable(phone_number_id, user, wamid))
         elif is_request:
-            self._spawn(self._reply_to_request(phone_number_id, user, wamid))
+            self.background.spawn(self.permissions.answer_request(phone_number_id, user, wamid))
         # docs/meta-2026-identity.md §1: by number, as
         # tests/fixtures/payloads/response-message-send.json; by BSUID, the ids (and the wa_id
         # only if the number is visible). ASSUMPTION: user_id is left out when ``to`` was sent
@@ -178,35 +205,13 @@ class AccountApi:
             contact: dict[str, Any] = {"input": body["to"], "wa_id": user.wa_id}
         else:
             contact = {"input": body["recipient"]}
-            if self.shows_number(phone_number_id, user, now):
+            if self.waba.shows_number(phone_number_id, user, now):
                 contact["wa_id"] = user.wa_id
             contact["user_id"] = user.user_id
             if user.parent_user_id:
                 contact["parent_user_id"] = user.parent_user_id
         return {"messaging_product": "whatsapp", "contacts": [contact],
                 "messages": [{"id": wamid}]}
-
-    async def _reply_to_request(self, phone_number_id: str, user: SimulatedUser,
-                                wamid: str) -> None:
-        """The user answers the permission request on the phone (§6 permission reply).
-
-        ASSUMPTION: a decline leaves the user without permission (the latest answer wins)."""
-        how = user.on_permission_request
-        if how == "ignore":
-            self.note(f"user {user.key} ignores the permission request {wamid}")
-            return
-        await asyncio.sleep(user.reply_after_s)
-        now = time.time()
-        if how == "reject":
-            user.set_permission("no_permission", now)
-        else:
-            user.set_permission("permanent" if how == "accept_permanent" else "temporary", now)
-        self.note(f"user {user.key} answers the permission request: "
-                  f"{'reject' if how == 'reject' else user.permission}")
-        await self._send_permission_reply(
-            phone_number_id, user, response="reject" if how == "reject" else "accept",
-            source="user_action", context_id=wamid, permanent=how == "accept_permanent",
-            now=now)
 
     async def _undeliverable(self, phone_number_id: str, user: SimulatedUser,
                              wamid: str) -> None:
@@ -215,27 +220,19 @@ class AccountApi:
         ``messages``, status ``failed``), which the reference does not show."""
         await asyncio.sleep(0.1)
         status: dict[str, Any] = {"id": wamid, "status": "failed",
-                                  "timestamp": str(int(time.time()))}
+                                  "timestamp": str(int(self.clock.now()))}
         # docs/meta-2026-identity.md §1: recipient_id only when the number is shown;
         # recipient_user_id always.
-        if self.shows_number(phone_number_id, user):
+        if self.waba.shows_number(phone_number_id, user):
             status["recipient_id"] = user.wa_id
         status["recipient_user_id"] = user.user_id
         status["errors"] = [{"code": 131026, "title": "Message undeliverable",
                              "message": "Message undeliverable",
                              "error_data": {"details": "The user's WhatsApp version cannot "
                                             "show this message"}}]
-        self.note(f"message {wamid} to {user.key} undeliverable (131026)")
-        await self.send_webhook(self._messages_envelope(phone_number_id, "statuses", [status]))
-
-
-def business_calling_paused(settings: dict[str, Any], now: float) -> dict[str, Any] | None:
-    """The RESTRICTED_BUSINESS_INITIATED_CALLING restriction in force (GET settings shows
-    it), or None."""
-    calling = settings.get("calling") or {}
-    return next((r for r in (calling.get("restrictions") or {}).get("restrictions_list") or []
-                 if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING"
-                 and float(r.get("expiration") or 0) > now), None)
+        self.waba.note(f"message {wamid} to {user.key} undeliverable (131026)")
+        await self.webhooks.send(
+            self.payloads.messages_envelope(phone_number_id, "statuses", [status]))
 
 
 def _check_permission_request(interactive: dict[str, Any]) -> None:

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gateway.simulator.meta import (
     BUSINESS_INITIATED,
     USER_INITIATED,
+    ApiRequest,
     WebhookDelivery,
 )
 from gateway.simulator.phone import SimulatedPhone
+from gateway.simulator.runtime import Background, Clock
 from gateway.simulator.transcript import Transcript
 from gateway.simulator.users import SimulatedUser
 
-if TYPE_CHECKING:
-    from gateway.simulator.cloud_api import CloudApiSimulator
 
+class CallEnding(Protocol):
+    """Meta's side of a call's end, whoever ended it."""
+
+    async def terminate(self, call: SimulatedCall, error_code: int | None,
+                        error_detail: str | None) -> None:
+        """Send the terminate webhook."""
+        ...
+
+    async def after(self, call: SimulatedCall) -> None:
+        """What follows the end: voicemail and recordings, Meta's counters."""
+        ...
+
+
+class RequestLog(Protocol):
+    def requests_for(self, call_id: str | None = None) -> list[ApiRequest]: ...
 
 
 @dataclass
@@ -76,13 +90,17 @@ class SimulatedCall:
     Events: ``ringing``, ``accepted``, ``ended`` (and ``pre_accepted`` for user-initiated).
     """
 
-    def __init__(self, sim: CloudApiSimulator, *, call_id: str, from_wa_id: str,
+    def __init__(self, *, call_id: str, from_wa_id: str,
                  profile_name: str | None, phone_number_id: str, display_phone_number: str,
                  cta_payload: str | None, deeplink_payload: str | None,
-                 transcript: Transcript, phone: SimulatedPhone,
+                 transcript: Transcript, phone: SimulatedPhone, clock: Clock,
+                 background: Background, ending: CallEnding, requests: RequestLog,
                  direction: str = USER_INITIATED, user: SimulatedUser | None = None,
                  show_number: bool = True):
-        self.sim = sim
+        self.clock = clock
+        self.background = background
+        self.ending = ending
+        self.requests = requests
         self.call_id = call_id
         self.direction = direction
         self.from_wa_id = from_wa_id
@@ -115,7 +133,7 @@ class SimulatedCall:
         self.rejected = False
         """The user declined the business's call."""
         self.biz_opaque_callback_data: str | None = None
-        self.started_at = time.time()
+        self.started_at = clock.now()
         self.accepted_at: float | None = None
         self.ended_at: float | None = None
         self.ended_by: str | None = None
@@ -154,13 +172,14 @@ class SimulatedCall:
             if self.is_over:
                 return
             self.transcript.add("user hung up")
-            await self._end(by="user")
+            await self.end(by="user")
 
     async def wait_ended(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.ended.wait(), timeout)
 
     def summary(self) -> CallSummary:
-        api_errors = [f"{r.action} → {r.error_code}" for r in self.sim.requests_for(self.call_id)
+        api_errors = [f"{r.action} → {r.error_code}"
+                      for r in self.requests.requests_for(self.call_id)
                       if r.error_code is not None]
         duration = None
         if self.accepted_at is not None and self.ended_at is not None:
@@ -190,12 +209,36 @@ class SimulatedCall:
         async def end() -> None:
             async with self.lock:
                 if not self.is_over:
-                    await self._end(by="phone", error_code=code, error_detail=reason)
-        self.sim._spawn(end())
+                    await self.end(by="phone", error_code=code, error_detail=reason)
+        self.background.spawn(end())
 
-    async def _end(self, *, by: str, error_code: int | None = None,
-                   error_detail: str | None = None) -> None:
-        """End the call once, whoever ended it, and send Meta's terminate webhook.
+    async def ring_until_timeout(self, timeout_s: float) -> None:
+        """Meta gives up on a call nobody picks up (§8: about 30-60 s): unless it is accepted
+        or ended within ``timeout_s``, it ends by ``ring timeout``."""
+        waits = [asyncio.ensure_future(self.accepted.wait()),
+                 asyncio.ensure_future(self.ended.wait())]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if done:
+            return
+        async with self.lock:
+            if not self.is_over and self.accepted_at is None and self.state != "voicemail":
+                if self.outbound:
+                    self.transcript.add(f"the user did not pick up within {timeout_s:g} s: "
+                                        "the phone stops ringing")
+                else:
+                    self.transcript.add(f"not answered within {timeout_s:g} s: "
+                                        'phone shows "Not answered"')
+                await self.end(by="ring timeout")
+
+    async def end(self, *, by: str, error_code: int | None = None,
+                  error_detail: str | None = None) -> None:
+        """End the call once, whoever ended it, and send Meta's terminate webhook. The caller
+        holds :attr:`lock` and has checked the call is not over.
 
         ASSUMPTION: Meta sends the terminate webhook for every call end, including ends the
         business asked for with terminate or reject (§6 "terminate (any call end, either
@@ -204,18 +247,12 @@ class SimulatedCall:
         or ended by an error), with start/end/duration only when it was accepted.
         """
         self.state = "ended"
-        self.ended_at = time.time()
+        self.ended_at = self.clock.now()
         self.ended_by = by
         self.error_code = error_code
         self.end_status = "COMPLETED" if self.accepted_at is not None and error_code is None \
             else "FAILED"
         await self.phone.hangup()
-        await self.sim._send_call_webhook(self, self.sim.terminate_payload(
-            self, error_code=error_code, error_detail=error_detail))
+        await self.ending.terminate(self, error_code, error_detail)
         self.ended.set()
-        if self.voicemail_at is not None:
-            self.sim._spawn(self.sim._deliver_voicemail(self))
-        elif self.accepted_at is not None and self.opt_in:
-            self.sim._spawn(self.sim._deliver_recordings(self))
-        if self.outbound:
-            await self.sim._outbound_ended(self)
+        await self.ending.after(self)

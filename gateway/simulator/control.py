@@ -1,18 +1,6 @@
-"""Call scripts and the admin control API (``/_sim/``) of a standalone simulator.
+"""The admin control API (``/_sim/``) of a standalone simulator.
 
-A script is what a tester would do on a phone, one step per ``;`` or line::
-
-    wait 4; press 3; wait 1; press 1234#; wait 5; hangup
-
-| step | meaning |
-|---|---|
-| ``wait N`` | let N seconds pass (ends early if the call ends) |
-| ``wait-answer [N]`` | until the business accepts (default 60 s) |
-| ``wait-audio [N]`` | until the phone hears something that is not silence (default 30 s) |
-| ``press DIGITS`` | key presses, sent as RFC 4733 events (0-9 * # A-D) |
-| ``tone HZ SECONDS`` | say a sine tone into the phone |
-| ``hangup`` | the user hangs up |
-| ``expect-hangup [N]`` | the business must hang up within N s (default 30 s) |
+Call scripts are in :mod:`gateway.simulator.script`.
 
 ``POST /_sim/calls`` with ``{"from", "name", "phone_number_id", "script"}`` places the call, runs
 the script and streams the transcript back (chunked text/plain), then a summary and a last line
@@ -31,158 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import tempfile
-import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from gateway.simulator.cloud_api import CloudApiSimulator, SimulatedCall
+from gateway.simulator.call import SimulatedCall
+from gateway.simulator.cloud_api import CloudApiSimulator
+from gateway.simulator.script import ScriptError, parse_script, run_script
 from gateway.simulator.users import SimulatedUser, update_user
 
-DIGITS = re.compile(r"[0-9*#A-Da-d]+")
-DEFAULT_TIMEOUTS = {"wait-answer": 60.0, "wait-audio": 30.0, "expect-hangup": 30.0}
-
-
-class ScriptError(ValueError):
-    """The script cannot be run; the message names the step."""
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    args: tuple[Any, ...]
-    text: str
-
-
-@dataclass(frozen=True)
-class ScriptResult:
-    ok: bool
-    reason: str = ""
-
-
-def parse_script(script: str) -> list[Step]:
-    steps: list[Step] = []
-    for raw in re.split(r"[;\n]", script):
-        text = raw.strip()
-        if not text:
-            continue
-        name, *args = text.split()
-        name = name.lower()
-        try:
-            steps.append(_parse_step(name, args, text))
-        except (ValueError, IndexError) as exc:
-            raise ScriptError(f"step {len(steps) + 1} {text!r}: {exc}") from None
-    return steps
-
-
-def _parse_step(name: str, args: list[str], text: str) -> Step:
-    def seconds(value: str) -> float:
-        n = float(value)
-        if not 0 <= n <= 3600:
-            raise ValueError("seconds must be between 0 and 3600")
-        return n
-
-    if name == "wait":
-        if len(args) != 1:
-            raise ValueError("usage: wait SECONDS")
-        return Step(name, (seconds(args[0]),), text)
-    if name in DEFAULT_TIMEOUTS:
-        if len(args) > 1:
-            raise ValueError(f"usage: {name} [SECONDS]")
-        return Step(name, (seconds(args[0]) if args else DEFAULT_TIMEOUTS[name],), text)
-    if name == "press":
-        if len(args) != 1 or not DIGITS.fullmatch(args[0]):
-            raise ValueError("usage: press DIGITS (0-9, *, #, A-D)")
-        return Step(name, (args[0].upper(),), text)
-    if name == "tone":
-        if len(args) != 2:
-            raise ValueError("usage: tone HZ SECONDS")
-        hz = float(args[0])
-        if not 20 <= hz <= 7900:
-            raise ValueError("a tone must be between 20 and 7900 Hz (16 kHz audio)")
-        return Step(name, (hz, seconds(args[1])), text)
-    if name == "hangup":
-        if args:
-            raise ValueError("hangup takes no argument")
-        return Step(name, (), text)
-    raise ValueError(f"unknown step {name!r} (wait, wait-answer, wait-audio, press, tone, "
-                     "hangup, expect-hangup)")
-
-
-async def _until_ended(call: SimulatedCall, aw: Awaitable[Any], timeout: float) -> bool:
-    """Run ``aw`` for at most ``timeout`` s, stopping early if the call ends.
-    True when ``aw`` finished first."""
-    task = asyncio.ensure_future(aw)
-    ended = asyncio.ensure_future(call.ended.wait())
-    try:
-        done, _ = await asyncio.wait({task, ended}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        task.cancel()
-        ended.cancel()
-    return task in done and not task.cancelled() and task.exception() is None
-
-
-async def run_script(call: SimulatedCall, steps: list[Step]) -> ScriptResult:
-    """Play the steps on the call's phone. A failed step ends the script; the call is hung up
-    if still up, so no script leaves a call behind."""
-    log = call.transcript.add
-    result = ScriptResult(True)
-    for step in steps:
-        if call.is_over and step.name != "expect-hangup":
-            await asyncio.wait_for(call.ended.wait(), 30)  # `ended_by` is known once ended
-            result = ScriptResult(False, f"{step.text!r}: the call had already ended "
-                                         f"({call.ended_by})")
-            break
-        reason = await _run_step(call, step)
-        if reason:
-            result = ScriptResult(False, f"{step.text!r}: {reason}")
-            break
-    if not result.ok:
-        log(f"script failed at {result.reason}")
-    if not call.is_over:
-        if result.ok and (not steps or steps[-1].name != "hangup"):
-            log("script finished: phone hangs up")
-        await call.hangup()
-    return result
-
-
-async def _run_step(call: SimulatedCall, step: Step) -> str | None:
-    """Run one step; a non-empty return is why it failed."""
-    phone = call.phone
-    if step.name == "wait":
-        await _until_ended(call, asyncio.sleep(step.args[0]), step.args[0] + 1)
-    elif step.name == "wait-answer":
-        if not await _until_ended(call, call.accepted.wait(), step.args[0]):
-            return ("the call ended before it was answered" if call.is_over
-                    else f"not answered within {step.args[0]:g} s")
-    elif step.name == "wait-audio":
-        if not await _until_ended(call, phone.wait_audio(), step.args[0]):
-            return ("the call ended before any audio was heard" if call.is_over
-                    else f"heard nothing but silence for {step.args[0]:g} s")
-    elif step.name == "press":
-        if not phone.connected.is_set():
-            return "media is not connected: there is no dial pad yet"
-        await phone.press(step.args[0])
-    elif step.name == "tone":
-        if not phone.connected.is_set():
-            return "media is not connected"
-        await _until_ended(call, phone.say_tone(*step.args), step.args[1] + 5)
-    elif step.name == "hangup":
-        await call.hangup()
-    elif step.name == "expect-hangup":
-        if not call.ended.is_set():
-            await _until_ended(call, call.ended.wait(), step.args[0])
-        if not call.ended.is_set():
-            return f"the business did not hang up within {step.args[0]:g} s"
-        if call.ended_by != "business":
-            return f"the call ended, but by {call.ended_by}, not by the business"
-    return None
+__all__ = ["ScriptError", "add_control_routes", "parse_script", "run_script"]
 
 
 def add_control_routes(sim: CloudApiSimulator) -> None:
@@ -204,7 +52,7 @@ SIM_SETTINGS = {"accept_latency_s": (0.0, 30.0), "connect_webhook_delay_s": (0.0
 
 def _get_settings(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
     async def handler(request: web.Request) -> web.Response:
-        return web.json_response({name: getattr(sim, name) for name in SIM_SETTINGS})
+        return web.json_response({name: getattr(sim.timings, name) for name in SIM_SETTINGS})
     return handler
 
 
@@ -227,9 +75,9 @@ def _post_settings(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
         except (ValueError, json.JSONDecodeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         for name, value in data.items():
-            setattr(sim, name, float(value))
+            setattr(sim.timings, name, float(value))
             sim.note(f"simulator setting {name} = {float(value):g} s")
-        return web.json_response({name: getattr(sim, name) for name in SIM_SETTINGS})
+        return web.json_response({name: getattr(sim.timings, name) for name in SIM_SETTINGS})
     return handler
 
 
@@ -261,7 +109,7 @@ def _post_account_update(sim: CloudApiSimulator):  # type: ignore[no-untyped-def
 
 
 def _user_view(sim: CloudApiSimulator, user: SimulatedUser) -> dict[str, Any]:
-    now = time.time()
+    now = sim.clock.now()
     out = user.to_dict()
     out["permission_status"] = user.permission_status(now)
     out["counters"] = {pnid: c.to_dict(now) for (pnid, wa_id), c in sim.counters.items()
@@ -287,7 +135,7 @@ def _post_user(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
             if wa_id == "default":
                 if data.get("script"):
                     parse_script(str(data["script"]))
-                update_user(sim.default_user, data, time.time())
+                update_user(sim.default_user, data, sim.clock.now())
                 sim.note("default user updated")
                 return web.json_response(sim.default_user.to_dict())
             if not wa_id.isdigit():
@@ -296,12 +144,12 @@ def _post_user(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
             if data.get("script"):
                 parse_script(str(data["script"]))
             user = sim.user(wa_id)
-            update_user(user, data, time.time())
+            update_user(user, data, sim.clock.now())
         except ScriptError as exc:
             return web.json_response({"error": f"script: {exc}"}, status=400)
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        sim.note(f"user {wa_id} configured: permission {user.permission_status(time.time())}, "
+        sim.note(f"user {wa_id} configured: permission {user.permission_status(sim.clock.now())}, "
                  f"on call {user.on_call}, on permission request {user.on_permission_request}")
         return web.json_response(_user_view(sim, user))
     return handler
@@ -351,7 +199,7 @@ def _post_call(sim: CloudApiSimulator):  # type: ignore[no-untyped-def]
                 # A caller with a username: the webhook leaves the number out unless this
                 # business number was in contact with it lately (docs/meta-2026-identity.md §1).
                 update_user(sim.user(wa_id), {"username": data["username"] or None},
-                            time.time())
+                            sim.clock.now())
         except (ValueError, json.JSONDecodeError) as exc:
             return web.Response(status=400, text=f"error: {exc}\n")
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})

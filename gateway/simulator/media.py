@@ -29,13 +29,18 @@ import json
 import math
 import re
 import secrets
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.simulator.graph_api import GraphApi
 from gateway.simulator.meta import ApiRequest, GraphError, invalid
+from gateway.simulator.payloads import Payloads
+from gateway.simulator.runtime import Background, Clock
+from gateway.simulator.waba import Waba
+from gateway.simulator.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from gateway.simulator.call import SimulatedCall
@@ -176,10 +181,19 @@ def transcript_document(call: SimulatedCall, seconds: float) -> bytes:
 
 
 class CallMedia:
-    """Mixin of :class:`CloudApiSimulator`: voicemail, recordings, transcripts, media URLs."""
+    """Meta's media for the business: voicemail, recordings, transcripts, media URLs."""
 
-    def _init_media(self, *, media_url_ttl_s: float, recording_delay_s: float,
-                    voicemail_length_s: float) -> None:
+    def __init__(self, *, waba: Waba, graph: GraphApi, payloads: Payloads,
+                 webhooks: WebhookSender, clock: Clock, background: Background,
+                 base_url: Callable[[], str], media_url_ttl_s: float = 300.0,
+                 recording_delay_s: float = 60.0, voicemail_length_s: float = 1.0):
+        self.waba = waba
+        self.graph = graph
+        self.payloads = payloads
+        self.webhooks = webhooks
+        self.clock = clock
+        self.background = background
+        self._base_url = base_url
         self.media: dict[str, MediaFile] = {}
         """media id → file, for every voicemail, recording and transcript made."""
         self.media_url_ttl_s = media_url_ttl_s
@@ -191,23 +205,25 @@ class CallMedia:
         self.media_downloads: list[tuple[str, int]] = []
         """(media id or token, HTTP status) of every download attempt."""
         self._media_urls: dict[str, tuple[str, float]] = {}
-        self.app.router.add_get("/_media/{token}", self._handle_media_download)
-        self.app.router.add_post("/{version}/{phone_number_id}/media", self._handle_media_upload)
-        self.app.router.add_get(r"/{version:v\d+\.\d+}/{media_id:\d+}", self._handle_media_api)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/_media/{token}", self._handle_media_download)
+        app.router.add_post("/{version}/{phone_number_id}/media", self._handle_media_upload)
+        app.router.add_get(r"/{version:v\d+\.\d+}/{media_id:\d+}", self._handle_media_api)
 
     def _new_media(self, call: SimulatedCall, use: str, content: bytes,
                    mime_type: str) -> MediaFile:
         media_id = str(10**15 + secrets.randbelow(9 * 10**15))
         file = MediaFile(media_id=media_id, content=content, mime_type=mime_type,
-                         call_id=call.call_id, use=use, created_at=time.time())
+                         call_id=call.call_id, use=use, created_at=self.clock.now())
         self.media[media_id] = file
         return file
 
     def media_url(self, media_id: str) -> str:
         """A fresh download URL for the file, valid :attr:`media_url_ttl_s`."""
         token = secrets.token_urlsafe(16)
-        self._media_urls[token] = (media_id, time.monotonic() + self.media_url_ttl_s)
-        return f"{self.base_url}/_media/{token}?mid={media_id}"
+        self._media_urls[token] = (media_id, self.clock.monotonic() + self.media_url_ttl_s)
+        return f"{self._base_url()}/_media/{token}?mid={media_id}"
 
     async def _handle_media_download(self, request: web.Request) -> web.Response:
         """The URL in a webhook: an authenticated GET (§4).
@@ -215,13 +231,13 @@ class CallMedia:
         ASSUMPTION: an expired or unknown URL answers 404 (Meta's answer is not documented)."""
         token = request.match_info["token"]
         try:
-            self._check_auth(request)
+            self.graph.check_auth(request)
         except GraphError as err:
             self.media_downloads.append((token, err.status))
             return web.json_response(err.body(), status=err.status)
         media_id, expires = self._media_urls.get(token, ("", 0.0))
         file = self.media.get(media_id)
-        if file is None or time.monotonic() > expires:
+        if file is None or self.clock.monotonic() > expires:
             self.media_downloads.append((token, 404))
             return web.Response(status=404, text="URL expired or unknown")
         self.media_downloads.append((media_id, 200))
@@ -230,7 +246,7 @@ class CallMedia:
     async def _handle_media_api(self, request: web.Request) -> web.Response:
         """``GET /{version}/{media_id}``: the Media API's fresh URL for a file still kept."""
         try:
-            self._check_auth(request)
+            self.graph.check_auth(request)
             file = self.media.get(request.match_info["media_id"])
             if file is None:
                 raise invalid(f"Unknown media id {request.match_info['media_id']}")
@@ -248,13 +264,13 @@ class CallMedia:
 
         ASSUMPTION: a bad announcement is refused with error 100 (no code is documented)."""
         pnid = request.match_info["phone_number_id"]
-        rec = ApiRequest(action="upload_media", body={}, time=time.time(),
+        rec = ApiRequest(action="upload_media", body={}, time=self.clock.now(),
                          phone_number_id=pnid, endpoint="media")
-        self.requests.append(rec)
+        self.graph.requests.append(rec)
         try:
-            self._check_auth(request)
-            self._check_version(request.match_info["version"])
-            if pnid not in self.numbers:
+            self.graph.check_auth(request)
+            self.graph.check_version(request.match_info["version"])
+            if pnid not in self.waba.numbers:
                 raise invalid(f"Unknown phone number id {pnid}")
             try:
                 form = await request.post()
@@ -283,8 +299,8 @@ class CallMedia:
             media_id = str(10**15 + secrets.randbelow(9 * 10**15))
             self.media[media_id] = MediaFile(media_id=media_id, content=content,
                                              mime_type=mime, call_id="",
-                                             use=use_case or "message", created_at=time.time())
-            self.note(f"media {media_id} uploaded ({use_case or 'message'}, {len(content)} "
+                                             use=use_case or "message", created_at=self.clock.now())
+            self.waba.note(f"media {media_id} uploaded ({use_case or 'message'}, {len(content)} "
                       f"bytes)")
             rec.status, rec.response = 200, {"id": media_id}
         except GraphError as err:
@@ -293,7 +309,7 @@ class CallMedia:
 
     # --- voicemail ----------------------------------------------------------------------------
 
-    async def _voicemail_timer(self, call: SimulatedCall, timeout_s: float) -> None:
+    async def voicemail_timer(self, call: SimulatedCall, timeout_s: float) -> None:
         """TIMEOUT trigger: not accepted nor rejected within ``timeout_s`` of ringing."""
         waits = [asyncio.ensure_future(call.accepted.wait()),
                  asyncio.ensure_future(call.ended.wait())]
@@ -307,49 +323,50 @@ class CallMedia:
             return
         async with call.lock:
             if call.state in ("ringing", "pre_accepted"):
-                await self._start_voicemail(call, f"not answered within {timeout_s:g} s "
+                await self.start_voicemail(call, f"not answered within {timeout_s:g} s "
                                                   f"(voicemail TIMEOUT trigger)")
 
-    async def _start_voicemail(self, call: SimulatedCall, why: str) -> None:
+    async def start_voicemail(self, call: SimulatedCall, why: str) -> None:
         """Meta answers for the business, plays the announcement, records the caller.
 
         ASSUMPTION: the caller's media stops reaching the business at once (Meta's voicemail
         takes it); later pre_accept/accept/reject are refused as invalid parameters; when the
         caller hangs up Meta sends the usual terminate webhook (FAILED: the business never
         accepted) and then the voicemail message. None of this is documented (§7)."""
-        calling = self.number_settings(call.phone_number_id).get("calling", {})
+        calling = self.waba.number_settings(call.phone_number_id).get("calling", {})
         media = (((calling.get("voicemail") or {}).get("audio") or {}).get("default") or {}) \
             .get("announcement_media_id")
         call.state = "voicemail"
-        call.voicemail_at = time.time()
+        call.voicemail_at = self.clock.now()
         call.transcript.add(f"{why}: Meta's voicemail answers, plays the announcement "
                             f"{media or '(default)'} and records the caller")
         await call.phone.hangup()
-        self._spawn(self._voicemail_caller_done(call))
+        self.background.spawn(self._voicemail_caller_done(call))
 
     async def _voicemail_caller_done(self, call: SimulatedCall) -> None:
         await asyncio.sleep(self.voicemail_length_s)
         async with call.lock:
             if call.state == "voicemail":
                 call.transcript.add("the caller finished the voicemail and hung up")
-                await call._end(by="user")
+                await call.end(by="user")
 
     def voicemail_payload(self, call: SimulatedCall, file: MediaFile) -> dict[str, Any]:
         """Shaped like tests/fixtures/payloads/webhook-messages-voicemail.json."""
-        message = {"id": call.call_id, "from": call.wa_id, "timestamp": str(int(time.time())),
+        message = {"id": call.call_id, "from": call.wa_id, "timestamp": str(int(self.clock.now())),
                    "type": "audio",
                    "audio": {"id": file.media_id, "sha256": file.sha256,
                              "mime_type": file.mime_type}}
-        user = self.user(call.wa_id)
-        return self._messages_envelope(call.phone_number_id, "messages", [message], user)
+        user = self.waba.user(call.wa_id)
+        return self.payloads.messages_envelope(call.phone_number_id, "messages", [message], user)
 
-    async def _deliver_voicemail(self, call: SimulatedCall) -> None:
+    async def deliver_voicemail(self, call: SimulatedCall) -> None:
         """Best effort (§2): after the call, the recorded message as an inbound audio."""
-        seconds = max(0.1, (call.ended_at or time.time()) - (call.voicemail_at or time.time()))
+        now = self.clock.now()
+        seconds = max(0.1, (call.ended_at or now) - (call.voicemail_at or now))
         file = self._new_media(call, "voicemail", ogg_opus(min(seconds, 5.0)), OPUS_MIME)
         call.voicemail_media_id = file.media_id
         call.transcript.add(f"voicemail message webhook sent (audio {file.media_id})")
-        await self.send_webhook(self.voicemail_payload(call, file), transcript=call.transcript)
+        await self.webhooks.send(self.voicemail_payload(call, file), transcript=call.transcript)
 
     # --- recording and transcription ----------------------------------------------------------
 
@@ -361,7 +378,7 @@ class CallMedia:
         obj = {"id": file.media_id, "sha256": file.sha256, "mime_type": file.mime_type,
                "url": self.media_url(file.media_id)}
         item: dict[str, Any] = {"id": call.call_id, "from": call.wa_id,
-                                "timestamp": str(int(time.time()))}
+                                "timestamp": str(int(self.clock.now()))}
         if file.use == "recording":
             item["event"] = "call_recording_available"
             item["call_recording"] = {"type": "audio", "audio": obj}
@@ -373,12 +390,14 @@ class CallMedia:
                               "phone_number_id": call.phone_number_id},
                  "calls": [item]}
         return {"object": "whatsapp_business_account",
-                "entry": [{"id": self.waba_id, "changes": [{"field": "calls", "value": value}]}]}
+                "entry": [{"id": self.waba.waba_id,
+                           "changes": [{"field": "calls", "value": value}]}]}
 
-    async def _deliver_recordings(self, call: SimulatedCall) -> None:
+    async def deliver_recordings(self, call: SimulatedCall) -> None:
         """After an answered call that opted in: the *_available webhooks (§4)."""
         await asyncio.sleep(self.recording_delay_s)
-        seconds = max(0.1, (call.ended_at or time.time()) - (call.accepted_at or time.time()))
+        now = self.clock.now()
+        seconds = max(0.1, (call.ended_at or now) - (call.accepted_at or now))
         for use in ("recording", "transcription"):
             if use not in call.opt_in:
                 continue
@@ -387,5 +406,5 @@ class CallMedia:
             else:
                 file = self._new_media(call, use, transcript_document(call, seconds), JSON_MIME)
             call.transcript.add(f"call_{use}_available webhook sent ({file.media_id})")
-            await self.send_webhook(self.media_available_payload(call, file),
+            await self.webhooks.send(self.media_available_payload(call, file),
                                     transcript=call.transcript)

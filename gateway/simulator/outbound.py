@@ -5,14 +5,10 @@ REJECTED statuses, terminate), and the user's behaviour (answer, reject, ignore,
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 from typing import Any
 
-from gateway.simulator.account import business_calling_paused
-from gateway.simulator.call import (
-    SimulatedCall,
-)
+from gateway.simulator.call import SimulatedCall
+from gateway.simulator.calls import CallRegistry, Phones
 from gateway.simulator.media import announcement, opt_in_objects
 from gateway.simulator.meta import (
     BUSINESS_INITIATED,
@@ -23,26 +19,35 @@ from gateway.simulator.meta import (
     new_wacid,
     session_sdp,
 )
-from gateway.simulator.phone import SimulatedPhone
+from gateway.simulator.payloads import Payloads
+from gateway.simulator.runtime import Background, Clock, MetaTimings
+from gateway.simulator.script import ScriptError, parse_script, run_script
+from gateway.simulator.settings import business_calling_paused
 from gateway.simulator.transcript import Transcript
-from gateway.simulator.users import (
-    BSUID,
-    UNANSWERED_TO_REVOKE,
-    SimulatedUser,
-    call_limits,
-    exhausted,
-)
+from gateway.simulator.users import SimulatedUser, call_limits, exhausted
+from gateway.simulator.waba import Waba
+from gateway.simulator.webhooks import WebhookSender
 
 
-class BusinessCalling:
-    """Mixin of :class:`CloudApiSimulator`: the business calls a user."""
+class BusinessCalls:
+    """The business calls a user: Meta's answer to ``connect`` and the user's side after."""
 
-    # --- business-initiated calls: POST /calls action connect ---------------------------------
+    def __init__(self, *, waba: Waba, registry: CallRegistry, phones: Phones,
+                 payloads: Payloads, webhooks: WebhookSender, timings: MetaTimings,
+                 clock: Clock, background: Background):
+        self.waba = waba
+        self.registry = registry
+        self.phones = phones
+        self.payloads = payloads
+        self.webhooks = webhooks
+        self.timings = timings
+        self.clock = clock
+        self.background = background
 
-    async def _connect(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def connect(self, phone_number_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """§2/§8/§9: check the request and the user, answer with the wacid; Meta's connect
         webhook (with the phone's answer), RINGING and the user's reaction follow."""
-        user, by_number = self._recipient(body)
+        user, by_number = self.waba.recipient(body)
         wa_id = user.key
         sdp = session_sdp(body, "connect", "offer")
         opt_in = opt_in_objects(body, "connect")
@@ -50,17 +55,17 @@ class BusinessCalling:
         if opaque is not None and (not isinstance(opaque, str) or len(opaque) > OPAQUE_MAX):
             raise invalid(f"biz_opaque_callback_data must be a string of at most {OPAQUE_MAX} "
                           "characters")
-        calling = self.number_settings(phone_number_id).get("calling", {})
+        calling = self.waba.number_settings(phone_number_id).get("calling", {})
         if calling.get("status") != "ENABLED":
             raise GraphError(138000, "Calling is not enabled for this phone number",
                              "Enable calling in the number's settings first", status=401)
-        display = self.numbers[phone_number_id]
+        display = self.waba.numbers[phone_number_id]
         country = business_country_block(display)
         if country:
             raise GraphError(138013, "Business-initiated calling is not available in this "
                              "country", f"Business numbers from {country} cannot call users")
-        now = time.time()
-        paused = business_calling_paused(self.number_settings(phone_number_id), now)
+        now = self.clock.now()
+        paused = business_calling_paused(self.waba.number_settings(phone_number_id), now)
         if paused is not None:
             raise GraphError(138014, "Calling is temporarily disabled for this phone number",
                              str(paused.get("reason") or "Business-initiated calling "
@@ -73,35 +78,31 @@ class BusinessCalling:
             raise GraphError(138006, "No approved call permission from the recipient",
                              "The user has not granted this business permission to call.",
                              status=401)
-        counters = self.pair(phone_number_id, wa_id)
+        counters = self.waba.pair(phone_number_id, wa_id)
         full = exhausted(call_limits(counters, now))
         if full is not None:
             raise GraphError(138012, "Business-initiated call limit reached",
                              f"{full['max_allowed']} connected calls per 24 h reached; the next "
                              f"call is allowed at {full['limit_expiration_time']} (unix time)")
-        ongoing = any(c.user.key == wa_id and c.phone_number_id == phone_number_id
-                      and not c.is_over for c in self.calls.values())
-        if user.on_call == "busy" or ongoing:
+        if user.on_call == "busy" or self.registry.ongoing(phone_number_id, wa_id):
             raise GraphError(138003, "A call with this user is already in progress",
                              "Wait for the current call with this user to end")
         if by_number:
             # docs/meta-2026-identity.md §1: the business called it
-            self.number_contact(phone_number_id, user, now)
+            self.waba.number_contact(phone_number_id, user, now)
         transcript = Transcript()
-        phone = SimulatedPhone(transcript=transcript, name=f"phone {wa_id}",
-                               timers=self.phone_timers, idle_audio=user.idle_audio,
-                               hearing_window_s=self.hearing_window_s, prompts=self.prompts)
+        phone = self.phones.new(transcript, f"phone {wa_id}", user.idle_audio)
         try:
             answer = await phone.answer_offer(sdp)
         except ValueError as exc:  # SdpError included
             await phone.hangup()
             raise invalid(f"SDP offer rejected: {exc}") from exc
-        call = SimulatedCall(self, call_id=new_wacid(wa_id, user_initiated=False),
-                             from_wa_id=wa_id, profile_name=user.name,
-                             phone_number_id=phone_number_id, display_phone_number=display,
-                             cta_payload=None, deeplink_payload=None, transcript=transcript,
-                             phone=phone, direction=BUSINESS_INITIATED, user=user,
-                             show_number=self.shows_number(phone_number_id, user, now))
+        call = self.registry.new_call(
+            call_id=new_wacid(wa_id, user_initiated=False), from_wa_id=wa_id,
+            profile_name=user.name, phone_number_id=phone_number_id,
+            display_phone_number=display, cta_payload=None, deeplink_payload=None,
+            transcript=transcript, phone=phone, direction=BUSINESS_INITIATED, user=user,
+            show_number=self.waba.shows_number(phone_number_id, user, now))
         call.offer_sdp, call.answer_sdp = sdp, answer
         call.biz_opaque_callback_data = opaque
         call.opt_in = opt_in
@@ -112,48 +113,19 @@ class BusinessCalling:
             transcript.add("note: the offer lists several fingerprints; §9 asks for one sha-256")
         transcript.add(f"business calls {wa_id if by_number else user.user_id} (connect): "
                        f"accepted as {call.call_id}")
-        self.calls[call.call_id] = call
         user.in_service_window = True  # §10: a call opens the customer-service window
-        for listener in self.call_listeners:
-            listener(call)
-        async with self._outbound_added:
-            self._outbound_added.notify_all()
-        self._spawn(self._run_outbound(call, user))
+        await self.registry.add(call)
+        self.background.spawn(self._run_outbound(call, user))
         return {"messaging_product": "whatsapp", "calls": [{"id": call.call_id}]}
-
-    def _recipient(self, body: dict[str, Any]) -> tuple[SimulatedUser, bool]:
-        """Who a ``connect`` or a message is for, and whether it named the user's number.
-
-        docs/meta-2026-identity.md §1: ``to`` (the number) or ``recipient`` (a BSUID or parent
-        BSUID); **``to`` wins if both
-        are sent**. A number finds its account in any of Meta's forms (Brazil's ninth digit,
-        Mexico's 521). ASSUMPTION: no call-specific error exists for an unknown or
-        foreign-portfolio BSUID (docs/meta-2026-identity.md §1 unknown), so it is an invalid
-        parameter (100)."""
-        to, recipient = body.get("to"), body.get("recipient")
-        if to is not None:
-            if not isinstance(to, str) or not re.fullmatch(r"\+?\d{6,15}", to.strip()):
-                raise invalid("to must be the user's phone number (digits, optionally with +)")
-            return self.user(to.strip().lstrip("+")), True
-        if recipient is None:
-            raise invalid("to (the user's phone number) or recipient (the user's BSUID) is "
-                          "required")
-        if not isinstance(recipient, str) or not BSUID.fullmatch(recipient.strip()):
-            raise invalid("recipient must be a BSUID (e.g. US.13491208655302741918) or a "
-                          "parent BSUID")
-        user = self.find_user(recipient.strip())
-        if user is None:
-            raise invalid(f"recipient {recipient} is not a user of this business portfolio")
-        return user, False
 
     async def _run_outbound(self, call: SimulatedCall, user: SimulatedUser) -> None:
         """Meta's side of a business-initiated call, after connect returned."""
-        await asyncio.sleep(self.connect_webhook_delay_s)
+        await asyncio.sleep(self.timings.connect_webhook_delay_s)
         async with call.lock:
             if call.is_over:
                 return
-            await self._send_call_webhook(call, self.connect_payload(call))
-        await asyncio.sleep(self.ringing_delay_s)
+            await self.webhooks.send_call_webhook(call, self.payloads.connect(call))
+        await asyncio.sleep(self.timings.ringing_delay_s)
         async with call.lock:
             if call.is_over:
                 return
@@ -162,8 +134,8 @@ class BusinessCalling:
             call.transcript.add(f"the user's phone rings ({user.on_call}"
                                 + (f" after {user.answer_after_s:g} s)"
                                    if user.on_call in ("answer", "reject") else ")"))
-            await self._send_call_webhook(call, self.status_payload(call, "RINGING"))
-        self._spawn(self._ring_timeout(call))
+            await self.webhooks.send_call_webhook(call, self.payloads.status(call, "RINGING"))
+        self.background.spawn(call.ring_until_timeout(self.timings.ring_timeout_s))
         if user.on_call not in ("answer", "reject"):
             return  # ignore: rings until the ring timeout
         try:
@@ -171,32 +143,44 @@ class BusinessCalling:
             return
         except TimeoutError:
             pass
+        if user.on_call == "reject":
+            await self.decline(call)
+        else:
+            await self.pick_up(call)
+
+    async def decline(self, call: SimulatedCall) -> None:
+        """The user declines the ringing call: REJECTED, then the terminate webhook."""
         async with call.lock:
             if call.is_over:
                 return
-            if user.on_call == "reject":
-                call.rejected = True
-                call.transcript.add("the user declined the call")
-                await self._send_call_webhook(call, self.status_payload(call, "REJECTED"))
-                # ASSUMPTION: the terminate after REJECTED is FAILED without errors[].
-                await call._end(by="user")
-                return
+            call.rejected = True
+            call.transcript.add("the user declined the call")
+            await self.webhooks.send_call_webhook(call, self.payloads.status(call, "REJECTED"))
+            # ASSUMPTION: the terminate after REJECTED is FAILED without errors[].
+            await call.end(by="user")
+
+    async def pick_up(self, call: SimulatedCall) -> None:
+        """The user picks up the ringing call: the phone sends audio, Meta counts a connected
+        call and sends ACCEPTED; the user's script (if any) starts. A user configured to
+        ``ignore`` calls picks up only when told so by this method."""
+        async with call.lock:
+            if call.state != "ringing":
+                return  # not rung yet, already answered, or over
             call.state = "accepted"
-            call.accepted_at = time.time()
+            call.accepted_at = self.clock.now()
             call.phone.pick_up()
             call.transcript.add("the user picked up: the phone sends audio")
             call.accepted.set()
-            counters = self.pair(call.phone_number_id, call.user.key)
+            counters = self.waba.pair(call.phone_number_id, call.user.key)
             counters.calls.append(call.accepted_at)
             counters.unanswered_streak = 0
             counters.reset_requests()  # §10: any connected call resets the request counters
             # §6: ACCEPTED typically arrives after media already flows.
-            await self._send_call_webhook(call, self.status_payload(call, "ACCEPTED"))
-        if user.script:
-            self._spawn(self._run_user_script(call, user.script))
+            await self.webhooks.send_call_webhook(call, self.payloads.status(call, "ACCEPTED"))
+        if call.user.script:
+            self.background.spawn(self._run_user_script(call, call.user.script))
 
     async def _run_user_script(self, call: SimulatedCall, script: str) -> None:
-        from gateway.simulator.control import ScriptError, parse_script, run_script
         try:
             steps = parse_script(script)
         except ScriptError as exc:
@@ -205,27 +189,3 @@ class BusinessCalling:
         result = await run_script(call, steps)
         call.transcript.add("user script " + ("passed" if result.ok
                                               else f"failed: {result.reason}"))
-
-    async def _outbound_ended(self, call: SimulatedCall) -> None:
-        """§10: declined or unanswered business calls in a row; 4 revoke the permission, with
-        an automatic reject reply
-        (tests/fixtures/payloads/webhook-call-permission-reply-auto-revoked.json).
-
-        ASSUMPTION: only what the user did counts (declined, or not picked up before the ring
-        timeout); a call the business cancelled or that failed on media does not."""
-        if call.accepted_at is not None or call.ended_by not in ("user", "ring timeout"):
-            return
-        counters = self.pair(call.phone_number_id, call.user.key)
-        counters.unanswered_streak += 1
-        call.transcript.add(f"unanswered business calls in a row: {counters.unanswered_streak}")
-        if counters.unanswered_streak < UNANSWERED_TO_REVOKE:
-            return
-        counters.unanswered_streak = 0
-        user = call.user
-        now = time.time()
-        user.set_permission("no_permission", now)
-        call.transcript.add(f"{UNANSWERED_TO_REVOKE} unanswered calls in a row: call permission "
-                            "revoked automatically")
-        await self._send_permission_reply(call.phone_number_id, user, response="reject",
-                                          source="automatic", context_id=None,
-                                          permanent=False, now=now, transcript=call.transcript)

@@ -247,3 +247,12 @@ def apply_settings(current: dict[str, Any], body: Any) -> list[str]:
                 changed.append(ckey)
             calling[ckey] = copy.deepcopy(cvalue)
     return changed
+
+
+def business_calling_paused(settings: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """The RESTRICTED_BUSINESS_INITIATED_CALLING restriction in force (GET settings shows
+    it), or None."""
+    calling = settings.get("calling") or {}
+    return next((r for r in (calling.get("restrictions") or {}).get("restrictions_list") or []
+                 if r.get("type") == "RESTRICTED_BUSINESS_INITIATED_CALLING"
+                 and float(r.get("expiration") or 0) > now), None)

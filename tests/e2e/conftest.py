@@ -8,7 +8,7 @@ the number the simulated user calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,12 +103,21 @@ class Stack:
             await asyncio.sleep(0.05)
 
 
+def numbers_config(extra: dict[str, dict] | None = None) -> list[dict]:
+    """The test numbers as config, with ``extra`` fields for some, named by context or
+    phone_number_id: ``numbers_config({"test-wait": {"max_calls": 1}})``."""
+    extra = extra or {}
+    return [{"phone_number_id": pnid, "display_number": display, "context": ctx,
+             **extra.get(pnid, extra.get(ctx, {}))} for pnid, (display, ctx) in NUMBERS.items()]
+
+
 def make_config(graph_url: str, ami_port: int, **overrides):
+    """The e2e gateway config; each override replaces a top-level key, or for a dict is merged
+    into it (``media={"no_media_timeout": 2}``)."""
     data = {
         "whatsapp": {"graph_url": graph_url, "access_token": ACCESS_TOKEN,
                      "app_secret": APP_SECRET, "verify_token": "e2e-verify"},
-        "numbers": [{"phone_number_id": pnid, "display_number": display, "context": ctx}
-                    for pnid, (display, ctx) in NUMBERS.items()],
+        "numbers": numbers_config(),
         "asterisk": {"ami": {"host": "127.0.0.1", "port": ami_port, "username": "gateway",
                              "secret": "gateway-secret"}, "codec": "g722"},
         "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": udp_range(0, 200),
@@ -121,23 +130,46 @@ def make_config(graph_url: str, ami_port: int, **overrides):
     return parse_config(data, env={})
 
 
+MakeStack = Callable[..., Awaitable[Stack]]
+
+
 @pytest.fixture
-async def stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Stack]:
-    aiortc_hooks.install()
-    aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
-        sim.numbers[pnid] = display
-    await sim.start()
-    config = make_config(sim.url, asterisk.ami_port,
-                         store={"path": str(tmp_path / "gateway.sqlite3")})
-    gateway = Gateway(config)
-    await gateway.start()
-    sim.webhook_url = f"{gateway.url}/webhook"
-    s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
-    gateway.ami.add_event_listener("*", s.on_event)
+async def make_stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[MakeStack]:
+    """``await make_stack(**overrides)``: the simulator, a gateway whose config has the
+    overrides (as :func:`make_config`), and the session's Asterisk. A test that needs another
+    config starts its gateway with it, rather than changing a running one. Everything made is
+    stopped at the end."""
+    made: list[Stack] = []
+
+    async def make(**overrides) -> Stack:
+        aiortc_hooks.install()
+        aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
+        sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+        for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
+            sim.numbers[pnid] = display
+        await sim.start()
+        overrides.setdefault("store", {"path": str(tmp_path / f"gateway-{len(made)}.sqlite3")})
+        gateway = Gateway(make_config(sim.url, asterisk.ami_port, **overrides))
+        try:
+            await gateway.start()
+        except BaseException:
+            await sim.close()
+            raise
+        sim.webhook_url = f"{gateway.url}/webhook"
+        s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
+        gateway.ami.add_event_listener("*", s.on_event)
+        made.append(s)
+        return s
+
     try:
-        yield s
+        yield make
     finally:
-        await gateway.stop()
-        await sim.close()
+        for s in reversed(made):
+            await s.gateway.stop()
+            await s.sim.close()
+
+
+@pytest.fixture
+async def stack(make_stack: MakeStack) -> Stack:
+    """The stack with the standard test config."""
+    return await make_stack()

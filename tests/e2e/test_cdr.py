@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from dataclasses import replace
+import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gateway.sandbox.local_asterisk import LocalAsterisk
+from tests.waits import transcript_says
 
-from .conftest import API_TOKEN, Stack, number_for
+from .conftest import API_TOKEN, MakeStack, Stack, numbers_config
 
 pytestmark = pytest.mark.asterisk
 
@@ -61,18 +62,12 @@ async def rows_of_call(asterisk: LocalAsterisk, linkedid_of: str, timeout: float
 
 
 async def phone_got_dtmf(call, digit: str, timeout: float = 15.0) -> None:
-    async def scan() -> None:
-        async for line in call.transcript.follow():
-            if f"phone got DTMF {digit}" in line:
-                return
-    await asyncio.wait_for(scan(), timeout)
+    await transcript_says(call.transcript, f"phone got DTMF {re.escape(digit)}", timeout=timeout)
 
 
-def with_accountcode(stack: Stack, pnid: str, code: str) -> None:
-    cfg = stack.gateway.calls.deps.config
-    numbers = tuple(replace(n, accountcode=code) if n.phone_number_id == pnid else n
-                    for n in cfg.numbers)
-    stack.gateway.calls.deps.config = replace(cfg, numbers=numbers)
+async def stack_with_accountcode(make_stack: MakeStack, number: str, code: str) -> Stack:
+    """A stack whose number (by context or phone_number_id) has this accountcode."""
+    return await make_stack(numbers=numbers_config({number: {"accountcode": code}}))
 
 
 async def gateway_record(stack: Stack, wacid: str):
@@ -82,9 +77,9 @@ async def gateway_record(stack: Stack, wacid: str):
     return record
 
 
-async def test_inbound_cdr_row_carries_the_call_id_caller_route_and_accountcode(stack: Stack):
-    pnid, _display = number_for("test-marker")
-    with_accountcode(stack, pnid, "wa-sales")
+async def test_inbound_cdr_row_carries_the_call_id_caller_route_and_accountcode(
+        make_stack: MakeStack):
+    stack = await stack_with_accountcode(make_stack, "test-marker", "wa-sales")
     call = await stack.place_call("test-marker", from_wa_id="5511999990001",
                                   profile_name="Ana")
     await stack.wait_event(lambda ev: ev.get("UserEvent") == "TestMarker")
@@ -104,9 +99,9 @@ async def test_inbound_cdr_row_carries_the_call_id_caller_route_and_accountcode(
 
 
 async def test_outbound_agent_call_writes_the_agent_row_tagged_and_no_default_rows(
-        stack: Stack):
-    pnid = "106540000000002"  # the number the sample [to-whatsapp] calls from
-    with_accountcode(stack, pnid, "wa-support")
+        make_stack: MakeStack):
+    # the number the sample [to-whatsapp] calls from
+    stack = await stack_with_accountcode(make_stack, "106540000000002", "wa-support")
     stack.sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=0.5)
     agent = asyncio.ensure_future(stack.gateway.ami.originate(
         AGENT, context="test-agent", exten="s", timeout_s=30, caller_id='"Agent" <200>'))
@@ -133,9 +128,9 @@ async def test_outbound_agent_call_writes_the_agent_row_tagged_and_no_default_ro
     assert [r["channel"].rsplit(";", 1)[-1] for r in others] == ["1"], others
 
 
-async def test_crm_call_writes_one_row_in_the_requested_context(stack: Stack):
+async def test_crm_call_writes_one_row_in_the_requested_context(make_stack: MakeStack):
     pnid = "100000000000002"
-    with_accountcode(stack, pnid, "wa-crm")
+    stack = await stack_with_accountcode(make_stack, pnid, "wa-crm")
     stack.sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=0.3)
     body = {"to": f"+{USER}", "phone_number_id": pnid, "context": "test-echo"}
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_TOKEN}"}) as http:

@@ -112,8 +112,7 @@ async def test_readyz_is_degraded_with_a_metric_while_a_context_is_missing(
     gw = Gateway(cfg)
     await gw.start()
     try:
-        while gw.calls._tasks:  # the dialplan check runs on connect
-            await asyncio.wait(set(gw.calls._tasks), timeout=10)
+        assert await gw.calls.settle(10)  # the dialplan check runs on connect
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{gw.url}/readyz") as resp:
                 status, body = resp.status, await resp.json()
@@ -130,17 +129,21 @@ async def test_readyz_is_degraded_with_a_metric_while_a_context_is_missing(
         local = asterisk.instance_dir / "etc" / "extensions_local.conf"
         original = local.read_text()
         local.write_text(original + "\n[nowhere]\nexten => s,1,Answer()\n")
+        reloaded = asyncio.Event()
+        gw.ami.add_event_listener("Reload", lambda ev: reloaded.set())
         try:
             await asterisk.cli("module reload pbx_config")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while gw.dialplan_problems:  # the check runs on the Reload event
-                assert loop.time() < deadline, gw.dialplan_problems
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(reloaded.wait(), 10)
+            assert await gw.calls.settle(10)  # the check the Reload event started
+            assert gw.dialplan_problems == []
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{gw.url}/readyz") as resp:
                     assert (await resp.json())["status"] == "ready"
-            assert gw.metrics.dialplan_problems._value.get() == 0
+                async with session.get(f"{gw.url}/metrics") as resp:
+                    metrics = await resp.text()
+            (value,) = [s.value for fam in text_string_to_metric_families(metrics)
+                        for s in fam.samples if s.name == "whatsapp_gateway_dialplan_problems"]
+            assert value == 0
         finally:
             local.write_text(original)
             await asterisk.cli("module reload pbx_config")

@@ -171,7 +171,8 @@ async def test_three_simultaneous_calls_with_two_ports_one_clean_capacity_reject
 
 async def test_answer_timeout_is_failed_and_not_charged_to_the_user(stack: Stack, monkeypatch):
     monkeypatch.setattr(outbound_module, "ANSWER_SDP_TIMEOUT_S", 1.0)
-    stack.sim.connect_webhook_delay_s = 10.0  # Meta's connect webhook does not come in time
+    # Meta's connect webhook does not come in time.
+    stack.sim.timings.connect_webhook_delay_s = 10.0
     stack.sim.add_user(USER, permission="temporary", on_call="answer")
     pnid, _ = number_for("test-echo")
     call = stack.gateway.calls.dial(DialRequest(to=USER, phone_number_id=pnid,

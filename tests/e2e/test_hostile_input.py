@@ -120,7 +120,7 @@ async def test_signed_webhook_in_several_tcp_writes_is_accepted_and_runs(stack: 
         call = await stack.place_call("test-marker", from_wa_id="5511900000003")
         marker = await stack.wait_event(user_event("TestMarker"))
         assert marker["WaCallId"] == call.call_id
-        delivery = next(d for d in stack.sim.webhooks if call.call_id.encode() in d.body)
+        delivery = next(d for d in stack.sim.webhooks.deliveries if call.call_id.encode() in d.body)
         assert delivery.status == 200 and delivery.attempt == 1
         assert relay.requests >= 1
         await asyncio.wait_for(call.accepted.wait(), 10)
@@ -148,7 +148,7 @@ async def test_replayed_connect_after_a_restart_starts_no_call(stack: Stack):
     await asyncio.wait_for(call.accepted.wait(), 10)
     await call.hangup()
     await stack.wait_idle()
-    connect = next(d for d in stack.sim.webhooks
+    connect = next(d for d in stack.sim.webhooks.deliveries
                    if call.call_id.encode() in d.body and b'"connect"' in d.body)
     config = stack.gateway.config
     await stack.gateway.stop()

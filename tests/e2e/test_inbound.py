@@ -17,8 +17,9 @@ import pytest
 
 from gateway.whatsapp.signature import sign
 from tests.ports import free_tcp_port
+from tests.waits import transcript_says
 
-from .conftest import APP_SECRET, PAYLOADS, Stack
+from .conftest import APP_SECRET, PAYLOADS, MakeStack, Stack, numbers_config
 
 pytestmark = pytest.mark.asterisk
 
@@ -56,9 +57,8 @@ async def test_caller_id_call_id_and_context_reach_the_dialplan(stack: Stack):
 
 
 @pytest.mark.parametrize("codec", ["g722", "ulaw", "alaw"])
-async def test_tone_comes_back_through_echo(stack: Stack, codec: str):
-    cfg = stack.gateway.calls.deps.config
-    stack.gateway.calls.deps.config = replace(cfg, asterisk=replace(cfg.asterisk, codec=codec))
+async def test_tone_comes_back_through_echo(make_stack: MakeStack, codec: str):
+    stack = await make_stack(asterisk={"codec": codec})
     call = await stack.place_call("test-echo")
     await asyncio.wait_for(call.accepted.wait(), 10)
     await asyncio.wait_for(call.media_connected.wait(), 10)
@@ -78,9 +78,11 @@ async def test_ivr_prompt_reaches_the_caller(stack: Stack):
     call = await stack.place_call("from-whatsapp")
     await stack.wait_event(user_event("WhatsAppCallStart"))
     first = await call.phone.wait_audio(timeout=10)
-    await asyncio.sleep(1.0)  # listen to one second of the menu prompt
-    heard = call.phone.heard(since=first, until=call.transcript.now())
-    assert heard.kind != "silence" and heard.dbfs > -40, f"menu prompt not heard: {heard}"
+    # The phone describes what it hears window by window (half a second each).
+    await transcript_says(call.transcript, r"hearing (?!silence|nothing)", after=first)
+    heard = next(s.heard for s in call.phone.heard_segments
+                 if s.heard is not None and s.heard.kind != "silence")
+    assert heard.dbfs > -40, f"menu prompt not heard: {heard}"
     await call.hangup()
     await stack.wait_idle()
 
@@ -214,10 +216,8 @@ def pull_the_cable(call) -> None:
             protocol.transport.close()
 
 
-async def test_media_loss_ends_the_call_on_both_sides(stack: Stack):
-    cfg = stack.gateway.calls.deps.config
-    stack.gateway.calls.deps.config = replace(cfg, media=replace(cfg.media,
-                                                                 no_media_timeout_s=2.0))
+async def test_media_loss_ends_the_call_on_both_sides(make_stack: MakeStack):
+    stack = await make_stack(media={"no_media_timeout": 2.0})
     call = await stack.place_call("test-wait")
     await asyncio.wait_for(call.accepted.wait(), 10)
     await asyncio.wait_for(call.media_connected.wait(), 10)
@@ -233,11 +233,8 @@ async def test_media_loss_ends_the_call_on_both_sides(stack: Stack):
     assert record.end_reason == "media_lost"
 
 
-async def test_calls_beyond_max_calls_are_rejected_with_the_reason(stack: Stack):
-    cfg = stack.gateway.calls.deps.config
-    numbers = tuple(replace(n, max_calls=1) if n.context == "test-wait" else n
-                    for n in cfg.numbers)
-    stack.gateway.calls.deps.config = replace(cfg, numbers=numbers)
+async def test_calls_beyond_max_calls_are_rejected_with_the_reason(make_stack: MakeStack):
+    stack = await make_stack(numbers=numbers_config({"test-wait": {"max_calls": 1}}))
     first = await stack.place_call("test-wait", from_wa_id="15550001001")
     await asyncio.wait_for(first.accepted.wait(), 10)
     second = await stack.place_call("test-wait", from_wa_id="15550001002")
@@ -316,38 +313,26 @@ async def test_nothing_outlives_a_call(stack: Stack):
     assert set(call_tasks()) - before == set()
 
 
-async def test_graph_api_unreachable_fails_the_call_cleanly(stack: Stack, tmp_path):
+async def test_graph_api_unreachable_fails_the_call_cleanly(make_stack: MakeStack):
     """Meta's API cannot be reached when the gateway answers: no Asterisk channel is left,
-    the call record says why, and the next call (Meta back) works."""
-    from gateway.whatsapp.graph import GraphClient
-
-    graph = stack.gateway.graph
-    broken = GraphClient(replace(graph.settings, graph_url="http://127.0.0.1:9/v23.0",
-                                 graph_timeout_s=2.0))
-    stack.gateway.calls.deps.graph = broken
-    try:
-        call = await stack.place_call("test-wait")
-        await stack.wait_idle()
-        record = await stack.gateway.store.get(call.call_id)
-        assert record.outcome == "failed" and "cannot reach the Graph API" in record.reason
-        assert record.end_reason == "meta_api_error"
-        assert await stack.channels() == []
-        assert stack.sim.requests_for(call.call_id) == []  # nothing reached "Meta"
-    finally:
-        stack.gateway.calls.deps.graph = graph
-        await broken.close()
-    await call.hangup()
-    again = await stack.place_call("test-wait", from_wa_id="15550009999")
-    await asyncio.wait_for(again.accepted.wait(), 10)
-    await again.hangup()
+    the call record says why, and nothing the call took is kept (its ports are free)."""
+    dead = f"http://127.0.0.1:{free_tcp_port()}/v25.0"  # nothing listens there
+    stack = await make_stack(whatsapp={"graph_url": dead, "graph_timeout": 2.0})
+    call = await stack.place_call("test-wait")
     await stack.wait_idle()
+    record = await stack.gateway.store.get(call.call_id)
+    assert record.outcome == "failed" and "cannot reach the Graph API" in record.reason
+    assert record.end_reason == "meta_api_error"
+    assert await stack.channels() == []
+    assert stack.sim.requests_for(call.call_id) == []  # nothing reached "Meta"
+    assert stack.gateway.ports.free == len(stack.gateway.config.media.rtp_ports)
+    assert stack.gateway.calls.live_calls() == []
+    await call.hangup()
 
 
-async def test_media_that_never_connects_ends_the_call_on_both_sides(stack: Stack):
+async def test_media_that_never_connects_ends_the_call_on_both_sides(make_stack: MakeStack):
     """The caller's network drops everything from the start (ICE can never succeed)."""
-    cfg = stack.gateway.calls.deps.config
-    stack.gateway.calls.deps.config = replace(cfg, media=replace(cfg.media,
-                                                                 connect_timeout_s=2.0))
+    stack = await make_stack(media={"connect_timeout": 2.0})
     call = await stack.place_call("test-wait")
     pull_the_cable(call)  # before the gateway has even answered: no STUN check will succeed
     await asyncio.wait_for(call.ended.wait(), 15)

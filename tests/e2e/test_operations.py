@@ -334,7 +334,7 @@ async def test_asterisk_crash_mid_call_ends_the_whatsapp_call_after_reconnect(tm
         call = await sim.place_call(from_wa_id="15550008888", phone_number_id=pnid,
                                     display_phone_number=display)
         await asyncio.wait_for(call.accepted.wait(), 15)
-        ast._proc.kill()  # no goodbye: no Hangup event reaches the gateway
+        await ast.crash()  # no goodbye: no Hangup event reaches the gateway
         assert await asyncio.wait_for(changes.get(), 20) is False
         assert not call.ended.is_set()
         await ast.start()

@@ -53,8 +53,7 @@ async def gateway_with(ami_port: int, store_path: Path,
 
 async def settle(gw: Gateway) -> None:
     """Until the gateway's background call work (set-ups, teardowns) is done."""
-    while gw.calls._tasks:
-        await asyncio.wait(set(gw.calls._tasks), timeout=10)
+    assert await gw.calls.settle(10)
 
 
 async def place(sim: CloudApiSimulator, context: str, caller: str):
@@ -180,7 +179,7 @@ async def test_a_slow_accept_delays_the_first_prompt_but_plays_it_whole(asterisk
     async with gateway_with(asterisk.ami_port, tmp_path / "g.sqlite3",
                             numbers=numbers) as (sim, gw):
         sim.numbers[PROMPT_NUMBER[0]] = PROMPT_NUMBER[1]
-        sim.accept_latency_s = latency
+        sim.timings.accept_latency_s = latency
         call = await sim.place_call(from_wa_id="15550007008", phone_number_id=PROMPT_NUMBER[0],
                                     display_phone_number=PROMPT_NUMBER[1])
         await asyncio.wait_for(call.accepted.wait(), 15)
@@ -223,7 +222,7 @@ async def test_calls_end_toward_whatsapp_when_asterisk_stays_away_past_the_grace
             gw.ami.on_connection_change.append(changes.put_nowait)
             call = await place(sim, "test-wait", "15550007007")
             await asyncio.wait_for(call.accepted.wait(), 15)
-            ast._proc.kill()  # no goodbye: no Hangup event reaches the gateway
+            await ast.crash()  # no goodbye: no Hangup event reaches the gateway
             assert await asyncio.wait_for(changes.get(), 20) is False
             lost_at = asyncio.get_running_loop().time()
             await asyncio.wait_for(call.ended.wait(), 15)

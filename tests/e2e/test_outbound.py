@@ -88,7 +88,7 @@ async def test_agent_call_answered_audio_and_agent_dtmf_reach_the_user(stack: St
 ])
 async def test_unanswered_calls_end_the_agent_channel_with_a_cause(
         stack: Stack, behaviour: dict, status: str, cause: str, end_reason: str):
-    stack.sim.ring_timeout_s = 2.0
+    stack.sim.timings.ring_timeout_s = 2.0
     stack.sim.add_user(USER, permission="permanent", **behaviour)
     agent_dials(stack)
     result = await stack.wait_event(dial_result, timeout=20)

@@ -77,9 +77,7 @@ class Running:
 
     async def settle(self) -> None:
         """Until every task the gateway spawned for the requests so far has finished."""
-        import asyncio
-        while self.gateway.calls._tasks:
-            await asyncio.wait(set(self.gateway.calls._tasks), timeout=5)
+        assert await self.gateway.calls.settle(5)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.media.codecs import RATE
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator.cloud_api import CloudApiSimulator
 
@@ -61,6 +62,10 @@ class Business:
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         """``messages`` field items (permission replies)."""
         self.message_statuses: list[dict[str, Any]] = []
+        self._message_status_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        """Whole bodies of account-level webhooks (``account_update``,
+        ``account_settings_update``)."""
         self.raw: list[tuple[bytes, str | None]] = []
         self.bad_signatures = 0
         self.legs: list[WebRtcLeg] = []
@@ -78,7 +83,7 @@ class Business:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}/webhook"
         self.http = aiohttp.ClientSession()
 
@@ -101,14 +106,19 @@ class Business:
         if self.fail_next:
             self.fail_next -= 1
             return web.Response(status=500)
-        for entry in json.loads(body)["entry"]:
+        payload = json.loads(body)
+        for entry in payload["entry"]:
             for change in entry["changes"]:
                 value = change["value"]
+                if change["field"] not in ("calls", "messages"):
+                    self.notices.put_nowait(payload)
+                    continue
                 if change["field"] == "messages":
                     for msg in value.get("messages", []):
                         self.messages.put_nowait({"value": value, "message": msg})
                     for st in value.get("statuses", []):
                         self.message_statuses.append(st)
+                        self._message_status_queue.put_nowait(st)
                     continue
                 for call in value.get("calls", []):
                     self.events.put_nowait({"value": value, "call": call})
@@ -146,6 +156,13 @@ class Business:
 
     async def next_message(self, timeout: float = 10) -> dict[str, Any]:
         return await asyncio.wait_for(self.messages.get(), timeout)
+
+    async def next_message_status(self, timeout: float = 10) -> dict[str, Any]:
+        """The next ``statuses[]`` item on field ``messages``."""
+        return await asyncio.wait_for(self._message_status_queue.get(), timeout)
+
+    async def next_notice(self, timeout: float = 10) -> dict[str, Any]:
+        return await asyncio.wait_for(self.notices.get(), timeout)
 
     async def answer(self, offer: str) -> tuple[WebRtcLeg, str]:
         leg = WebRtcLeg(name="business")
@@ -189,7 +206,7 @@ async def auto_answer(business: Business, sim: CloudApiSimulator, *, tone_hz: fl
         while sim.calls[call_id].state == "accepted":
             if tone_hz:
                 leg.play(audio.tone(tone_hz, 0.1))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # media pacing: the leg takes real-time audio
             if hangup_after is not None and \
                     asyncio.get_running_loop().time() - started >= hangup_after:
                 await business.action(sim, "terminate", call_id)
@@ -197,3 +214,12 @@ async def auto_answer(business: Business, sim: CloudApiSimulator, *, tone_hz: fl
 
     business.tasks.append(asyncio.ensure_future(play()))
     return digits
+
+
+async def play_paced(leg: WebRtcLeg, pcm: bytes, chunk_s: float = 0.1) -> None:
+    """Feed audio to a leg in real time: the leg queues only 200 ms ahead (a live source),
+    so a longer sound is handed over piece by piece (media pacing, not synchronisation)."""
+    step = int(chunk_s * 2 * RATE)
+    for i in range(0, len(pcm), step):
+        leg.play(pcm[i:i + step])
+        await asyncio.sleep(chunk_s)

@@ -11,7 +11,8 @@ import re
 
 from gateway.simulator import audio
 from gateway.simulator.phone import PhoneTimers
-from tests.sim.business import APP_SECRET, IPV6, make_sim
+from tests.sim.business import APP_SECRET, IPV6, make_sim, play_paced
+from tests.waits import Received, transcript_says
 
 
 async def test_connect_webhook_is_shaped_and_signed_like_meta(sim, business):
@@ -69,10 +70,8 @@ async def test_answered_call_carries_audio_and_dtmf_both_ways(sim, business):
     call = await sim.place_call(from_wa_id="15550002222", profile_name="Test User")
     offer = (await business.next_event("connect"))["call"]["session"]["sdp"]
     leg, answer = await business.answer(offer)
-    heard_by_business: list[bytes] = []
-    digits: list[str] = []
-    leg.on_audio = heard_by_business.append
-    leg.on_dtmf = lambda d, ms: digits.append(d)
+    received = Received()
+    leg.on_audio, leg.on_dtmf = received.audio, received.dtmf
 
     assert await business.action(sim, "pre_accept", call.call_id, answer) == (
         200, {"messaging_product": "whatsapp", "success": True})
@@ -83,27 +82,29 @@ async def test_answered_call_carries_audio_and_dtmf_both_ways(sim, business):
     assert status == 200 and body["success"] is True
     assert call.accepted.is_set() and call.state == "accepted"
 
-    # Business → phone: a 440 Hz tone, fed in real time.
+    # Business → phone: a 440 Hz tone, until the phone says it hears it.
     since = call.transcript.now()
-    for _ in range(10):
-        leg.play(audio.tone(440, 0.1))
-        await asyncio.sleep(0.1)
+    player = asyncio.ensure_future(play_paced(leg, audio.tone(440, 1.0)))
+    await transcript_says(call.transcript, r"hearing tone 4(39|40|41) Hz")
     heard = call.phone.heard(since + 0.2)
+    await player
     assert heard.kind == "tone" and abs(heard.frequency - 440) < 10, heard
     assert heard.dbfs > -30
 
-    # Phone → business: a 1000 Hz tone.
-    mark = len(heard_by_business)
+    # Phone → business: a 1000 Hz tone. The phone's frames follow each other, so 0.8 s of
+    # audio from the mark holds the whole 0.6 s tone (whatever the wire's delay).
+    mark = len(received.pcm)
     await call.phone.say_tone(1000, 0.6)
-    await asyncio.sleep(0.2)  # the last frames are still on the wire
-    got = audio.describe(b"".join(heard_by_business[mark:])[audio.RATE * 2 // 5:])
+    got = audio.describe((await received.audio_seconds(0.8, mark))[audio.RATE * 2 // 5:
+                                                                   audio.RATE * 2 * 6 // 10])
     assert got.kind == "tone" and abs(got.frequency - 1000) < 10, got
 
-    # Phone presses keys: RFC 4733 reaches the business exactly once per digit.
+    # Phone presses keys: RFC 4733 reaches the business exactly once per digit. A last digit
+    # is the sentinel: a repeat of an earlier one (its three end packets) would come before it.
     await call.phone.press("3")
     await call.phone.press("1234#")
-    await asyncio.sleep(0.3)
-    assert digits == list("31234#")
+    await call.phone.press("0")
+    assert await received.digit_count(7) == list("31234#0")
 
     assert any(re.search(r"hearing tone 4(39|40|41) Hz", ln) for ln in call.transcript.lines)
     assert sim.requests_for(call.call_id, "accept")[0].status == 200

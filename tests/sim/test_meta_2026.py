@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.fakes import ManualClock
 from tests.sim.business import TOKEN, Business, make_sim
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
@@ -95,38 +96,19 @@ async def test_invalid_voicemail_settings_are_error_100(sim, business):
 
 async def test_settings_changes_send_account_settings_update_like_the_sample(sim, business):
     expected = sample("webhook-account-settings-update.json")
-    got: list[dict] = []
-    received = asyncio.Event()
-    original = sim.send_webhook
-
-    async def spy(payload, **kw):
-        got.append(payload)
-        received.set()
-        return await original(payload, **kw)
-
-    sim.send_webhook = spy
-    # Voicemail is not tracked by account_settings_update: no notice.
+    # Voicemail is not tracked by account_settings_update: no notice, so the first notice the
+    # business gets is the one for the call icon.
     await business.graph(sim, "POST", "settings", {"calling": {"voicemail": VOICEMAIL}})
     await business.graph(sim, "POST", "settings", {"calling": {"call_icon_visibility":
                                                                "DISABLE_ALL"}})
-    await asyncio.wait_for(received.wait(), 5)
-    assert len(got) == 1
-    assert shape(got[0]) == shape(expected)
-    calling = got[0]["entry"][0]["changes"][0]["value"]["phone_number_settings"]["calling"]
+    got = await business.next_notice(5)
+    assert shape(got) == shape(expected)
+    calling = got["entry"][0]["changes"][0]["value"]["phone_number_settings"]["calling"]
     assert calling["call_icon_visibility"] == "DISABLE_ALL"
 
 
 async def test_account_updates_are_shaped_like_the_samples(sim, business):
-    sent: list[dict] = []
-    original = sim.send_webhook
-
-    async def spy(payload, **kw):
-        sent.append(payload)
-        return await original(payload, **kw)
-
-    sim.send_webhook = spy
-    await sim.send_account_violation()
-    await sim.restrict_calling()
+    sent = [(await sim.send_account_violation()).payload, (await sim.restrict_calling()).payload]
     assert shape(sent[0]) == shape(sample("webhook-account-update-low-pickup.json"))
     assert shape(sent[1]) == shape(sample("webhook-account-update-calling-restriction.json"))
     # The pause shows in GET settings and refuses business-initiated calls (138014).
@@ -140,8 +122,8 @@ async def test_account_updates_are_shaped_like_the_samples(sim, business):
         "interactive": {"type": "call_permission_request",
                         "action": {"name": "call_permission_request"}}})
     assert status == 400 and body["error"]["code"] == 138014
-    await sim.restrict_calling(restriction_type="RESTRICTED_USER_INITIATED_CALLING_"
-                                                "CALL_BUTTON_HIDDEN")
+    sent.append((await sim.restrict_calling(
+        restriction_type="RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN")).payload)
     hidden = sent[2]["entry"][0]["changes"][0]["value"]["restriction_info"][0]
     assert "expiration" not in hidden and hidden["remediation"]
 
@@ -162,7 +144,7 @@ async def test_recording_objects_are_validated_on_accept(sim, business):
 
 
 async def test_recording_and_transcript_arrive_with_urls_living_five_minutes(business):
-    sim = make_sim(business, recording_delay_s=0.1, media_url_ttl_s=0.5)
+    sim = make_sim(business, recording_delay_s=0.1, clock=ManualClock())
     await sim.start()
     try:
         call = await sim.place_call(from_wa_id="15550002222")
@@ -196,7 +178,7 @@ async def test_recording_and_transcript_arrive_with_urls_living_five_minutes(bus
                 doc = json.loads(await resp.read())
             assert {"speaker", "channel", "start", "end", "text", "words"} <= \
                 set(doc["transcript"]["segments"][0])
-            await asyncio.sleep(0.6)  # the URL's life is a time rule: let it pass
+            sim.clock.advance(5 * 60 + 1)  # the URL's five minutes pass
             async with http.get(audio["url"], headers=headers) as resp:
                 assert resp.status == 404
             async with http.get(f"{sim.url}/{audio['id']}", headers=headers) as resp:

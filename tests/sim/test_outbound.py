@@ -15,7 +15,9 @@ import pytest
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator import audio
 from gateway.simulator.meta import business_country_block
-from tests.sim.business import Business, make_sim, pre_bsuid
+from tests.fakes import ManualClock
+from tests.sim.business import Business, make_sim, play_paced, pre_bsuid
+from tests.waits import Received, transcript_says
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 USER = "15550002222"
@@ -57,96 +59,105 @@ async def next_item(business: Business, timeout: float = 10) -> dict[str, Any]:
     return await asyncio.wait_for(business.events.get(), timeout)
 
 
-async def test_answered_outbound_call_end_to_end(sim, business):
-    sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=1.0)
-    leg, status, resp = await dial(business, sim)
-    assert status == 200
-    assert resp == {"messaging_product": "whatsapp", "calls": [{"id": resp["calls"][0]["id"]}]}
-    wacid = resp["calls"][0]["id"]
-    assert wacid.startswith("wacid.")
-    call = await sim.wait_outbound_call(to=USER, timeout=5)
-    assert call.call_id == wacid and call.direction == "BUSINESS_INITIATED"
-    assert sim.outbound_calls == [call]
-    assert [r.status for r in sim.requests_for(wacid, "connect")] == [200]
+async def test_answered_outbound_call_end_to_end(business):
+    async with make_sim(business, clock=ManualClock()) as sim:
+        # The user lets it ring until the test picks up (sim.business.pick_up).
+        sim.add_user(USER, permission="temporary", on_call="ignore")
+        leg, status, resp = await dial(business, sim)
+        assert status == 200
+        assert resp == {"messaging_product": "whatsapp", "calls": [{"id": resp["calls"][0]["id"]}]}
+        wacid = resp["calls"][0]["id"]
+        assert wacid.startswith("wacid.")
+        call = await sim.wait_outbound_call(to=USER, timeout=5)
+        assert call.call_id == wacid and call.direction == "BUSINESS_INITIATED"
+        assert sim.outbound_calls == [call]
+        assert [r.status for r in sim.requests_for(wacid, "connect")] == [200]
 
-    # Connect webhook: exactly the sample's shape, with a real answer.
-    item = await next_item(business)
-    ref = value_of(sample("webhook-connect-business-initiated.json"))
-    value, c = item["value"], item["call"]
-    user_id = sim.users[USER].user_id
-    assert list(value) == list(ref) and value["contacts"] == [{"wa_id": USER,
-                                                               "user_id": user_id}]
-    assert value["metadata"] == ref["metadata"]
-    assert list(pre_bsuid(c)) == list(ref["calls"][0]) and c["to_user_id"] == user_id
-    assert (c["id"], c["to"], c["from"], c["event"], c["direction"]) == (
-        wacid, USER, "15550001111", "connect", "BUSINESS_INITIATED")
-    assert c["biz_opaque_callback_data"] == OPAQUE and c["timestamp"].isdigit()
-    assert c["session"]["sdp_type"] == "answer"
-    assert json.loads(business.raw[0][0])["entry"][0]["changes"][0]["field"] == "calls"
-    sdp = c["session"]["sdp"]
-    lines = sdp.split("\r\n")
-    assert sdp.endswith("\r\n") and "a=ice-lite" in sdp.split("m=audio")[0]
-    assert [ln for ln in lines if ln.startswith("a=fingerprint:")][0].startswith(
-        "a=fingerprint:sha-256 ")
-    assert len([ln for ln in lines if ln.startswith("a=fingerprint:")]) == 1
-    for needed in ("a=setup:active", "a=ice-options:trickle", "a=rtcp-mux", "a=sendrecv",
-                   "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
-                   "a=rtcp-fb:111 transport-cc", "a=rtpmap:126 telephone-event/8000",
-                   "a=ptime:20"):
-        assert needed in lines, needed
-    assert any(re.fullmatch(r"m=audio \d+ UDP/TLS/RTP/SAVPF 111 126", ln) for ln in lines)
-    assert len([ln for ln in lines if ln.startswith("a=ssrc:")]) == 1
-    await leg.apply_answer(sdp)
+        # Connect webhook: exactly the sample's shape, with a real answer.
+        item = await next_item(business)
+        ref = value_of(sample("webhook-connect-business-initiated.json"))
+        value, c = item["value"], item["call"]
+        user_id = sim.users[USER].user_id
+        assert list(value) == list(ref) and value["contacts"] == [{"wa_id": USER,
+                                                                   "user_id": user_id}]
+        assert value["metadata"] == ref["metadata"]
+        assert list(pre_bsuid(c)) == list(ref["calls"][0]) and c["to_user_id"] == user_id
+        assert (c["id"], c["to"], c["from"], c["event"], c["direction"]) == (
+            wacid, USER, "15550001111", "connect", "BUSINESS_INITIATED")
+        assert c["biz_opaque_callback_data"] == OPAQUE and c["timestamp"].isdigit()
+        assert c["session"]["sdp_type"] == "answer"
+        assert json.loads(business.raw[0][0])["entry"][0]["changes"][0]["field"] == "calls"
+        sdp = c["session"]["sdp"]
+        lines = sdp.split("\r\n")
+        assert sdp.endswith("\r\n") and "a=ice-lite" in sdp.split("m=audio")[0]
+        assert [ln for ln in lines if ln.startswith("a=fingerprint:")][0].startswith(
+            "a=fingerprint:sha-256 ")
+        assert len([ln for ln in lines if ln.startswith("a=fingerprint:")]) == 1
+        for needed in ("a=setup:active", "a=ice-options:trickle", "a=rtcp-mux", "a=sendrecv",
+                       "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
+                       "a=rtcp-fb:111 transport-cc", "a=rtpmap:126 telephone-event/8000",
+                       "a=ptime:20"):
+            assert needed in lines, needed
+        assert any(re.fullmatch(r"m=audio \d+ UDP/TLS/RTP/SAVPF 111 126", ln) for ln in lines)
+        assert len([ln for ln in lines if ln.startswith("a=ssrc:")]) == 1
+        await leg.apply_answer(sdp)
 
-    ringing = (await next_item(business))["call"]
-    ref_status = value_of(sample("webhook-status-ringing.json"))["statuses"][0]
-    assert list(pre_bsuid(ringing))[1:] == list(ref_status)  # after our "event" marker
-    assert ringing["recipient_user_id"] == user_id
-    assert (ringing["id"], ringing["status"], ringing["type"], ringing["recipient_id"],
-            ringing["biz_opaque_callback_data"]) == (wacid, "RINGING", "call", USER, OPAQUE)
-    assert call.ringing.is_set()
-    await asyncio.wait_for(leg.connected.wait(), 10)
-    if not call.accepted.is_set():
-        # Ringing: ICE/DTLS are up, but the phone sends no audio before the user picks up.
-        assert not leg.first_audio.is_set()
-    accepted = (await next_item(business))["call"]
-    assert (accepted["status"], accepted["biz_opaque_callback_data"]) == ("ACCEPTED", OPAQUE)
-    assert call.accepted.is_set() and call.state == "accepted"
-    await asyncio.wait_for(leg.first_audio.wait(), 5)
+        ringing = (await next_item(business))["call"]
+        ref_status = value_of(sample("webhook-status-ringing.json"))["statuses"][0]
+        assert list(pre_bsuid(ringing))[1:] == list(ref_status)  # after our "event" marker
+        assert ringing["recipient_user_id"] == user_id
+        assert (ringing["id"], ringing["status"], ringing["type"], ringing["recipient_id"],
+                ringing["biz_opaque_callback_data"]) == (wacid, "RINGING", "call", USER, OPAQUE)
+        assert call.ringing.is_set()
+        await asyncio.wait_for(leg.connected.wait(), 10)
+        received = Received()
+        leg.on_audio, leg.on_dtmf = received.audio, received.dtmf
 
-    # Business → phone.
-    since = call.transcript.now()
-    for _ in range(10):
-        leg.play(audio.tone(440, 0.1))
-        await asyncio.sleep(0.1)
-    heard = call.phone.heard(since + 0.2)
-    assert heard.kind == "tone" and abs(heard.frequency - 440) < 10, heard
-    # Phone → business.
-    got: list[bytes] = []
-    leg.on_audio = got.append
-    await call.phone.say_tone(1000, 0.6)
-    await asyncio.sleep(0.2)
-    back = audio.describe(b"".join(got)[audio.RATE * 2 // 5:])
-    assert back.kind == "tone" and abs(back.frequency - 1000) < 10, back
-    # DTMF from the business reaches the phone, once per digit.
-    leg.send_dtmf("12#9")
-    await asyncio.sleep(4 * 0.2 + 0.3)
-    assert call.phone.dtmf_received == list("12#9")
-    # And the user's key presses reach the business.
-    await call.phone.press("5")
-    await asyncio.sleep(0.3)
-    assert leg.dtmf_received == ["5"]
+        # Ringing: ICE/DTLS are up and the business's audio reaches the phone, but the phone sends
+        # nothing before the user picks up (the tone heard took the phone a hearing window or more
+        # of media; its own packets would have come meanwhile).
+        since = call.transcript.now()
+        player = asyncio.ensure_future(play_paced(leg, audio.tone(440, 1.0)))
+        await transcript_says(call.transcript, r"hearing tone 4(39|40|41) Hz")
+        heard = call.phone.heard(since + 0.2)
+        await player
+        assert heard.kind == "tone" and abs(heard.frequency - 440) < 10, heard
+        assert not leg.first_audio.is_set() and leg.packets_received == 0 and not received.pcm
 
-    await asyncio.sleep(1.0)  # a call of more than a second
-    await call.hangup()
-    t = (await business.next_event("terminate"))["call"]
-    assert (t["id"], t["from"], t["to"], t["direction"], t["status"]) == (
-        wacid, "15550001111", USER, "BUSINESS_INITIATED", "COMPLETED")
-    assert t["biz_opaque_callback_data"] == OPAQUE
-    assert t["duration"] == int(t["end_time"]) - int(t["start_time"]) >= 1
-    assert call.ended_by == "user" and business.bad_signatures == 0
-    counters = sim.pair(sim.default_phone_number_id, USER)
-    assert len(counters.calls) == 1 and counters.unanswered_streak == 0
+        await sim.business.pick_up(call)
+        accepted = (await next_item(business))["call"]
+        assert (accepted["status"], accepted["biz_opaque_callback_data"]) == ("ACCEPTED", OPAQUE)
+        assert call.accepted.is_set() and call.state == "accepted"
+        await asyncio.wait_for(leg.first_audio.wait(), 5)
+
+        # Phone → business. The phone's frames follow each other, so 0.8 s of audio from the mark
+        # holds the whole 0.6 s tone.
+        mark = len(received.pcm)
+        await call.phone.say_tone(1000, 0.6)
+        back = audio.describe((await received.audio_seconds(0.8, mark))[audio.RATE * 2 // 5:
+                                                                        audio.RATE * 2 * 6 // 10])
+        assert back.kind == "tone" and abs(back.frequency - 1000) < 10, back
+        # DTMF from the business reaches the phone, once per digit: the last digit is a sentinel,
+        # a repeat of an earlier one (its three end packets) would come before it.
+        leg.send_dtmf("12#9")
+        leg.send_dtmf("0")
+        await transcript_says(call.transcript, r"phone got DTMF", count=5)
+        assert call.phone.dtmf_received == list("12#90")
+        # And the user's key presses reach the business, once each.
+        await call.phone.press("5")
+        await call.phone.press("0")
+        assert await received.digit_count(2) == ["5", "0"]
+
+        sim.clock.advance(1.0)  # a call of more than a second
+        await call.hangup()
+        t = (await business.next_event("terminate"))["call"]
+        assert (t["id"], t["from"], t["to"], t["direction"], t["status"]) == (
+            wacid, "15550001111", USER, "BUSINESS_INITIATED", "COMPLETED")
+        assert t["biz_opaque_callback_data"] == OPAQUE
+        assert t["duration"] == int(t["end_time"]) - int(t["start_time"]) >= 1
+        assert call.ended_by == "user" and business.bad_signatures == 0
+        counters = sim.pair(sim.default_phone_number_id, USER)
+        assert len(counters.calls) == 1 and counters.unanswered_streak == 0
 
 
 async def test_connect_without_permission_is_138006_and_sends_nothing(sim, business):
@@ -157,8 +168,14 @@ async def test_connect_without_permission_is_138006_and_sends_nothing(sim, busin
     # An expired temporary permission is no permission either.
     sim.add_user(USER, permission="temporary", permission_expires_at=time.time() - 1)
     assert (await dial(business, sim))[2]["error"]["code"] == 138006
-    await asyncio.sleep(0.6)
-    assert business.raw == [] and sim.outbound_calls == []
+    assert sim.outbound_calls == []
+    # A sentinel: a call that is allowed. Webhooks of the refused ones would come first.
+    sim.add_user(USER, permission="temporary", on_call="ignore")
+    _, status, resp = await dial(business, sim)
+    assert status == 200
+    first = (await next_item(business))["call"]
+    assert (first["event"], first["id"]) == ("connect", resp["calls"][0]["id"])
+    assert len(business.raw) == 1 and [c.call_id for c in sim.outbound_calls] == [first["id"]]
 
 
 async def test_connect_validation_is_error_100(sim, business):
@@ -292,12 +309,7 @@ async def test_user_script_runs_after_pick_up(fast_sim, business):
     leg, _, resp = await dial(business, sim)
     await leg.apply_answer((await next_item(business))["call"]["session"]["sdp"])
 
-    async def play() -> None:
-        while True:
-            leg.play(audio.tone(600, 0.1))
-            await asyncio.sleep(0.1)
-
-    player = asyncio.ensure_future(play())
+    player = asyncio.ensure_future(play_paced(leg, audio.tone(600, 30.0)))
     try:
         t = (await business.next_event("terminate"))["call"]
     finally:
@@ -313,10 +325,15 @@ async def test_wait_outbound_call_waits_for_the_next_one(fast_sim, business):
     seen = []
     sim.call_listeners.append(seen.append)
     waiter = asyncio.ensure_future(sim.wait_outbound_call(to="+" + USER, timeout=5))
-    await asyncio.sleep(0.05)
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the waiter run until it blocks (no time passes)
     assert not waiter.done()
     _, _, resp = await dial(business, sim)
     call = await waiter
     assert call.call_id == resp["calls"][0]["id"] and seen == [call]
-    with pytest.raises(TimeoutError):
-        await sim.wait_outbound_call(to=USER, timeout=0.2)  # already claimed
+    # The claimed call is not returned again: the next wait gets the next call.
+    other = "15550003333"
+    sim.add_user(other, permission="temporary", on_call="ignore")
+    again = asyncio.ensure_future(sim.wait_outbound_call(timeout=5))
+    _, _, resp = await dial(business, sim, to=other)
+    assert (await again).call_id == resp["calls"][0]["id"] != call.call_id

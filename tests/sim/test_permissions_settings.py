@@ -4,7 +4,6 @@ and the /_sim/users control API."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from gateway.simulator.control import add_control_routes
 from gateway.simulator.users import DAY, SimulatedUser
+from tests.fakes import ManualClock
 from tests.sim.business import make_sim, pre_bsuid
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
@@ -88,16 +88,20 @@ async def test_call_permissions_answers_in_the_samples_shape(sim, business):
     assert (await business.graph(sim, "GET", "call_permissions"))[1]["error"]["code"] == 100
 
 
-async def test_call_permissions_rate_limit_is_613(sim, business):
-    codes = []
-    for _ in range(7):
-        status, body = await business.graph(sim, "GET", "call_permissions",
-                                            params={"user_wa_id": USER})
-        codes.append(status if status == 200 else (status, body["error"]["code"]))
-    assert codes[:5] == [200] * 5 and codes[5:] == [(429, 613)] * 2
-    await asyncio.sleep(1.05)
-    assert (await business.graph(sim, "GET", "call_permissions",
-                                 params={"user_wa_id": USER}))[0] == 200
+async def test_call_permissions_rate_limit_is_613(business):
+    async with make_sim(business, clock=ManualClock()) as sim:
+        codes = []
+        for _ in range(7):
+            status, body = await business.graph(sim, "GET", "call_permissions",
+                                                params={"user_wa_id": USER})
+            codes.append(status if status == 200 else (status, body["error"]["code"]))
+        assert codes[:5] == [200] * 5 and codes[5:] == [(429, 613)] * 2
+        sim.clock.advance(0.9)  # still inside the same second
+        assert (await business.graph(sim, "GET", "call_permissions",
+                                     params={"user_wa_id": USER}))[0] == 429
+        sim.clock.advance(0.2)  # the second is over
+        assert (await business.graph(sim, "GET", "call_permissions",
+                                     params={"user_wa_id": USER}))[0] == 200
 
 
 async def test_permission_request_limits_are_1_per_day_and_2_per_week(sim, business):
@@ -190,11 +194,8 @@ async def test_old_app_gets_131026_and_outside_window_needs_a_template(sim, busi
     sim.add_user(USER, app_too_old=True)
     status, resp = await request_permission(business, sim)
     assert status == 200
-    for _ in range(50):
-        if business.message_statuses:
-            break
-        await asyncio.sleep(0.02)
-    (st,) = business.message_statuses
+    st = await business.next_message_status()
+    assert business.message_statuses == [st]
     assert st["id"] == resp["messages"][0]["id"] and st["status"] == "failed"
     assert st["errors"][0]["code"] == 131026
     assert sim.pair(sim.default_phone_number_id, USER).requests == []
@@ -224,10 +225,16 @@ async def test_a_users_call_grants_a_callback_permission(business):
             "callback_permission_status"] = "DISABLED"
         sim.add_user("15550004444")
         other = await sim.place_call(from_wa_id="15550004444")
-        await asyncio.sleep(0.3)
-        assert business.messages.empty() and sim.users["15550004444"].permission == \
-            "no_permission"
+        # A sentinel: with the setting back on, a third user's call is granted; a grant for
+        # the second user would have come first (same delay, earlier call).
+        sim.number_settings(sim.default_phone_number_id)["calling"][
+            "callback_permission_status"] = "ENABLED"
+        third = await sim.place_call(from_wa_id="15550005555")
+        item = await business.next_message()
+        assert item["message"]["context"]["id"] == third.call_id
+        assert sim.users["15550004444"].permission == "no_permission"
         await other.hangup()
+        await third.hangup()
 
 
 async def test_settings_round_trip_and_validation(sim, business):

@@ -19,6 +19,7 @@ from gateway.simulator.media import JSON_MIME, MediaFile
 from gateway.store import CallStore
 from gateway.whatsapp.events import CallMediaAvailable, Voicemail
 from gateway.whatsapp.graph import GraphClient
+from tests.fakes import ManualClock
 
 WACID = "wacid.TESTHBgLMTU1NTAwMDIyMjIVAgASGBRVSUMwMDAwMDAwMDAwMDAwMDAxAA=="
 PNID = "106540000000002"
@@ -34,7 +35,7 @@ class Events(CallObserver):
 
 @pytest.fixture
 async def parts(tmp_path):
-    sim = CloudApiSimulator(app_secret="s", access_token="tok")
+    sim = CloudApiSimulator(app_secret="s", access_token="tok", clock=ManualClock())
     await sim.start()
     graph = GraphClient(WhatsAppSettings(graph_url=sim.url, access_token=Secret("tok"),
                                          app_secret=Secret("s"), verify_token=Secret("v")))
@@ -66,8 +67,7 @@ async def test_an_expired_url_is_replaced_through_the_media_api(parts):
     sim, graph, store, tmp = parts
     file = file_at_meta(sim)
     url = sim.media_url(file.media_id)
-    token = url.split("/_media/")[1].split("?")[0]
-    sim._media_urls[token] = (file.media_id, 0.0)  # its 5 minutes are over
+    sim.clock.advance(sim.media_store.media_url_ttl_s + 1)  # its 5 minutes are over
     events = Events()
     link = linker(graph, store, tmp / "media", events)
     assert link.handle(CallMediaAvailable(
