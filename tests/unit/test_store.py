@@ -1,7 +1,11 @@
-"""CallStore: one row per call, kept across restarts, exported next to Asterisk's CDR."""
+"""CallStore: one row per call, kept across restarts, exported next to Asterisk's CDR.
+
+Every test that touches a database runs on both backends: an SQLite file, and (marked
+``postgres``) a fresh database on the real PostgreSQL tests/pg.py starts."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import sqlite3
@@ -9,6 +13,7 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from gateway.calls.record import CallRecord, Direction, HangupSide, Outcome
@@ -18,9 +23,12 @@ from gateway.store import (
     ORPHAN_REASON,
     CallStore,
     StoreClosed,
+    StoreUnavailable,
     filters_from_query,
     parse_time,
 )
+from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
+from tests.pg import PASSWORD, LocalPostgres
 
 PNID = "106540352242922"
 
@@ -32,9 +40,17 @@ def record(wacid: str, at: float, **kw: object) -> CallRecord:
     return CallRecord(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store lives: an SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return tmp_path / "var" / "gateway.sqlite3"
+
+
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await CallStore.open(tmp_path / "var" / "gateway.sqlite3")
+async def store(target: str | Path):
+    s = await CallStore.open(target, owner="gw-a")
     yield s
     await s.close()
 
@@ -58,9 +74,11 @@ async def test_save_is_an_upsert_and_get_round_trips(store: CallStore) -> None:
     assert len(await store.list()) == 1
 
 
-async def test_sqlite_work_runs_off_the_event_loop_thread(store: CallStore) -> None:
-    seen = []
-    await store._run(lambda: seen.append(threading.current_thread().name))
+async def test_sqlite_work_runs_off_the_event_loop_thread(tmp_path: Path) -> None:
+    store = await CallStore.open(tmp_path / "g.sqlite3")
+    seen: list[str] = []
+    await store.backend.sql.run(lambda: seen.append(threading.current_thread().name))
+    await store.close()
     assert seen[0].startswith("call-store")
     assert seen[0] != threading.current_thread().name
 
@@ -79,8 +97,8 @@ async def test_list_filters_newest_first(store: CallStore) -> None:
 
 
 async def test_a_call_running_when_the_gateway_stopped_is_closed_as_failed(
-        tmp_path: Path) -> None:
-    path = tmp_path / "gateway.sqlite3"
+        target: str | Path) -> None:
+    path = target
     first = await CallStore.open(path)
     await first.save(record("wacid.live", 1000.0, channel_id="wa-7"))
     await first.save(record("wacid.done", 900.0, outcome=Outcome.ANSWERED, ended_at=950.0))
@@ -135,8 +153,8 @@ async def test_export_csv_joins_with_the_cdr(store: CallStore) -> None:
     assert await store.export_csv(filtered, outcome="answered") == 1
 
 
-async def test_check_writable(tmp_path: Path) -> None:
-    s = await CallStore.open(tmp_path / "g.sqlite3")
+async def test_check_writable(target: str | Path) -> None:
+    s = await CallStore.open(target)
     assert await s.check_writable() == (True, "")
     await s.close()
     ok, why = await s.check_writable()
@@ -160,3 +178,92 @@ def test_query_filters() -> None:
         filters_from_query({"direction": "sideways"})
     with pytest.raises(ValueError, match="unknown filter"):
         filters_from_query({"sinse": "1d"})
+
+
+# ---- several gateways, one store (docs/scaling.md) --------------------------------------------
+
+async def test_each_gateway_closes_only_its_own_orphans_on_a_shared_store(
+        target: str | Path) -> None:
+    """gw-a restarts while gw-b still runs a call: on PostgreSQL gw-a must leave gw-b's record
+    active (and close records older than instance ids); alone on an SQLite file, a gateway
+    closes every left-open record (its id may have changed with the hostname)."""
+    writer = await CallStore.open(target)
+    await writer.save(record("wacid.a", 1.0, owner="gw-a"))
+    await writer.save(record("wacid.b", 2.0, owner="gw-b"))
+    await writer.save(record("wacid.old", 3.0))  # written before instance ids
+    await writer.close()
+    gw_a = await CallStore.open(target, owner="gw-a")
+    try:
+        left = {r.wacid for r in await gw_a.left_open()}
+        if gw_a.backend.shared:
+            assert left == {"wacid.a", "wacid.old"}
+            assert await gw_a.close_orphans(now=10.0) == 2
+            assert (await gw_a.get("wacid.b")).outcome is Outcome.ACTIVE
+        else:
+            assert left == {"wacid.a", "wacid.b", "wacid.old"}
+            assert await gw_a.close_orphans(now=10.0) == 3
+        assert (await gw_a.get("wacid.a")).outcome is Outcome.FAILED
+    finally:
+        await gw_a.close()
+
+
+async def test_two_gateways_claiming_the_same_calls_at_once_get_each_exactly_once(
+        target: str | Path) -> None:
+    """A connect delivered twice, to two gateways at the same moment: one call, not two."""
+    gw_a = await CallStore.open(target, owner="gw-a")
+    gw_b = await CallStore.open(target, owner="gw-b")
+    try:
+        wacids = [f"wacid.race-{i}" for i in range(40)]
+        won = await asyncio.gather(*(s.claim(w) for w in wacids for s in (gw_a, gw_b)))
+        by_call = [won[i:i + 2] for i in range(0, len(won), 2)]
+        assert all(sorted(pair) == [False, True] for pair in by_call), by_call
+        assert not await gw_a.claim(wacids[0])  # and never again, by anyone
+    finally:
+        await gw_a.close()
+        await gw_b.close()
+
+
+async def test_a_record_or_a_tombstone_written_by_one_gateway_stops_the_other(
+        target: str | Path) -> None:
+    gw_a = await CallStore.open(target, owner="gw-a")
+    gw_b = await CallStore.open(target, owner="gw-b")
+    try:
+        await gw_a.save(record("wacid.done", 1.0, outcome=Outcome.ANSWERED))
+        gw_a.tombstone_soon("wacid.terminated-first")  # terminate overtook its connect
+        gw_a.tombstone_soon("wacid.long-ago", seconds=-1.0)  # expired
+        await gw_a.writes.drained.wait()
+        assert not await gw_b.claim("wacid.done")
+        assert not await gw_b.claim("wacid.terminated-first")
+        assert await gw_b.claim("wacid.long-ago")
+    finally:
+        await gw_a.close()
+        await gw_b.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_is_versioned_and_migrations_are_idempotent(pg_url: str) -> None:
+    first, second = await asyncio.gather(CallStore.open(pg_url), CallStore.open(pg_url))
+    await first.close()
+    await second.close()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        (version,) = db.execute("SELECT version FROM wa_schema_versions "
+                                "WHERE component = 'calls'").fetchone()
+        assert version == len(PG_MIGRATIONS)
+        db.execute("UPDATE wa_schema_versions SET version = version + 1")
+    with pytest.raises(RuntimeError, match="newer than this gateway"):
+        await CallStore.open(pg_url)
+
+
+@pytest.mark.postgres
+async def test_postgres_password_from_the_environment_and_never_in_a_message(
+        postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = postgres.url(password=False)  # libpq takes PGPASSWORD, as psql does
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    store = await CallStore.open(url)
+    assert await store.check_writable() == (True, "")
+    await store.close()
+    monkeypatch.delenv("PGPASSWORD")
+    wrong = postgres.url().replace(PASSWORD, "not-the-password")
+    with pytest.raises(StoreUnavailable, match=r"^store\.url: cannot use") as refused:
+        await CallStore.open(wrong)
+    assert "not-the-password" not in str(refused.value) and "***" in str(refused.value)
