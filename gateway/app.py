@@ -29,10 +29,11 @@ from gateway.calls.permissions import (
     display_numbers_from_config,
     request_permission,
 )
-from gateway.calls.record import CallRecord, Outcome
+from gateway.calls.record import CallRecord
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
+from gateway.instance import sweep_spares
 from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
@@ -107,7 +108,8 @@ class Gateway:
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
         self.calls.event_hooks += [self.account.handle, self.media.handle]
-        self.ami.owned = self.calls.owns_channel
+        # The orphan sweep spares another gateway's channels (gateway/instance.py)
+        self.ami.owned = sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel)
         self.ami.add_event_listener("UserEvent", self._on_user_event)
         self.ami.add_event_listener("Reload", self._on_reload)
         self.dialplan_recheck_s = DIALPLAN_RECHECK_S
@@ -227,19 +229,22 @@ class Gateway:
         return f"http://{self.config.http.host}:{self.port}"
 
     async def start(self) -> None:
-        self.store = await CallStore.open(self.config.store.path)
+        self.store = await CallStore.open(self.config.store.calls_at,
+                                          owner=self.config.gateway.instance_id)
         self.calls.deps.store = self.store
         # Records a killed previous run left active: Meta still has those calls up. They stay
         # active until end_orphaned_records (below) has ended each at Meta and saved its
         # closed record once, with what happened (a closed record is final).
-        left_open = await self.store.list(outcome=Outcome.ACTIVE, limit=None)
+        left_open = await self.store.left_open()  # this instance's only, on a shared store
         if left_open:
             log.warning("%d call record(s) left active by a previous run: ending them",
                         len(left_open))
         self.store.writes.set_hooks(on_error=lambda: self.metrics.store_error("calls"),
                                     on_pending=lambda n: self.metrics.store_backlog("calls", n))
         self.observers.observers.append(StoreObserver(self.store))
-        self.calls.known_call = self.store.knows  # replayed connects, even across restarts
+        # Replayed connects (even across restarts) and duplicates delivered to two gateways
+        self.calls.known_call = self._call_taken
+        self.calls.shared_tombstone = self.store.tombstone_soon
         for i, number in enumerate(self.config.numbers):
             for warning in calling_warnings(number.calling, f"numbers[{i}].calling",
                                             self.config.media.connect_timeout_s):
@@ -267,6 +272,10 @@ class Gateway:
         self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
         self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
+
+    async def _call_taken(self, wacid: str) -> bool:
+        assert self.store is not None
+        return not await self.store.claim(wacid)
 
     async def _start_ledger(self) -> None:
         """The outbound permission ledger, in the same SQLite file as the call records."""

@@ -8,9 +8,11 @@ the number the simulated user calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,23 +123,29 @@ def make_config(graph_url: str, ami_port: int, **overrides):
     return parse_config(data, env={})
 
 
-@pytest.fixture
-async def stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def open_stack(asterisk: LocalAsterisk, **config: Any) -> AsyncIterator[Stack]:
+    """The simulator and a started gateway (``config``: sections for :func:`make_config`,
+    ``store`` at least), stopped at the end."""
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
     sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
     for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
         sim.numbers[pnid] = display
     await sim.start()
-    config = make_config(sim.url, asterisk.ami_port,
-                         store={"path": str(tmp_path / "gateway.sqlite3")})
-    gateway = Gateway(config)
-    await gateway.start()
-    sim.webhook_url = f"{gateway.url}/webhook"
-    s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
-    gateway.ami.add_event_listener("*", s.on_event)
+    gateway = Gateway(make_config(sim.url, asterisk.ami_port, **config))
     try:
+        await gateway.start()
+        sim.webhook_url = f"{gateway.url}/webhook"
+        s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
+        gateway.ami.add_event_listener("*", s.on_event)
         yield s
     finally:
         await gateway.stop()
         await sim.close()
+
+
+@pytest.fixture
+async def stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Stack]:
+    async with open_stack(asterisk, store={"path": str(tmp_path / "gateway.sqlite3")}) as s:
+        yield s

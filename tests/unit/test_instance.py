@@ -1,0 +1,71 @@
+"""Instance ids: in the config, in every channel id, and what the orphan sweep spares."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from gateway.instance import (
+    channel_instance,
+    derive_instance_id,
+    new_channel_id,
+    sweep_spares,
+)
+from gateway.logs import config_secrets
+from tests.unit.test_config import ENV, GOOD
+
+
+def config(**sections: object):
+    return parse_config({**GOOD, **sections}, env={**ENV, "PGPASS": "pg-s3cret"})
+
+
+def problems(**sections: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config(**sections)
+    return info.value.problems
+
+
+def test_the_derived_id_is_readable_stable_and_differs_per_listen_address() -> None:
+    one = derive_instance_id("0.0.0.0:8080", hostname="GW-Box.example.com")
+    assert one.startswith("gw-box-") and len(one) == len("gw-box-") + 6
+    assert one == derive_instance_id("0.0.0.0:8080", hostname="GW-Box.example.com")
+    assert one != derive_instance_id("0.0.0.0:8081", hostname="GW-Box.example.com")
+    assert config().gateway.instance_id == config().gateway.instance_id
+
+
+def test_instance_id_from_the_config_and_bad_ones_named_by_key() -> None:
+    assert config(gateway={"instance_id": "gw-a"}).gateway.instance_id == "gw-a"
+    for bad in ("GW_A", "-a", "a" * 33, "a.b"):
+        assert any(p.startswith("gateway.instance_id:")
+                   for p in problems(gateway={"instance_id": bad})), bad
+    assert any(p.startswith("gateway.colour:") for p in problems(gateway={"colour": 1}))
+
+
+def test_store_url_is_checked_at_start_and_its_password_is_a_secret() -> None:
+    cfg = config(store={"url": "postgresql://gw:${PGPASS}@db.internal:5432/gateway"})
+    assert cfg.store.calls_at == "postgresql://gw:pg-s3cret@db.internal:5432/gateway"
+    assert cfg.store.path == "var/gateway.sqlite3"  # still the ledger's file
+    assert "pg-s3cret" not in repr(cfg)
+    assert "pg-s3cret" in [s.reveal() for s in config_secrets(cfg)]
+    assert config().store.calls_at == "var/gateway.sqlite3"
+    assert any(p.startswith("store.url: must be a postgresql://")
+               for p in problems(store={"url": "mysql://db/gw"}))
+    assert any(p.startswith("store.url: not a valid PostgreSQL URL")
+               for p in problems(store={"url": "postgresql://db/gw?no_such_option=1"}))
+
+
+def test_channel_ids_carry_the_instance() -> None:
+    channel = new_channel_id("gw-a")
+    assert channel.startswith("wa-gw-a-") and len(channel) == len("wa-gw-a-") + 32
+    assert channel_instance(channel) == "gw-a"
+    assert channel_instance("wa-" + "0" * 32) is None  # before instance ids: nobody's
+    assert channel_instance("1700000000.12") is None
+
+
+def test_the_sweep_spares_live_calls_and_every_other_instances_channels() -> None:
+    live = new_channel_id("gw-a")
+    spared = sweep_spares("gw-a", lambda uid: uid == live)
+    assert spared(live)
+    assert spared(new_channel_id("gw-b"))  # another gateway may be running it
+    assert not spared(new_channel_id("gw-a"))  # ours, and no call owns it: an orphan
+    assert not spared("wa-" + "f" * 32)  # an old gateway's: swept as before
