@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -33,13 +34,13 @@ from gateway.calls.record import CallRecord
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
-from gateway.instance import sweep_spares
+from gateway.instance import HEARTBEAT_S, Neighbours, sweep_spares
 from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
 from gateway.settings import calling_warnings, route_for
-from gateway.store import CallStore, StoreObserver
+from gateway.store import CallStore, StoreClosed, StoreObserver
 from gateway.voicemail import VoicemailWatchdog
 from gateway.whatsapp.events import CallEvent, Event, PermissionReply, UserIdChanged
 from gateway.whatsapp.graph import GraphClient
@@ -108,8 +109,12 @@ class Gateway:
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
         self.calls.event_hooks += [self.account.handle, self.media.handle]
-        # The orphan sweep spares another gateway's channels (gateway/instance.py)
-        self.ami.owned = sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel)
+        # The orphan sweep spares the channels of other gateways still alive (gateway/instance.py)
+        self.neighbours = Neighbours(cfg.gateway.instance_id)
+        self.heartbeat_s = HEARTBEAT_S
+        self._heartbeats: asyncio.Task | None = None
+        self.ami.owned = sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel,
+                                      self.neighbours.spares)
         self.ami.add_event_listener("UserEvent", self._on_user_event)
         self.ami.add_event_listener("Reload", self._on_reload)
         self.dialplan_recheck_s = DIALPLAN_RECHECK_S
@@ -249,6 +254,9 @@ class Gateway:
             for warning in calling_warnings(number.calling, f"numbers[{i}].calling",
                                             self.config.media.connect_timeout_s):
                 log.warning("config: %s", warning)
+        self.neighbours.shared = self.store.backend.shared
+        await self._heartbeat()  # before the AMI connect: its sweep must know who is gone
+        self._heartbeats = asyncio.ensure_future(self._keep_heartbeat())
         await self.crm.start()
         await self._start_ledger()
         await self.graph.start()
@@ -272,6 +280,33 @@ class Gateway:
         self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
         log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
         self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
+
+    async def _heartbeat(self) -> None:
+        """Tell the store this gateway is alive and read who else is; when a gateway has
+        gone quiet, sweep: its callers are left on channels nobody else would hang up."""
+        assert self.store is not None
+        try:
+            last_seen = await self.store.heartbeat()
+        except (*self.store.backend.storage_errors, StoreClosed) as exc:
+            log.warning("heartbeat not written (%s); other gateways may take this one for gone "
+                        "after %g s", exc, self.neighbours.gone_after_s)
+            return
+        newly_gone = self.neighbours.update(last_seen, time.time())
+        if newly_gone and self.neighbours.shared and self.ami.connected:
+            log.warning("gateway(s) %s silent for over %g s: hanging up their channels",
+                        ", ".join(sorted(newly_gone)), self.neighbours.gone_after_s)
+            self.calls.spawn(self._sweep())
+
+    async def _sweep(self) -> None:
+        try:
+            await self.ami.sweep_orphans()
+        except AmiError as exc:
+            log.warning("orphan sweep failed: %s", exc)
+
+    async def _keep_heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self._heartbeat()
 
     async def _call_taken(self, wacid: str) -> bool:
         assert self.store is not None
@@ -365,6 +400,9 @@ class Gateway:
     async def stop(self) -> None:
         if self._dialplan_watch is not None:
             self._dialplan_watch.cancel()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
         if self._ami_lost_timer is not None:
             self._ami_lost_timer.cancel()
             self._ami_lost_timer = None

@@ -4,7 +4,9 @@ Several gateways may serve one business number against one Asterisk (docs/scalin
 an id (``gateway.instance_id``, or one derived from the host), written into every channel id it
 creates (``wa-<instance>-<32 hex>``, the Originate ChannelId, hence the channel's Uniqueid and
 ``WA_CHANNEL_ID``) and into its call records (``owner``). The orphan sweep then hangs up only
-channels this instance made and no longer owns: another live gateway's calls are not its to end.
+channels this instance made and no longer owns, and those of instances that are gone (silent in
+the shared store for :data:`GONE_AFTER_S`): another live gateway's calls are not its to end.
+A gateway alone on its SQLite file sweeps every channel of ours, as before instance ids.
 
 Channel ids from before instance ids (``wa-<32 hex>``) belong to no instance; any gateway
 sweeps them, as before.
@@ -62,12 +64,56 @@ def channel_instance(channel_id: str) -> str | None:
     return instance
 
 
-def sweep_spares(instance_id: str, owned: Callable[[str], bool]) -> Callable[[str], bool]:
-    """What the AMI orphan sweep must leave up: channels a live call of ours owns, and every
-    channel another instance made (that gateway may be running the call right now)."""
+HEARTBEAT_S = 10.0
+"""How often a gateway tells the store it is alive."""
+GONE_AFTER_S = 60.0
+"""Silence after which a gateway counts as gone: six missed heartbeats, far past a slow
+database write, short enough that its callers are not left in silence for long (hosts keep
+their clocks with NTP, as Meta's signed webhook timestamps need anyway)."""
+
+
+class Neighbours:
+    """The gateways on this store, from their heartbeats (``gateway_instances``)."""
+
+    def __init__(self, instance_id: str, gone_after_s: float = GONE_AFTER_S):
+        self.instance_id = instance_id
+        self.gone_after_s = gone_after_s
+        self.shared = False
+        """Set once the store is open: is it shared (PostgreSQL)? On its own SQLite file a
+        gateway is alone by definition, so every channel of ours is its to clean up."""
+        self.last_seen: dict[str, float] = {}
+        self.seen_at = 0.0
+        """When :attr:`last_seen` was read (time.time())."""
+
+    def update(self, last_seen: dict[str, float], now: float) -> set[str]:
+        """Take a fresh reading; returns the instances that went quiet since the last one."""
+        before = self.gone()
+        self.last_seen, self.seen_at = dict(last_seen), now
+        return self.gone() - before
+
+    def gone(self) -> set[str]:
+        """Instances known to the store that have been silent too long (never this one)."""
+        return {i for i, at in self.last_seen.items()
+                if i != self.instance_id and at < self.seen_at - self.gone_after_s}
+
+    def spares(self, instance: str) -> bool:
+        """Must this gateway leave another instance's channels up? On a shared store, yes
+        unless that instance is gone; one the store never heard of may have started since
+        the last reading. Alone on SQLite, no: any channel of ours is an orphan of an
+        earlier run (whose id may have differed)."""
+        return self.shared and instance not in self.gone()
+
+
+def sweep_spares(instance_id: str, owned: Callable[[str], bool],
+                 spares_other: Callable[[str], bool] = lambda instance: True
+                 ) -> Callable[[str], bool]:
+    """What the AMI orphan sweep must leave up: channels a live call of ours owns, and the
+    channels of other instances ``spares_other`` keeps (:meth:`Neighbours.spares`)."""
 
     def spared(channel_id: str) -> bool:
         maker = channel_instance(channel_id)
-        return (maker is not None and maker != instance_id) or owned(channel_id)
+        if maker is not None and maker != instance_id:
+            return spares_other(maker)
+        return owned(channel_id)
 
     return spared

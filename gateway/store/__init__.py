@@ -164,6 +164,11 @@ class CallStore:
 
         self.writes.write_soon(("tombstone", wacid), write)
 
+    async def heartbeat(self) -> dict[str, float]:
+        """This gateway is alive now; returns when each gateway on the store last said so
+        (gateway/instance.py tells the gone ones from the live)."""
+        return await self.backend.heartbeat(self.owner, time.time())
+
     # ---- reading -------------------------------------------------------------------------
 
     async def media_for(self, wacid: str) -> list[CallMedia]:

@@ -129,3 +129,7 @@ class StoreBackend(Protocol):
     async def tombstone(self, wacid: str, until: float, now: float) -> None:
         """Remember an ended or never-to-start call id until ``until`` (and forget expired
         ones)."""
+
+    async def heartbeat(self, instance_id: str, at: float) -> dict[str, float]:
+        """Record that ``instance_id`` is alive at ``at``; every instance's last sign of
+        life."""

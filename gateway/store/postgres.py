@@ -36,6 +36,7 @@ from gateway.store.backend import ListQuery, StoreClosed, StoreUnavailable, clai
 from gateway.store.records import COLUMNS, CallMedia, row_to_record
 from gateway.store.sqlite import (
     CLOSE_ORPHANS,
+    HEARTBEAT,
     MEDIA_FOR,
     SAVE_MEDIA,
     media_args,
@@ -108,7 +109,9 @@ MIGRATIONS: tuple[str, ...] = (
         claimed_at DOUBLE PRECISION NOT NULL
     );
     CREATE TABLE call_tombstones (wacid TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL);
-    CREATE INDEX call_tombstones_until ON call_tombstones (until)
+    CREATE INDEX call_tombstones_until ON call_tombstones (until);
+    CREATE TABLE gateway_instances (instance_id TEXT PRIMARY KEY,
+                                    last_seen DOUBLE PRECISION NOT NULL)
     """,
 )
 
@@ -246,3 +249,8 @@ class PostgresBackend:
             await conn.execute("INSERT INTO call_tombstones (wacid, until) VALUES (%s, %s) "
                                "ON CONFLICT (wacid) DO UPDATE SET until = excluded.until",
                                (wacid, until))
+
+    async def heartbeat(self, instance_id: str, at: float) -> dict[str, float]:
+        await self._write(HEARTBEAT.format(m="%s"), (instance_id, at))
+        rows = await self._rows("SELECT instance_id, last_seen FROM gateway_instances", ())
+        return {row["instance_id"]: row["last_seen"] for row in rows}

@@ -84,7 +84,8 @@ MIGRATIONS: tuple[str, ...] = (
     )
     """,
     # 5: several gateways, one store (docs/scaling.md): which instance runs each call, who
-    # claimed each inbound call id, and the tombstones of ended or never-started calls
+    # claimed each inbound call id, the tombstones of ended or never-started calls, and when
+    # each instance was last seen alive
     """
     ALTER TABLE calls ADD COLUMN owner TEXT NOT NULL DEFAULT '';
     CREATE INDEX calls_owner_outcome ON calls (owner, outcome);
@@ -94,7 +95,8 @@ MIGRATIONS: tuple[str, ...] = (
         claimed_at REAL NOT NULL
     );
     CREATE TABLE call_tombstones (wacid TEXT PRIMARY KEY, until REAL NOT NULL);
-    CREATE INDEX call_tombstones_until ON call_tombstones (until)
+    CREATE INDEX call_tombstones_until ON call_tombstones (until);
+    CREATE TABLE gateway_instances (instance_id TEXT PRIMARY KEY, last_seen REAL NOT NULL)
     """,
 )
 
@@ -107,6 +109,8 @@ SAVE_MEDIA = ("INSERT INTO call_media (wacid, kind, media_id, mime_type, sha256,
               "error = excluded.error")
 MEDIA_FOR = ("SELECT wacid, kind, media_id, mime_type, sha256, path, error, received_at "
              "FROM call_media WHERE wacid = {m} ORDER BY received_at, kind")
+HEARTBEAT = ("INSERT INTO gateway_instances (instance_id, last_seen) VALUES ({m}, {m}) "
+             "ON CONFLICT (instance_id) DO UPDATE SET last_seen = excluded.last_seen")
 """SQL both backends run, with ``{m}`` for the dialect's placeholder."""
 
 
@@ -204,3 +208,10 @@ class SqliteBackend:
                              "ON CONFLICT (wacid) DO UPDATE SET until = excluded.until",
                              (wacid, until))
         await self.sql.run(run)
+
+    async def heartbeat(self, instance_id: str, at: float) -> dict[str, float]:
+        def run() -> dict[str, float]:
+            self._db.execute(HEARTBEAT.format(m="?"), (instance_id, at))
+            return {row[0]: row[1] for row in self._db.execute(
+                "SELECT instance_id, last_seen FROM gateway_instances")}
+        return await self.sql.run(run)

@@ -6,6 +6,7 @@ leaves another live gateway's calls alone.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -15,6 +16,7 @@ from psycopg.rows import dict_row
 from gateway.asterisk.ami import AmiClient, Event
 from gateway.config import AmiSettings
 from gateway.instance import new_channel_id, sweep_spares
+from gateway.store import CallStore
 from tests.ports import udp_range
 
 from .conftest import open_stack
@@ -98,26 +100,29 @@ async def ami(ami_settings: AmiSettings) -> AsyncIterator[AmiClient]:
         await client.close()
 
 
-async def test_the_sweep_hangs_up_only_this_instances_orphans(
-        ami: AmiClient, ami_settings: AmiSettings) -> None:
-    """Channels of gw-a (no call owns it any more) and of gw-b (a live gateway's call) are up;
-    gw-a's sweep hangs up its own orphan and leaves gw-b's channel alone."""
+async def channels_up(ami: AmiClient, *instances: str) -> dict[str, asyncio.Future[Event]]:
+    """One UnicastRTP channel per instance (as if that gateway had made it), each with a
+    future that gets its Hangup event."""
     hangups: dict[str, asyncio.Future[Event]] = {}
-
-    async def originate(channel_id: str) -> None:
-        hangups[channel_id] = asyncio.get_running_loop().create_future()
-        ami.add_channel_listener(channel_id, lambda ev: ev.get("Event") == "Hangup"
-                                 and not hangups[channel_id].done()
-                                 and hangups[channel_id].set_result(ev))
+    for instance in instances:
+        channel_id = new_channel_id(instance)
+        hangup = hangups[channel_id] = asyncio.get_running_loop().create_future()
+        ami.add_channel_listener(channel_id, lambda ev, f=hangup: ev.get("Event") == "Hangup"
+                                 and not f.done() and f.set_result(ev))
         result = await ami.originate_unicast(channel_id=channel_id, rtp_host="127.0.0.1",
                                              rtp_port=9, codec="ulaw", context="test-wait",
                                              exten="s", caller_id="<+5511999990000>",
                                              variables={})
         assert result.success, result
+    return hangups
 
-    orphan, others = new_channel_id("gw-a"), new_channel_id("gw-b")
-    await originate(orphan)
-    await originate(others)
+
+async def test_the_sweep_hangs_up_only_this_instances_orphans(
+        ami: AmiClient, ami_settings: AmiSettings) -> None:
+    """Channels of gw-a (no call owns it any more) and of gw-b (a live gateway's call) are up;
+    gw-a's sweep hangs up its own orphan and leaves gw-b's channel alone."""
+    hangups = await channels_up(ami, "gw-a", "gw-b")
+    orphan, others = hangups
     restarted = AmiClient(ami_settings)
     restarted.owned = sweep_spares("gw-a", lambda uniqueid: False)
     try:
@@ -131,3 +136,30 @@ async def test_the_sweep_hangs_up_only_this_instances_orphans(
         await restarted.close()
         await ami.hangup(others)
     await asyncio.wait_for(hangups[others], WAIT_S)
+
+
+@pytest.mark.postgres
+async def test_a_starting_gateway_hangs_up_the_channels_of_a_gone_one_only(
+        asterisk, ami: AmiClient, pg_url: str, tmp_path) -> None:
+    """gw-dead stopped heartbeating ten minutes ago, gw-live a moment ago: gw-a's sweep on
+    start ends the caller left on gw-dead's channel and leaves gw-live's call up."""
+    hangups = await channels_up(ami, "gw-dead", "gw-live")
+    dead, live = hangups
+    store = await CallStore.open(pg_url, owner="gw-live")  # creates the schema
+    await store.heartbeat()
+    await store.close()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("INSERT INTO gateway_instances (instance_id, last_seen) "
+                   "VALUES ('gw-dead', %s)", (time.time() - 600,))
+    try:
+        async with open_stack(asterisk, store={"path": str(tmp_path / "a.sqlite3"),
+                                               "url": pg_url},
+                              gateway={"instance_id": "gw-a"}) as a:
+            assert a.gateway.neighbours.gone() == {"gw-dead"}
+            hangup = await asyncio.wait_for(hangups[dead], WAIT_S)  # swept at AMI connect
+            assert hangup["Cause"] == "41"
+            assert live in {c["Uniqueid"] for c in await ami.core_show_channels()}
+            assert not hangups[live].done()
+    finally:
+        await ami.hangup(live)
+    await asyncio.wait_for(hangups[live], WAIT_S)

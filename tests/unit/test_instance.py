@@ -6,6 +6,7 @@ import pytest
 
 from gateway.config import ConfigError, parse_config
 from gateway.instance import (
+    Neighbours,
     channel_instance,
     derive_instance_id,
     new_channel_id,
@@ -69,3 +70,26 @@ def test_the_sweep_spares_live_calls_and_every_other_instances_channels() -> Non
     assert spared(new_channel_id("gw-b"))  # another gateway may be running it
     assert not spared(new_channel_id("gw-a"))  # ours, and no call owns it: an orphan
     assert not spared("wa-" + "f" * 32)  # an old gateway's: swept as before
+
+
+def test_a_gateway_silent_too_long_is_gone_and_its_channels_are_swept() -> None:
+    neighbours = Neighbours("gw-a", gone_after_s=60.0)
+    neighbours.shared = True
+    # gw-a is this gateway: never gone, whatever its row says
+    assert neighbours.update({"gw-a": 900.0, "gw-b": 990.0, "gw-c": 930.0},
+                             now=1000.0) == {"gw-c"}
+    assert neighbours.update({"gw-b": 1010.0, "gw-c": 930.0}, now=1020.0) == set()  # no news
+    assert neighbours.update({"gw-b": 1010.0, "gw-c": 930.0}, now=1080.0) == {"gw-b"}
+    assert neighbours.gone() == {"gw-b", "gw-c"}
+    spared = sweep_spares("gw-a", lambda uid: False, neighbours.spares)
+    assert not spared(new_channel_id("gw-c"))  # gone: nobody else will hang it up
+    assert spared(new_channel_id("gw-z"))  # not heard of yet: it may have just started
+    neighbours.update({"gw-b": 1085.0, "gw-c": 930.0}, now=1090.0)  # gw-b is back
+    assert spared(new_channel_id("gw-b"))
+
+
+def test_alone_on_sqlite_a_gateway_sweeps_every_channel_of_ours_as_before() -> None:
+    neighbours = Neighbours("gw-a")  # shared stays False: the store is an SQLite file
+    neighbours.update({"gw-a": 1000.0, "gw-b": 1000.0}, now=1000.0)
+    spared = sweep_spares("gw-a", lambda uid: False, neighbours.spares)
+    assert not spared(new_channel_id("gw-b"))  # an earlier run under another id

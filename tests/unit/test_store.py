@@ -240,6 +240,19 @@ async def test_a_record_or_a_tombstone_written_by_one_gateway_stops_the_other(
         await gw_b.close()
 
 
+async def test_heartbeats_of_every_gateway_on_the_store(target: str | Path) -> None:
+    gw_a = await CallStore.open(target, owner="gw-a")
+    gw_b = await CallStore.open(target, owner="gw-b")
+    try:
+        first = await gw_a.heartbeat()
+        seen = await gw_b.heartbeat()
+        assert set(seen) == {"gw-a", "gw-b"} and seen["gw-a"] == first["gw-a"]
+        assert seen["gw-b"] >= seen["gw-a"]
+    finally:
+        await gw_a.close()
+        await gw_b.close()
+
+
 @pytest.mark.postgres
 async def test_postgres_schema_is_versioned_and_migrations_are_idempotent(pg_url: str) -> None:
     first, second = await asyncio.gather(CallStore.open(pg_url), CallStore.open(pg_url))
