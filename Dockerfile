@@ -7,7 +7,8 @@ COPY asterisk-conf ./asterisk-conf
 COPY monitoring ./monitoring
 COPY gateway.example.yaml ./
 COPY scripts/asterisk-chroot.sh ./scripts/
-RUN pip install --no-cache-dir . \
+# [postgres]: psycopg, for store.url (several gateways sharing one store, docs/scaling.md)
+RUN pip install --no-cache-dir ".[postgres]" \
     && useradd --system --no-create-home --home-dir /app gateway \
     && mkdir -p /app/var && chown gateway:gateway /app/var
 USER gateway
