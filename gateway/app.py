@@ -313,7 +313,8 @@ class Gateway:
         return not await self.store.claim(wacid)
 
     async def _start_ledger(self) -> None:
-        """The outbound permission ledger, in the same SQLite file as the call records."""
+        """The outbound permission ledger, in the SQLite file at store.path (also when the
+        call records are in PostgreSQL: the ledger follows them there later, docs/scaling.md)."""
         numbers = display_numbers_from_config(self.config.numbers)
         self.ledger = await PermissionLedger.open(self.config.store.path, display_numbers=numbers)
         self.ledger.writes.set_hooks(
