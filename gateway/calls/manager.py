@@ -243,7 +243,7 @@ class CallManager:
             known = await self.known_call(ev.call_id)
         except Exception as exc:  # the store is down: admit, the call matters more
             log.warning("call %s: cannot ask the call store about it (%s); admitting",
-                        ev.call_id, exc)
+                        ev.call_id, exc or type(exc).__name__)
             known = False
         finally:
             self._admitting.discard(ev.call_id)

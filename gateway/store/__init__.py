@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 TOMBSTONE_SECONDS = 600.0
 """As long as the call manager keeps its own (gateway/calls/manager.py)."""
+CLAIM_DEADLINE_S = 2.0
+"""How long a new call waits for the store's answer to "is it ours?": the caller is ringing,
+and a database that is down would otherwise hold every call for the pool's whole timeout."""
 
 
 def is_postgres_url(target: str | Path) -> bool:
@@ -149,10 +152,15 @@ class CallStore:
         """Link a voicemail, recording or transcript to its call (by wacid)."""
         await self.backend.save_media(media)
 
-    async def claim(self, wacid: str) -> bool:
+    async def claim(self, wacid: str, deadline_s: float = CLAIM_DEADLINE_S) -> bool:
         """Take a new inbound call for this gateway: False when the store already holds its
-        record or tombstone, or another gateway (or an earlier run) claimed it first."""
-        return await self.backend.claim(wacid, self.owner, time.time())
+        record or tombstone, or another gateway (or an earlier run) claimed it first.
+
+        Raises (TimeoutError past ``deadline_s``, or the database's error) when the store
+        cannot tell; the call manager then admits the call: a ringing caller matters more
+        than a duplicate that is unlikely while the store is down."""
+        return await asyncio.wait_for(self.backend.claim(wacid, self.owner, time.time()),
+                                      deadline_s)
 
     def tombstone_soon(self, wacid: str, seconds: float = TOMBSTONE_SECONDS) -> None:
         """Remember, for every gateway on this store, that this call id ended or must never

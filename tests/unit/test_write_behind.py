@@ -135,6 +135,12 @@ async def test_a_record_the_database_refuses_is_kept_and_written_once_it_is_back
         assert store.writes.pending == 1 and store.writes.errors >= 1
         ok, why = await store.check_writable()
         assert not ok and why
+        # a new call does not wait long for a store that cannot answer (it is then admitted)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises((TimeoutError, *store.backend.storage_errors)):
+            await store.claim("wacid.new", deadline_s=0.5)
+        assert loop.time() - started < 1.5
         restore()
         await asyncio.wait_for(store.writes.drained.wait(), 15)
         assert await store.get("wacid.kept") == record
