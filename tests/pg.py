@@ -89,8 +89,11 @@ def _as_server_user(cmd: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
-    done = subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=120,
-                          check=False)
+    try:
+        done = subprocess.run(_as_server_user(cmd), capture_output=True, text=True,
+                              timeout=120, check=False)
+    except OSError as exc:
+        raise PostgresUnavailable(f"{what}: cannot run {cmd[0]}: {exc}") from None
     if done.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
         raise PostgresUnavailable(f"{what} failed ({done.returncode}): "
