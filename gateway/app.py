@@ -255,13 +255,16 @@ class Gateway:
                                             self.config.media.connect_timeout_s):
                 log.warning("config: %s", warning)
         self.neighbours.shared = self.store.backend.shared
-        await self._heartbeat()  # before the AMI connect: its sweep must know who is gone
+        # Before the AMI connect: its sweep must know who is gone (their calls: below)
+        await self._heartbeat(take_over=False)
         self._heartbeats = asyncio.ensure_future(self._keep_heartbeat())
         await self.crm.start()
         await self._start_ledger()
         await self.graph.start()
         if left_open:  # Meta still has those calls up: end them (retried, in the background)
             self.calls.spawn(self.calls.end_orphaned_records(left_open))
+        if self.neighbours.shared and self.neighbours.gone():
+            self.calls.spawn(self._adopt(self.neighbours.gone()))
         try:
             await self.ami.connect()
         except AmiError as exc:
@@ -281,9 +284,10 @@ class Gateway:
         log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
         self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, *, take_over: bool = True) -> None:
         """Tell the store this gateway is alive and read who else is; when a gateway has
-        gone quiet, sweep: its callers are left on channels nobody else would hang up."""
+        gone quiet (``take_over``), sweep its channels and end its calls: its callers are
+        left where nobody else would end them."""
         assert self.store is not None
         try:
             last_seen = await self.store.heartbeat()
@@ -292,10 +296,27 @@ class Gateway:
                         "after %g s", exc, self.neighbours.gone_after_s)
             return
         newly_gone = self.neighbours.update(last_seen, time.time())
-        if newly_gone and self.neighbours.shared and self.ami.connected:
-            log.warning("gateway(s) %s silent for over %g s: hanging up their channels",
-                        ", ".join(sorted(newly_gone)), self.neighbours.gone_after_s)
+        if not newly_gone or not self.neighbours.shared or not take_over:
+            return
+        log.warning("gateway(s) %s silent for over %g s: taking over their calls",
+                    ", ".join(sorted(newly_gone)), self.neighbours.gone_after_s)
+        if self.ami.connected:
             self.calls.spawn(self._sweep())
+        self.calls.spawn(self._adopt(newly_gone))
+
+    async def _adopt(self, gone: set[str]) -> None:
+        """The calls gone gateways left active: Meta still has them up, their callers hear
+        nothing. This gateway (one only) ends them at Meta and closes their records."""
+        assert self.store is not None
+        try:
+            records = await self.store.adopt(gone)
+        except (*self.store.backend.storage_errors, StoreClosed) as exc:
+            log.warning("cannot take over the calls of %s: %s", ", ".join(sorted(gone)), exc)
+            return
+        if records:
+            log.warning("%d call(s) left by gone gateway(s) %s: ending them", len(records),
+                        ", ".join(sorted(gone)))
+            await self.calls.end_orphaned_records(records)
 
     async def _sweep(self) -> None:
         try:

@@ -177,6 +177,12 @@ class CallStore:
         (gateway/instance.py tells the gone ones from the live)."""
         return await self.backend.heartbeat(self.owner, time.time())
 
+    async def adopt(self, gone: set[str]) -> list[CallRecord]:
+        """Take over the calls gone gateways left active (their callers connected to nothing):
+        each record is this gateway's from now on, for one gateway only, to end at Meta and
+        close."""
+        return await self.backend.adopt(sorted(gone), self.owner)
+
     # ---- reading -------------------------------------------------------------------------
 
     async def media_for(self, wacid: str) -> list[CallMedia]:

@@ -133,3 +133,7 @@ class StoreBackend(Protocol):
     async def heartbeat(self, instance_id: str, at: float) -> dict[str, float]:
         """Record that ``instance_id`` is alive at ``at``; every instance's last sign of
         life."""
+
+    async def adopt(self, gone: Sequence[str], owner: str) -> list[CallRecord]:
+        """Make ``owner`` the owner of the active records of the ``gone`` instances and return
+        them; a record is adopted by one gateway only, however many ask at once."""

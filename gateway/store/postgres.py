@@ -254,3 +254,14 @@ class PostgresBackend:
         await self._write(HEARTBEAT.format(m="%s"), (instance_id, at))
         rows = await self._rows("SELECT instance_id, last_seen FROM gateway_instances", ())
         return {row["instance_id"]: row["last_seen"] for row in rows}
+
+    async def adopt(self, gone: Sequence[str], owner: str) -> list[CallRecord]:
+        # Row locks decide between two adopters: the second re-reads the row after the
+        # first commits, finds the new owner, and leaves it.
+        if not gone:
+            return []
+        async with self._write_lock, self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"UPDATE calls SET owner = %s WHERE outcome = 'active' AND owner = ANY(%s) "
+                f"RETURNING {', '.join(COLUMNS)}", (owner, list(gone)))
+            return [row_to_record(row) for row in await cursor.fetchall()]

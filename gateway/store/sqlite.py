@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.calls.record import CallRecord, EndReason, HangupSide, Outcome
@@ -215,3 +216,19 @@ class SqliteBackend:
             return {row[0]: row[1] for row in self._db.execute(
                 "SELECT instance_id, last_seen FROM gateway_instances")}
         return await self.sql.run(run)
+
+    async def adopt(self, gone: Sequence[str], owner: str) -> list[CallRecord]:
+        def run() -> list[CallRecord]:
+            marks = ", ".join("?" for _ in gone)
+            where = f"outcome = 'active' AND owner IN ({marks})"
+            self._db.execute("BEGIN IMMEDIATE")  # another process's adopt waits
+            try:
+                rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM calls WHERE {where}",
+                                        list(gone)).fetchall()
+                self._db.execute(f"UPDATE calls SET owner = ? WHERE {where}", [owner, *gone])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return [replace(row_to_record(row), owner=owner) for row in rows]
+        return await self.sql.run(run) if gone else []

@@ -14,12 +14,13 @@ import pytest
 from psycopg.rows import dict_row
 
 from gateway.asterisk.ami import AmiClient, Event
+from gateway.calls.record import CallRecord, Direction
 from gateway.config import AmiSettings
 from gateway.instance import new_channel_id, sweep_spares
 from gateway.store import CallStore
 from tests.ports import udp_range
 
-from .conftest import open_stack
+from .conftest import number_for, open_stack
 
 pytestmark = pytest.mark.asterisk
 
@@ -141,12 +142,19 @@ async def test_the_sweep_hangs_up_only_this_instances_orphans(
 @pytest.mark.postgres
 async def test_a_starting_gateway_hangs_up_the_channels_of_a_gone_one_only(
         asterisk, ami: AmiClient, pg_url: str, tmp_path) -> None:
-    """gw-dead stopped heartbeating ten minutes ago, gw-live a moment ago: gw-a's sweep on
-    start ends the caller left on gw-dead's channel and leaves gw-live's call up."""
+    """gw-dead stopped heartbeating ten minutes ago, gw-live a moment ago: starting, gw-a
+    ends the caller left on gw-dead's channel (and the call at Meta, closing its record) and
+    leaves gw-live's call up."""
     hangups = await channels_up(ami, "gw-dead", "gw-live")
     dead, live = hangups
     store = await CallStore.open(pg_url, owner="gw-live")  # creates the schema
     await store.heartbeat()
+    left = CallRecord(wacid="wacid.left-by-dead", direction=Direction.INBOUND,
+                      phone_number_id=number_for("test-wait")[0], from_number="5511999990002",
+                      to_number=number_for("test-wait")[1], channel_id=dead,
+                      answered_at=time.time() - 620, webhook_at=time.time() - 630,
+                      owner="gw-dead")
+    await store.save(left)
     await store.close()
     with psycopg.connect(pg_url, autocommit=True) as db:
         db.execute("INSERT INTO gateway_instances (instance_id, last_seen) "
@@ -160,6 +168,12 @@ async def test_a_starting_gateway_hangs_up_the_channels_of_a_gone_one_only(
             assert hangup["Cause"] == "41"
             assert live in {c["Uniqueid"] for c in await ami.core_show_channels()}
             assert not hangups[live].done()
+            await a.gateway.calls.settle(WAIT_S)  # the take-over runs in the background
+            # an answered call: terminate at Meta (the simulator knows no such call: refused)
+            assert [r.action for r in a.sim.requests_for(left.wacid)] == ["terminate"]
+            record = await a.gateway.store.get(left.wacid)
+            assert record.owner == "gw-a" and record.outcome.value == "failed"
+            assert record.end_reason.value == "shutdown"
     finally:
         await ami.hangup(live)
     await asyncio.wait_for(hangups[live], WAIT_S)

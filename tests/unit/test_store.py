@@ -240,6 +240,29 @@ async def test_a_record_or_a_tombstone_written_by_one_gateway_stops_the_other(
         await gw_b.close()
 
 
+async def test_a_gone_gateways_calls_are_taken_over_by_one_gateway_each(
+        target: str | Path) -> None:
+    dead = await CallStore.open(target, owner="gw-dead")
+    for i in range(20):
+        await dead.save(record(f"wacid.left-{i}", float(i), owner="gw-dead"))
+    await dead.save(record("wacid.ended", 99.0, owner="gw-dead", outcome=Outcome.ANSWERED))
+    await dead.close()
+    gw_a = await CallStore.open(target, owner="gw-a")
+    gw_b = await CallStore.open(target, owner="gw-b")
+    try:
+        by_a, by_b = await asyncio.gather(gw_a.adopt({"gw-dead"}), gw_b.adopt({"gw-dead"}))
+        a_ids, b_ids = {r.wacid for r in by_a}, {r.wacid for r in by_b}
+        assert not a_ids & b_ids and a_ids | b_ids == {f"wacid.left-{i}" for i in range(20)}
+        assert {r.owner for r in by_a} <= {"gw-a"} and {r.owner for r in by_b} <= {"gw-b"}
+        for r in by_a:
+            assert (await gw_b.get(r.wacid)).owner == "gw-a"
+        assert (await gw_a.get("wacid.ended")).owner == "gw-dead"  # closed: nobody's to end
+        assert await gw_a.adopt({"gw-dead"}) == []
+    finally:
+        await gw_a.close()
+        await gw_b.close()
+
+
 async def test_heartbeats_of_every_gateway_on_the_store(target: str | Path) -> None:
     gw_a = await CallStore.open(target, owner="gw-a")
     gw_b = await CallStore.open(target, owner="gw-b")
