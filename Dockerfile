@@ -8,7 +8,8 @@ COPY monitoring ./monitoring
 COPY packaging ./packaging
 COPY gateway.example.yaml ./
 COPY scripts/asterisk-chroot.sh ./scripts/
-RUN pip install --no-cache-dir . \
+# [postgres]: psycopg, for store.url (several gateways sharing one store, docs/scaling.md)
+RUN pip install --no-cache-dir ".[postgres]" \
     && useradd --system --no-create-home --home-dir /app gateway \
     && mkdir -p /app/var && chown gateway:gateway /app/var
 USER gateway

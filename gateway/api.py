@@ -37,7 +37,7 @@ from gateway.calls.permissions import (
     send_call_button,
 )
 from gateway.config import Config
-from gateway.store_query import filters_from_query, parse_time
+from gateway.store import filters_from_query, parse_time
 from gateway.whatsapp.graph import GraphError
 from gateway.whatsapp.identity import is_bsuid
 from gateway.whatsapp.webhook import same_secret

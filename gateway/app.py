@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,15 +28,16 @@ from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
 from gateway.calls.orphans import OrphanSweep
 from gateway.calls.permissions import PermissionLedger, PermissionService, open_ledger
-from gateway.calls.record import CallRecord, Outcome
+from gateway.calls.record import CallRecord
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
+from gateway.instance import HEARTBEAT_S, Neighbours, sweep_spares
 from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
-from gateway.store import CallStore, StoreObserver
+from gateway.store import CallStore, StoreClosed, StoreObserver
 from gateway.voicemail import VoicemailWatchdog
 from gateway.whatsapp.events import CallEvent, Event, PermissionReply, UserIdChanged
 from gateway.whatsapp.graph import GraphClient
@@ -106,8 +108,14 @@ class Gateway:
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
         self.calls.event_hooks += [self.account.handle, self.media.handle]
-        # Before anyone hears "connected", each (re)connect hangs up channels no call owns.
-        self.orphan_sweep = OrphanSweep(self.ami, self.calls.owns_channel).install()
+        # Before anyone hears "connected", each (re)connect hangs up channels no call owns,
+        # sparing those of other gateways still alive (gateway/instance.py).
+        self.neighbours = Neighbours(cfg.gateway.instance_id)
+        self.heartbeat_s = HEARTBEAT_S
+        self._heartbeats: asyncio.Task | None = None
+        self.orphan_sweep = OrphanSweep(
+            self.ami, sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel,
+                                   self.neighbours.spares)).install()
         self.ami.add_event_listener("UserEvent", self._on_user_event)
         self.ami.add_event_listener("Reload", self._on_reload)
         self.dialplan_recheck_s = DIALPLAN_RECHECK_S
@@ -227,28 +235,37 @@ class Gateway:
         return f"http://{self.config.http.host}:{self.port}"
 
     async def start(self) -> None:
-        self.store = await CallStore.open(self.config.store.path)
+        self.store = await CallStore.open(self.config.store.calls_at,
+                                          owner=self.config.gateway.instance_id)
         self.calls.deps.store = self.store
         # Records a killed previous run left active: Meta still has those calls up. They stay
         # active until end_orphaned_records (below) has ended each at Meta and saved its
         # closed record once, with what happened (a closed record is final).
-        left_open = await self.store.list(outcome=Outcome.ACTIVE, limit=None)
+        left_open = await self.store.left_open()  # this instance's only, on a shared store
         if left_open:
             log.warning("%d call record(s) left active by a previous run: ending them",
                         len(left_open))
         self.store.writes.set_hooks(on_error=lambda: self.metrics.store_error("calls"),
                                     on_pending=lambda n: self.metrics.store_backlog("calls", n))
         self.observers.observers.append(StoreObserver(self.store))
-        self.calls.known_call = self.store.knows  # replayed connects, even across restarts
+        # Replayed connects (even across restarts) and duplicates delivered to two gateways
+        self.calls.known_call = self._call_taken
+        self.calls.shared_tombstone = self.store.tombstone_soon
         for i, number in enumerate(self.config.numbers):
             for warning in calling_warnings(number.calling, f"numbers[{i}].calling",
                                             self.config.media.connect_timeout_s):
                 log.warning("config: %s", warning)
+        self.neighbours.shared = self.store.backend.shared
+        # Before the AMI connect: its sweep must know who is gone (their calls: below)
+        await self._heartbeat(take_over=False)
+        self._heartbeats = asyncio.ensure_future(self._keep_heartbeat())
         await self.crm.start()
         await self._start_ledger()
         await self.graph.start()
         if left_open:  # Meta still has those calls up: end them (retried, in the background)
             self.calls.spawn(self.calls.end_orphaned_records(left_open))
+        if self.neighbours.shared and self.neighbours.gone():
+            self.calls.spawn(self._adopt(self.neighbours.gone()))
         try:
             await self.ami.connect()
         except AmiError as exc:
@@ -267,8 +284,58 @@ class Gateway:
         log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
         self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
 
+    async def _heartbeat(self, *, take_over: bool = True) -> None:
+        """Tell the store this gateway is alive and read who else is; when a gateway has
+        gone quiet (``take_over``), sweep its channels and end its calls: its callers are
+        left where nobody else would end them."""
+        assert self.store is not None
+        try:
+            last_seen = await self.store.heartbeat()
+        except (*self.store.backend.storage_errors, StoreClosed) as exc:
+            log.warning("heartbeat not written (%s); other gateways may take this one for gone "
+                        "after %g s", exc, self.neighbours.gone_after_s)
+            return
+        newly_gone = self.neighbours.update(last_seen, time.time())
+        if not newly_gone or not self.neighbours.shared or not take_over:
+            return
+        log.warning("gateway(s) %s silent for over %g s: taking over their calls",
+                    ", ".join(sorted(newly_gone)), self.neighbours.gone_after_s)
+        if self.ami.connected:
+            self.calls.spawn(self._sweep())
+        self.calls.spawn(self._adopt(newly_gone))
+
+    async def _adopt(self, gone: set[str]) -> None:
+        """The calls gone gateways left active: Meta still has them up, their callers hear
+        nothing. This gateway (one only) ends them at Meta and closes their records."""
+        assert self.store is not None
+        try:
+            records = await self.store.adopt(gone)
+        except (*self.store.backend.storage_errors, StoreClosed) as exc:
+            log.warning("cannot take over the calls of %s: %s", ", ".join(sorted(gone)), exc)
+            return
+        if records:
+            log.warning("%d call(s) left by gone gateway(s) %s: ending them", len(records),
+                        ", ".join(sorted(gone)))
+            await self.calls.end_orphaned_records(records)
+
+    async def _sweep(self) -> None:
+        try:
+            await self.orphan_sweep.sweep()
+        except AmiError as exc:
+            log.warning("orphan sweep failed: %s", exc)
+
+    async def _keep_heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self._heartbeat()
+
+    async def _call_taken(self, wacid: str) -> bool:
+        assert self.store is not None
+        return not await self.store.claim(wacid)
+
     async def _start_ledger(self) -> None:
-        """The outbound permission ledger, in the same SQLite file as the call records."""
+        """The outbound permission ledger, in the SQLite file at store.path (also when the
+        call records are in PostgreSQL: the ledger follows them there later, docs/scaling.md)."""
         self.ledger = await open_ledger(self.config)
         self.permissions = PermissionService(self.graph, self.ledger, self.metrics)
         self.ledger.writes.set_hooks(
@@ -346,6 +413,9 @@ class Gateway:
     async def stop(self) -> None:
         if self._dialplan_watch is not None:
             self._dialplan_watch.cancel()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
         if self._ami_lost_timer is not None:
             self._ami_lost_timer.cancel()
             self._ami_lost_timer = None

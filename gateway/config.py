@@ -20,6 +20,7 @@ import yaml
 
 from gateway.calling_settings import validate_calling
 from gateway.errors import BadInput
+from gateway.instance import INSTANCE_ID, derive_instance_id
 from gateway.media.codecs import ASTERISK_CODECS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -249,9 +250,28 @@ class ApiSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     path: str = "var/gateway.sqlite3"
+    """The SQLite file (call records unless ``url`` is set; the permission ledger)."""
+    url: str | None = field(default=None, repr=False)
+    """``postgresql://...``: call records in PostgreSQL, shared by several gateways
+    (docs/scaling.md). May hold a password (then a secret: never logged); libpq's
+    ``PGPASSWORD`` keeps it out of the file."""
     media_dir: str | None = None
     """Where Meta's recordings, transcripts and voicemails are downloaded; None: only their
     media ids are kept (Meta keeps the files 7 days)."""
+
+
+    @property
+    def calls_at(self) -> str:
+        """Where the call records live: the URL if set, else the SQLite file."""
+        return self.url or self.path
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """This gateway among several (docs/scaling.md)."""
+
+    instance_id: str = field(default_factory=derive_instance_id)
+    """In every channel id it creates and every record it writes (gateway/instance.py)."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +312,7 @@ class Config:
     crm_events: CrmEventsSettings = CrmEventsSettings()
     service: ServiceSettings = ServiceSettings()
     source: str = "<memory>"
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
     @property
     def pid_file(self) -> Path:
@@ -309,7 +330,8 @@ class Config:
             ("asterisk.codec", self.asterisk.codec, new.asterisk.codec),
             ("media", self.media, new.media),
             ("http", self.http, new.http),
-            ("store", self.store, new.store)) if old_part != new_part]
+            ("store", self.store, new.store),
+            ("gateway", self.gateway, new.gateway)) if old_part != new_part]
         applied = replace(
             self, numbers=new.numbers, api=new.api, service=new.service, source=new.source,
             whatsapp=replace(self.whatsapp, access_token=new.whatsapp.access_token,
@@ -484,7 +506,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must hold a mapping of sections"])
     r.unknown(data, {"whatsapp", "numbers", "asterisk", "media", "http", "api", "store",
-                     "crm_events", "service"}, "")
+                     "crm_events", "service", "gateway"}, "")
 
     wa = r.section(data, "whatsapp", "whatsapp")
     r.unknown(wa, {"graph_url", "access_token", "app_secret", "verify_token", "graph_timeout"},
@@ -612,11 +634,13 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                    for i, t in enumerate(raw_tokens))
 
     store_raw = r.section(data, "store", "store", required=False)
-    r.unknown(store_raw, {"path", "media_dir"}, "store")
+    r.unknown(store_raw, {"path", "url", "media_dir"}, "store")
     store = StoreSettings(path=r.string(store_raw, "path", "store.path",
                                         default=StoreSettings.path) or StoreSettings.path,
+                          url=_store_url(r, store_raw),
                           media_dir=r.string(store_raw, "media_dir", "store.media_dir",
                                              required=False))
+    gateway = _gateway(r, r.section(data, "gateway", "gateway", required=False), http)
     crm_events = _crm_events(r, r.section(data, "crm_events", "crm_events", required=False))
 
     service_raw = r.section(data, "service", "service", required=False)
@@ -628,7 +652,45 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         raise ConfigError(r.problems)
     return Config(whatsapp=whatsapp, numbers=tuple(numbers), asterisk=asterisk, media=media,
                   http=http, api=ApiSettings(tokens=tokens), store=store,
-                  crm_events=crm_events, service=service, source=source)
+                  crm_events=crm_events, service=service, source=source, gateway=gateway)
+
+
+def _store_url(r: _Reader, raw: dict) -> str | None:
+    """``store.url``: a PostgreSQL URL libpq accepts, checked now so a typo stops the start
+    with the key's name, not the first call. The message never repeats the URL (it may hold
+    a password)."""
+    url = r.string(raw, "url", "store.url", required=False)
+    if not url:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        r.fail("store.url", "must be a postgresql://user@host:port/database URL (leave it out "
+               "for the SQLite file at store.path)")
+        return None
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        r.fail("store.url", "PostgreSQL needs psycopg: install the gateway with its postgres "
+               "extra, whatsapp-asterisk-gateway[postgres]")
+        return None
+    try:
+        conninfo_to_dict(url)
+    except Exception as exc:  # noqa: BLE001 - psycopg.ProgrammingError, its wording varies
+        r.fail("store.url", f"not a valid PostgreSQL URL ({type(exc).__name__})")
+        return None
+    return url
+
+
+def _gateway(r: _Reader, raw: dict, http: HttpSettings) -> GatewaySettings:
+    """``gateway.instance_id``; derived from the host (and the HTTP listen address, so two
+    gateways on one host differ) when not given."""
+    r.unknown(raw, {"instance_id"}, "gateway")
+    given = r.string(raw, "instance_id", "gateway.instance_id", required=False)
+    if given is None:
+        return GatewaySettings(derive_instance_id(f"{http.host}:{http.port}"))
+    if not INSTANCE_ID.fullmatch(given):
+        r.fail("gateway.instance_id", f"{given!r}: use 1-32 lower-case letters, digits and "
+               "inner hyphens (it goes into every Asterisk channel id)")
+    return GatewaySettings(given)
 
 
 RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")

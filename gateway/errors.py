@@ -21,9 +21,10 @@ The whole hierarchy (leaves live beside the code that raises them, and keep thei
     ├── MediaFailed               the WhatsApp media leg cannot be set up
     │   └── NoCandidates          gateway/media/webrtc.py  no ICE candidate to offer
     ├── StorageError              the call store or the permission ledger
+    │   ├── StoreUnavailable      gateway/store/backend.py  cannot open (URL, server, driver)
     │   └── DatabaseClosed        gateway/sqlite_thread.py
-    │       ├── StoreClosed       gateway/store.py
-    │       └── LedgerClosed      gateway/calls/permissions.py
+    │       ├── StoreClosed       gateway/store/backend.py
+    │       └── LedgerClosed      gateway/calls/permissions/sqlite_store.py
     ├── CallFailure               gateway/calls/ending.py  a call's set-up failed, with its What
     │   └── OriginateFailed       gateway/calls/base.py    Asterisk made no usable channel
     ├── CallEnded                 gateway/calls/base.py    the call ended while being set up

@@ -160,9 +160,15 @@ def add_secrets(secrets: Iterable[str | Secret]) -> None:
 
 
 def config_secrets(config: Config) -> list[Secret]:
-    """Every secret the config holds."""
+    """Every secret the config holds (a password in ``store.url`` too)."""
+    from urllib.parse import urlsplit
+
+    from gateway.config import Secret
+
+    store_password = urlsplit(config.store.url).password if config.store.url else None
     return [config.whatsapp.access_token, config.whatsapp.app_secret,
-            config.whatsapp.verify_token, config.asterisk.ami.secret, *config.api.tokens]
+            config.whatsapp.verify_token, config.asterisk.ami.secret, *config.api.tokens,
+            *([Secret(store_password)] if store_password else [])]
 
 
 MEDIA_LOGGERS = ("aioice", "aiortc")

@@ -1,10 +1,11 @@
 """Writes that a full or failing disk must never turn into a dropped call or a lost record.
 
-The call store and the permission ledger write to SQLite. When the disk is full (or the file
-is briefly unwritable) a write raises; raised inside a call, that used to end the call, and the
-record was gone. :class:`WriteBehind` keeps every write that failed for a storage reason in
-memory, in order, and retries it with a bounded backoff until the disk is back; at shutdown
-it tries once more and logs what it still could not write, so nothing disappears silently.
+The call store and the permission ledger write to SQLite (or PostgreSQL). When the disk is
+full (or the file is briefly unwritable, or the server is restarting) a write raises; raised
+inside a call, that used to end the call, and the record was gone. :class:`WriteBehind` keeps
+every write that failed for a storage reason in memory, in order, and retries it with a
+bounded backoff until the disk is back; at shutdown it tries once more and logs what it still
+could not write, so nothing disappears silently.
 
 One outage is logged once (and once when it is over), not once per write; every failed
 attempt is counted (``on_error``) and the number of writes waiting is reported
@@ -45,8 +46,11 @@ class WriteBehind:
 
     def __init__(self, what: str, *, on_error: Callable[[], None] | None = None,
                  on_pending: Callable[[int], None] | None = None,
-                 retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S):
+                 retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S,
+                 storage_errors: tuple[type[BaseException], ...] = STORAGE_ERRORS):
         self.what = what
+        self.storage_errors = storage_errors
+        """What is kept and retried; PostgreSQL adds a lost or refused connection."""
         self._on_error = on_error or (lambda: None)
         self._on_pending = on_pending or (lambda n: None)
         self.retry_first_s = retry_first_s
@@ -87,7 +91,7 @@ class WriteBehind:
             return
         try:
             await op()
-        except STORAGE_ERRORS as exc:
+        except self.storage_errors as exc:
             self._failed(exc)
             self._enqueue(key, op)
         else:
@@ -125,7 +129,7 @@ class WriteBehind:
             key, op = next(iter(self._queue.items()))
             try:
                 await op()
-            except STORAGE_ERRORS as exc:
+            except self.storage_errors as exc:
                 self._failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)

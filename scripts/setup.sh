@@ -16,6 +16,12 @@ if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null; then need_apt+=(de
 if [ "${1:-}" = --test ] && [ "$(id -u)" = 0 ] && ! command -v prometheus >/dev/null; then
   need_apt+=(prometheus)
 fi
+# --test: a real PostgreSQL too (tests/pg.py runs initdb + pg_ctl in a temp dir, as the
+# postgres user the package creates), for the shared-store tests (docs/scaling.md).
+if [ "${1:-}" = --test ] && [ "$(id -u)" = 0 ] \
+    && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     log "please install: ${need_apt[*]} (needs root)"; exit 1

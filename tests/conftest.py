@@ -2,7 +2,8 @@
 
 Tests marked ``asterisk`` use it through ``asterisk`` (the running
 :class:`~gateway.sandbox.local_asterisk.LocalAsterisk`) and ``ami_settings``. AMI listens on
-127.0.0.1:5038, or on ``$WA_TEST_AMI_PORT``.
+127.0.0.1:5038, or on ``$WA_TEST_AMI_PORT``. Tests marked ``postgres`` use a real PostgreSQL
+(``pg_url``: a fresh database each) started once per session by tests/pg.py.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import pytest
 
 from gateway.config import AmiSettings, Secret
 from gateway.sandbox.local_asterisk import LocalAsterisk
+from tests.pg import LocalPostgres, local_postgres
 from tests.ports import ami_port, suite_name
 
 OVERLAY = Path(__file__).parent / "e2e" / "asterisk-overlay"
-
-
-
 
 @pytest.fixture(scope="session")
 def asterisk() -> Iterator[LocalAsterisk]:
@@ -42,3 +41,18 @@ def ami_settings(asterisk: LocalAsterisk) -> AmiSettings:
     return AmiSettings(host="127.0.0.1", port=asterisk.ami_port, username="gateway",
                        secret=Secret("gateway-secret"), connect_timeout_s=10.0,
                        action_timeout_s=5.0)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server (tests/pg.py) for the whole session, started on first use.
+
+    No skip: if it cannot start, every test that needs it fails with the reason."""
+    with local_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> str:
+    """A fresh database of its own for one test: its ``postgresql://`` URL (password in it)."""
+    return postgres.create_database()

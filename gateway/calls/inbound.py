@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from gateway.calls.base import Call, CallDeps, user_caller_id
 from gateway.calls.ending import CallFailure, CallState, What
-from gateway.calls.orphans import CHANNEL_PREFIX
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import NumberSettings
+from gateway.instance import new_channel_id
 from gateway.whatsapp.events import CallEvent
 
 log = logging.getLogger(__name__)
@@ -34,13 +33,14 @@ class InboundCall(Call):
         self.number = number
         self.context = context or number.context
         self.extension = extension or number.extension
+        instance = deps.config.gateway.instance_id
         super().__init__(deps, CallRecord(
             wacid=event.call_id, direction=Direction.INBOUND,
             phone_number_id=event.phone_number_id, from_number=event.from_number,
             to_number=event.to_number or event.display_phone_number,
-            profile_name=event.profile_name, channel_id=f"{CHANNEL_PREFIX}{uuid.uuid4().hex}",
+            profile_name=event.profile_name, channel_id=new_channel_id(instance),
             context=self.context, webhook_at=time.time(), user_id=event.user_id,
-            username=event.username))
+            username=event.username, owner=instance))
         self.last_event_ts = event.timestamp
 
     async def run(self) -> None:

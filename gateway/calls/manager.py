@@ -40,8 +40,13 @@ long hung up (WhatsApp rings for about a minute). Not Meta's retry window: Meta 
 webhook for up to 7 days (docs/meta-calling.md §7), far past any ringing call."""
 
 KnownCall = Callable[[str], Awaitable[bool]]
-"""Does the call store already hold a record for this call id (from this run or an earlier
-one)? Set by the app (``store.knows``): a signed connect replayed after a restart is ignored."""
+"""Is this call id already taken: recorded or tombstoned (by this run, an earlier one, or
+another gateway on the same store), or claimed by another gateway? Set by the app (``not
+store.claim``): a signed connect replayed after a restart, or delivered twice to two
+gateways, starts no second call."""
+
+TombstoneHook = Callable[[str], None]
+"""Tells the shared store about a tombstone no record stands for (``store.tombstone_soon``)."""
 
 RouteHook = Callable[[CallEvent], tuple[str, str] | None]
 """Returns (context, extension) to override the number's route (e.g. closed hours), or None."""
@@ -67,6 +72,8 @@ class CallManager:
         self.finished_outbound: BoundedDict[str, OutboundCall] = BoundedDict(FINISHED_OUTBOUND)
         """Ended outbound calls, still answerable by id (the API's GET after the end)."""
         self.known_call: KnownCall | None = None
+        self.shared_tombstone: TombstoneHook | None = None
+        """Set by the app: another gateway must not start a call this one tombstoned."""
         self._admitting: set[str] = set()
         """Connects waiting for :attr:`known_call`'s answer, so a second copy is not admitted."""
 
@@ -107,8 +114,13 @@ class CallManager:
             del self._tombstones[cid]
         return call_id in self._tombstones
 
-    def tombstone(self, call_id: str) -> None:
+    def tombstone(self, call_id: str, *, shared: bool = False) -> None:
+        """``shared``: also in the store, for the other gateways. Only where no record
+        stands for the call (a terminate before its connect, a stale connect): a recorded
+        call is refused by the store's claim already."""
         self._tombstones[call_id] = time.monotonic() + TOMBSTONE_SECONDS
+        if shared and self.shared_tombstone is not None:
+            self.shared_tombstone(call_id)
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Future:
         """Run ``coro`` as the manager's background work: :meth:`settle` waits for it."""
@@ -194,7 +206,7 @@ class CallManager:
                 log.info("call %s: connect for a known or ended call ignored", ev.call_id)
                 return
             if ev.timestamp and ev.timestamp < time.time() - MAX_CONNECT_AGE_S:
-                self.tombstone(ev.call_id)
+                self.tombstone(ev.call_id, shared=True)
                 log.warning("call %s: connect stamped %d s ago ignored (replayed or far too "
                             "late)", ev.call_id, int(time.time() - ev.timestamp))
                 return
@@ -214,7 +226,7 @@ class CallManager:
                 call.whatsapp_terminated(ev)
             else:
                 # Before its connect (out of order) or after the call ended: never start it.
-                self.tombstone(ev.call_id)
+                self.tombstone(ev.call_id, shared=True)
                 log.info("call %s: terminate for no live call (tombstoned)", ev.call_id)
         else:
             log.info("call %s: unknown call event %r (%s) ignored", ev.call_id, ev.event,
@@ -228,7 +240,7 @@ class CallManager:
             known = await self.known_call(ev.call_id)
         except Exception as exc:  # the store is down: admit, the call matters more
             log.warning("call %s: cannot ask the call store about it (%s); admitting",
-                        ev.call_id, exc)
+                        ev.call_id, exc or type(exc).__name__)
             known = False
         finally:
             self._admitting.discard(ev.call_id)
@@ -296,7 +308,7 @@ class CallManager:
             wacid=ev.call_id, direction=Direction.INBOUND, phone_number_id=ev.phone_number_id,
             from_number=ev.from_number, to_number=ev.to_number or ev.display_phone_number,
             profile_name=ev.profile_name, user_id=ev.user_id, username=ev.username,
-            outcome=ending.outcome, reason=reason,
+            owner=self.deps.config.gateway.instance_id, outcome=ending.outcome, reason=reason,
             end_reason=ending.reason, hangup_side=ending.side)
         if ending.graph == GraphAction.REJECT:
             try:

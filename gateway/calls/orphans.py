@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.asterisk.causes import NORMAL_TEMPORARY_FAILURE
 from gateway.calls.ending import CallState, GraphAction, What, ending_for
 from gateway.calls.record import CallRecord, Direction
+from gateway.instance import CHANNEL_PREFIX
 from gateway.store import ORPHAN_REASON
 from gateway.whatsapp.graph import GraphError
 
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 
 Event = dict[str, str]
 
-CHANNEL_PREFIX = "wa-"
-"""Every channel id (Asterisk Uniqueid) the gateway creates starts with this."""
 
 ORPHAN_CAUSE = NORMAL_TEMPORARY_FAILURE
 """Cause for swept orphans: the call ended because the gateway lost it, not normally."""

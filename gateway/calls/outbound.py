@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from gateway.calls.base import Call, CallDeps, caller_id, user_caller_id
@@ -28,9 +27,9 @@ from gateway.calls.ending import (
     LedgerCount,
     What,
 )
-from gateway.calls.orphans import CHANNEL_PREFIX
 from gateway.calls.permissions import Decision, RefusalReason, decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction
+from gateway.instance import new_channel_id
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
 
@@ -75,7 +74,7 @@ class DialRequest:
 class OutboundCall(Call):
     def __init__(self, request: DialRequest, deps: CallDeps):
         self.request = request
-        self.gateway_id = f"{CHANNEL_PREFIX}{uuid.uuid4().hex}"
+        self.gateway_id = new_channel_id(deps.config.gateway.instance_id)
         number = deps.config.number(request.phone_number_id)
         self.number = number
         bsuid = request.to.strip() if is_bsuid(request.to) else ""
@@ -85,7 +84,7 @@ class OutboundCall(Call):
                          else request.phone_number_id),
             to_number="" if bsuid else request.to.strip().lstrip("+"),
             channel_id=self.gateway_id, context=request.context or "", webhook_at=time.time(),
-            user_id=bsuid))
+            user_id=bsuid, owner=deps.config.gateway.instance_id))
         self._answer_sdp: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._picked_up = asyncio.Event()
         self._meta_refusal: int | None = None

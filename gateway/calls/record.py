@@ -98,6 +98,9 @@ class CallRecord:
     is empty for a username caller Meta gave no number."""
     username: str = ""
     """The user's WhatsApp username, when they adopted one."""
+    owner: str = ""
+    """The gateway instance that runs the call (``gateway.instance_id``): with several
+    gateways on one shared store, each closes only the calls it left open (docs/scaling.md)."""
 
     @property
     def user_number(self) -> str:

@@ -41,7 +41,7 @@ def cmd_calls_list(args: argparse.Namespace) -> int:
         raise SystemExit(f"calls list: {exc}") from None
 
     async def run() -> None:
-        store = await CallStore.open(config.store.path)
+        store = await CallStore.open(config.store.calls_at)
         try:
             if args.csv:
                 await store.export_csv(sys.stdout, **filters)

@@ -8,9 +8,11 @@ the number the simulated user calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +132,32 @@ def make_config(graph_url: str, ami_port: int, **overrides):
     return parse_config(data, env={})
 
 
+@contextlib.asynccontextmanager
+async def open_stack(asterisk: LocalAsterisk, **config: Any) -> AsyncIterator[Stack]:
+    """The simulator and a started gateway (``config``: sections for :func:`make_config`,
+    ``store`` at least), stopped at the end."""
+    aiortc_hooks.install()
+    aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
+        sim.numbers[pnid] = display
+    await sim.start()
+    try:
+        gateway = Gateway(make_config(sim.url, asterisk.ami_port, **config))
+        await gateway.start()
+    except BaseException:
+        await sim.close()
+        raise
+    try:
+        sim.webhook_url = f"{gateway.url}/webhook"
+        s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
+        gateway.ami.add_event_listener("*", s.on_event)
+        yield s
+    finally:
+        await gateway.stop()
+        await sim.close()
+
+
 MakeStack = Callable[..., Awaitable[Stack]]
 
 
@@ -138,35 +166,17 @@ async def make_stack(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[MakeSta
     """``await make_stack(**overrides)``: the simulator, a gateway whose config has the
     overrides (as :func:`make_config`), and the session's Asterisk. A test that needs another
     config starts its gateway with it, rather than changing a running one. Everything made is
-    stopped at the end."""
-    made: list[Stack] = []
+    stopped at the end, the newest first."""
+    async with contextlib.AsyncExitStack() as made:
+        count = 0
 
-    async def make(**overrides) -> Stack:
-        aiortc_hooks.install()
-        aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
-        sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-        for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
-            sim.numbers[pnid] = display
-        await sim.start()
-        overrides.setdefault("store", {"path": str(tmp_path / f"gateway-{len(made)}.sqlite3")})
-        gateway = Gateway(make_config(sim.url, asterisk.ami_port, **overrides))
-        try:
-            await gateway.start()
-        except BaseException:
-            await sim.close()
-            raise
-        sim.webhook_url = f"{gateway.url}/webhook"
-        s = Stack(sim=sim, gateway=gateway, asterisk=asterisk)
-        gateway.ami.add_event_listener("*", s.on_event)
-        made.append(s)
-        return s
+        async def make(**overrides: Any) -> Stack:
+            nonlocal count
+            overrides.setdefault("store", {"path": str(tmp_path / f"gateway-{count}.sqlite3")})
+            count += 1
+            return await made.enter_async_context(open_stack(asterisk, **overrides))
 
-    try:
         yield make
-    finally:
-        for s in reversed(made):
-            await s.gateway.stop()
-            await s.sim.close()
 
 
 @pytest.fixture

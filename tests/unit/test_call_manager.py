@@ -148,6 +148,35 @@ async def test_terminate_before_connect_tombstones_and_late_connect_cannot_reviv
     assert r.graph.actions("wacid.unit-2") == ["pre_accept", "accept"]
 
 
+class SharedCallIds:
+    """The store's claims and tombstones as several gateways see them (in memory)."""
+
+    def __init__(self) -> None:
+        self.taken: dict[str, str] = {}
+
+    def gateway(self, name: str):
+        async def known_call(wacid: str) -> bool:
+            return self.taken.setdefault(wacid, name) != name
+        return known_call, lambda wacid: self.taken.setdefault(wacid, "tombstone")
+
+
+async def test_a_terminate_at_one_gateway_stops_its_connect_at_another():
+    """Meta's load balancer sends the terminate to gateway A, the late connect to B."""
+    shared = SharedCallIds()
+    a, b = fakes.rig(), fakes.rig()
+    for name, r in (("a", a), ("b", b)):
+        r.manager.known_call, r.manager.shared_tombstone = shared.gateway(name)
+    webhook(a, fakes.terminate_event())
+    webhook(b, fakes.connect_event())
+    assert await b.manager.settle(5)
+    assert b.manager.live_calls() == [] and b.graph.requests == []
+    webhook(b, fakes.connect_event("wacid.unit-2"))  # no tombstone: B takes it
+    await asyncio.wait_for(b.observer.reached("bridged", "wacid.unit-2"), 2)
+    webhook(b, fakes.terminate_event("wacid.unit-2"))
+    assert await b.manager.settle(5)
+    assert shared.taken == {CALL: "tombstone", "wacid.unit-2": "b"}
+
+
 async def test_duplicates_are_dropped_until_evicted(monkeypatch):
     monkeypatch.setattr(manager_module, "SEEN_EVENTS", 2)
     r = fakes.rig()

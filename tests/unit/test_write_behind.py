@@ -1,10 +1,23 @@
-"""WriteBehind: a write the disk refuses is kept, in order, and written once the disk is back."""
+"""WriteBehind: a write the disk refuses is kept, in order, and written once the disk is back;
+and so does the call store on a real database that refuses writes (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import psycopg
+import pytest
+
+from gateway.calls.record import CallRecord, Direction
+from gateway.store import CallStore
+from gateway.store.postgres import PostgresBackend
 from gateway.write_behind import WriteBehind
+from tests.pg import LocalPostgres
 
 
 class FlakyDisk:
@@ -56,3 +69,79 @@ async def test_close_writes_what_it_can_and_reports_what_it_cannot():
     await writes2.write("b", disk.op("b", 1))
     disk.full = False
     assert await writes2.close() == 0 and disk.rows == [("b", 1)]
+
+
+# ---- a real database that refuses writes for a while, on both backends ------------------------
+
+PNID = "106540352242922"
+
+
+@contextlib.asynccontextmanager
+async def sqlite_outage(tmp_path: Path) -> AsyncIterator[tuple[CallStore, Callable, Callable]]:
+    """Another process holds the SQLite file's write lock (SQLITE_BUSY), then lets go."""
+    store = await CallStore.open(tmp_path / "g.sqlite3")
+    await store.backend.sql.run(lambda: store.backend.sql.conn.execute(
+        "PRAGMA busy_timeout = 50"))
+    other = sqlite3.connect(tmp_path / "g.sqlite3", isolation_level=None)
+    try:
+        yield (store, lambda: other.execute("BEGIN EXCLUSIVE"),
+               lambda: other.execute("COMMIT"))
+    finally:
+        other.close()
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_outage(server: LocalPostgres) -> AsyncIterator[tuple[CallStore, Callable,
+                                                                        Callable]]:
+    """The PostgreSQL server drops the gateway's connections and refuses its logins (as during
+    a failover), then takes them again."""
+    db_url = server.create_database()
+    role = "gw_" + uuid.uuid4().hex[:10]
+    admin = psycopg.connect(server.url(), autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'gw-pass'")
+    with psycopg.connect(db_url, autocommit=True) as db:
+        db.execute(f'ALTER DATABASE "{db_url.rsplit("/", 1)[1]}" OWNER TO {role}')
+    url = f"postgresql://{role}:gw-pass@127.0.0.1:{server.port}/{db_url.rsplit('/', 1)[1]}"
+    backend = PostgresBackend(url, connect_timeout_s=1.0)
+    await backend.open()
+    store = CallStore(backend)
+
+    def refuse() -> None:
+        admin.execute(f"ALTER ROLE {role} NOLOGIN")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", (role,))
+
+    try:
+        yield store, refuse, lambda: admin.execute(f"ALTER ROLE {role} LOGIN")
+    finally:
+        await store.close()
+        admin.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                            marks=pytest.mark.postgres)])
+async def test_a_record_the_database_refuses_is_kept_and_written_once_it_is_back(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    outage = sqlite_outage(tmp_path) if backend == "sqlite" \
+        else postgres_outage(request.getfixturevalue("postgres"))
+    async with outage as (store, refuse, restore):
+        store.writes.retry_first_s = store.writes.retry_max_s = 0.05
+        record = CallRecord(wacid="wacid.kept", direction=Direction.INBOUND,
+                            phone_number_id=PNID, from_number="15550002222",
+                            to_number="15550001111", webhook_at=1000.0)
+        refuse()
+        await store.save(record)  # does not raise: the call goes on
+        assert store.writes.pending == 1 and store.writes.errors >= 1
+        ok, why = await store.check_writable()
+        assert not ok and why
+        # a new call does not wait long for a store that cannot answer (it is then admitted)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises((TimeoutError, *store.backend.storage_errors)):
+            await store.claim("wacid.new", deadline_s=0.5)
+        assert loop.time() - started < 1.5
+        restore()
+        await asyncio.wait_for(store.writes.drained.wait(), 15)
+        assert await store.get("wacid.kept") == record
+        assert await store.check_writable() == (True, "")
