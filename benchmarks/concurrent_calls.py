@@ -83,6 +83,7 @@ async def main(calls: int, hold: float, codec: str) -> None:
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
+        "--workers", "1",
         "--log-level", "warning", cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     url = "http://127.0.0.1:18777"

@@ -1,6 +1,6 @@
 """``whatsapp-gateway``: serve, check-config, demo, and the simulator's commands.
 
-    whatsapp-gateway serve --config gateway.yaml
+    whatsapp-gateway serve --config gateway.yaml [--workers N]
     whatsapp-gateway check-config --config gateway.yaml [--asterisk]
     whatsapp-gateway reload --config gateway.yaml   # re-read the config (SIGHUP to serve)
     whatsapp-gateway demo                       # local Asterisk + simulator + gateway
@@ -160,6 +160,19 @@ async def _reload(gateway, config_path: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _setup_logging(args.log_level, args.log_format, config, args.verbose_media)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise SystemExit("serve: --workers must be at least 1")
+    if workers > 1:  # one supervisor, N media processes (gateway/workers/)
+        from gateway.workers.supervisor import serve
+
+        worker_args = ["--log-level", args.log_level, "--log-format", args.log_format,
+                       *(["--verbose-media"] if args.verbose_media else [])]
+        try:
+            asyncio.run(serve(config, args.config, workers, worker_args))
+        except ValueError as exc:
+            raise SystemExit(f"serve: {exc}") from None
+        return 0
     from gateway.app import Gateway
 
     asyncio.run(_serve(Gateway(config), args.config))
@@ -238,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway")
     common(p)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="media processes behind one webhook/API/metrics endpoint (default: "
+                        "the number of cores; 1 runs the gateway in this one process)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate the config file and show what it means")

@@ -269,6 +269,11 @@ class AmiClient:
         no call, so to its sweep every live call of the running gateway is an orphan."""
         self.owned: Callable[[str], bool] = lambda uniqueid: False
         """Does a live call own this channel id? Set by the app; the orphan sweep asks it."""
+        self.sweeps: Callable[[str], bool] = lambda uniqueid: \
+            uniqueid.startswith(self.channel_prefix)
+        """Is a channel with this id this client's to sweep at all? Every ``channel_prefix``
+        one by default; a worker of ``serve --workers N`` sweeps only its own
+        (gateway/workers/identity.py ``is_mine``), never a live call of another worker."""
         self.on_connection_change: list[Callable[[bool], None]] = []
         """Called with True once connected (after the orphan sweep), False when it drops."""
         self.ping_interval_s = PING_INTERVAL_S
@@ -612,7 +617,7 @@ class AmiClient:
         swept = []
         for channel in await self.core_show_channels():
             uniqueid = channel.get("Uniqueid", "")
-            if not uniqueid.startswith(self.channel_prefix):
+            if not self.sweeps(uniqueid):
                 continue
             if not channel.get("Channel", "").startswith("UnicastRTP/"):
                 continue

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from gateway.calls.base import Call, CallDeps, user_caller_id
 from gateway.calls.ending import CallFailure, CallState, What
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import NumberSettings
 from gateway.whatsapp.events import CallEvent
+from gateway.workers.identity import new_channel_id  # the owner is in the id
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class InboundCall(Call):
             wacid=event.call_id, direction=Direction.INBOUND,
             phone_number_id=event.phone_number_id, from_number=event.from_number,
             to_number=event.to_number or event.display_phone_number,
-            profile_name=event.profile_name, channel_id=f"wa-{uuid.uuid4().hex}",
+            profile_name=event.profile_name, channel_id=new_channel_id(),
             context=self.context, webhook_at=time.time(), user_id=event.user_id,
             username=event.username))
         self.last_event_ts = event.timestamp

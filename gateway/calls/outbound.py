@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from gateway.calls.base import Call, CallDeps, caller_id, user_caller_id
@@ -32,6 +31,7 @@ from gateway.calls.permissions import decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
+from gateway.workers.identity import new_channel_id  # the owner is in the id
 
 __all__ = ["DIAL_CAUSE", "DialRequest", "DialStatus", "OutboundCall"]
 
@@ -71,7 +71,7 @@ class DialRequest:
 class OutboundCall(Call):
     def __init__(self, request: DialRequest, deps: CallDeps):
         self.request = request
-        self.gateway_id = f"wa-{uuid.uuid4().hex}"
+        self.gateway_id = new_channel_id()
         number = deps.config.number(request.phone_number_id)
         self.number = number
         bsuid = request.to.strip() if is_bsuid(request.to) else ""

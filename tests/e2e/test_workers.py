@@ -1,0 +1,253 @@
+"""``serve --workers 2`` against the real Asterisk and the simulator: calls spread over the
+workers, every event of a call reaches the worker that owns it, a killed worker is started
+again and only its own call is ended, and /metrics counts both workers' calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from gateway.asterisk.ami import AmiClient
+from gateway.config import parse_config
+from gateway.sandbox.local_asterisk import LocalAsterisk
+from gateway.simulator.cloud_api import CloudApiSimulator
+from gateway.workers.identity import owner_of
+from gateway.workers.routing import user_worker
+from tests.ports import free_tcp_port, udp_range
+
+from .conftest import ACCESS_TOKEN, API_TOKEN, APP_SECRET, NUMBERS, number_for
+from .test_operations import process_config, value
+
+pytestmark = pytest.mark.asterisk
+
+
+@dataclass
+class Workers:
+    """A ``serve --workers 2`` process, the simulator it talks to, and an AMI client of the
+    test's own (it sweeps nothing)."""
+
+    proc: asyncio.subprocess.Process
+    sim: CloudApiSimulator
+    ami: AmiClient
+    url: str
+    output: list[str] = field(default_factory=list)
+
+    async def channels(self) -> dict[str, dict]:
+        """Our UnicastRTP channels in Asterisk, by Uniqueid."""
+        return {c["Uniqueid"]: c for c in await self.ami.core_show_channels()
+                if c.get("Uniqueid", "").startswith("wa-")}
+
+    async def until_channels(self, predicate, timeout: float = 15.0) -> dict[str, dict]:
+        """Asterisk adds and removes channels asynchronously: poll its own listing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            channels = await self.channels()
+            if predicate(channels):
+                return channels
+            if loop.time() > deadline:
+                raise AssertionError(f"channels never matched: {list(channels)}")
+            await asyncio.sleep(0.05)
+
+    async def get(self, path: str) -> tuple[int, dict | str]:
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{self.url}{path}") as resp:
+                if resp.content_type == "application/json":
+                    return resp.status, await resp.json()
+                return resp.status, await resp.text()
+
+    async def workers(self) -> list[dict]:
+        _status, body = await self.get("/readyz")
+        return body["info"]["workers"]
+
+
+@pytest.fixture
+async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    for pnid, (display, _context) in NUMBERS.items():
+        sim.numbers[pnid] = display
+    await sim.start()
+    http_port = free_tcp_port()
+    config, path = process_config(sim, asterisk, tmp_path, http_port, udp_range(800, 100),
+                                  api={"tokens": [API_TOKEN]},
+                                  numbers=[{"phone_number_id": pnid, "display_number": display,
+                                            "context": ctx}
+                                           for pnid, (display, ctx) in NUMBERS.items()])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", path, "--workers", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output: list[str] = []
+    listening = asyncio.get_running_loop().create_future()
+
+    async def read_output() -> None:  # all of it, so the pipe never fills
+        while line := await proc.stdout.readline():
+            output.append(line.decode(errors="replace").rstrip())
+            if b"gateway listening" in line and not listening.done():
+                listening.set_result(None)
+        if not listening.done():
+            listening.set_exception(AssertionError("gateway exited:\n" + "\n".join(output)))
+
+    reader = asyncio.ensure_future(read_output())
+    ami = AmiClient(parse_config(config, env={}).asterisk.ami, sweep_on_connect=False)
+    try:
+        await asyncio.wait_for(listening, 60)
+        await ami.connect()
+        sim.webhook_url = f"http://127.0.0.1:{http_port}/webhook"
+        yield Workers(proc, sim, ami, f"http://127.0.0.1:{http_port}", output)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader, 5)
+        await ami.close()
+        await sim.close()
+
+
+async def echoes(call) -> bool:
+    start = call.transcript.now()
+    await call.phone.say_tone(700, 1.5)
+    heard = call.phone.heard(since=start + 0.5, until=call.transcript.now())
+    return heard.kind == "tone" and abs(heard.frequency - 700) < 25
+
+
+async def two_calls(w: Workers, context: str) -> list:
+    pnid, display = number_for(context)
+    calls = [await w.sim.place_call(from_wa_id=caller, phone_number_id=pnid,
+                                    display_phone_number=display)
+             for caller in ("15550004441", "15550004442")]
+    for call in calls:
+        await asyncio.wait_for(call.accepted.wait(), 20)
+        await asyncio.wait_for(call.media_connected.wait(), 20)
+    return calls
+
+
+async def test_two_calls_land_on_two_workers_echo_and_end_by_their_own_terminate(
+        workers: Workers):
+    w = workers
+    calls = await two_calls(w, "test-echo")
+    channels = await w.until_channels(lambda cs: len(cs) == 2)
+    assert sorted(owner_of(uid) for uid in channels) == [0, 1]  # one call per worker
+    for call in calls:
+        assert await echoes(call)
+    _status, text = await w.get("/metrics")
+    assert value(text, "whatsapp_gateway_active_calls") == 2  # both workers' gauges summed
+
+    for call in calls:  # the user hangs up: Meta's terminate must reach the owner
+        await call.hangup()
+    await w.until_channels(lambda cs: not cs)
+    pnid, _ = number_for("test-echo")
+    for call in calls:
+        status, record = await w.get(f"/v1/calls/{call.call_id}")
+        assert status == 200 and record["outcome"] == "answered", record
+        assert record["hangup_side"] == "whatsapp"
+    _status, text = await w.get("/metrics")
+    assert value(text, "whatsapp_gateway_calls_total", phone_number_id=pnid,
+                 outcome="answered", hangup_side="whatsapp") == 2
+    assert value(text, "whatsapp_gateway_active_calls") == 0
+    assert value(text, "whatsapp_gateway_webhook_requests_total", result="ok") >= 4
+    assert value(text, "whatsapp_gateway_ami_connected") == 1
+    for family in ("calls_total", "webhook_requests_total"):  # one family, not one a process
+        assert text.count(f"# TYPE whatsapp_gateway_{family} counter") == 1, family
+
+
+async def test_killed_worker_is_restarted_and_only_its_call_is_ended(workers: Workers):
+    w = workers
+    calls = await two_calls(w, "test-wait")
+    channels = await w.until_channels(lambda cs: len(cs) == 2)
+    by_worker = {owner_of(uid): uid for uid in channels}
+    before = {info["index"]: info for info in await w.workers()}
+    os.kill(before[0]["pid"], signal.SIGKILL)
+
+    # Worker 0's call is ended at Meta (terminate) and in Asterisk; worker 1's goes on.
+    done, _ = await asyncio.wait(
+        [asyncio.ensure_future(c.ended.wait()) for c in calls], timeout=30,
+        return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1
+    victim = next(c for c in calls if c.ended.is_set())
+    survivor = next(c for c in calls if c is not victim)
+    assert victim.ended_by == "business"
+    assert [r.status for r in w.sim.requests_for(victim.call_id, "terminate")] == [200]
+    left = await w.until_channels(lambda cs: by_worker[0] not in cs)
+    assert by_worker[1] in left and not survivor.ended.is_set()
+    after = {info["index"]: info for info in await w.workers()}
+    assert after[0]["restarts"] == 1 and after[0]["pid"] != before[0]["pid"]
+    assert after[1]["pid"] == before[1]["pid"] and after[1]["restarts"] == 0
+    status, record = await w.get(f"/v1/calls/{victim.call_id}")
+    assert status == 200 and record["outcome"] == "failed", record
+
+    await survivor.hangup()  # the untouched call still ends normally, through worker 1
+    await w.until_channels(lambda cs: not cs)
+    status, record = await w.get(f"/v1/calls/{survivor.call_id}")
+    assert record["hangup_side"] == "whatsapp" and record["outcome"] == "answered", record
+
+
+async def test_api_calls_go_to_the_users_worker_and_delete_ends_the_right_one(
+        workers: Workers):
+    w = workers
+    users = {}
+    for n in range(100):  # one user each worker decides for
+        user = f"1555000{n:04d}"
+        users.setdefault(user_worker(user, 2), user)
+        if len(users) == 2:
+            break
+    pnid, _ = number_for("test-echo")
+    ids = {}
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for index, user in users.items():
+            w.sim.add_user(user, permission="temporary", on_call="answer", answer_after_s=0.3)
+            body = {"to": f"+{user}", "phone_number_id": pnid, "context": "test-echo"}
+            async with http.post(f"{w.url}/v1/calls", json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                ids[index] = (await resp.json())["id"]
+            assert owner_of(ids[index]) == index
+        calls = {i: await w.sim.wait_outbound_call(to=users[i], timeout=15) for i in users}
+        for call in calls.values():
+            await asyncio.wait_for(call.accepted.wait(), 15)
+        await w.until_channels(lambda cs: set(ids.values()) <= set(cs))
+        async with http.delete(f"{w.url}/v1/calls/{ids[1]}") as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["state"] == "ended"
+        await asyncio.wait_for(calls[1].ended.wait(), 15)
+        left = await w.until_channels(lambda cs: ids[1] not in cs)
+        assert ids[0] in left and not calls[0].ended.is_set()
+        async with http.get(f"{w.url}/v1/calls/{ids[0]}") as resp:
+            assert (await resp.json())["state"] == "answered"
+        async with http.delete(f"{w.url}/v1/calls/{ids[0]}") as resp:
+            assert resp.status == 200
+    await w.until_channels(lambda cs: not cs)
+
+
+async def test_an_agents_dial_makes_exactly_one_call(workers: Workers):
+    """Both workers see the dialplan's UserEvent(WhatsAppDial); only the user's worker dials."""
+    w = workers
+    user = "15550007777"
+    w.sim.add_user(user, permission="temporary", on_call="answer", answer_after_s=0.3)
+    agent = asyncio.ensure_future(w.ami.originate(f"Local/+{user}@to-whatsapp",
+                                                  context="test-agent", exten="s",
+                                                  timeout_s=30))
+    call = await w.sim.wait_outbound_call(to=user, timeout=15)
+    await asyncio.wait_for(call.accepted.wait(), 15)
+    channels = await w.until_channels(lambda cs: len(cs) == 1)
+    assert [owner_of(uid) for uid in channels] == [user_worker(user, 2)]
+    await call.hangup()
+    await asyncio.wait_for(agent, 15)
+    await w.until_channels(lambda cs: not cs)
+    connects = w.sim.requests_for(action="connect")
+    assert len(connects) == 1, connects
