@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,8 @@ STABLE_S = 10.0
 class Delivery:
     body: bytes
     events: list[int]
-    new_calls: int = 0
+    new_calls: Counter[str] = field(default_factory=Counter)
+    elsewhere: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,7 +51,8 @@ class WorkerProcess:
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
     """Extra worker arguments (log level and format)."""
-    on_state: Callable[[int, dict | None, int], None] = lambda index, state, new_calls: None
+    on_state: Callable[[int, dict | None, Counter[str]], None] = \
+        lambda index, state, new_calls: None
     """Told the worker's state after each delivery (and how many new calls that delivery
     carried), and None when it dies."""
 
@@ -108,7 +111,7 @@ class WorkerProcess:
         assert self.proc is not None
         code = await self.proc.wait()
         self.ready.clear()
-        self.on_state(self.index, None, 0)
+        self.on_state(self.index, None, Counter())
         return code
 
     def restart_delay(self) -> float:
@@ -141,9 +144,9 @@ class WorkerProcess:
 
     # -- talking to it ---------------------------------------------------------------------
 
-    def deliver(self, body: bytes, events: list[int], new_calls: int = 0) -> None:
-        """Queue webhook events (indexes into the signed ``body``) for this worker."""
-        self.queue.put_nowait(Delivery(body, events, new_calls))
+    def deliver(self, delivery: Delivery) -> None:
+        """Queue webhook events (indexes into the signed body) for this worker."""
+        self.queue.put_nowait(delivery)
 
     async def _send_loop(self) -> None:
         while True:
@@ -163,7 +166,7 @@ class WorkerProcess:
     async def _post_events(self, delivery: Delivery) -> dict:
         assert self.session is not None
         message = {"body": base64.b64encode(delivery.body).decode("ascii"),
-                   "events": delivery.events}
+                   "events": delivery.events, "elsewhere": delivery.elsewhere}
         async with self.session.post(f"{self.url}/_worker/events", json=message) as resp:
             resp.raise_for_status()
             return await resp.json()

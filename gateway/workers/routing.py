@@ -26,7 +26,7 @@ socket or another host. Pure logic: no I/O, tested in tests/unit/test_workers_ro
 from __future__ import annotations
 
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,31 +74,47 @@ class Router:
         self.load: list[int | None] = [None] * count
         """Live calls per worker as it last reported them; None: not running (a dead worker
         takes no new call)."""
-        self.pending: list[int] = [0] * count
-        """New calls routed to each worker that its reports do not count yet (on their way
-        to it): without them two connects a few ms apart would both go to the same worker."""
+        self.numbers: list[Counter[str]] = [Counter() for _ in range(count)]
+        """Live calls per worker and business number, as it last reported them."""
+        self.pending: list[Counter[str]] = [Counter() for _ in range(count)]
+        """New calls (per business number) routed to each worker that its reports do not
+        count yet: without them two connects a few ms apart would both go to one worker, or
+        both pass a number's ``max_calls``."""
 
     # -- workers ---------------------------------------------------------------------------
 
     def worker_up(self, index: int, active: int = 0) -> None:
         self.load[index] = active
-        self.pending[index] = 0
+        self.numbers[index] = Counter()
+        self.pending[index] = Counter()
 
     def worker_down(self, index: int) -> None:
         self.load[index] = None
+        self.numbers[index] = Counter()
 
-    def report(self, index: int, active: int, delivered_new: int = 0) -> None:
-        """A worker carries ``active`` calls now, counting the ``delivered_new`` new calls of
-        the delivery it answered (they are no longer pending)."""
-        self.pending[index] = max(0, self.pending[index] - delivered_new)
+    def report(self, index: int, active: int, by_number: dict[str, int] | None = None,
+               delivered: Counter[str] | None = None) -> None:
+        """A worker carries ``active`` calls now (``by_number``: inbound, per business
+        number), counting the ``delivered`` new calls of the delivery it answered."""
+        if delivered:
+            self.pending[index] -= delivered  # Counter subtraction drops what reaches 0
         if self.load[index] is not None:
             self.load[index] = active
+            self.numbers[index] = Counter(by_number or {})
 
     def least_loaded(self) -> int | None:
         """The running worker with the fewest calls (the lowest index on a tie)."""
-        running = [(load + self.pending[i], i) for i, load in enumerate(self.load)
+        running = [(load + self.pending[i].total(), i) for i, load in enumerate(self.load)
                    if load is not None]
         return min(running)[1] if running else None
+
+    def elsewhere(self, index: int) -> dict[str, int]:
+        """Calls per business number that the other workers carry or are being handed."""
+        total: Counter[str] = Counter()
+        for other in range(self.count):
+            if other != index:
+                total += self.numbers[other] + self.pending[other]
+        return dict(total)
 
     def for_user(self, user: str) -> int:
         return user_worker(user, self.count)
@@ -133,7 +149,7 @@ class Router:
                 chosen = self.least_loaded()
                 if chosen is None:
                     chosen = 0  # none running: it waits for worker 0 to come back
-                self.pending[chosen] += 1
+                self.pending[chosen][event.phone_number_id] += 1
                 self.own(event.call_id, chosen)
                 return (chosen,)
             return every
@@ -150,11 +166,13 @@ class Router:
         """worker -> the events (indexes in ``events``, in order) it gets."""
         out: dict[int, Batch] = {}
         for i, event in enumerate(events):
-            before = list(self.pending)
+            before = [p.copy() for p in self.pending]
             for worker in self.targets(event):
                 batch = out.setdefault(worker, Batch())
                 batch.events.append(i)
-                batch.new_calls += self.pending[worker] - before[worker]
+                batch.new_calls.update(self.pending[worker] - before[worker])
+        for worker, batch in out.items():
+            batch.elsewhere = self.elsewhere(worker)
         return out
 
 
@@ -164,5 +182,9 @@ class Batch:
 
     events: list[int] = field(default_factory=list)
     """Indexes into the webhook's parsed events."""
-    new_calls: int = 0
-    """How many of them start a call there (:attr:`Router.pending` until it answers)."""
+    new_calls: Counter[str] = field(default_factory=Counter)
+    """Per business number, how many of them start a call there (:attr:`Router.pending`
+    until the worker answers)."""
+    elsewhere: dict[str, int] = field(default_factory=dict)
+    """Calls per number the other workers carry: the worker adds them to its own before it
+    compares with ``max_calls``."""

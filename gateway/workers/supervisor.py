@@ -27,6 +27,7 @@ import os
 import signal
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from gateway.health import liveness
 from gateway.whatsapp.events import ParsedWebhook
 from gateway.whatsapp.webhook import add_webhook_routes, same_secret
 from gateway.workers import metrics as worker_metrics
-from gateway.workers.process import WorkerProcess
+from gateway.workers.process import Delivery, WorkerProcess
 from gateway.workers.routing import Router
 
 log = logging.getLogger("gateway.workers")
@@ -147,11 +148,12 @@ class Supervisor:
             if self.stopping:
                 return
 
-    def _worker_state(self, index: int, state: dict | None, new_calls: int) -> None:
+    def _worker_state(self, index: int, state: dict | None, new_calls: Counter[str]) -> None:
         if state is None:
             self.router.worker_down(index)
         else:
-            self.router.report(index, int(state.get("active", 0)), new_calls)
+            self.router.report(index, int(state.get("active", 0)), state.get("by_number"),
+                               new_calls)
 
     def signal_workers(self, sig: int) -> None:
         for w in self.workers:
@@ -203,7 +205,8 @@ class Supervisor:
         for what in parsed.ignored:
             log.info("webhook: ignored %s", what)
         for index, batch in self.router.split(parsed.events).items():
-            self.workers[index].deliver(parsed.raw, batch.events, batch.new_calls)
+            self.workers[index].deliver(Delivery(parsed.raw, batch.events, batch.new_calls,
+                                                 batch.elsewhere))
         return 0
 
     # -- /v1 -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 
 from aiohttp import web
 
@@ -62,7 +63,11 @@ def worker_config(config: Config, index: int, count: int) -> Config:
 
 def add_worker_routes(app: web.Application, gateway) -> None:
     """The supervisor's side door: events it verified, and what it needs to route."""
-    from gateway.whatsapp.events import MalformedWebhook, ParsedWebhook, parse_body
+    from gateway.whatsapp.events import CallEvent, MalformedWebhook, ParsedWebhook, parse_body
+
+    elsewhere: dict[str, int] = {}
+    admitting: dict[str, str] = {}  # call id -> business number, until admitted or refused
+    gateway.calls.elsewhere = lambda pnid: elsewhere.get(pnid, 0)
 
     async def events(request: web.Request) -> web.Response:
         message = await request.json()
@@ -70,14 +75,25 @@ def add_worker_routes(app: web.Application, gateway) -> None:
             parsed = parse_body(base64.b64decode(message["body"]))
         except MalformedWebhook as exc:  # cannot happen: the supervisor parsed it first
             return web.json_response({"error": str(exc)}, status=400)
+        elsewhere.clear()
+        elsewhere.update(message.get("elsewhere") or {})
         mine = [parsed.events[i] for i in message["events"] if 0 <= i < len(parsed.events)]
         duplicates = gateway.calls.handle(ParsedWebhook(events=mine))
+        for ev in mine:
+            if isinstance(ev, CallEvent) and ev.call_id in gateway.calls._admitting:
+                admitting[ev.call_id] = ev.phone_number_id
         return web.json_response({"duplicates": duplicates, **state()})
 
     def state() -> dict:
+        """What the supervisor balances on: calls per business number, counting connects
+        still being admitted (the store is asked whether they are replays first)."""
+        for call_id in [c for c in admitting if c not in gateway.calls._admitting]:
+            del admitting[call_id]
+        by_number = Counter(admitting.values())
+        by_number.update(c.record.phone_number_id for c in gateway.calls.live_calls())
         return {"index": identity.worker().index, "pid": os.getpid(),
-                # connects still being admitted count: the supervisor balances on this
-                "active": gateway.calls.active_count + len(gateway.calls._admitting),
+                "active": gateway.calls.active_count + len(admitting),
+                "by_number": by_number,
                 "calls": sorted(c.wacid or c.channel_id for c in gateway.calls.live_calls())}
 
     async def get_state(request: web.Request) -> web.Response:
@@ -156,6 +172,19 @@ async def _watch_parent(loop: asyncio.AbstractEventLoop, now: asyncio.Event) -> 
         await loop.connect_read_pipe(_Eof, sys.stdin)
 
 
+class _NamedWorker(logging.Filter):
+    """``... INFO w1/gateway.calls.manager ...``: which worker wrote the line."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.prefix = f"w{index}/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            record.name = self.prefix + record.name
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     from gateway.logs import config_secrets, setup_logging
 
@@ -172,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     setup_logging(args.log_level.upper(), args.log_format, secrets=config_secrets(config),
                   verbose_media=args.verbose_media)
+    for handler in logging.getLogger().handlers:  # the workers share the supervisor's stream
+        handler.addFilter(_NamedWorker(args.index))
     asyncio.run(run(args))
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -80,7 +81,8 @@ async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
     config, path = process_config(sim, asterisk, tmp_path, http_port, udp_range(800, 100),
                                   api={"tokens": [API_TOKEN]},
                                   numbers=[{"phone_number_id": pnid, "display_number": display,
-                                            "context": ctx}
+                                            "context": ctx,
+                                            "max_calls": 1 if ctx == "test-marker" else 10}
                                            for pnid, (display, ctx) in NUMBERS.items()])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", path, "--workers", "2",
@@ -164,6 +166,14 @@ async def test_two_calls_land_on_two_workers_echo_and_end_by_their_own_terminate
     assert value(text, "whatsapp_gateway_ami_connected") == 1
     for family in ("calls_total", "webhook_requests_total"):  # one family, not one a process
         assert text.count(f"# TYPE whatsapp_gateway_{family} counter") == 1, family
+    assert value(text, "whatsapp_gateway_build_info") == 1 and "_created" not in text
+    assert value(text, "whatsapp_gateway_rtp_ports_capacity") == 100  # two slices of 50
+    if shutil.which("promtool"):  # the combined exposition is as clean as one process's
+        proc = await asyncio.create_subprocess_exec(
+            "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 30)
+        assert proc.returncode == 0 and out.decode().strip() == "", out.decode()
 
 
 async def test_killed_worker_is_restarted_and_only_its_call_is_ended(workers: Workers):
@@ -251,3 +261,25 @@ async def test_an_agents_dial_makes_exactly_one_call(workers: Workers):
     await w.until_channels(lambda cs: not cs)
     connects = w.sim.requests_for(action="connect")
     assert len(connects) == 1, connects
+
+
+async def test_max_calls_is_the_numbers_cap_not_each_workers(workers: Workers):
+    """test-marker's number allows 1 call: the second goes to the other (idle) worker, which
+    refuses it, counting the first worker's call."""
+    w = workers
+    pnid, display = number_for("test-marker")
+    first = await w.sim.place_call(from_wa_id="15550004441", phone_number_id=pnid,
+                                   display_phone_number=display)
+    await asyncio.wait_for(first.accepted.wait(), 20)
+    second = await w.sim.place_call(from_wa_id="15550004442", phone_number_id=pnid,
+                                    display_phone_number=display)
+    await asyncio.wait_for(second.ended.wait(), 20)
+    assert [r.status for r in w.sim.requests_for(second.call_id, "reject")] == [200]
+    status, record = await w.get(f"/v1/calls/{second.call_id}")
+    assert status == 200 and record["end_reason"] == "capacity", record
+    assert any(line.split()[2].startswith("w1/") and "reject" in line
+               and second.call_id in line for line in w.output), w.output  # by worker 1
+    (channel,) = await w.until_channels(lambda cs: len(cs) == 1)
+    assert owner_of(channel) == 0 and not first.ended.is_set()
+    await first.hangup()
+    await w.until_channels(lambda cs: not cs)

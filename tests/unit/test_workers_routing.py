@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from gateway.config import PortRange
@@ -55,8 +57,8 @@ def test_new_calls_go_to_the_least_loaded_worker_and_stay_there():
     assert router.targets(call_event("A", "terminate")) == (0,)
     assert router.targets(call_event("B", "terminate")) == (1,)
     assert router.targets(call_event("A")) == (0,)  # a redelivered connect: the same owner
-    router.report(0, 1, delivered_new=1)
-    router.report(1, 5, delivered_new=1)
+    router.report(0, 1, {"1": 1}, Counter({"1": 1}))
+    router.report(1, 5, {"1": 5}, Counter({"1": 1}))
     assert router.targets(call_event("C")) == (0,)
 
 
@@ -109,11 +111,24 @@ def test_split_keeps_each_workers_events_in_order():
               call_event("Z", "terminate")]
     batches = router.split(events)
     assert {i: b.events for i, b in batches.items()} == {0: [0, 2, 3], 1: [1, 3]}
-    assert {i: b.new_calls for i, b in batches.items()} == {0: 1, 1: 1}
-    router.report(1, 1, delivered_new=1)  # B is admitted in worker 1
+    assert {i: b.new_calls for i, b in batches.items()} == {0: {"1": 1}, 1: {"1": 1}}
+    router.report(1, 1, {"1": 1}, batches[1].new_calls)  # B is admitted in worker 1
     router.report(0, 0)  # worker 0 answers an earlier delivery: A is still on its way
     assert router.targets(call_event("D")) == (0,)  # 0+1 pending vs 1: the lower index
     assert router.targets(call_event("E")) == (1,)  # 0+2 pending vs 1
+
+
+def test_each_worker_is_told_the_calls_of_each_number_the_others_carry():
+    """max_calls is the number's cap: a worker adds the others' calls before comparing."""
+    router = Router(2)
+    router.worker_up(0)
+    router.worker_up(1)
+    router.report(1, 3, {"1": 2, "2": 1})
+    batches = router.split([call_event("A")])  # to worker 0, the least loaded
+    assert list(batches) == [0] and batches[0].elsewhere == {"1": 2, "2": 1}
+    batches = router.split([call_event("B")])  # to worker 0 again (0+1 pending < 3)
+    assert batches[0].elsewhere == {"1": 2, "2": 1}
+    assert router.elsewhere(1) == {"1": 2}  # worker 1 is told of A and B on their way
 
 
 def test_port_slices_are_disjoint_and_cover_the_range():
