@@ -59,6 +59,9 @@ class WorkerProcess:
     def __post_init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
+        self.drained = asyncio.Event()
+        """Set when the worker has drained (SIGTERM) or is gone."""
+        self._notes: asyncio.Task | None = None
         self.restarts = 0
         self.restarts_in_a_row = 0
         self.started_at = 0.0
@@ -80,6 +83,7 @@ class WorkerProcess:
         """Start the process and return once it listens (raises if it dies first)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        self.drained.clear()
         read_fd, write_fd = os.pipe()
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -90,14 +94,19 @@ class WorkerProcess:
         finally:
             os.close(write_fd)
         self.started_at = time.monotonic()
+        notes = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(notes), os.fdopen(read_fd, "rb", 0))
         try:
-            line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd),
-                                          START_TIMEOUT_S)
-        finally:
-            os.close(read_fd)
+            line = await asyncio.wait_for(notes.readline(), START_TIMEOUT_S)
+        except BaseException:
+            transport.close()
+            raise
         if line != b"ready\n":
+            transport.close()
             raise RuntimeError(f"worker {self.index} (pid {self.pid}) exited before it was "
                                "ready")
+        self._notes = asyncio.ensure_future(self._read_notes(notes, transport))
         if self.session is None:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.UnixConnector(path=self.socket_path),
@@ -106,6 +115,18 @@ class WorkerProcess:
         if self._sender is None:
             self._sender = asyncio.ensure_future(self._send_loop())
         log.info("worker %d running (pid %d)", self.index, self.pid)
+
+    async def _read_notes(self, notes: asyncio.StreamReader,
+                          transport: asyncio.BaseTransport) -> None:
+        """The worker's later notes on the ready pipe: ``drained``, then end of file when it
+        exits (which counts as drained too: it carries nothing any more)."""
+        try:
+            while line := await notes.readline():
+                if line == b"drained\n":
+                    self.drained.set()
+        finally:
+            self.drained.set()
+            transport.close()
 
     async def wait_exit(self) -> int:
         assert self.proc is not None
@@ -128,6 +149,9 @@ class WorkerProcess:
                 self.proc.send_signal(sig)
 
     async def close(self) -> None:
+        if self._notes is not None:
+            self._notes.cancel()
+            self._notes = None
         if self._sender is not None:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,13 +213,3 @@ class WorkerProcess:
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             return resp.status, await resp.json()
 
-
-def _read_line(fd: int) -> bytes:
-    """Blocking read of the worker's ready line (or EOF when it died first)."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 64)
-        if not chunk:
-            break
-        data += chunk
-    return data

@@ -160,8 +160,12 @@ class Supervisor:
             w.signal(sig)
 
     async def drain(self) -> None:
-        """SIGTERM: every worker drains (its own ``service.shutdown_grace``) and exits."""
+        """SIGTERM: every worker drains (no new call, the live ones go on for up to
+        ``service.shutdown_grace``); once all have, they stop together. Until then a new
+        call still reaches a worker, which refuses it (Meta gets its reject)."""
         self.stopping = True
+        self.signal_workers(signal.SIGTERM)
+        await asyncio.gather(*(w.drained.wait() for w in self.workers))
         self.signal_workers(signal.SIGTERM)
         await asyncio.gather(*(w.proc.wait() for w in self.workers if w.proc is not None))
 
@@ -283,7 +287,8 @@ class Supervisor:
         checks = {}
         for w, (status, body) in zip(self.workers, answers, strict=True):
             checks[f"worker{w.index}"] = {"ok": status == 200, "status": body.get("status"),
-                                          "checks": body.get("checks", {})}
+                                          "checks": body.get("checks", {}),
+                                          **({"info": body["info"]} if body.get("info") else {})}
             reasons += [f"worker {w.index}: {r}" for r in body.get("reasons", [])]
             warnings += [x for x in body.get("warnings", []) if x not in warnings]
         if self.stopping:

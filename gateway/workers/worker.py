@@ -142,9 +142,9 @@ async def run(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the supervisor too
     await _watch_parent(loop, now)
     await gateway.start()
-    if args.ready_fd is not None:
-        os.write(args.ready_fd, b"ready\n")
-        os.close(args.ready_fd)
+    tell = (lambda note: os.write(args.ready_fd, note)) if args.ready_fd is not None \
+        else (lambda note: 0)
+    tell(b"ready\n")  # to the supervisor (gateway/workers/process.py)
     try:
         first = asyncio.ensure_future(drain.wait())
         gone = asyncio.ensure_future(now.wait())
@@ -153,6 +153,10 @@ async def run(args: argparse.Namespace) -> None:
             draining = asyncio.ensure_future(gateway.drain())
             await asyncio.wait({draining, gone}, return_when=asyncio.FIRST_COMPLETED)
             draining.cancel()
+            # Stay up, refusing new calls, until the supervisor says every worker is done: a
+            # worker that left early would leave the calls routed to it unanswered.
+            tell(b"drained\n")
+            await gone
         for task in (first, gone):
             task.cancel()
     finally:

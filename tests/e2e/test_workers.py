@@ -12,9 +12,11 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from gateway.asterisk.ami import AmiClient
 from gateway.config import parse_config
@@ -40,6 +42,8 @@ class Workers:
     ami: AmiClient
     url: str
     output: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    config_path: str = ""
 
     async def channels(self) -> dict[str, dict]:
         """Our UnicastRTP channels in Asterisk, by Uniqueid."""
@@ -58,13 +62,35 @@ class Workers:
                 raise AssertionError(f"channels never matched: {list(channels)}")
             await asyncio.sleep(0.05)
 
-    async def get(self, path: str) -> tuple[int, dict | str]:
-        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async def until_output(self, text: str, count: int = 1, timeout: float = 15.0) -> None:
+        """Until ``count`` lines of the processes' log hold ``text``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while sum(text in line for line in self.output) < count:
+            if loop.time() > deadline or self.proc.returncode is not None:
+                raise AssertionError(f"never logged {text!r}:\n" + "\n".join(self.output))
+            await asyncio.sleep(0.05)
+
+    async def get(self, path: str, token: str = API_TOKEN) -> tuple[int, dict | str]:
+        headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(headers=headers) as http:
             async with http.get(f"{self.url}{path}") as resp:
                 if resp.content_type == "application/json":
                     return resp.status, await resp.json()
                 return resp.status, await resp.text()
+
+    async def final_record(self, call_id: str, timeout: float = 10.0) -> dict:
+        """The call's record once it is closed: a worker saves it a moment after the call
+        ends (write-behind), and only the store can say when, so it is asked again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status, record = await self.get(f"/v1/calls/{call_id}")
+            if status == 200 and record.get("outcome") not in (None, "active"):
+                return record
+            if loop.time() > deadline:
+                raise AssertionError(f"record of {call_id} never closed: {status} {record}")
+            await asyncio.sleep(0.05)
 
     async def workers(self) -> list[dict]:
         _status, body = await self.get("/readyz")
@@ -105,7 +131,7 @@ async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
         await asyncio.wait_for(listening, 60)
         await ami.connect()
         sim.webhook_url = f"http://127.0.0.1:{http_port}/webhook"
-        yield Workers(proc, sim, ami, f"http://127.0.0.1:{http_port}", output)
+        yield Workers(proc, sim, ami, f"http://127.0.0.1:{http_port}", output, config, path)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -117,6 +143,7 @@ async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
                 await proc.wait()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader, 5)
+        print("the gateway processes logged:\n" + "\n".join(output))  # shown on failure
         await ami.close()
         await sim.close()
 
@@ -155,9 +182,8 @@ async def test_two_calls_land_on_two_workers_echo_and_end_by_their_own_terminate
     await w.until_channels(lambda cs: not cs)
     pnid, _ = number_for("test-echo")
     for call in calls:
-        status, record = await w.get(f"/v1/calls/{call.call_id}")
-        assert status == 200 and record["outcome"] == "answered", record
-        assert record["hangup_side"] == "whatsapp"
+        record = await w.final_record(call.call_id)
+        assert record["outcome"] == "answered" and record["hangup_side"] == "whatsapp", record
     _status, text = await w.get("/metrics")
     assert value(text, "whatsapp_gateway_calls_total", phone_number_id=pnid,
                  outcome="answered", hangup_side="whatsapp") == 2
@@ -198,12 +224,12 @@ async def test_killed_worker_is_restarted_and_only_its_call_is_ended(workers: Wo
     after = {info["index"]: info for info in await w.workers()}
     assert after[0]["restarts"] == 1 and after[0]["pid"] != before[0]["pid"]
     assert after[1]["pid"] == before[1]["pid"] and after[1]["restarts"] == 0
-    status, record = await w.get(f"/v1/calls/{victim.call_id}")
-    assert status == 200 and record["outcome"] == "failed", record
+    record = await w.final_record(victim.call_id)
+    assert record["outcome"] == "failed" and "on restart" in record["reason"], record
 
     await survivor.hangup()  # the untouched call still ends normally, through worker 1
     await w.until_channels(lambda cs: not cs)
-    status, record = await w.get(f"/v1/calls/{survivor.call_id}")
+    record = await w.final_record(survivor.call_id)
     assert record["hangup_side"] == "whatsapp" and record["outcome"] == "answered", record
 
 
@@ -275,11 +301,40 @@ async def test_max_calls_is_the_numbers_cap_not_each_workers(workers: Workers):
                                     display_phone_number=display)
     await asyncio.wait_for(second.ended.wait(), 20)
     assert [r.status for r in w.sim.requests_for(second.call_id, "reject")] == [200]
-    status, record = await w.get(f"/v1/calls/{second.call_id}")
-    assert status == 200 and record["end_reason"] == "capacity", record
+    record = await w.final_record(second.call_id)
+    assert record["end_reason"] == "capacity", record
     assert any(line.split()[2].startswith("w1/") and "reject" in line
                and second.call_id in line for line in w.output), w.output  # by worker 1
     (channel,) = await w.until_channels(lambda cs: len(cs) == 1)
     assert owner_of(channel) == 0 and not first.ended.is_set()
     await first.hangup()
     await w.until_channels(lambda cs: not cs)
+
+
+async def test_sigterm_drains_every_worker_and_sighup_reloads_them(workers: Workers):
+    w = workers
+    w.config["api"] = {"tokens": ["rotated-token"]}
+    await asyncio.to_thread(Path(w.config_path).write_text, yaml.safe_dump(w.config))
+    w.proc.send_signal(signal.SIGHUP)
+    await w.until_output("config reloaded from", count=2)  # each worker
+    status, _body = await w.get("/v1/calls", token="rotated-token")
+    assert status == 200  # the supervisor's check and the worker's both took the new token
+    status, _body = await w.get("/v1/calls")
+    assert status == 401
+
+    pnid, display = number_for("test-wait")
+    live = await w.sim.place_call(from_wa_id="15550004441", phone_number_id=pnid,
+                                  display_phone_number=display)
+    await asyncio.wait_for(live.accepted.wait(), 20)
+    w.proc.send_signal(signal.SIGTERM)
+    await w.until_output("draining: no new calls", count=2)
+    status, body = await w.get("/readyz")
+    assert status == 503 and any("draining" in r for r in body["reasons"]), body
+    late = await w.sim.place_call(from_wa_id="15550004442", phone_number_id=pnid,
+                                  display_phone_number=display)
+    await asyncio.wait_for(late.ended.wait(), 20)  # refused while draining, by either worker
+    assert [r.status for r in w.sim.requests_for(late.call_id, "reject")] == [200]
+    assert not live.ended.is_set() and w.proc.returncode is None
+    await live.hangup()  # the last call ends: every worker, then the supervisor, exits
+    assert await asyncio.wait_for(w.proc.wait(), 30) == 0
+    assert not await w.channels()
