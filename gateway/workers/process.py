@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from gateway.workers.routing import Delivery
+
 log = logging.getLogger("gateway.workers")
 
 START_TIMEOUT_S = 60.0
@@ -32,14 +34,6 @@ DELIVERY_WAIT_S = 30.0
 RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 """Delay before each restart of a worker that keeps dying within :data:`STABLE_S`."""
 STABLE_S = 10.0
-
-
-@dataclass
-class Delivery:
-    body: bytes
-    events: list[int]
-    new_calls: Counter[str] = field(default_factory=Counter)
-    elsewhere: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -18,9 +18,10 @@ start a second copy of it. The rules, in the order :meth:`Router.targets` applie
   the others tombstone the id, which is what one gateway would have done.
 - Everything else (account notices, recordings of ended calls) goes to worker 0.
 
-Issue 10 (several gateway instances on PostgreSQL) reuses this: an instance is a "worker"
-whose id is in the channel id, and :class:`Router` does not care whether delivery is a Unix
-socket or another host. Pure logic: no I/O, tested in tests/unit/test_workers_routing.py.
+Issue 10 (several gateway instances on PostgreSQL) reuses this: an instance is an owner whose
+id is in the channel id (gateway/workers/identity.py ``owner_id``), :class:`Router` decides, and
+a :class:`CallOwner` delivers -- a Unix socket to a worker here, another host there. Pure logic:
+no I/O, tested in tests/unit/test_workers_routing.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.whatsapp.events import (
     CallEvent,
@@ -174,6 +176,24 @@ class Router:
         for worker, batch in out.items():
             batch.elsewhere = self.elsewhere(worker)
         return out
+
+
+@dataclass
+class Delivery:
+    """A signed webhook body and which of its events one owner gets."""
+
+    body: bytes
+    events: list[int]
+    new_calls: Counter[str] = field(default_factory=Counter)
+    elsewhere: dict[str, int] = field(default_factory=dict)
+
+
+class CallOwner(Protocol):
+    """Where the events of the calls one owner carries are sent: a worker process over its
+    Unix socket here (gateway/workers/process.py); another gateway instance in issue 10."""
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Queue the delivery; deliveries to one owner arrive in the order given."""
 
 
 @dataclass

@@ -40,8 +40,8 @@ from gateway.health import liveness
 from gateway.whatsapp.events import ParsedWebhook
 from gateway.whatsapp.webhook import add_webhook_routes, same_secret
 from gateway.workers import metrics as worker_metrics
-from gateway.workers.process import Delivery, WorkerProcess
-from gateway.workers.routing import Router
+from gateway.workers.process import WorkerProcess
+from gateway.workers.routing import Delivery, Router
 
 log = logging.getLogger("gateway.workers")
 

@@ -142,8 +142,11 @@ async def run(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the supervisor too
     await _watch_parent(loop, now)
     await gateway.start()
-    tell = (lambda note: os.write(args.ready_fd, note)) if args.ready_fd is not None \
-        else (lambda note: 0)
+    def tell(note: bytes) -> None:
+        if args.ready_fd is not None:
+            with contextlib.suppress(OSError):  # the supervisor is gone: stdin says so too
+                os.write(args.ready_fd, note)
+
     tell(b"ready\n")  # to the supervisor (gateway/workers/process.py)
     try:
         first = asyncio.ensure_future(drain.wait())
