@@ -338,3 +338,32 @@ async def test_sigterm_drains_every_worker_and_sighup_reloads_them(workers: Work
     await live.hangup()  # the last call ends: every worker, then the supervisor, exits
     assert await asyncio.wait_for(w.proc.wait(), 30) == 0
     assert not await w.channels()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_workers_end_their_calls_when_the_supervisor_is_killed(workers: Workers):
+    """No worker outlives its supervisor: nothing could reach its calls any more."""
+    w = workers
+    pnid, display = number_for("test-wait")
+    call = await w.sim.place_call(from_wa_id="15550004441", phone_number_id=pnid,
+                                  display_phone_number=display)
+    await asyncio.wait_for(call.accepted.wait(), 20)
+    pids = [info["pid"] for info in await w.workers()]
+    w.proc.send_signal(signal.SIGKILL)
+    await w.proc.wait()
+    await asyncio.wait_for(call.ended.wait(), 20)
+    assert call.ended_by == "business"
+    await w.until_channels(lambda cs: not cs)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while any(alive(pid) for pid in pids):  # not our children: nothing to wait on but /proc
+        assert loop.time() < deadline, [pid for pid in pids if alive(pid)]
+        await asyncio.sleep(0.05)
