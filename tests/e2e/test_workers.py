@@ -184,6 +184,8 @@ async def test_two_calls_land_on_two_workers_echo_and_end_by_their_own_terminate
     for call in calls:
         record = await w.final_record(call.call_id)
         assert record["outcome"] == "answered" and record["hangup_side"] == "whatsapp", record
+    status, listed = await w.get("/v1/calls?since=1h")  # one store, both workers' records
+    assert status == 200 and {r["wacid"] for r in listed["calls"]} == {c.call_id for c in calls}
     _status, text = await w.get("/metrics")
     assert value(text, "whatsapp_gateway_calls_total", phone_number_id=pnid,
                  outcome="answered", hangup_side="whatsapp") == 2
