@@ -6,7 +6,7 @@ whether every caller heard its own tone back. The gateway runs as its own proces
 is measured alone); the simulator's phones and Asterisk run beside it on the same machine,
 so on a 2-core box the numbers include that contention.
 
-    .venv/bin/python benchmarks/concurrent_calls.py --calls 10 --hold 15
+    .venv/bin/python benchmarks/concurrent_calls.py --calls 10 --hold 15 [--workers 2]
 """
 
 from __future__ import annotations
@@ -38,11 +38,40 @@ SECRET, TOKEN = "bench-secret", "bench-token"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (serve --workers N: the supervisor and its workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [pid], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process. On loopback, system time includes delivering
-    each packet we send into the receiver's socket, which a real NIC would not charge us."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    """(user, system) CPU seconds of a process and its children. On loopback, system time
+    includes delivering each packet we send into the receiver's socket, which a real NIC would
+    not charge us."""
+    user = system = 0.0
+    for p in tree(pid):
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        user += int(fields[11]) / CLK_TCK
+        system += int(fields[12]) / CLK_TCK
+    return user, system
 
 
 def cpu_seconds(pid: int) -> float:
@@ -61,7 +90,7 @@ async def metrics(url: str) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(text) for smp in fam.samples}
 
 
-async def main(calls: int, hold: float, codec: str) -> None:
+async def main(calls: int, hold: float, codec: str, workers: int) -> None:
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1"])
     # Free ports and the suite's own names and UDP block: it can run beside a test suite.
@@ -87,6 +116,7 @@ async def main(calls: int, hold: float, codec: str) -> None:
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
+        "--workers", str(workers),
         "--log-level", "warning", cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     url = f"http://127.0.0.1:{http_port}"
@@ -147,7 +177,7 @@ async def main(calls: int, hold: float, codec: str) -> None:
         received = sum(v for (n, _), v in m_end.items()
                        if n == "whatsapp_gateway_rtp_packets_received_total")
         print(f"calls: {calls} concurrent, codec {codec}, held {hold:.0f} s, "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores, {workers} gateway worker(s)")
         print(f"gateway CPU: idle {100 * idle:.1f} %, with calls {100 * busy:.1f} % of one core "
               f"-> {100 * (busy - idle) / calls:.2f} % per call (user "
               f"{100 * user_share / calls:.2f} %, system {100 * sys_share / calls:.2f} %)")
@@ -173,5 +203,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--hold", type=float, default=10.0)
     parser.add_argument("--codec", default="g722", choices=["g722", "ulaw", "alaw"])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="serve --workers N (CPU is then the supervisor's and workers' sum)")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.hold, args.codec))
+    asyncio.run(main(args.calls, args.hold, args.codec, args.workers))

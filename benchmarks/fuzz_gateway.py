@@ -85,6 +85,7 @@ async def start(tmp: Path) -> tuple[CloudApiSimulator, asyncio.subprocess.Proces
     log = (tmp / "gateway.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
+        "--workers", "1",
         "--log-level", "warning", cwd=ROOT, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):

@@ -236,6 +236,7 @@ async def main(args: argparse.Namespace) -> dict:
     log = write_files(tmp, config)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
+        "--workers", "1",
         "--log-level", "info", cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     rtp_prefix = f"UnicastRTP/127.0.0.1:{rtp_ports.split('-')[0][:3]}"

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -129,6 +130,14 @@ class Gateway:
         self.port: int | None = None
         self.dialplan_problems: list[str] = []
         self._ami_lost_timer: asyncio.Task | None = None
+        # --- hooks for serve --workers N (gateway/workers/worker.py sets them) ---
+        self.claims_dial: Callable[[dict[str, str]], bool] = lambda ev: True
+        """Is this AMI ``UserEvent(WhatsAppDial)`` this gateway's to dial? Every worker sees it."""
+        self.owns_record: Callable[[CallRecord], bool] = lambda record: True
+        """Is an active record left by a previous run this gateway's to end at start?"""
+        self.unix_path: str | None = None
+        """Listen on this Unix socket instead of ``http.listen`` (a worker, behind its
+        supervisor)."""
 
     def _route(self, event: CallEvent) -> tuple[str, str] | None:
         """Closed hours send the call to the number's closed_context (settings.call_hours)."""
@@ -204,7 +213,7 @@ class Gateway:
                 await self._check_dialplan()
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
-        if ev.get("UserEvent") == "WhatsAppDial":
+        if ev.get("UserEvent") == "WhatsAppDial" and self.claims_dial(ev):
             self.calls.dial_from_dialplan(ev)
 
     async def _readiness(self) -> ReadinessInputs:
@@ -241,7 +250,8 @@ class Gateway:
         # Records a killed previous run left active: Meta still has those calls up. They stay
         # active until end_orphaned_records (below) has ended each at Meta and saved its
         # closed record once, with what happened (a closed record is final).
-        left_open = await self.store.left_open()  # this instance's only, on a shared store
+        # This instance's only, on a shared store; this worker's only, under --workers N.
+        left_open = [r for r in await self.store.left_open() if self.owns_record(r)]
         if left_open:
             log.warning("%d call record(s) left active by a previous run: ending them",
                         len(left_open))
@@ -277,11 +287,15 @@ class Gateway:
         # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
         self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
-        log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
+        if self.unix_path is not None:
+            await web.UnixSite(self._runner, self.unix_path).start()
+            log.info("gateway worker listening on unix:%s", self.unix_path)
+        else:
+            site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+            log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
         self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
 
     async def _heartbeat(self, *, take_over: bool = True) -> None:

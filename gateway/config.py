@@ -690,6 +690,9 @@ def _gateway(r: _Reader, raw: dict, http: HttpSettings) -> GatewaySettings:
     if not INSTANCE_ID.fullmatch(given):
         r.fail("gateway.instance_id", f"{given!r}: use 1-32 lower-case letters, digits and "
                "inner hyphens (it goes into every Asterisk channel id)")
+    elif re.search(r"-w\d+$", given):
+        r.fail("gateway.instance_id", f"{given!r}: must not end in -w<digits>, which names a "
+               "worker of serve --workers N (gateway/workers/identity.py)")
     return GatewaySettings(given)
 
 

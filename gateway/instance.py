@@ -24,6 +24,9 @@ from pathlib import Path
 INSTANCE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 """Lower-case letters, digits and inner hyphens, at most 32: safe in an AMI header, a
 Prometheus label and a channel id (Asterisk allows 149 characters; ours stay under 70)."""
+_CHANNEL_INSTANCE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?(?:-w\d{1,4})?")
+"""An instance id as channel ids carry it: a worker of ``serve --workers N`` runs as
+``<instance>-w<k>`` (gateway/workers/identity.py), a few characters past the 32 of config."""
 CHANNEL_PREFIX = "wa-"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -59,7 +62,7 @@ def channel_instance(channel_id: str) -> str | None:
     if not channel_id.startswith(CHANNEL_PREFIX):
         return None
     instance, _, unique = channel_id[len(CHANNEL_PREFIX):].rpartition("-")
-    if not _HEX32.fullmatch(unique) or not INSTANCE_ID.fullmatch(instance):
+    if not _HEX32.fullmatch(unique) or not _CHANNEL_INSTANCE.fullmatch(instance):
         return None
     return instance
 

@@ -14,6 +14,13 @@ Longer than the usual 450 lines on purpose: about 220 lines are the declarations
 metric family with its help text, a flat table an operator reads top to bottom next to the
 Grafana dashboard and alert rules (monitoring/), which their tests check against this one list.
 Split, the table would be scattered for no gain in logic.
+
+Under ``serve --workers N`` each worker process writes its values into
+``PROMETHEUS_MULTIPROC_DIR`` and the supervisor serves them combined (gateway/workers/metrics.py).
+Each gauge's ``multiprocess_mode`` says how: counts and free ports add up (``livesum``), what
+every worker has the same (build, configured capacity) or any worker suffers (dialplan problems,
+restrictions) is the ``livemax``, AMI is up only when it is up in every worker (``livemin``).
+Outside that mode the argument is ignored.
 """
 
 from __future__ import annotations
@@ -150,7 +157,8 @@ class GatewayMetrics:
         self.build_info = Gauge(
             f"{n}_build_info",
             "Always 1; the labels say which gateway build runs (join on instance to annotate "
-            "dashboards after an upgrade).", ["version", "python", "aiortc"], registry=r)
+            "dashboards after an upgrade).", ["version", "python", "aiortc"], registry=r,
+            multiprocess_mode="livemax")
         self.build_info.labels(*_build_labels()).set(1)
 
         # ---- calls --------------------------------------------------------------------------
@@ -182,11 +190,13 @@ class GatewayMetrics:
             call + ["cause"], registry=r)
         self.active_calls = Gauge(
             f"{n}_active_calls",
-            "Calls in progress right now (admitted and not yet ended).", call, registry=r)
+            "Calls in progress right now (admitted and not yet ended).", call, registry=r,
+            multiprocess_mode="livesum")
         self.call_capacity = Gauge(
             f"{n}_call_capacity",
             "Configured max_calls of the business number: active calls beyond it are "
-            "rejected.", ["phone_number_id"], registry=r)
+            "rejected.", ["phone_number_id"], registry=r,
+            multiprocess_mode="livemax")
         self.call_duration = Histogram(
             f"{n}_call_duration_seconds",
             "Talk time of answered calls, from answer to hangup.", call,
@@ -250,7 +260,8 @@ class GatewayMetrics:
         self.ami_connected = Gauge(
             f"{n}_ami_connected",
             "1 while the AMI connection to Asterisk is up and logged in; 0 means new calls "
-            "are rejected.", registry=r)
+            "are rejected.", registry=r,
+            multiprocess_mode="livemin")
         self.ami_reconnects = Counter(
             f"{n}_ami_reconnects_total",
             "AMI connections re-established after a loss (the first connect is not counted).",
@@ -259,13 +270,16 @@ class GatewayMetrics:
             f"{n}_dialplan_problems",
             "Configured routes (numbers[].context/extension, closed_context) missing from "
             "Asterisk's dialplan at the last check (on every AMI connect); calls to them are "
-            "hung up at once.", registry=r)
+            "hung up at once.", registry=r,
+            multiprocess_mode="livemax")
         self.rtp_ports_free = Gauge(
             f"{n}_rtp_ports_free",
-            "Free UDP ports for the Asterisk RTP leg; at 0 new calls are rejected.", registry=r)
+            "Free UDP ports for the Asterisk RTP leg; at 0 new calls are rejected.", registry=r,
+            multiprocess_mode="livesum")
         self.rtp_ports_capacity = Gauge(
             f"{n}_rtp_ports_capacity",
-            "Size of the configured Asterisk RTP port range (media.rtp_ports).", registry=r)
+            "Size of the configured Asterisk RTP port range (media.rtp_ports).", registry=r,
+            multiprocess_mode="livesum")
 
         # ---- outbound permissions -----------------------------------------------------------
         self.permission_requests = Counter(
@@ -296,7 +310,8 @@ class GatewayMetrics:
         self.account_restricted = Gauge(
             f"{n}_account_restricted",
             "1 while Meta restricts calling on the number (by restriction type), 0 after the "
-            "restriction expired.", ["phone_number_id", "restriction_type"], registry=r)
+            "restriction expired.", ["phone_number_id", "restriction_type"], registry=r,
+            multiprocess_mode="livemax")
         self.inbound_offered = Counter(
             f"{n}_inbound_calls_offered_total",
             "Calls from WhatsApp users that reached the gateway (admitted or refused).",
@@ -309,7 +324,8 @@ class GatewayMetrics:
             f"{n}_inbound_pickup_ratio",
             "Answered / offered calls from WhatsApp users over the last 24 h (1 with no "
             "calls). Meta warns, then restricts, numbers with a low pickup rate: alert well "
-            "before it does.", ["phone_number_id"], registry=r)
+            "before it does.", ["phone_number_id"], registry=r,
+            multiprocess_mode="livemostrecent")
 
         # ---- voicemail, recordings, transcripts (docs/meta-2026-settings-events.md §2, §4) -
         self.voicemail_deadline_missed = Counter(
@@ -331,7 +347,8 @@ class GatewayMetrics:
         self.crm_events_queued = Gauge(
             f"{n}_crm_events_queued",
             "Call events waiting for a CRM URL (grows while the CRM is down).", ["url"],
-            registry=r)
+            registry=r,
+            multiprocess_mode="livesum")
 
         # ---- storage ------------------------------------------------------------------------
         self.store_errors = Counter(
@@ -343,7 +360,8 @@ class GatewayMetrics:
             f"{n}_store_pending_records",
             "Writes kept in memory because the disk refused them, by store; they are written "
             "when it takes them again (or at shutdown). Above 0 for long: free disk space.",
-            ["store"], registry=r)
+            ["store"], registry=r,
+            multiprocess_mode="livesum")
         for store in STORES:
             self.store_errors.labels(store)
             self.store_pending.labels(store).set(0)

@@ -76,6 +76,9 @@ class CallManager:
         """Set by the app: another gateway must not start a call this one tombstoned."""
         self._admitting: set[str] = set()
         """Connects waiting for :attr:`known_call`'s answer, so a second copy is not admitted."""
+        self.elsewhere: Callable[[str], int] = lambda phone_number_id: 0
+        """Calls of this number other processes carry (``serve --workers N`` sets it:
+        ``max_calls`` is the number's cap, not each worker's)."""
 
     @property
     def accepting(self) -> bool:
@@ -268,7 +271,8 @@ class CallManager:
             return What.SHUTDOWN, "gateway is shutting down (draining)"
         if not getattr(self.deps.ami, "connected", False):
             return What.NO_AMI, "Asterisk AMI not connected"
-        if self.active_for(ev.phone_number_id) >= number.max_calls:
+        if self.active_for(ev.phone_number_id) + self.elsewhere(ev.phone_number_id) \
+                >= number.max_calls:
             return (What.CAPACITY,
                     f"capacity: {number.max_calls} calls active for this number (max_calls)")
         return None

@@ -1,6 +1,6 @@
 """``whatsapp-gateway``: the gateway's command line, one module per command group.
 
-    whatsapp-gateway serve --config gateway.yaml
+    whatsapp-gateway serve --config gateway.yaml [--workers N]
     whatsapp-gateway reload --config gateway.yaml   # re-read the config (SIGHUP to serve)
     whatsapp-gateway check-config --config gateway.yaml [--asterisk]
     whatsapp-gateway demo                       # local Asterisk + simulator + gateway

@@ -28,6 +28,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = commands.add_parser("serve", help="run the gateway")
     add_config_option(p)
     add_logging_options(p)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="media processes behind one webhook/API/metrics endpoint (default: "
+                        "the number of cores; 1 runs the gateway in this one process)")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("reload", help="check the config file, then make the running "
@@ -41,6 +44,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args.config)
     start_logging(args, config)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise SystemExit("serve: --workers must be at least 1")
+    if workers > 1:  # one supervisor, N media processes (gateway/workers/)
+        from gateway.workers.supervisor import serve
+
+        worker_args = ["--log-level", args.log_level, "--log-format", args.log_format,
+                       *(["--verbose-media"] if args.verbose_media else [])]
+        try:
+            asyncio.run(serve(config, args.config, workers, worker_args))
+        except ValueError as exc:
+            raise SystemExit(f"serve: {exc}") from None
+        return 0
     asyncio.run(_serve(Gateway(config), args.config))
     return 0
 

@@ -239,3 +239,6 @@ class ParsedWebhook:
     events: list[Event] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     """What was skipped and why, for one log line each."""
+    raw: bytes = field(default=b"", repr=False, compare=False)
+    """The signature-checked body (set by the webhook route): ``serve --workers N`` forwards it
+    to the worker that owns the call, which parses it again (gateway/workers/routing.py)."""

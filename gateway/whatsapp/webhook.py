@@ -103,6 +103,7 @@ def add_webhook_routes(app: web.Application,
             observe("malformed")
             log.warning("webhook: malformed body: %s", exc)
             return web.json_response({"error": str(exc)}, status=400)
+        parsed.raw = raw
         duplicates = sink(parsed)
         observe("duplicate" if duplicates and duplicates == len(parsed.events) else "ok")
         return web.Response(text="ok")

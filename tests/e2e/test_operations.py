@@ -100,7 +100,7 @@ def rtp_channel_prefix(config: dict) -> str:
 async def start_gateway_process(config_path: str) -> asyncio.subprocess.Process:
     """``whatsapp-gateway serve`` as a real process; returns once it listens."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", config_path,
+        sys.executable, "-m", "gateway", "serve", "--config", config_path, "--workers", "1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     while True:  # the gateway says when it listens
