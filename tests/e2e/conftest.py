@@ -133,7 +133,7 @@ def make_config(graph_url: str, ami_port: int, **overrides):
 
 
 @contextlib.asynccontextmanager
-async def open_stack(asterisk: LocalAsterisk, **config: Any) -> AsyncIterator[Stack]:
+async def open_stack(asterisk: LocalAsterisk, /, **config: Any) -> AsyncIterator[Stack]:
     """The simulator and a started gateway (``config``: sections for :func:`make_config`,
     ``store`` at least), stopped at the end."""
     aiortc_hooks.install()

@@ -14,6 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from gateway.asterisk.ami import AmiClient, Event
+from gateway.calls.orphans import OrphanSweep
 from gateway.calls.record import CallRecord, Direction
 from gateway.config import AmiSettings
 from gateway.instance import new_channel_id, sweep_spares
@@ -69,7 +70,7 @@ async def test_a_second_gateway_spares_the_first_ones_call_and_never_starts_it_a
         await asyncio.wait_for(call.accepted.wait(), WAIT_S)  # after its channel is up
         (ours,) = [c["Uniqueid"] for c in await a.channels()]
         assert ours.startswith("wa-gw-a-")
-        connect = next(d for d in a.sim.webhooks
+        connect = next(d for d in a.sim.webhooks.deliveries
                        if call.call_id.encode() in d.body and b'"connect"' in d.body)
         async with open_stack(asterisk, store={"path": str(tmp_path / "b.sqlite3"),
                                                "url": pg_url},
@@ -93,7 +94,7 @@ async def test_a_second_gateway_spares_the_first_ones_call_and_never_starts_it_a
 
 @pytest.fixture
 async def ami(ami_settings: AmiSettings) -> AsyncIterator[AmiClient]:
-    client = AmiClient(ami_settings, sweep_on_connect=False)
+    client = AmiClient(ami_settings)  # no sweep of its own: this test sweeps by hand
     await client.connect()
     try:
         yield client
@@ -125,14 +126,14 @@ async def test_the_sweep_hangs_up_only_this_instances_orphans(
     hangups = await channels_up(ami, "gw-a", "gw-b")
     orphan, others = hangups
     restarted = AmiClient(ami_settings)
-    restarted.owned = sweep_spares("gw-a", lambda uniqueid: False)
+    sweep = OrphanSweep(restarted, sweep_spares("gw-a", lambda uniqueid: False)).install()
     try:
         await restarted.connect()  # the sweep runs before connect() returns
         hangup = await asyncio.wait_for(hangups[orphan], WAIT_S)
         assert hangup["Cause"] == "41"
         assert others in {c["Uniqueid"] for c in await ami.core_show_channels()}
         assert not hangups[others].done()
-        assert await restarted.sweep_orphans() == []
+        assert await sweep.sweep() == []
     finally:
         await restarted.close()
         await ami.hangup(others)
