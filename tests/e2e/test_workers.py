@@ -110,6 +110,8 @@ async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
                                             "context": ctx,
                                             "max_calls": 1 if ctx == "test-marker" else 10}
                                            for pnid, (display, ctx) in NUMBERS.items()])
+    # Everything that can fail is made before the process, which the finally below must stop.
+    ami = AmiClient(parse_config(config, env={}).asterisk.ami)  # no sweep: it owns no call
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", path, "--workers", "2",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -126,7 +128,6 @@ async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
             listening.set_exception(AssertionError("gateway exited:\n" + "\n".join(output)))
 
     reader = asyncio.ensure_future(read_output())
-    ami = AmiClient(parse_config(config, env={}).asterisk.ami, sweep_on_connect=False)
     try:
         await asyncio.wait_for(listening, 60)
         await ami.connect()
