@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 CODECS = ("g722", "ulaw", "alaw")
+MEDIA_MODES = ("opus", "passthrough", "auto")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
 """What an accountcode may hold: Asterisk keeps at most 79 characters (AST_MAX_ACCOUNT_CODE
@@ -179,6 +180,18 @@ class NumberSettings:
     ``accountcode`` column, for billing and reports per business number."""
     recording: RecordingSettings | None = None
     """Meta's recording/transcription of this number's calls; None: not recorded."""
+    media_mode: str = "opus"
+    """``numbers[].media.mode``. ``opus``: WhatsApp's leg is Opus, transcoded to
+    ``asterisk.codec`` (wideband with G.722). ``passthrough``: when WhatsApp's offer carries
+    PCMU/PCMA (the number's ``calling.audio.additional_codecs`` at Meta), answer with it and
+    hand the payloads to an ulaw/alaw channel untouched (about a fifth of the CPU, narrowband);
+    an offer without it falls back to Opus with a warning. ``auto``: the same choice without the
+    warning or the check that the setting is on."""
+
+    @property
+    def g711(self) -> tuple[str, ...]:
+        """G.711 codecs to answer with before Opus, in preference order (none in ``opus``)."""
+        return () if self.media_mode == "opus" else ("PCMU", "PCMA")
 
 
 @dataclass(frozen=True)
@@ -512,7 +525,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             continue
         r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
                          "closed_context", "closed_extension", "calling",
-                         "username_caller_id", "accountcode", "recording"}, path)
+                         "username_caller_id", "accountcode", "recording", "media"}, path)
         pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
         if pnid and not pnid.isdigit():
             r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
@@ -543,6 +556,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                                                    f"{path}.username_caller_id"),
             accountcode=_accountcode(r, item, f"{path}.accountcode"),
             recording=_recording(r, item.get("recording"), f"{path}.recording"),
+            media_mode=_media_mode(r, item.get("media"), calling, path),
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
@@ -630,6 +644,29 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
 
 
 RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+
+
+def _media_mode(r: _Reader, raw: Any, calling: dict[str, Any], number: str) -> str:
+    """``numbers[].media.mode``. ``passthrough`` with the number's calling settings in this
+    file needs ``calling.audio.additional_codecs``: without it Meta never offers G.711
+    (docs/meta-2026-settings-events.md §1)."""
+    path = f"{number}.media"
+    if raw is None:
+        return "opus"
+    if not isinstance(raw, dict):
+        r.fail(path, f"must be a mapping with mode ({', '.join(MEDIA_MODES)})")
+        return "opus"
+    r.unknown(raw, {"mode"}, path)
+    mode = raw.get("mode", "opus")
+    if mode not in MEDIA_MODES:
+        r.fail(f"{path}.mode", f"must be one of {', '.join(MEDIA_MODES)}, got {mode!r}")
+        return "opus"
+    codecs = (calling.get("audio") or {}).get("additional_codecs") \
+        if isinstance(calling.get("audio"), dict) else None
+    if mode == "passthrough" and calling and not codecs:
+        r.fail(f"{path}.mode", f"passthrough needs {number}.calling.audio.additional_codecs "
+                               "(PCMU and/or PCMA): without it WhatsApp offers Opus only")
+    return mode
 
 
 def _recording(r: _Reader, raw: Any, path: str) -> RecordingSettings | None:

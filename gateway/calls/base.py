@@ -31,7 +31,7 @@ from gateway.calls.ending import (
 )
 from gateway.calls.record import CallRecord
 from gateway.config import NumberSettings, UsernameCallerId
-from gateway.media.codecs import ASTERISK_CODECS
+from gateway.media.codecs import ASTERISK_CODECS, G711_CODECS
 from gateway.media.rtp_leg import AsteriskRtpLeg
 from gateway.media.webrtc import WebRtcLeg
 from gateway.whatsapp.events import CallEvent
@@ -105,6 +105,8 @@ class Call:
         self.channel_id = record.channel_id
         self._codec = ASTERISK_CODECS[deps.config.asterisk.codec]
         record.codec = self._codec.name
+        self._passthrough = False
+        """G.711 both ways: payloads go between the legs untouched (no transcoding)."""
         self._t0 = time.perf_counter()
         self._end: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self.ended_why = ""
@@ -324,6 +326,13 @@ class Call:
         self.leg = leg
         return leg
 
+    def use_passthrough(self, g711: str) -> None:
+        """WhatsApp's leg speaks ``g711`` (PCMU/PCMA): the Asterisk channel is ulaw/alaw and
+        frames pass between the legs as they are. Before the RTP leg is opened."""
+        self._codec = ASTERISK_CODECS[G711_CODECS[g711]]
+        self.record.codec = self._codec.name
+        self._passthrough = True
+
     def _on_webrtc_state(self, state: str) -> None:
         if state in ("failed", "closed") and not self._end.done():
             self._spawn(self._media_lost(state))
@@ -357,7 +366,8 @@ class Call:
         self.reserve_port()
         sock, self._rtp_sock = self._rtp_sock, None
         assert sock is not None
-        self.rtp = AsteriskRtpLeg(sock, self._codec, name=self.channel_id)
+        self.rtp = AsteriskRtpLeg(sock, self._codec, name=self.channel_id,
+                                  passthrough=self._passthrough)
         await self.rtp.start()
         self.leg.on_audio = self.rtp.send
         self.rtp.on_audio = self.leg.play

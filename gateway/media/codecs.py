@@ -9,7 +9,8 @@ twice the CPU (docs/media.md); ours is mono, ``application=voip``, in-band FEC o
 from __future__ import annotations
 
 import fractions
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import av
 import numpy as np
@@ -26,16 +27,72 @@ QUIET_PEAK = 300
 would miss: it may be dropped to work off a backlog (latency) without cutting speech."""
 
 
-def trim_backlog(queue: bytearray, keep_frames: int = 3) -> None:
-    """Drop quiet frames from the head of a PCM queue holding more than ``keep_frames`` + 1
+@dataclass(frozen=True)
+class FrameFormat:
+    """What a 20 ms frame in a queue holds: 16 kHz s16 PCM (transcoding), or G.711 bytes
+    passed through untouched between WhatsApp and Asterisk (``media.mode: passthrough``)."""
+
+    name: str
+    frame_bytes: int
+    silence: bytes
+    """One frame of digital silence in this format."""
+    linear: np.ndarray | None = field(default=None, compare=False)
+    """G.711 byte value → s16 sample (None: the frame is PCM already)."""
+
+    def peak(self, queue: bytearray | bytes) -> int:
+        """Loudest sample of the frame at the head of ``queue``."""
+        if self.linear is None:
+            head = np.frombuffer(queue, dtype=np.int16, count=self.frame_bytes // 2)
+            return int(np.abs(head).max())
+        return int(self.linear[np.frombuffer(queue, dtype=np.uint8,
+                                             count=self.frame_bytes)].max())
+
+
+def _g711_peaks(ffmpeg: str) -> np.ndarray:
+    """|s16| of each of the 256 G.711 byte values, decoded once by PyAV."""
+    dec = av.CodecContext.create(ffmpeg, "r")
+    dec.sample_rate, dec.layout = 8000, "mono"
+    frames = dec.decode(av.Packet(bytes(range(256))))
+    samples = np.frombuffer(b"".join(bytes(f.planes[0])[: f.samples * 2] for f in frames),
+                            dtype=np.int16)
+    return np.abs(samples.astype(np.int32))
+
+
+PCM16 = FrameFormat("pcm16", FRAME_BYTES, SILENCE)
+G711_FORMATS = {
+    # G.711 silence is the code of the smallest level: 0xFF in mu-law, 0xD5 in A-law.
+    "ulaw": FrameFormat("ulaw", 160, b"\xff" * 160, _g711_peaks("pcm_mulaw")),
+    "alaw": FrameFormat("alaw", 160, b"\xd5" * 160, _g711_peaks("pcm_alaw")),
+}
+G711_CODECS = {"PCMU": "ulaw", "PCMA": "alaw"}
+"""WhatsApp's (SDP) name of a G.711 codec → Asterisk's."""
+
+
+def trim_backlog(queue: bytearray, keep_frames: int = 3, fmt: FrameFormat = PCM16) -> None:
+    """Drop quiet frames from the head of a queue holding more than ``keep_frames`` + 1
     frames. Audio that arrived in a burst (network jitter, or held until Meta's accept) would
     otherwise stay as extra delay for the rest of the call."""
-    while len(queue) >= (keep_frames + 1) * FRAME_BYTES:
-        head = np.frombuffer(queue, dtype=np.int16, count=FRAME_SAMPLES)
-        if int(np.abs(head).max()) >= QUIET_PEAK:
+    size = fmt.frame_bytes
+    while len(queue) >= (keep_frames + 1) * size:
+        if fmt.peak(queue) >= QUIET_PEAK:
             return
-        del head
-        del queue[:FRAME_BYTES]
+        del queue[:size]
+
+
+class FrameEncoder(Protocol):
+    """One 20 ms frame of ``format`` in, one RTP payload out."""
+
+    format: FrameFormat
+
+    def encode(self, frame: bytes) -> bytes: ...
+
+
+class FrameDecoder(Protocol):
+    """One RTP payload in, 20 ms of ``format`` out (empty when undecodable)."""
+
+    format: FrameFormat
+
+    def decode(self, payload: bytes) -> bytes: ...
 
 
 def _frame(pcm: bytes, rate: int, pts: int | None = None) -> av.AudioFrame:
@@ -61,6 +118,8 @@ class OpusEncoder:
     frame of speech-like audio on this project's 2-core machine: 0: 120 us, 3: 245 us,
     5: 300 us, 10: 430 us (silence costs far less)."""
 
+    format = PCM16
+
     def __init__(self, bitrate: int = 32000, complexity: int = 5):
         ctx = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = RATE
@@ -82,6 +141,8 @@ class OpusEncoder:
 
 class OpusDecoder:
     """Opus packets in, 16 kHz mono PCM out (libopus always decodes at 48 kHz in PyAV)."""
+
+    format = PCM16
 
     def __init__(self) -> None:
         self._ctx = av.CodecContext.create("libopus", "r")
@@ -124,7 +185,10 @@ ASTERISK_CODECS = {
 
 
 class AsteriskTranscoder:
-    """Encodes internal 16 kHz frames for Asterisk and decodes Asterisk's payloads back."""
+    """Encodes internal 16 kHz frames for Asterisk and decodes Asterisk's payloads back (also
+    the simulated phone's G.711 codec: the same PCMU/PCMA payloads)."""
+
+    format = PCM16
 
     def __init__(self, codec: AsteriskCodec):
         self.codec = codec
@@ -165,3 +229,18 @@ class AsteriskTranscoder:
         if self._up:
             frames = [g for f in frames for g in self._up.resample(f)]
         return _pcm(frames)
+
+
+class G711Passthrough:
+    """WhatsApp's PCMU/PCMA payload is Asterisk's ulaw/alaw payload: nothing is decoded or
+    encoded, frames stay G.711 bytes from one leg to the other (``media.mode: passthrough``)."""
+
+    def __init__(self, codec: AsteriskCodec):
+        self.codec = codec
+        self.format = G711_FORMATS[codec.name]
+
+    def encode(self, frame: bytes) -> bytes:
+        return frame
+
+    def decode(self, payload: bytes) -> bytes:
+        return payload

@@ -349,9 +349,11 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
             or DEFAULT_DISPLAY_NUMBER
         self.numbers.setdefault(phone_number_id, display)
         transcript = Transcript()
+        calling = self.number_settings(phone_number_id).get("calling", {})
         phone = SimulatedPhone(transcript=transcript, name=f"phone {user.key}",
                                timers=self.phone_timers, idle_audio=idle_audio,
-                               hearing_window_s=self.hearing_window_s, prompts=self.prompts)
+                               hearing_window_s=self.hearing_window_s, prompts=self.prompts,
+                               g711=number_settings.additional_codecs(calling))
         await phone.make_offer()
         call = SimulatedCall(self, call_id=new_wacid(user.key), from_wa_id=from_wa_id,
                              profile_name=profile_name, phone_number_id=phone_number_id,
@@ -372,7 +374,6 @@ class CloudApiSimulator(BusinessCalling, AccountApi, AccountEvents, CallMedia):
         for listener in self.call_listeners:
             listener(call)
         await self._send_call_webhook(call, self.connect_payload(call))
-        calling = self.number_settings(phone_number_id).get("calling", {})
         voicemail_after = number_settings.voicemail_timeout(calling)
         if voicemail_after is not None:
             self._spawn(self._voicemail_timer(call, voicemail_after))
