@@ -164,8 +164,9 @@ async def start_gateway(args: argparse.Namespace, tmp: Path, pnids: list[str],
         "store": {"path": str(tmp / "bench.sqlite3")},
     }
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
+    profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
+        sys.executable, *profile, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml"),
         "--log-level", "warning", cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
         stderr=os.open(tmp / "gateway.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
     url = f"http://127.0.0.1:{args.http_port}"
@@ -378,6 +379,7 @@ if __name__ == "__main__":
     p.add_argument("--anchor", action="store_true", help="also aiortc's stock pipeline")
     p.add_argument("--sequential", type=int, default=0, metavar="N")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", metavar="PATH", help="run the gateway under cProfile, into PATH")
     p.add_argument("--ami-port", type=int, default=5097)
     p.add_argument("--http-port", type=int, default=18777)
     a = p.parse_args()

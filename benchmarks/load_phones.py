@@ -122,7 +122,7 @@ class LoadPhone(SimulatedPhone):
     def _prepare(self) -> None:
         leg = self.leg
         self.encoder = PreEncoded(leg.audio_codec)
-        leg.outgoing.use_encoder(self.encoder)
+        leg.outgoing.use_encoder(self.encoder, 48000 if leg.audio_codec == "opus" else 8000)
         if not self.sampled:
             leg._decoder = _Deaf()
         counted = leg.on_media

@@ -234,7 +234,7 @@ class MediaSettings:
     webrtc_ports: PortRange | None = None
     """UDP ports of the WhatsApp leg (open them to WhatsApp's relays); None: any free port."""
     opus_bitrate: int = 32000
-    opus_complexity: int = 5
+    opus_complexity: int = 3
     """libopus complexity 0-10: the main CPU knob (see gateway/media/codecs.py for costs)."""
     connect_timeout_s: float = 20.0
     """ICE+DTLS must be up this long after pre_accept (WhatsApp itself gives up after 20 s)."""
@@ -602,7 +602,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         webrtc_addresses=tuple(a for a in webrtc if a),
         public_ip=r.address(public_ip, "media.public_ip") if public_ip else None,
         opus_bitrate=r.integer(med, "opus_bitrate", "media.opus_bitrate", 32000, 6000, 128000),
-        opus_complexity=r.integer(med, "opus_complexity", "media.opus_complexity", 5, 0, 10),
+        opus_complexity=r.integer(med, "opus_complexity", "media.opus_complexity", 3, 0, 10),
         connect_timeout_s=r.number(med, "connect_timeout", "media.connect_timeout", 20.0, 0.5),
         no_media_timeout_s=r.number(med, "no_media_timeout", "media.no_media_timeout", 30.0,
                                     1.0),

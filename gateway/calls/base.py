@@ -429,7 +429,12 @@ class Call:
         host = await self._until_end(ami.getvar(self.channel_id, "UNICASTRTP_LOCAL_ADDRESS"))
         if not port or not str(port).isdigit():
             raise OriginateFailed(f"Asterisk gave no RTP port for the channel ({port!r})")
-        self.rtp.set_remote(host if host and host != "0.0.0.0" else self.rtp.local[0], int(port))
+        # Once the WhatsApp leg is up, its sender's 20 ms clock paces the Asterisk leg too.
+        paced = self.leg is not None and self.leg.connected.is_set()
+        if paced:
+            self.leg.outgoing.on_tick = self.rtp.tick
+        self.rtp.set_remote(host if host and host != "0.0.0.0" else self.rtp.local[0], int(port),
+                            paced_outside=paced)
         self._spawn(self._forward_dtmf())
 
     async def _forward_dtmf(self) -> None:

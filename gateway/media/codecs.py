@@ -22,6 +22,9 @@ SILENCE = bytes(FRAME_BYTES)
 OPUS_CLOCK = 48000
 
 
+DIGITAL_SILENCE_PEAK = 40
+"""A frame whose samples all stay within this (-58 dBFS) is digital silence: what Asterisk sends
+when it plays nothing (G.722's idle code decodes to +-32, G.711's to 0)."""
 QUIET_PEAK = 300
 """A 20 ms frame whose samples all stay below this (about -40 dBFS) carries nothing a listener
 would miss: it may be dropped to work off a backlog (latency) without cutting speech."""
@@ -114,13 +117,17 @@ def _pcm(frames: list[av.AudioFrame]) -> bytes:
 class OpusEncoder:
     """16 kHz mono PCM frames in, one Opus packet per 20 ms out.
 
-    ``complexity`` (libopus 0-10) is the main CPU knob of the whole gateway. Measured per 20 ms
-    frame of speech-like audio on this project's 2-core machine: 0: 120 us, 3: 245 us,
-    5: 300 us, 10: 430 us (silence costs far less)."""
+    ``complexity`` (libopus 0-10) is the main CPU knob of the whole gateway. Measured by
+    benchmarks/opus_complexity.py (Asterisk's spoken prompts at WhatsApp's 20 kb/s, process
+    time per 20 ms frame, 2-core machine, shared): 0: 44 us, 1: 48, 2: 89, 3: 92, 5: 115,
+    7: 132, 10: 146. Quality (log-spectral distance to the input, 0-4 kHz; lower is better):
+    0-1: 5.6 dB, 2-3: 5.0, 5: 4.9, 7-10: 4.7. The default, 3, keeps 5's quality within
+    0.15 dB at 80 % of its cost; 0-1 halve the cost but are clearly worse. The prompts are
+    8 kHz recordings: wideband speech may gain a little more from higher complexities."""
 
     format = PCM16
 
-    def __init__(self, bitrate: int = 32000, complexity: int = 5):
+    def __init__(self, bitrate: int = 32000, complexity: int = 3):
         ctx = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = RATE
         ctx.layout = "mono"
@@ -137,6 +144,22 @@ class OpusEncoder:
         self._pts += FRAME_SAMPLES
         packets = self._ctx.encode(frame)
         return bytes(packets[0]) if packets else b""
+
+
+_silence_packets: dict[tuple[int, int], bytes] = {}
+
+
+def opus_silence_packet(bitrate: int, complexity: int) -> bytes:
+    """The packet our encoder settles on for digital silence, encoded once per process.
+    Sending it costs nothing where encoding silence costs 50-80 us a frame (measured by
+    benchmarks/opus_complexity.py): most of a call's frames toward WhatsApp are silence."""
+    key = (bitrate, complexity)
+    if key not in _silence_packets:
+        enc = OpusEncoder(bitrate, complexity)
+        for _ in range(10):  # past the encoder's start-up and its FEC of the frame before
+            packet = enc.encode(SILENCE)
+        _silence_packets[key] = packet
+    return _silence_packets[key]
 
 
 class OpusDecoder:

@@ -82,11 +82,13 @@ class AsteriskRtpLeg:
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), sock=self.sock)
 
-    def set_remote(self, host: str, port: int) -> None:
+    def set_remote(self, host: str, port: int, *, paced_outside: bool = False) -> None:
         """Where Asterisk listens (``UNICASTRTP_LOCAL_ADDRESS``/``_PORT`` from Getvar); starts
-        the paced stream toward it."""
+        the paced stream toward it, on its own timer unless ``paced_outside``: then the
+        caller calls :meth:`tick` every 20 ms (the WhatsApp leg's sender does, so a call runs
+        one timer where it ran two)."""
         self.remote = (host, port)
-        if self._pacer is None:
+        if self._pacer is None and not paced_outside:
             self._pacer = asyncio.ensure_future(self._pace())
 
     def send(self, frames: bytes) -> None:
@@ -97,19 +99,23 @@ class AsteriskRtpLeg:
         if excess > 0:
             del self._queue[:excess]
 
+    def tick(self) -> None:
+        """Send the next 20 ms frame toward Asterisk: queued audio, or silence."""
+        size = self.format.frame_bytes
+        trim_backlog(self._queue, fmt=self.format)
+        if len(self._queue) >= size:
+            frame = bytes(self._queue[:size])
+            del self._queue[:size]
+        else:
+            frame = self.format.silence
+        self._send_frame(frame)
+
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         n = 0
-        size, silence = self.format.frame_bytes, self.format.silence
         while self._transport is not None:
-            trim_backlog(self._queue, fmt=self.format)
-            if len(self._queue) >= size:
-                frame = bytes(self._queue[:size])
-                del self._queue[:size]
-            else:
-                frame = silence
-            self._send_frame(frame)
+            self.tick()
             n += 1
             delay = start + n * PTIME - loop.time()
             if delay < -0.2:  # the loop stalled: resynchronise instead of bursting

@@ -35,6 +35,7 @@ from aiortc.rtp import RtpPacket
 from gateway.media import aiortc_hooks, rfc4733
 from gateway.media.codecs import (
     ASTERISK_CODECS,
+    DIGITAL_SILENCE_PEAK,
     G711_CODECS,
     PCM16,
     AsteriskTranscoder,
@@ -44,6 +45,7 @@ from gateway.media.codecs import (
     G711Passthrough,
     OpusDecoder,
     OpusEncoder,
+    opus_silence_packet,
     trim_backlog,
 )
 
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 aiortc_hooks.install()
 
 PTIME = 0.020
+OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 MAX_CONCEALED = 3
 """Up to 3 lost packets in a row (60 ms) are concealed; a longer gap is left to the pacer's
 silence, since repeating sound for longer is worse than a gap."""
@@ -141,12 +144,22 @@ class OutgoingAudio(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, bitrate: int, complexity: int = 5):
+    def __init__(self, bitrate: int, complexity: int = 3):
         super().__init__()
         self.bitrate = bitrate
         self._complexity = complexity
         self._encoder: FrameEncoder = OpusEncoder(bitrate, complexity)
         self._format = self._encoder.format
+        self._silence_packet: bytes | None = opus_silence_packet(bitrate, complexity)
+        """Sent in place of encoding digital silence (None: the codec is cheap, G.711)."""
+        self._silent = False
+        self._clock = 48000
+        self._time_base = OPUS_TIME_BASE
+        """RTP clock of the codec: aiortc's ``pack()`` skips its Fraction arithmetic when the
+        packet's time base is the codec's own."""
+        self.on_tick: Callable[[], None] | None = None
+        """Called every 20 ms by the sender's clock: the Asterisk leg paces itself on it, so a
+        call runs one timer, not two."""
         self._pcm = bytearray()
         """Queued frames of ``self._format`` (16 kHz PCM, or G.711 bytes in passthrough)."""
         self._dtmf_queue: deque[tuple[bytes, bool, bool]] = deque()  # payload, marker, last
@@ -170,10 +183,13 @@ class OutgoingAudio(MediaStreamTrack):
                                                                        OpusEncoder):
             self.bitrate = peer_max
             self._encoder = OpusEncoder(peer_max, self._complexity)
+            self._silence_packet = opus_silence_packet(peer_max, self._complexity)
 
-    def use_encoder(self, encoder: FrameEncoder) -> None:
+    def use_encoder(self, encoder: FrameEncoder, rtp_clock: int = 8000) -> None:
         """Send with this codec (G.711 negotiated), before any frame is sent."""
         self._encoder, self._format = encoder, encoder.format
+        self._silence_packet = None
+        self._clock, self._time_base = rtp_clock, fractions.Fraction(1, rtp_clock)
         self._pcm.clear()
 
     def attach(self, rewriter: aiortc_hooks.PayloadTypeRewriter) -> None:
@@ -236,9 +252,14 @@ class OutgoingAudio(MediaStreamTrack):
                 await asyncio.sleep(wait)
             elif wait < -0.2:  # the loop stalled: do not burst to catch up
                 self._start = now - self.frames_sent * PTIME
+        if self.on_tick is not None:
+            try:
+                self.on_tick()
+            except Exception:  # an exception here would stop this sender for good
+                log.exception("media: the 20 ms tick of the other leg failed")
         self.frames_sent += 1
         pts = self._pts
-        self._pts += 960  # 20 ms at Opus's 48 kHz RTP clock
+        self._pts += self._clock // 50
         if self._dtmf_queue and self._rewriter is not None:
             payload, marker, last = self._dtmf_queue.popleft()
             if payload:
@@ -250,20 +271,32 @@ class OutgoingAudio(MediaStreamTrack):
                 else:
                     pts = self._event_pts
                 return self._packet(payload, pts)
-        return self._packet(self._encoder.encode(self._next_pcm()), pts)
+        return self._packet(self._encode(self._next_pcm()), pts)
 
-    @staticmethod
-    def _packet(payload: bytes, pts: int) -> av.Packet:
+    def _encode(self, frame: bytes) -> bytes:
+        if self._silence_packet is not None and (
+                frame is self._format.silence
+                or self._format.peak(frame) <= DIGITAL_SILENCE_PEAK):
+            self._silent = True
+            return self._silence_packet
+        if self._silent:
+            # Sound again: the encoder's frame before this one must be silence as well, or
+            # this packet's FEC would carry the sound from before the silence.
+            self._encoder.encode(self._format.silence)
+            self._silent = False
+        return self._encoder.encode(frame)
+
+    def _packet(self, payload: bytes, pts: int) -> av.Packet:
         packet = av.Packet(payload)
         packet.pts = pts
-        packet.time_base = fractions.Fraction(1, 48000)
+        packet.time_base = self._time_base
         return packet
 
 
 class WebRtcLeg:
     """One WebRTC audio call leg with packet-level receive and RFC 4733 both ways."""
 
-    def __init__(self, *, name: str = "", opus_bitrate: int = 32000, opus_complexity: int = 5,
+    def __init__(self, *, name: str = "", opus_bitrate: int = 32000, opus_complexity: int = 3,
                  public_ip: str | None = None, addresses: tuple[str, ...] | None = None,
                  ports: tuple[int, int] | None = None, g711: Sequence[str] = (),
                  passthrough: bool = False):
@@ -393,7 +426,7 @@ class WebRtcLeg:
         self.audio_codec, self._audio_pt = name, payload_type
         transcoder = G711Passthrough(codec) if self.passthrough else AsteriskTranscoder(codec)
         self._decoder = transcoder
-        self.outgoing.use_encoder(transcoder)
+        self.outgoing.use_encoder(transcoder, codec.rtp_clock)
 
     @property
     def frame_format(self) -> FrameFormat:
