@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -42,6 +43,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 LOGS = Path(tempfile.mkdtemp(prefix="gw-bench-"))
 """The gateway's config and log, and the phone processes' logs, of this run."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: other benchmarks may run on this machine too."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -159,7 +167,7 @@ async def start_gateway(args: argparse.Namespace, tmp: Path, pnids: list[str],
                      "media": {"mode": args.mode}} for p in pnids],
         "asterisk": {"ami": {"port": args.ami_port, "username": "gateway",
                              "secret": "gateway-secret"}, "codec": args.codec},
-        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "44000-45999"},
+        "media": {"webrtc_addresses": ["127.0.0.1"], "rtp_ports": "46000-47999"},
         "http": {"listen": f"127.0.0.1:{args.http_port}"},
         "store": {"path": str(tmp / "bench.sqlite3")},
     }
@@ -197,8 +205,10 @@ async def concurrent(args: argparse.Namespace, gw: asyncio.subprocess.Process,
     connected = await place(groups, args.calls, args.rate, args.sample)
     await asyncio.sleep(2.0)  # settle: set-up work done, queues steady
     measuring = asyncio.ensure_future(window(gw.pid, args.hold))
+    load = [asyncio.ensure_future(window(g.proc.pid, args.hold)) for g in groups]
     checks = [c for r in await all_of(groups, cmd="check") for c in r["checks"]]
     user, system = await measuring
+    phones_cpu = sum(u + s for u, s in await asyncio.gather(*load))
     rss = rss_mb(gw.pid)
     ended = await all_of(groups, cmd="hangup")
     await asyncio.sleep(2.0)  # records written, metrics counted
@@ -221,6 +231,7 @@ async def concurrent(args: argparse.Namespace, gw: asyncio.subprocess.Process,
         "cpu_user_percent_per_call": round(100 * (user - idle_user) / n, 3),
         "cpu_system_percent_per_call": round(100 * (system - idle_sys) / n, 3),
         "cpu_percent_total": round(100 * (user + system), 1),
+        "load_generator_cpu_percent": round(100 * phones_cpu, 1),
         "rss_mb_per_call": round((rss - idle_rss) / n, 3), "rss_mb": round(rss, 1),
         "packets_lost": {
             "whatsapp_to_gateway": int(delta("whatsapp_gateway_rtp_packets_lost_total")),
@@ -246,13 +257,13 @@ async def anchor(args: argparse.Namespace) -> float:
     """CPU % of one core per call of aiortc's stock pipeline at the same N."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "benchmarks" / "anchor_aiortc.py"),
-        "--port", str(args.http_port + 2), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        "--port", str(anchor_port := free_port()), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     groups: list[Phones] = []
     try:
         assert proc.stdout is not None
         await proc.stdout.readline()
-        url = f"http://127.0.0.1:{args.http_port + 2}/offer"
+        url = f"http://127.0.0.1:{anchor_port}/offer"
         for i in range(args.phone_procs):
             groups.append((await Phones.start("--answer-url", url, "--index", str(i)))[0])
         idle_user, idle_sys = await window(proc.pid, 2.0)
@@ -296,6 +307,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--workers: one gateway process only so far (worker processes are "
                          "issue 9 part 2)")
     tmp = LOGS
+    args.ami_port = args.ami_port or free_port()
+    args.http_port = args.http_port or free_port()
+    router_port = free_port()
     ast = LocalAsterisk("bench", ami_port=args.ami_port,
                         overlay_dir=ROOT / "tests" / "e2e" / "asterisk-overlay")
     await ast.start()
@@ -303,7 +317,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     groups: list[Phones] = []
     gw: asyncio.subprocess.Process | None = None
     try:
-        await router.start(args.http_port + 1)
+        await router.start(router_port)
         g711 = "PCMU,PCMA" if args.mode == "passthrough" else ""
         pnids = [f"1000000000001{i:02d}" for i in range(args.phone_procs)]
         for i, pnid in enumerate(pnids):
@@ -312,7 +326,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "--webhook-url", f"http://127.0.0.1:{args.http_port}/webhook", "--g711", g711)
             groups.append(phones)
             router.routes[pnid] = hello["graph_url"]
-        gw = await start_gateway(args, tmp, pnids, f"http://127.0.0.1:{args.http_port + 1}/v25.0")
+        gw = await start_gateway(args, tmp, pnids, f"http://127.0.0.1:{router_port}/v25.0")
         ast_rtt = await asterisk_echo_rtt(args.ami_port)
         if args.sequential:
             result = {"mode": args.mode, "workers": args.workers,
@@ -347,7 +361,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['workers']} worker, held {r['hold_s']:g} s, {r['cores']} cores",
         f"gateway CPU: {r['cpu_percent_per_call']:.2f} % of a core per call (user "
         f"{r['cpu_user_percent_per_call']:.2f}, system {r['cpu_system_percent_per_call']:.2f});"
-        f" {r['cpu_percent_total']:.0f} % in all",
+        f" {r['cpu_percent_total']:.0f} % in all (the callers: "
+        f"{r['load_generator_cpu_percent']:.0f} %)",
         f"gateway RSS: {r['rss_mb_per_call']:.2f} MB per call ({r['rss_mb']:.0f} MB in all)",
         f"packets lost: WhatsApp->gateway {lost['whatsapp_to_gateway']}, gateway->WhatsApp "
         f"{lost['gateway_to_whatsapp']} (of {r['packets_to_phones']}); audio gaps "
@@ -380,8 +395,8 @@ if __name__ == "__main__":
     p.add_argument("--sequential", type=int, default=0, metavar="N")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", metavar="PATH", help="run the gateway under cProfile, into PATH")
-    p.add_argument("--ami-port", type=int, default=5097)
-    p.add_argument("--http-port", type=int, default=18777)
+    p.add_argument("--ami-port", type=int, default=0, help="0: a free port")
+    p.add_argument("--http-port", type=int, default=0, help="the gateway's; 0: a free port")
     a = p.parse_args()
     out = asyncio.run(main(a))
     print(json.dumps(out) if a.json else report(out))

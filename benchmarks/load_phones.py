@@ -256,7 +256,7 @@ class Worker:
         return True
 
     async def check(self) -> dict[str, Any]:
-        sampled = [p for p in self.phones if p.sampled]
+        sampled = [p for p in self.phones if p.sampled and p.encoder is not None]
         results = await asyncio.gather(*[p.check(600 + 40 * i) for i, p in enumerate(sampled)])
         return {"checks": results}
 
