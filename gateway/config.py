@@ -23,6 +23,7 @@ from gateway.errors import BadInput
 from gateway.instance import INSTANCE_ID, derive_instance_id
 from gateway.media.codecs import ASTERISK_CODECS
 
+MEDIA_MODES = ("opus", "passthrough", "auto")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
 """What an accountcode may hold: Asterisk keeps at most 79 characters (AST_MAX_ACCOUNT_CODE
@@ -184,6 +185,18 @@ class NumberSettings:
     ``accountcode`` column, for billing and reports per business number."""
     recording: RecordingSettings | None = None
     """Meta's recording/transcription of this number's calls; None: not recorded."""
+    media_mode: str = "opus"
+    """``numbers[].media.mode``. ``opus``: WhatsApp's leg is Opus, transcoded to
+    ``asterisk.codec`` (wideband with G.722). ``passthrough``: when WhatsApp's offer carries
+    PCMU/PCMA (the number's ``calling.audio.additional_codecs`` at Meta), answer with it and
+    hand the payloads to an ulaw/alaw channel untouched (about a fifth of the CPU, narrowband);
+    an offer without it falls back to Opus with a warning. ``auto``: the same choice without the
+    warning or the check that the setting is on."""
+
+    @property
+    def g711(self) -> tuple[str, ...]:
+        """G.711 codecs to answer with before Opus, in preference order (none in ``opus``)."""
+        return () if self.media_mode == "opus" else ("PCMU", "PCMA")
 
 
 @dataclass(frozen=True)
@@ -226,7 +239,7 @@ class MediaSettings:
     webrtc_ports: PortRange | None = None
     """UDP ports of the WhatsApp leg (open them to WhatsApp's relays); None: any free port."""
     opus_bitrate: int = 32000
-    opus_complexity: int = 5
+    opus_complexity: int = 3
     """libopus complexity 0-10: the main CPU knob (see gateway/media/codecs.py for costs)."""
     connect_timeout_s: float = 20.0
     """ICE+DTLS must be up this long after pre_accept (WhatsApp itself gives up after 20 s)."""
@@ -538,7 +551,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
             continue
         r.unknown(item, {"phone_number_id", "display_number", "context", "extension", "max_calls",
                          "closed_context", "closed_extension", "calling",
-                         "username_caller_id", "accountcode", "recording"}, path)
+                         "username_caller_id", "accountcode", "recording", "media"}, path)
         pnid = r.string(item, "phone_number_id", f"{path}.phone_number_id") or ""
         if pnid and not pnid.isdigit():
             r.fail(f"{path}.phone_number_id", f"must be Meta's numeric id, got {pnid!r}")
@@ -567,6 +580,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
                                                    f"{path}.username_caller_id"),
             accountcode=_accountcode(r, item, f"{path}.accountcode"),
             recording=_recording(r, item.get("recording"), f"{path}.recording"),
+            media_mode=_media_mode(r, item.get("media"), calling, path),
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
@@ -612,7 +626,7 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         webrtc_addresses=tuple(a for a in webrtc if a),
         public_ip=r.address(public_ip, "media.public_ip") if public_ip else None,
         opus_bitrate=r.integer(med, "opus_bitrate", "media.opus_bitrate", 32000, 6000, 128000),
-        opus_complexity=r.integer(med, "opus_complexity", "media.opus_complexity", 5, 0, 10),
+        opus_complexity=r.integer(med, "opus_complexity", "media.opus_complexity", 3, 0, 10),
         connect_timeout_s=r.number(med, "connect_timeout", "media.connect_timeout", 20.0, 0.5),
         no_media_timeout_s=r.number(med, "no_media_timeout", "media.no_media_timeout", 30.0,
                                     1.0),
@@ -697,6 +711,29 @@ def _gateway(r: _Reader, raw: dict, http: HttpSettings) -> GatewaySettings:
 
 
 RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+
+
+def _media_mode(r: _Reader, raw: Any, calling: dict[str, Any], number: str) -> str:
+    """``numbers[].media.mode``. ``passthrough`` with the number's calling settings in this
+    file needs ``calling.audio.additional_codecs``: without it Meta never offers G.711
+    (docs/meta-2026-settings-events.md §1)."""
+    path = f"{number}.media"
+    if raw is None:
+        return "opus"
+    if not isinstance(raw, dict):
+        r.fail(path, f"must be a mapping with mode ({', '.join(MEDIA_MODES)})")
+        return "opus"
+    r.unknown(raw, {"mode"}, path)
+    mode = raw.get("mode", "opus")
+    if mode not in MEDIA_MODES:
+        r.fail(f"{path}.mode", f"must be one of {', '.join(MEDIA_MODES)}, got {mode!r}")
+        return "opus"
+    codecs = (calling.get("audio") or {}).get("additional_codecs") \
+        if isinstance(calling.get("audio"), dict) else None
+    if mode == "passthrough" and calling and not codecs:
+        r.fail(f"{path}.mode", f"passthrough needs {number}.calling.audio.additional_codecs "
+                               "(PCMU and/or PCMA): without it WhatsApp offers Opus only")
+    return mode
 
 
 def _recording(r: _Reader, raw: Any, path: str) -> RecordingSettings | None:

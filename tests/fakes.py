@@ -312,6 +312,9 @@ class FakeLeg:
         self.on_dtmf: Callable[[str, int], None] = lambda digit, ms: None
         self.on_state: Callable[[str], None] = lambda state: None
         self._connect_at_once = connect_at_once
+        self.g711: tuple[str, ...] = ()
+        self.passthrough = False
+        self.audio_codec = "opus"
 
     async def answer(self, offer_sdp: str) -> str:
         if self._connect_at_once:

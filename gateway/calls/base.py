@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Any
 
-from gateway.calls.caller_id import caller_id, e164, user_caller_id
+from gateway.calls.caller_id import caller_id, channel_variables, e164, user_caller_id
 from gateway.calls.deps import CallDeps
 from gateway.calls.ending import (
     CallFailure,
@@ -30,7 +30,7 @@ from gateway.calls.ending import (
 )
 from gateway.calls.record import CallRecord
 from gateway.errors import GatewayError
-from gateway.media.codecs import ASTERISK_CODECS
+from gateway.media.codecs import ASTERISK_CODECS, G711_CODECS
 from gateway.media.rtp_leg import AsteriskRtpLeg
 from gateway.media.webrtc import WebRtcLeg
 from gateway.whatsapp.events import CallEvent
@@ -78,6 +78,8 @@ class Call:
         self.channel_id = record.channel_id
         self._codec = ASTERISK_CODECS[deps.config.asterisk.codec]
         record.codec = self._codec.name
+        self._passthrough = False
+        """G.711 both ways: payloads go between the legs untouched (no transcoding)."""
         self._t0 = time.perf_counter()
         self._end: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self.ended_why = ""
@@ -297,6 +299,13 @@ class Call:
         self.leg = leg
         return leg
 
+    def use_passthrough(self, g711: str) -> None:
+        """WhatsApp's leg speaks ``g711`` (PCMU/PCMA): the Asterisk channel is ulaw/alaw and
+        frames pass between the legs as they are. Before the RTP leg is opened."""
+        self._codec = ASTERISK_CODECS[G711_CODECS[g711]]
+        self.record.codec = self._codec.name
+        self._passthrough = True
+
     def _on_webrtc_state(self, state: str) -> None:
         if state in ("failed", "closed") and not self._end.done():
             self._spawn(self._media_lost(state))
@@ -330,7 +339,8 @@ class Call:
         self.reserve_port()
         sock, self._rtp_sock = self._rtp_sock, None
         assert sock is not None
-        self.rtp = AsteriskRtpLeg(sock, self._codec, name=self.channel_id)
+        self.rtp = AsteriskRtpLeg(sock, self._codec, name=self.channel_id,
+                                  passthrough=self._passthrough)
         await self.rtp.start()
         self.leg.on_audio = self.rtp.send
         self.rtp.on_audio = self.leg.play
@@ -338,27 +348,7 @@ class Call:
         return self.rtp
 
     def _channel_variables(self, **extra: str) -> dict[str, str]:
-        """What the dialplan learns about the call. A user without a number (a username
-        caller, docs/meta-2026-identity.md §1) has ``WA_FROM``/``WA_USER`` empty -- never a
-        made-up number -- and is told apart by ``WA_USER_ID`` (the BSUID) and ``WA_USERNAME``."""
-        rec = self.record
-        return {
-            "WA_CALL_ID": rec.wacid,
-            "WA_FROM": e164(rec.from_number),
-            "WA_TO": e164(rec.to_number),
-            "WA_USER": e164(rec.user_number),
-            "WA_USER_ID": rec.user_id,
-            "WA_USERNAME": rec.username,
-            "WA_PHONE_NUMBER_ID": rec.phone_number_id,
-            "WA_DIRECTION": rec.direction.value,
-            "WA_CHANNEL_ID": self.channel_id,
-            # Meta's call id in the CDR, to join Asterisk's CDR to our record: in userfield
-            # (cdr_csv and every back end) and as the CDR variable wa_call_id (a column of
-            # that name in cdr_pgsql / cdr_adaptive_odbc tables). README "CDR".
-            "CDR(userfield)": rec.wacid,
-            "CDR(wa_call_id)": rec.wacid,
-            **extra,
-        }
+        return channel_variables(self.record, **extra)
 
     @property
     def accountcode(self) -> str | None:
@@ -392,7 +382,12 @@ class Call:
         host = await self._until_end(ami.getvar(self.channel_id, "UNICASTRTP_LOCAL_ADDRESS"))
         if not port or not str(port).isdigit():
             raise OriginateFailed(f"Asterisk gave no RTP port for the channel ({port!r})")
-        self.rtp.set_remote(host if host and host != "0.0.0.0" else self.rtp.local[0], int(port))
+        # Once the WhatsApp leg is up, its sender's 20 ms clock paces the Asterisk leg too.
+        paced = self.leg is not None and self.leg.connected.is_set()
+        if paced:
+            self.leg.outgoing.on_tick = self.rtp.tick
+        self.rtp.set_remote(host if host and host != "0.0.0.0" else self.rtp.local[0], int(port),
+                            paced_outside=paced)
         self._spawn(self._forward_dtmf())
 
     async def _forward_dtmf(self) -> None:

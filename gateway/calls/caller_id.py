@@ -1,4 +1,5 @@
-"""The WhatsApp user as Asterisk sees them: ``CALLERID`` name and number.
+"""The WhatsApp user as Asterisk sees them: ``CALLERID`` name and number, and the ``WA_*``
+channel variables.
 
 A call is handed to the dialplan like a call from a PSTN trunk (``"Name" <+E164>``), so
 CallerID routing, queues and CDRs work unchanged. The name is the user's own WhatsApp text, so
@@ -39,3 +40,26 @@ def user_caller_id(record: CallRecord, number: NumberSettings | None) -> str:
                                 user_id=record.user_id)
     name = re.sub(r"\s+", " ", re.sub(r"[<>]", "", name)).strip()
     return format_caller_id(name, num)
+
+
+def channel_variables(rec: CallRecord, **extra: str) -> dict[str, str]:
+    """What the dialplan learns about the call. A user without a number (a username caller,
+    docs/meta-2026-identity.md §1) has ``WA_FROM``/``WA_USER`` empty -- never a made-up number
+    -- and is told apart by ``WA_USER_ID`` (the BSUID) and ``WA_USERNAME``."""
+    return {
+        "WA_CALL_ID": rec.wacid,
+        "WA_FROM": e164(rec.from_number),
+        "WA_TO": e164(rec.to_number),
+        "WA_USER": e164(rec.user_number),
+        "WA_USER_ID": rec.user_id,
+        "WA_USERNAME": rec.username,
+        "WA_PHONE_NUMBER_ID": rec.phone_number_id,
+        "WA_DIRECTION": rec.direction.value,
+        "WA_CHANNEL_ID": rec.channel_id,
+        # Meta's call id in the CDR, to join Asterisk's CDR to our record: in userfield
+        # (cdr_csv and every back end) and as the CDR variable wa_call_id (a column of that
+        # name in cdr_pgsql / cdr_adaptive_odbc tables). README "CDR".
+        "CDR(userfield)": rec.wacid,
+        "CDR(wa_call_id)": rec.wacid,
+        **extra,
+    }

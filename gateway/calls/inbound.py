@@ -24,6 +24,7 @@ from gateway.instance import new_channel_id
 from gateway.whatsapp.events import CallEvent
 
 log = logging.getLogger(__name__)
+_warned_no_g711: set[str] = set()
 
 
 class InboundCall(Call):
@@ -43,6 +44,19 @@ class InboundCall(Call):
             username=event.username, owner=instance))
         self.last_event_ts = event.timestamp
 
+    def _follow_negotiated_codec(self) -> None:
+        """G.711 answered (``media.mode`` passthrough/auto): the Asterisk channel takes the
+        same codec, and payloads pass through untouched."""
+        assert self.leg is not None
+        if self.leg.audio_codec != "opus":
+            self.use_passthrough(self.leg.audio_codec)
+        elif self.number.media_mode == "passthrough" and \
+                self.number.phone_number_id not in _warned_no_g711:
+            _warned_no_g711.add(self.number.phone_number_id)
+            log.warning("number %s: media.mode is passthrough but WhatsApp offered no PCMU/PCMA "
+                        "(is calling.audio.additional_codecs set at Meta?): calls are "
+                        "transcoded from Opus (said once)", self.number.phone_number_id)
+
     async def run(self) -> None:
         self.deps.observer.call_admitted(self.record)
         await super().run()
@@ -50,8 +64,10 @@ class InboundCall(Call):
     async def _setup(self) -> None:
         deps, ev, obs = self.deps, self.event, self.deps.observer
         leg = self._new_webrtc_leg()
+        leg.g711, leg.passthrough = self.number.g711, True
         leg.outgoing.gate_open = False  # Meta: no call audio before accept returns 200
         answer = await leg.answer(ev.sdp or "")
+        self._follow_negotiated_codec()
 
         await self._until_end(deps.graph.pre_accept(ev.phone_number_id, ev.call_id, answer))
         self.state = CallState.RINGING

@@ -9,7 +9,8 @@ twice the CPU (docs/media.md); ours is mono, ``application=voip``, in-band FEC o
 from __future__ import annotations
 
 import fractions
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import av
 import numpy as np
@@ -21,21 +22,80 @@ SILENCE = bytes(FRAME_BYTES)
 OPUS_CLOCK = 48000
 
 
+DIGITAL_SILENCE_PEAK = 40
+"""A frame whose samples all stay within this (-58 dBFS) is digital silence: what Asterisk sends
+when it plays nothing (G.722's idle code decodes to +-32, G.711's to 0)."""
 QUIET_PEAK = 300
 """A 20 ms frame whose samples all stay below this (about -40 dBFS) carries nothing a listener
 would miss: it may be dropped to work off a backlog (latency) without cutting speech."""
 
 
-def trim_backlog(queue: bytearray, keep_frames: int = 3) -> None:
-    """Drop quiet frames from the head of a PCM queue holding more than ``keep_frames`` + 1
+@dataclass(frozen=True)
+class FrameFormat:
+    """What a 20 ms frame in a queue holds: 16 kHz s16 PCM (transcoding), or G.711 bytes
+    passed through untouched between WhatsApp and Asterisk (``media.mode: passthrough``)."""
+
+    name: str
+    frame_bytes: int
+    silence: bytes
+    """One frame of digital silence in this format."""
+    linear: np.ndarray | None = field(default=None, compare=False)
+    """G.711 byte value → s16 sample (None: the frame is PCM already)."""
+
+    def peak(self, queue: bytearray | bytes) -> int:
+        """Loudest sample of the frame at the head of ``queue``."""
+        if self.linear is None:
+            head = np.frombuffer(queue, dtype=np.int16, count=self.frame_bytes // 2)
+            return int(np.abs(head).max())
+        return int(self.linear[np.frombuffer(queue, dtype=np.uint8,
+                                             count=self.frame_bytes)].max())
+
+
+def _g711_peaks(ffmpeg: str) -> np.ndarray:
+    """|s16| of each of the 256 G.711 byte values, decoded once by PyAV."""
+    dec = av.CodecContext.create(ffmpeg, "r")
+    dec.sample_rate, dec.layout = 8000, "mono"
+    frames = dec.decode(av.Packet(bytes(range(256))))
+    samples = np.frombuffer(b"".join(bytes(f.planes[0])[: f.samples * 2] for f in frames),
+                            dtype=np.int16)
+    return np.abs(samples.astype(np.int32))
+
+
+PCM16 = FrameFormat("pcm16", FRAME_BYTES, SILENCE)
+G711_FORMATS = {
+    # G.711 silence is the code of the smallest level: 0xFF in mu-law, 0xD5 in A-law.
+    "ulaw": FrameFormat("ulaw", 160, b"\xff" * 160, _g711_peaks("pcm_mulaw")),
+    "alaw": FrameFormat("alaw", 160, b"\xd5" * 160, _g711_peaks("pcm_alaw")),
+}
+G711_CODECS = {"PCMU": "ulaw", "PCMA": "alaw"}
+"""WhatsApp's (SDP) name of a G.711 codec → Asterisk's."""
+
+
+def trim_backlog(queue: bytearray, keep_frames: int = 3, fmt: FrameFormat = PCM16) -> None:
+    """Drop quiet frames from the head of a queue holding more than ``keep_frames`` + 1
     frames. Audio that arrived in a burst (network jitter, or held until Meta's accept) would
     otherwise stay as extra delay for the rest of the call."""
-    while len(queue) >= (keep_frames + 1) * FRAME_BYTES:
-        head = np.frombuffer(queue, dtype=np.int16, count=FRAME_SAMPLES)
-        if int(np.abs(head).max()) >= QUIET_PEAK:
+    size = fmt.frame_bytes
+    while len(queue) >= (keep_frames + 1) * size:
+        if fmt.peak(queue) >= QUIET_PEAK:
             return
-        del head
-        del queue[:FRAME_BYTES]
+        del queue[:size]
+
+
+class FrameEncoder(Protocol):
+    """One 20 ms frame of ``format`` in, one RTP payload out."""
+
+    format: FrameFormat
+
+    def encode(self, frame: bytes) -> bytes: ...
+
+
+class FrameDecoder(Protocol):
+    """One RTP payload in, 20 ms of ``format`` out (empty when undecodable)."""
+
+    format: FrameFormat
+
+    def decode(self, payload: bytes) -> bytes: ...
 
 
 def _frame(pcm: bytes, rate: int, pts: int | None = None) -> av.AudioFrame:
@@ -57,11 +117,17 @@ def _pcm(frames: list[av.AudioFrame]) -> bytes:
 class OpusEncoder:
     """16 kHz mono PCM frames in, one Opus packet per 20 ms out.
 
-    ``complexity`` (libopus 0-10) is the main CPU knob of the whole gateway. Measured per 20 ms
-    frame of speech-like audio on this project's 2-core machine: 0: 120 us, 3: 245 us,
-    5: 300 us, 10: 430 us (silence costs far less)."""
+    ``complexity`` (libopus 0-10) is the main CPU knob of the whole gateway. Measured by
+    benchmarks/opus_complexity.py (Asterisk's spoken prompts at WhatsApp's 20 kb/s, process
+    time per 20 ms frame, 2-core machine, shared): 0: 44 us, 1: 48, 2: 89, 3: 92, 5: 115,
+    7: 132, 10: 146. Quality (log-spectral distance to the input, 0-4 kHz; lower is better):
+    0-1: 5.6 dB, 2-3: 5.0, 5: 4.9, 7-10: 4.7. The default, 3, keeps 5's quality within
+    0.15 dB at 80 % of its cost; 0-1 halve the cost but are clearly worse. The prompts are
+    8 kHz recordings: wideband speech may gain a little more from higher complexities."""
 
-    def __init__(self, bitrate: int = 32000, complexity: int = 5):
+    format = PCM16
+
+    def __init__(self, bitrate: int = 32000, complexity: int = 3):
         ctx = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = RATE
         ctx.layout = "mono"
@@ -80,8 +146,26 @@ class OpusEncoder:
         return bytes(packets[0]) if packets else b""
 
 
+_silence_packets: dict[tuple[int, int], bytes] = {}
+
+
+def opus_silence_packet(bitrate: int, complexity: int) -> bytes:
+    """The packet our encoder settles on for digital silence, encoded once per process.
+    Sending it costs nothing where encoding silence costs 50-80 us a frame (measured by
+    benchmarks/opus_complexity.py): most of a call's frames toward WhatsApp are silence."""
+    key = (bitrate, complexity)
+    if key not in _silence_packets:
+        enc = OpusEncoder(bitrate, complexity)
+        for _ in range(10):  # past the encoder's start-up and its FEC of the frame before
+            packet = enc.encode(SILENCE)
+        _silence_packets[key] = packet
+    return _silence_packets[key]
+
+
 class OpusDecoder:
     """Opus packets in, 16 kHz mono PCM out (libopus always decodes at 48 kHz in PyAV)."""
+
+    format = PCM16
 
     def __init__(self) -> None:
         self._ctx = av.CodecContext.create("libopus", "r")
@@ -128,7 +212,10 @@ ASTERISK_CODECS = {
 
 
 class AsteriskTranscoder:
-    """Encodes internal 16 kHz frames for Asterisk and decodes Asterisk's payloads back."""
+    """Encodes internal 16 kHz frames for Asterisk and decodes Asterisk's payloads back (also
+    the simulated phone's G.711 codec: the same PCMU/PCMA payloads)."""
+
+    format = PCM16
 
     def __init__(self, codec: AsteriskCodec):
         self.codec = codec
@@ -169,3 +256,18 @@ class AsteriskTranscoder:
         if self._up:
             frames = [g for f in frames for g in self._up.resample(f)]
         return _pcm(frames)
+
+
+class G711Passthrough:
+    """WhatsApp's PCMU/PCMA payload is Asterisk's ulaw/alaw payload: nothing is decoded or
+    encoded, frames stay G.711 bytes from one leg to the other (``media.mode: passthrough``)."""
+
+    def __init__(self, codec: AsteriskCodec):
+        self.codec = codec
+        self.format = G711_FORMATS[codec.name]
+
+    def encode(self, frame: bytes) -> bytes:
+        return frame
+
+    def decode(self, payload: bytes) -> bytes:
+        return payload

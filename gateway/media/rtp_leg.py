@@ -22,10 +22,9 @@ from collections.abc import Callable
 from aiortc.rtp import RtpPacket
 
 from gateway.media.codecs import (
-    FRAME_BYTES,
-    SILENCE,
     AsteriskCodec,
     AsteriskTranscoder,
+    G711Passthrough,
     trim_backlog,
 )
 
@@ -48,14 +47,20 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class AsteriskRtpLeg:
-    """One UDP socket toward Asterisk; 20 ms frames of 16 kHz PCM in and out."""
+    """One UDP socket toward Asterisk; 20 ms frames in and out: 16 kHz PCM, or with
+    ``passthrough`` the G.711 payloads themselves (WhatsApp's PCMU/PCMA is Asterisk's
+    ulaw/alaw: only the RTP header is rewritten)."""
 
-    def __init__(self, sock: socket.socket, codec: AsteriskCodec, *, name: str = ""):
+    def __init__(self, sock: socket.socket, codec: AsteriskCodec, *, name: str = "",
+                 passthrough: bool = False):
         self.name = name
         self.sock = sock
         self.local = sock.getsockname()[:2]
         self.codec = codec
-        self._transcoder = AsteriskTranscoder(codec)
+        self._transcoder: AsteriskTranscoder | G711Passthrough = \
+            G711Passthrough(codec) if passthrough else AsteriskTranscoder(codec)
+        self.format = self._transcoder.format
+        """What a frame of ``send()`` and ``on_audio`` holds."""
         self.remote: tuple[str, int] | None = None
         self.on_audio: Callable[[bytes], None] = lambda pcm: None
         self._transport: asyncio.DatagramTransport | None = None
@@ -77,42 +82,50 @@ class AsteriskRtpLeg:
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), sock=self.sock)
 
-    def set_remote(self, host: str, port: int) -> None:
+    def set_remote(self, host: str, port: int, *, paced_outside: bool = False) -> None:
         """Where Asterisk listens (``UNICASTRTP_LOCAL_ADDRESS``/``_PORT`` from Getvar); starts
-        the paced stream toward it."""
+        the paced stream toward it, on its own timer unless ``paced_outside``: then the
+        caller calls :meth:`tick` every 20 ms (the WhatsApp leg's sender does, so a call runs
+        one timer where it ran two)."""
         self.remote = (host, port)
-        if self._pacer is None:
+        if self._pacer is None and not paced_outside:
             self._pacer = asyncio.ensure_future(self._pace())
 
-    def send(self, pcm16k: bytes) -> None:
-        """Queue 16 kHz PCM toward Asterisk; the pacer sends it in 20 ms frames."""
-        self._queue += pcm16k
-        excess = len(self._queue) - MAX_QUEUED_FRAMES * FRAME_BYTES
+    def send(self, frames: bytes) -> None:
+        """Queue audio (of ``self.format``) toward Asterisk; the pacer sends it in 20 ms
+        frames."""
+        self._queue += frames
+        excess = len(self._queue) - MAX_QUEUED_FRAMES * self.format.frame_bytes
         if excess > 0:
             del self._queue[:excess]
+
+    def tick(self) -> None:
+        """Send the next 20 ms frame toward Asterisk: queued audio, or silence."""
+        size = self.format.frame_bytes
+        trim_backlog(self._queue, fmt=self.format)
+        if len(self._queue) >= size:
+            frame = bytes(self._queue[:size])
+            del self._queue[:size]
+        else:
+            frame = self.format.silence
+        self._send_frame(frame)
 
     async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         n = 0
         while self._transport is not None:
-            trim_backlog(self._queue)
-            if len(self._queue) >= FRAME_BYTES:
-                frame = bytes(self._queue[:FRAME_BYTES])
-                del self._queue[:FRAME_BYTES]
-            else:
-                frame = SILENCE
-            self._send_frame(frame)
+            self.tick()
             n += 1
             delay = start + n * PTIME - loop.time()
             if delay < -0.2:  # the loop stalled: resynchronise instead of bursting
                 start, n, delay = loop.time(), 0, 0.0
             await asyncio.sleep(max(0.0, delay))
 
-    def _send_frame(self, pcm16k: bytes) -> None:
+    def _send_frame(self, frame: bytes) -> None:
         if self._transport is None or self.remote is None:
             return
-        payload = self._transcoder.encode(pcm16k)
+        payload = self._transcoder.encode(frame)
         if not payload:
             return
         packet = RtpPacket(payload_type=self.codec.payload_type, sequence_number=self._seq,

@@ -7,46 +7,53 @@ Receive: packets are tapped before aiortc's jitter buffer (see aiortc_hooks), Op
 16 kHz and handed to ``on_audio`` as they arrive; telephone-events become ``on_dtmf`` digits.
 Send: :class:`OutgoingAudio` is paced by aiortc's sender at 20 ms and always returns a packet,
 silence when nothing is queued, because WhatsApp hangs up after 20 s without media.
+
+G.711: when the leg may use PCMU/PCMA (``g711``) and the other side's SDP carries it, the leg
+answers with it (docs/meta-2026-settings-events.md §1 ``audio.additional_codecs``). With
+``passthrough`` its frames are the G.711 payloads themselves (the gateway hands them to
+Asterisk's ulaw/alaw channel untouched); without, they are decoded to 16 kHz PCM (the phone).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import re
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
 from gateway.errors import BadInput, MediaFailed
 from gateway.media import aiortc_hooks, rfc4733
-from gateway.media.codecs import FRAME_BYTES, SILENCE, OpusDecoder, OpusEncoder, trim_backlog
+from gateway.media.codecs import (
+    ASTERISK_CODECS,
+    G711_CODECS,
+    PCM16,
+    AsteriskTranscoder,
+    FrameDecoder,
+    FrameFormat,
+    G711Passthrough,
+    OpusDecoder,
+)
+from gateway.media.outgoing import OutgoingAudio
 from gateway.media.serial import seq_delta
+
+__all__ = ["NoCandidates", "OfferInfo", "OutgoingAudio", "SdpError", "WebRtcLeg",
+           "clean_local_sdp", "inspect_offer"]
 
 log = logging.getLogger(__name__)
 
 aiortc_hooks.install()
 
-PTIME = 0.020
 MAX_CONCEALED = 3
 """Up to 3 lost packets in a row (60 ms) are concealed; a longer gap is left to the pacer's
 silence, since repeating sound for longer is worse than a gap."""
-MAX_QUEUED_BYTES = FRAME_BYTES * 10
-"""200 ms of jitter allowed on top of the held backlog: beyond that the far side sends faster
-than real time and the oldest audio is dropped."""
-MAX_GATED_BYTES = FRAME_BYTES * 50 * 60
-"""Up to 60 s of audio is held while the gate is closed (between the dialplan's start and
-accept's 200): Meta's whole answer budget (docs/meta-calling.md §8, 30-60 s), so however slow
-accept is, the first prompt is delayed, never clipped (§9). 1.9 MB at most, during set-up."""
+STATIC_PTS = {0: "PCMU", 8: "PCMA"}
+"""RFC 3551 static payload types, valid even without an rtpmap line."""
 
 
 class SdpError(BadInput, ValueError):
@@ -60,27 +67,46 @@ class NoCandidates(MediaFailed, RuntimeError):
 
 @dataclass(frozen=True)
 class OfferInfo:
-    opus_pt: int
+    opus_pt: int | None
     dtmf_pt: int | None
     max_bitrate: int | None = None
     """The peer's ``maxaveragebitrate`` for Opus (WhatsApp asks for 20000): what it wants to
     receive at most, so our encoder never exceeds it (RFC 7587 §6.1)."""
+    g711: dict[str, int] = field(default_factory=dict)
+    """G.711 codecs of the m-line, by name (``PCMU``/``PCMA``) → payload type."""
+    first: str = "opus"
+    """The audio codec listed first: what an answerer will send (RFC 3264 §6.1)."""
 
 
-def inspect_offer(sdp: str) -> OfferInfo:
-    """Check an SDP has what a WhatsApp call needs, before touching aiortc."""
+def inspect_offer(sdp: str, *, require_opus: bool = True) -> OfferInfo:
+    """Check an SDP has what a WhatsApp call needs, before touching aiortc. Codecs are found by
+    name, never by payload type (docs/meta-2026-settings-events.md §1); an answer
+    (``require_opus=False``) may carry G.711 alone."""
     if "m=audio" not in sdp:
         raise SdpError("SDP has no audio section (m=audio)")
-    rtpmaps = dict(re.findall(r"a=rtpmap:(\d+) ([^\r\n]+)", sdp))
-    opus = [int(pt) for pt, enc in rtpmaps.items() if enc.lower().startswith("opus/48000")]
-    if not opus:
+    rtpmaps = {int(pt): enc for pt, enc in re.findall(r"a=rtpmap:(\d+) ([^\r\n]+)", sdp)}
+    mline = re.search(r"m=audio \S+ \S+((?: \d+)*)", sdp)
+    order = [int(pt) for pt in mline.group(1).split()] if mline else []
+    order += [pt for pt in rtpmaps if pt not in order]  # aiortc names the m-line mismatch
+    names: dict[int, str] = {}
+    for pt in order:
+        enc = rtpmaps.get(pt, "").lower()
+        if enc.startswith("opus/48000"):
+            names[pt] = "opus"
+        elif enc.startswith("telephone-event/8000"):
+            names[pt] = "telephone-event"
+        elif enc.startswith(("pcmu/8000", "pcma/8000")) or (not enc and pt in STATIC_PTS):
+            names[pt] = enc[:4].upper() if enc else STATIC_PTS[pt]
+    opus = [pt for pt, name in names.items() if name == "opus"]
+    g711 = {name: pt for pt, name in reversed(names.items()) if name in G711_CODECS}
+    if not opus and (require_opus or not g711):
         raise SdpError("SDP audio offers no Opus/48000")
-    dtmf = [int(pt) for pt, enc in rtpmaps.items()
-            if enc.lower().startswith("telephone-event/8000")]
-    fmtp = re.search(rf"a=fmtp:{opus[0]} ([^\r\n]+)", sdp)
+    dtmf = [pt for pt, name in names.items() if name == "telephone-event"]
+    fmtp = re.search(rf"a=fmtp:{opus[0]} ([^\r\n]+)", sdp) if opus else None
     limit = re.search(r"maxaveragebitrate=(\d+)", fmtp.group(1)) if fmtp else None
-    return OfferInfo(opus_pt=opus[0], dtmf_pt=dtmf[0] if dtmf else None,
-                     max_bitrate=int(limit.group(1)) if limit else None)
+    first = next(name for name in names.values() if name != "telephone-event")
+    return OfferInfo(opus_pt=opus[0] if opus else None, dtmf_pt=dtmf[0] if dtmf else None,
+                     max_bitrate=int(limit.group(1)) if limit else None, g711=g711, first=first)
 
 
 def clean_local_sdp(sdp: str, public_ip: str | None = None) -> str:
@@ -96,129 +122,22 @@ def clean_local_sdp(sdp: str, public_ip: str | None = None) -> str:
     return out
 
 
-class OutgoingAudio(MediaStreamTrack):
-    """Audio toward the peer: queued PCM or silence every 20 ms, and RFC 4733 events in between.
-
-    Returns pre-encoded ``av.Packet`` s so aiortc's own encoder never runs (aiortc's sender
-    accepts packets in place of frames).
-    """
-
-    kind = "audio"
-
-    def __init__(self, bitrate: int, complexity: int = 5):
-        super().__init__()
-        self.bitrate = bitrate
-        self._complexity = complexity
-        self._encoder = OpusEncoder(bitrate, complexity)
-        self._pcm = bytearray()
-        self._dtmf_queue: deque[tuple[bytes, bool, bool]] = deque()  # payload, marker, last
-        self._event_pts: int | None = None
-        self._pts = 0
-        self._start: float | None = None
-        self._rewriter: aiortc_hooks.PayloadTypeRewriter | None = None
-        self.dtmf_pt = aiortc_hooks.TELEPHONE_EVENT_PT
-        self._gate_open = True
-        self._backlog = 0
-        """Bytes of held audio still owed as extra latency once the gate opened. It shrinks
-        only when the queue really gets shorter (quiet frames dropped, or the far side
-        pausing), never by cutting what is heard; new audio cannot grow it."""
-        self.frames_sent = 0
-        self.events_sent: list[str] = []
-
-    def limit_bitrate(self, peer_max: int | None) -> None:
-        """Honour the peer's maxaveragebitrate; called before any frame is sent, when the
-        remote description arrives (a new encoder then costs nothing audible)."""
-        if peer_max and 6000 <= peer_max < self.bitrate:
-            self.bitrate = peer_max
-            self._encoder = OpusEncoder(peer_max, self._complexity)
-
-    def attach(self, rewriter: aiortc_hooks.PayloadTypeRewriter) -> None:
-        self._rewriter = rewriter
-
-    def queue_pcm(self, pcm: bytes) -> None:
-        self._pcm += pcm
-        limit = MAX_GATED_BYTES if not self.gate_open else self._backlog + MAX_QUEUED_BYTES
-        if len(self._pcm) > limit:
-            del self._pcm[: len(self._pcm) - limit]
-
-    @property
-    def gate_open(self) -> bool:
-        """While False, silence is sent and audio held (before Meta's accept returns). Set
-        True when accept returns: what was held is played whole, live audio behind it."""
-        return self._gate_open
-
-    @gate_open.setter
-    def gate_open(self, value: bool) -> None:
-        if value and not self._gate_open:
-            self._backlog = len(self._pcm)
-        self._gate_open = value
-
-    def _next_pcm(self) -> bytes:
-        """The next 20 ms to send. Held audio after the gate opens is a backlog (latency): it is
-        worked off by skipping quiet frames, never by cutting speech."""
-        if not self.gate_open or len(self._pcm) < FRAME_BYTES:
-            return SILENCE
-        trim_backlog(self._pcm)
-        self._backlog = min(self._backlog, len(self._pcm) - FRAME_BYTES)
-        pcm = bytes(self._pcm[:FRAME_BYTES])
-        del self._pcm[:FRAME_BYTES]
-        return pcm
-
-    def clear(self) -> None:
-        self._pcm.clear()
-
-    def queue_dtmf(self, digits: str, duration_ms: int = 100, gap_ms: int = 60) -> None:
-        for d in digits:
-            payloads = list(rfc4733.event_payloads(d, duration_ms))
-            for i, (payload, marker) in enumerate(payloads):
-                self._dtmf_queue.append((payload, marker, i == len(payloads) - 1))
-            self.events_sent.append(d)
-            for _ in range(max(1, gap_ms // 20)):
-                self._dtmf_queue.append((b"", False, False))  # silence between digits
-
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            wait = self._start + self.frames_sent * PTIME - now
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.2:  # the loop stalled: do not burst to catch up
-                self._start = now - self.frames_sent * PTIME
-        self.frames_sent += 1
-        pts = self._pts
-        self._pts += 960  # 20 ms at Opus's 48 kHz RTP clock
-        if self._dtmf_queue and self._rewriter is not None:
-            payload, marker, last = self._dtmf_queue.popleft()
-            if payload:
-                if marker or self._event_pts is None:
-                    self._event_pts = pts
-                self._rewriter.rewrite_next(self.dtmf_pt, marker)
-                if last:
-                    self._event_pts, pts = None, self._event_pts
-                else:
-                    pts = self._event_pts
-                return self._packet(payload, pts)
-        return self._packet(self._encoder.encode(self._next_pcm()), pts)
-
-    @staticmethod
-    def _packet(payload: bytes, pts: int) -> av.Packet:
-        packet = av.Packet(payload)
-        packet.pts = pts
-        packet.time_base = fractions.Fraction(1, 48000)
-        return packet
-
-
 class WebRtcLeg:
     """One WebRTC audio call leg with packet-level receive and RFC 4733 both ways."""
 
-    def __init__(self, *, name: str = "", opus_bitrate: int = 32000, opus_complexity: int = 5,
+    def __init__(self, *, name: str = "", opus_bitrate: int = 32000, opus_complexity: int = 3,
                  public_ip: str | None = None, addresses: tuple[str, ...] | None = None,
-                 ports: tuple[int, int] | None = None):
+                 ports: tuple[int, int] | None = None, g711: Sequence[str] = (),
+                 passthrough: bool = False):
         self.name = name
+        self.g711 = tuple(g711)
+        """G.711 codecs (``PCMU``/``PCMA``) this leg may use, in preference order. Answering,
+        the first one the offer carries is chosen over Opus; offering, they follow Opus."""
+        self.passthrough = passthrough
+        """With G.711 negotiated, frames are the G.711 payloads themselves (the gateway);
+        otherwise 16 kHz PCM (the simulated phone)."""
+        self.audio_codec = "opus"
+        """The codec negotiated: ``opus``, ``PCMU`` or ``PCMA``."""
         self.public_ip = public_ip
         self.addresses = addresses
         """Local addresses to gather ICE candidates on (None: the process-wide default)."""
@@ -226,9 +145,9 @@ class WebRtcLeg:
         """UDP port range (first, last) for the ICE sockets (None: any free port)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.outgoing = OutgoingAudio(opus_bitrate, opus_complexity)
-        self._decoder = OpusDecoder()
+        self._decoder: FrameDecoder = OpusDecoder()
         self._dtmf = rfc4733.DtmfDetector()
-        self._opus_pt = aiortc_hooks.OPUS_PT
+        self._audio_pt = aiortc_hooks.OPUS_PT
         self._dtmf_pt: int | None = aiortc_hooks.TELEPHONE_EVENT_PT
         self._last_seq: int | None = None
         self._last_pcm = b""
@@ -253,24 +172,30 @@ class WebRtcLeg:
     async def answer(self, offer_sdp: str) -> str:
         """Apply a remote offer and return our answer SDP (raises :class:`SdpError`)."""
         info = inspect_offer(offer_sdp)
-        self._opus_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
+        g711 = next((name for name in self.g711 if name in info.g711), None)
+        self._audio_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
         self.outgoing.limit_bitrate(info.max_bitrate)
+        # Before the remote description: aiortc settles the answer's codecs there, and without
+        # preferences it would echo every codec of the offer (G.711 included) in the answer.
+        self._restrict_codecs(g711)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         except ValueError as exc:
             raise SdpError(f"SDP offer rejected by the WebRTC stack: {exc}") from exc
-        self._restrict_codecs()
+        if g711 is not None:
+            self._use_g711(g711, info.g711[g711])
         with aiortc_hooks.gathering_on(self.addresses, self.ports):
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._hook_media()
         return self._local_sdp()
 
     async def offer(self, *, mid: str | None = None, ice_controlled: bool = False) -> str:
-        """Create our offer: Opus and telephone-event/8000 only, as Meta asks.
+        """Create our offer: Opus (then the leg's G.711 codecs, if any) and
+        telephone-event/8000 only, as Meta asks.
 
         ``mid`` renames the m-section (WhatsApp calls it "audio"); ``ice_controlled`` makes
         this offerer the ICE-controlled side, as an ICE-lite peer would be."""
-        self._restrict_codecs()
+        self._restrict_codecs(None, offering=True)
         offer = await self.pc.createOffer()
         if mid is not None:  # before setLocalDescription, so aiortc remembers the new name
             sdp = re.sub(r"a=mid:\S+", f"a=mid:{mid}", offer.sdp)
@@ -301,19 +226,42 @@ class WebRtcLeg:
         self.outgoing.dtmf_pt = pt
 
     async def apply_answer(self, answer_sdp: str) -> None:
-        info = inspect_offer(answer_sdp)
-        self._opus_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
+        """Apply the answer to our offer (raises :class:`SdpError`). The answer must pick a
+        codec we offered: its first audio codec is the one both sides send (RFC 3264 §6.1)."""
+        info = inspect_offer(answer_sdp, require_opus=False)
+        if info.first != "opus" and info.first not in self.g711:
+            raise SdpError(f"SDP answer picks {info.first}, which the offer did not carry")
+        self._audio_pt, self._dtmf_pt = info.opus_pt, info.dtmf_pt
         self.outgoing.limit_bitrate(info.max_bitrate)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         except ValueError as exc:
             raise SdpError(f"SDP answer rejected by the WebRTC stack: {exc}") from exc
+        if info.first != "opus":
+            self._use_g711(info.first, info.g711[info.first])
         self._hook_media()
 
-    def _restrict_codecs(self) -> None:
-        caps = RTCRtpSender.getCapabilities("audio").codecs
-        prefs = [c for c in caps if c.mimeType.lower() in ("audio/opus", "audio/telephone-event")]
-        self.transceiver.setCodecPreferences(prefs)
+    def _restrict_codecs(self, g711: str | None, *, offering: bool = False) -> None:
+        """Answering: ``g711`` alone if given, else Opus. Offering: Opus, then every G.711
+        codec of the leg. telephone-event/8000 always."""
+        audio = ([g711] if g711 else ["opus"]) if not offering else ["opus", *self.g711]
+        caps = {c.mimeType.lower(): c for c in RTCRtpSender.getCapabilities("audio").codecs}
+        self.transceiver.setCodecPreferences(
+            [caps[f"audio/{name.lower()}"] for name in (*audio, "telephone-event")])
+
+    def _use_g711(self, name: str, payload_type: int) -> None:
+        """G.711 was negotiated: decode and encode it (or pass its payloads through)."""
+        codec = ASTERISK_CODECS[G711_CODECS[name]]
+        self.audio_codec, self._audio_pt = name, payload_type
+        transcoder = G711Passthrough(codec) if self.passthrough else AsteriskTranscoder(codec)
+        self._decoder = transcoder
+        self.outgoing.use_encoder(transcoder, codec.rtp_clock)
+
+    @property
+    def frame_format(self) -> FrameFormat:
+        """What ``on_audio`` hands over and ``play`` takes (PCM16 unless G.711 passes
+        through)."""
+        return self._decoder.format
 
     def _hook_media(self) -> None:
         aiortc_hooks.tap_receiver(self.transceiver.receiver, self._on_packet)
@@ -338,13 +286,13 @@ class WebRtcLeg:
                 self.dtmf_received.append(digit)
                 self.on_dtmf(digit, ms)
             return
-        if pt != self._opus_pt:
+        if pt != self._audio_pt:
             return
         if gap < 0:
             return  # late or duplicate: its moment has passed
         self._last_seq = seq
         self.packets_received += 1
-        if 0 < gap <= MAX_CONCEALED and self._last_pcm:
+        if 0 < gap <= MAX_CONCEALED and self._last_pcm and self._decoder.format is PCM16:
             self._conceal(gap)
         pcm = self._decoder.decode(packet.payload)
         if pcm:
@@ -364,7 +312,8 @@ class WebRtcLeg:
             self.on_audio(pcm.tobytes())
 
     def play(self, pcm: bytes) -> None:
-        """Queue 16 kHz mono s16 PCM toward the peer."""
+        """Queue frames toward the peer: 16 kHz mono s16 PCM, or G.711 bytes when they pass
+        through (``frame_format``)."""
         self.outgoing.queue_pcm(pcm)
 
     def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:

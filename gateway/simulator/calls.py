@@ -5,7 +5,7 @@ ends."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.simulator.call import RequestLog, SimulatedCall
@@ -33,11 +33,13 @@ class Phones:
         self.prompts = prompts
         """Asterisk's sound files: phones name the prompts they hear (simulator/prompts.py)."""
 
-    def new(self, transcript: Transcript, name: str,
-            idle_audio: bytes | None = None) -> SimulatedPhone:
+    def new(self, transcript: Transcript, name: str, idle_audio: bytes | None = None,
+            g711: Sequence[str] = ()) -> SimulatedPhone:
+        """``g711``: the codecs of the number's ``audio.additional_codecs``, which Meta then
+        offers beside Opus (docs/meta-2026-settings-events.md §7)."""
         return SimulatedPhone(transcript=transcript, name=name, timers=self.timers,
                               idle_audio=idle_audio, hearing_window_s=self.hearing_window_s,
-                              prompts=self.prompts)
+                              prompts=self.prompts, g711=g711)
 
 
 class CallEnds:

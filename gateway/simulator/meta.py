@@ -193,7 +193,10 @@ def session_sdp(body: dict[str, Any], action: str, sdp_type: str) -> str:
     sdp = session.get("sdp")
     if not isinstance(sdp, str) or "m=audio" not in sdp:
         raise invalid(f"session.sdp must be an SDP {sdp_type} with an audio section")
-    if not re.search(r"a=rtpmap:\d+ opus/48000", sdp, re.IGNORECASE):
+    # An answer may pick G.711 instead, when the offer carried it (the number's
+    # audio.additional_codecs, docs/meta-2026-settings-events.md §1): the phone checks that.
+    codecs = r"opus/48000" if sdp_type == "offer" else r"(opus/48000|PCMU/8000|PCMA/8000)"
+    if not re.search(rf"a=rtpmap:\d+ {codecs}", sdp, re.IGNORECASE):
         raise invalid(f"SDP {sdp_type} has no Opus/48000 codec")
     if "a=fingerprint:sha-256 " not in sdp:
         raise invalid(f"SDP {sdp_type} needs a sha-256 DTLS fingerprint")

@@ -4,8 +4,10 @@ The phone offers what WhatsApp offers (docs/meta-calling.md §9,
 tests/fixtures/payloads/webhook-connect-user-initiated.json): an ICE-lite relay with one
 IPv4 and one IPv6 host candidate, DTLS ``actpass``
 with one sha-256 fingerprint, Opus/111 with WhatsApp's fmtp and telephone-event/8000 on 126, one
-SSRC named ``WhatsAppAudioStream1``. Underneath runs the project's own :class:`WebRtcLeg`, so the
-media is real Opus over SRTP and key presses are real RFC 4733 events.
+SSRC named ``WhatsAppAudioStream1``; with the number's ``audio.additional_codecs`` on, PCMU/0 and
+PCMA/8 after Opus (:func:`whatsapp_offer`). Underneath runs the project's own
+:class:`WebRtcLeg`, so the media is real Opus (or G.711) over SRTP and key presses are real
+RFC 4733 events.
 
 It behaves like the WhatsApp client where that matters to a gateway:
 - it sends audio from the moment media connects (silence unless told to play something);
@@ -27,7 +29,7 @@ import re
 import time
 import uuid
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,8 @@ WHATSAPP_OPUS_FMTP = ("maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20
 META_ANSWER_OPUS_FMTP = "minptime=10;useinbandfec=1"
 """Opus fmtp of Meta's answer to a business's offer
 (tests/fixtures/payloads/webhook-connect-business-initiated.json)."""
+G711_STATIC_PTS = {"PCMU": 0, "PCMA": 8}
+"""RFC 3551 static payload types, as Meta's SDP samples write G.711."""
 META_DTMF_PT = 126
 """§9: without telephone-event/8000 in the business's offer Meta still uses PT 126 at 8 kHz."""
 NO_MEDIA_ERROR = 138021
@@ -98,7 +102,8 @@ class SimulatedPhone:
 
     def __init__(self, *, transcript: Transcript | None = None, name: str = "phone",
                  timers: PhoneTimers = DEFAULT_TIMERS, idle_audio: bytes | None = None,
-                 hearing_window_s: float = 0.5, prompts: PromptLibrary | None = None):
+                 hearing_window_s: float = 0.5, prompts: PromptLibrary | None = None,
+                 g711: Sequence[str] = ()):
         self.transcript = transcript or Transcript()
         self.timers = timers
         self.idle_audio = idle_audio
@@ -109,7 +114,9 @@ class SimulatedPhone:
         """Prompts, beeps, tones and unmatched sound heard, in time order (prompts.py)."""
         self._stretch_start: float | None = None
         self._recognition: asyncio.Future[None] | None = None
-        self.leg = WebRtcLeg(name=name)
+        self.g711 = tuple(c for c in G711_STATIC_PTS if c in g711)
+        """G.711 codecs the phone offers after Opus (the number's ``additional_codecs``)."""
+        self.leg = WebRtcLeg(name=name, g711=self.g711)
         self.leg.on_audio = self._on_audio
         self.leg.on_dtmf = self._on_dtmf
         self.leg.on_state = self._on_state
@@ -155,7 +162,7 @@ class SimulatedPhone:
         # WhatsApp names its one m-section "audio", and says ice-lite: the business will be
         # controlling, so this full ICE agent must act as the controlled side.
         local = await self.leg.offer(mid="audio", ice_controlled=True)
-        self.offer_sdp = whatsapp_offer(local)
+        self.offer_sdp = whatsapp_offer(local, self.g711)
         self.state = "offered"
         return self.offer_sdp
 
@@ -194,6 +201,8 @@ class SimulatedPhone:
         self._count_media()
         await self.leg.apply_answer(sdp)
         self.answer_sdp = sdp
+        if self.leg.audio_codec != "opus":
+            self.transcript.add(f"media codec {self.leg.audio_codec} (G.711, narrowband)")
         self._after_negotiation()
 
     def _after_negotiation(self) -> None:
@@ -519,15 +528,22 @@ class _LocalSdp:
         return lines
 
 
-def whatsapp_offer(local_sdp: str) -> str:
+def whatsapp_offer(local_sdp: str, g711: Sequence[str] = ()) -> str:
     """Rewrite aiortc's offer into the shape WhatsApp's relay offers (see module docstring).
 
     Only presentation changes: ICE credentials, fingerprint, candidates and SSRC are the real
     ones of the phone's peer connection, so the business's answer works against it.
+
+    ``g711``: the number's ``audio.additional_codecs``. ASSUMPTION (no captured user-initiated
+    offer with G.711 exists, docs/meta-2026-settings-events.md §1): they follow Opus as static
+    PCMU/0 and PCMA/8 with rtpmap lines, in the order and shape of Meta's business-initiated
+    answer sample (``111 9 0 8 110 126``).
     """
     local = _LocalSdp(local_sdp, "offer")
     stream = str(uuid.uuid4())
-    lines = local.head("audio", "111 126", stream) + [
+    g711_pts = [(G711_STATIC_PTS[c], c) for c in G711_STATIC_PTS if c in g711]
+    fmts = " ".join(["111", *(str(pt) for pt, _ in g711_pts), "126"])
+    lines = local.head("audio", fmts, stream) + [
         f"a=ice-ufrag:{local.ufrag}",
         f"a=ice-pwd:{local.pwd}",
         f"a=fingerprint:sha-256 {local.fingerprint}",
@@ -539,6 +555,7 @@ def whatsapp_offer(local_sdp: str) -> str:
         "a=rtpmap:111 opus/48000/2",
         "a=rtcp-fb:111 transport-cc",
         f"a=fmtp:111 {WHATSAPP_OPUS_FMTP}",
+        *(f"a=rtpmap:{pt} {name}/8000" for pt, name in g711_pts),
         "a=rtpmap:126 telephone-event/8000",
         "a=maxptime:20",
         "a=ptime:20",

@@ -2,7 +2,9 @@
 
 Starts from tests/fixtures/payloads/response-get-settings-calling.json, minus its
 ``restrictions`` (the sample's
-restriction expired long ago; tests add one when they want it). POST replaces each calling key
+restriction expired long ago; tests add one when they want it) and its ``audio`` (G.711 is an
+opt-in beside Opus, docs/meta-2026-settings-events.md §1: a number starts Opus-only, and tests
+that want PCMU/PCMA offered set ``audio.additional_codecs``). POST replaces each calling key
 it names, and ``call_hours`` as a whole (leaving out ``holiday_schedule`` deletes it).
 """
 
@@ -29,7 +31,6 @@ DEFAULT_CALLING: dict[str, Any] = {
         ],
     },
     "sip": {"status": "DISABLED", "servers": []},
-    "audio": {"additional_codecs": ["PCMA", "PCMU"]},
 }
 DAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
 MAX_RANGES_PER_DAY = 2
@@ -53,6 +54,11 @@ status)."""
 
 def default_settings() -> dict[str, Any]:
     return {"calling": copy.deepcopy(DEFAULT_CALLING)}
+
+
+def additional_codecs(calling: dict[str, Any]) -> tuple[str, ...]:
+    """The G.711 codecs a caller's offer carries beside Opus (``audio.additional_codecs``)."""
+    return tuple((calling.get("audio") or {}).get("additional_codecs") or ())
 
 
 def _enum(where: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -53,7 +53,9 @@ class UserCalls:
         display = display_phone_number or waba.display_number(phone_number_id)
         waba.numbers.setdefault(phone_number_id, display)
         transcript = Transcript()
-        phone = self.phones.new(transcript, f"phone {user.key}", idle_audio)
+        calling = waba.calling(phone_number_id)
+        phone = self.phones.new(transcript, f"phone {user.key}", idle_audio,
+                                g711=number_settings.additional_codecs(calling))
         await phone.make_offer()
         call = self.registry.new_call(
             call_id=new_wacid(user.key), from_wa_id=from_wa_id, profile_name=profile_name,
@@ -73,7 +75,6 @@ class UserCalls:
         self.background.spawn(call.ring_until_timeout(self.timings.ring_timeout_s))
         await self.registry.add(call)
         await self.webhooks.send_call_webhook(call, self.payloads.connect(call))
-        calling = waba.calling(phone_number_id)
         voicemail_after = number_settings.voicemail_timeout(calling)
         if voicemail_after is not None:
             self.background.spawn(self.media.voicemail_timer(call, voicemail_after))

@@ -67,6 +67,13 @@ def test_metas_checks_take_the_business_samples(name: str, action: str, sdp_type
                                   "broken-no-fingerprint.sdp", "broken-sha1-fingerprint.sdp"])
 def test_metas_checks_refuse_broken_sdps_with_error_100(name: str) -> None:
     for action, sdp_type in (("accept", "answer"), ("connect", "offer")):
+        if name == "broken-no-opus.sdp" and sdp_type == "answer":
+            # An answer may pick the PCMU the sample carries, when the user's offer had it
+            # (audio.additional_codecs, docs/meta-2026-settings-events.md §7): the phone,
+            # which knows its offer, refuses one it did not offer. An offer must have Opus.
+            session_sdp({"session": {"sdp_type": sdp_type, "sdp": sdp(name)}}, action,
+                        sdp_type)
+            continue
         with pytest.raises(GraphError) as refused:
             session_sdp({"session": {"sdp_type": sdp_type, "sdp": sdp(name)}}, action, sdp_type)
         assert refused.value.code == 100
