@@ -117,6 +117,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 """The ``wa_id`` indexes serve the BSUID merges (SQLite scans; a shared ledger grows)."""
 
+PERMISSION_COLUMNS = ("status", "expires_at", "source", "updated_at", "unanswered_streak",
+                      "request_blocked_until", "call_blocked_until", "meta_limits",
+                      "meta_checked_at")
+"""``permissions`` besides its key: what a merge carries over."""
+
 
 class PostgresLedgerStore:
     """:class:`~gateway.calls.permissions.storage.LedgerStore` in a PostgreSQL database."""
@@ -152,16 +157,22 @@ class PostgresLedgerStore:
     async def _pair_tx(self, fn: Callable[..., Awaitable[T]], pnid: str, user: User,
                        now: float, *args: Any, write: bool = True) -> T:
         """:meth:`_tx` for one pair: ``fn(conn, pnid, key, now, *args)``, ``user`` keyed first
-        (and linked, when writing and a webhook named both number and BSUID); a writing one
-        holds the pair's lock from before its first read of the pair."""
+        (and linked, when writing and a webhook named both number and BSUID). A writing one
+        holds the pair's lock before it reads the pair (or links into it)."""
         async def keyed(conn: Conn) -> T:
             if not write:  # one snapshot for the whole state, as SQLite's read transaction
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            key = await _key(conn, user, now if write else None)
-            if write:
-                await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                                   (LEDGER_LOCK_CLASS, f"{pnid}\x1f{key}"))
-            return await fn(conn, pnid, key, now, *args)
+                return await fn(conn, pnid, await _key(conn, user, None), now, *args)
+            if isinstance(user, WhatsAppUser) and user.wa_id:  # keyed by its number
+                await _lock_pair(conn, pnid, canonical_number(user.wa_id))
+                return await fn(conn, pnid, await _key(conn, user, now), now, *args)
+            key = await _key(conn, user, now)
+            await _lock_pair(conn, pnid, key)
+            # A BSUID another gateway linked to its number meanwhile: the pair is the number's
+            again = await _key(conn, user, now)
+            if again != key:
+                await _lock_pair(conn, pnid, again)
+            return await fn(conn, pnid, again, now, *args)
         return await self._tx(keyed)
 
     # ---- reads -------------------------------------------------------------------------------
@@ -290,6 +301,11 @@ class PostgresLedgerStore:
 # ---- inside a transaction -----------------------------------------------------------------------
 
 
+async def _lock_pair(conn: Conn, pnid: str, key: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                       (LEDGER_LOCK_CLASS, f"{pnid}\x1f{key}"))
+
+
 async def _one(conn: Conn, sql: str, args: tuple) -> dict[str, Any] | None:
     return await (await conn.execute(sql, args)).fetchone()
 
@@ -321,14 +337,16 @@ async def _key(conn: Conn, user: User, link_at: float | None) -> str:
 
 async def _merge(conn: Conn, old: str, new: str) -> None:
     """Move every row keyed ``old`` to ``new``; a permission row already under ``new`` wins
-    (SQLite's ``UPDATE OR IGNORE``, spelled out)."""
+    (SQLite's ``UPDATE OR IGNORE``, as an insert that yields to a row another gateway is
+    writing at the same moment rather than failing on it)."""
     if old == new:
         return
     for table in ("permission_requests", "business_calls"):
         await conn.execute(f"UPDATE {table} SET wa_id = %s WHERE wa_id = %s", (new, old))
-    await conn.execute("UPDATE permissions AS p SET wa_id = %s WHERE wa_id = %s AND NOT EXISTS "
-                       "(SELECT 1 FROM permissions AS q WHERE q.phone_number_id = "
-                       "p.phone_number_id AND q.wa_id = %s)", (new, old, new))
+    columns = ", ".join(PERMISSION_COLUMNS)
+    await conn.execute(f"INSERT INTO permissions (phone_number_id, wa_id, {columns}) "
+                       f"SELECT phone_number_id, %s, {columns} FROM permissions "
+                       f"WHERE wa_id = %s ON CONFLICT DO NOTHING", (new, old))
     await conn.execute("DELETE FROM permissions WHERE wa_id = %s", (old,))
 
 
