@@ -1,21 +1,19 @@
-"""The ledger's storage in PostgreSQL (``store.url``): one ledger shared by several gateways
-answering the same business number (docs/scaling.md), so Meta's per-pair limits hold for the
-number, not for each gateway.
+"""The ledger's storage in PostgreSQL (``store.url``): one ledger for all the gateways of a
+business number (docs/scaling.md), so Meta's per-pair limits hold for the number.
 
-The same four tables as the SQLite ledger (gateway/calls/permissions/sqlite_store.py), in
-PostgreSQL types, under the ``permissions`` component of ``wa_schema_versions``; connecting,
-migrating under the advisory lock, redacting the password and what counts as an outage are the
-call store's (gateway/store/postgres.py), on a pool of the ledger's own (a ledger transaction
-may wait for another gateway's lock on its pair, and must not hold up record writes meanwhile).
+The SQLite ledger's four tables (sqlite_store.py) in PostgreSQL types, as the ``permissions``
+component of ``wa_schema_versions``. Connecting, migrating, redacting the password and what
+counts as an outage are the call store's (gateway/store/postgres.py), on a pool of the ledger's
+own: a ledger transaction may wait for another gateway's lock on its pair, and must not hold up
+record writes meanwhile.
 
 Per-pair serialisation: every writing transaction first takes
-``pg_advisory_xact_lock(LEDGER_LOCK_CLASS, hashtext(pair))``. An advisory lock rather than a
-row lock because a pair that has no ``permissions`` row yet has nothing to lock, and creating
-one just to lock it would change what the rules see (``PairState.exists``). Under READ
-COMMITTED each statement after the lock sees what the previous holder committed, so the rule
-``reserve_request`` and ``apply_meta`` run inside the transaction decides on the pair as it
-is: of two gateways asking the same user at once, the second sees the first's request. A hash
-collision only serialises two unrelated pairs.
+``pg_advisory_xact_lock(LEDGER_LOCK_CLASS, hashtext(pair))``; an advisory lock, not a row
+lock, because a pair never seen has no ``permissions`` row to lock, and creating one would
+change what the rules see (``PairState.exists``). Under READ COMMITTED each statement after the
+lock sees what the previous holder committed, so the rule ``reserve_request`` and
+``apply_meta`` run decides on the pair as it is: of two gateways asking one user at once, the
+second sees the first's request. A hash collision only serialises two unrelated pairs.
 """
 
 from __future__ import annotations
@@ -119,8 +117,7 @@ MIGRATIONS: tuple[str, ...] = (
 
 PERMISSION_COLUMNS = ("status", "expires_at", "source", "updated_at", "unanswered_streak",
                       "request_blocked_until", "call_blocked_until", "meta_limits",
-                      "meta_checked_at")
-"""``permissions`` besides its key: what a merge carries over."""
+                      "meta_checked_at")  # besides the key: what a merge carries over
 
 
 class PostgresLedgerStore:
@@ -197,8 +194,7 @@ class PostgresLedgerStore:
             await _ensure_row(conn, pnid, key, now)
             row = await _one(conn, "INSERT INTO permission_requests (phone_number_id, wa_id, "
                              "sent_at) VALUES (%s, %s, %s) RETURNING id", (pnid, key, now))
-            assert row is not None
-            return decision, row["id"]
+            return decision, row["id"] if row else None
         return await self._pair_tx(work, pnid, user, now)
 
     async def confirm_request(self, request_id: int, message_id: str | None) -> None:
@@ -248,9 +244,8 @@ class PostgresLedgerStore:
         await self._pair_tx(work, pnid, user, at)
 
     async def set_permission(self, pnid: str, user: User, change: PermissionChange) -> None:
-        async def work(conn: Conn, pnid: str, key: str, now: float) -> None:
-            await _set_permission(conn, pnid, key, change)
-        await self._pair_tx(work, pnid, user, change.at)
+        await self._pair_tx(lambda conn, pnid, key, now: _set_permission(conn, pnid, key, change),
+                            pnid, user, change.at)
 
     async def block(self, pnid: str, user: User, kind: str, until: float, now: float) -> None:
         column = {REQUESTS: "request_blocked_until", CALLS: "call_blocked_until"}[kind]
@@ -291,10 +286,8 @@ class PostgresLedgerStore:
 
     async def prune(self, before: float) -> int:
         async def work(conn: Conn) -> int:
-            a = await conn.execute("DELETE FROM permission_requests WHERE sent_at < %s",
-                                   (before,))
-            b = await conn.execute("DELETE FROM business_calls WHERE at < %s", (before,))
-            return a.rowcount + b.rowcount
+            return sum([(await conn.execute(f"DELETE FROM {table} WHERE {at} < %s", (before,))
+                         ).rowcount for table, at, _ in USES.values()])
         return await self._tx(work)
 
 
