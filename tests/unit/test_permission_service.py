@@ -232,6 +232,34 @@ async def test_two_gateways_asking_the_same_user_at_the_same_moment_send_one_req
         await second.close()
 
 
+async def test_call_results_reported_by_two_gateways_at_once_are_each_counted_once(
+        ledger_at: str | Path):
+    """§10's streak across gateways: four unanswered calls ended at the same moment on two
+    gateways revoke the permission once (no update lost), and a call both report (a
+    duplicated terminate webhook) counts once."""
+    first, second = await PermissionLedger.open(ledger_at), await PermissionLedger.open(ledger_at)
+    try:
+        await first.apply_reply(reply_from(USER, T0))
+        await asyncio.gather(*(
+            gateway.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 10,
+                                       call_id=f"wacid.{n}")
+            for n in range(3) for gateway in (first, second)))  # each call reported twice
+        state = await second.get(fakes.PNID, USER, now=T0 + 11)
+        assert (state["unanswered_streak"], state["permission"]["status"]) == (3, "permanent")
+        await asyncio.gather(
+            first.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 20,
+                                     call_id="wacid.3"),
+            second.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 20,
+                                      call_id="wacid.4"))
+        state = await first.get(fakes.PNID, USER, now=T0 + 21)
+        assert state["permission"]["status"] == "no_permission"
+        assert state["permission"]["source"] == "automatic"
+        assert state["unanswered_streak"] == 1  # revoked at the 4th; the 5th starts anew
+    finally:
+        await first.close()
+        await second.close()
+
+
 @pytest.mark.postgres
 async def test_open_ledger_keeps_the_ledger_in_postgresql_when_store_url_is_set(
         tmp_path: Path, pg_url: str):
