@@ -348,8 +348,9 @@ class Gateway:
         return not await self.store.claim(wacid)
 
     async def _start_ledger(self) -> None:
-        """The outbound permission ledger, in the SQLite file at store.path (also when the
-        call records are in PostgreSQL: the ledger follows them there later, docs/scaling.md)."""
+        """The outbound permission ledger, where the call records are: in PostgreSQL when
+        store.url is set (shared, so Meta's per-pair limits hold for all the number's gateways,
+        docs/scaling.md), else in the SQLite file at store.path."""
         self.ledger = await open_ledger(self.config)
         self.permissions = PermissionService(self.graph, self.ledger, self.metrics)
         self.ledger.writes.set_hooks(

@@ -263,11 +263,12 @@ class ApiSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     path: str = "var/gateway.sqlite3"
-    """The SQLite file (call records unless ``url`` is set; the permission ledger)."""
+    """The SQLite file of the call records and the permission ledger, unless ``url`` is
+    set."""
     url: str | None = field(default=None, repr=False)
-    """``postgresql://...``: call records in PostgreSQL, shared by several gateways
-    (docs/scaling.md). May hold a password (then a secret: never logged); libpq's
-    ``PGPASSWORD`` keeps it out of the file."""
+    """``postgresql://...``: call records and the permission ledger in PostgreSQL, shared by
+    several gateways (docs/scaling.md). May hold a password (then a secret: never logged);
+    libpq's ``PGPASSWORD`` keeps it out of the file."""
     media_dir: str | None = None
     """Where Meta's recordings, transcripts and voicemails are downloaded; None: only their
     media ids are kept (Meta keeps the files 7 days)."""
@@ -275,7 +276,8 @@ class StoreSettings:
 
     @property
     def calls_at(self) -> str:
-        """Where the call records live: the URL if set, else the SQLite file."""
+        """Where the call records and the permission ledger live: the URL if set, else the
+        SQLite file."""
         return self.url or self.path
 
 

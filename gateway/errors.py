@@ -24,7 +24,7 @@ The whole hierarchy (leaves live beside the code that raises them, and keep thei
     │   ├── StoreUnavailable      gateway/store/backend.py  cannot open (URL, server, driver)
     │   └── DatabaseClosed        gateway/sqlite_thread.py
     │       ├── StoreClosed       gateway/store/backend.py
-    │       └── LedgerClosed      gateway/calls/permissions/sqlite_store.py
+    │       └── LedgerClosed      gateway/calls/permissions/storage.py
     ├── CallFailure               gateway/calls/ending.py  a call's set-up failed, with its What
     │   └── OriginateFailed       gateway/calls/base.py    Asterisk made no usable channel
     ├── CallEnded                 gateway/calls/base.py    the call ended while being set up

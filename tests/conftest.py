@@ -56,3 +56,13 @@ def postgres() -> Iterator[LocalPostgres]:
 def pg_url(postgres: LocalPostgres) -> str:
     """A fresh database of its own for one test: its ``postgresql://`` URL (password in it)."""
     return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a permission ledger lives: an SQLite file (in a folder it must create), or
+    (marked ``postgres``) a PostgreSQL database of its own. Two ledgers opened on it stand
+    for two gateways sharing one store."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return tmp_path / "var" / "gateway.sqlite3"

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,33 @@ class LocalPostgres:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    @contextlib.contextmanager
+    def refusable_database(self) -> Iterator[tuple[str, Callable[[], None],
+                                                   Callable[[], None]]]:
+        """A fresh database owned by a role of its own: its URL, ``refuse()`` (the role's
+        connections are dropped and its logins refused, as during a failover) and
+        ``restore()``."""
+        import psycopg
+
+        db_url = self.create_database()
+        name = db_url.rsplit("/", 1)[1]
+        role = "gw_" + uuid.uuid4().hex[:10]
+        admin = psycopg.connect(self.url(), autocommit=True)
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'gw-pass'")
+        with psycopg.connect(db_url, autocommit=True) as db:
+            db.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')
+
+        def refuse() -> None:
+            admin.execute(f"ALTER ROLE {role} NOLOGIN")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+
+        try:
+            yield (f"postgresql://{role}:gw-pass@127.0.0.1:{self.port}/{name}", refuse,
+                   lambda: admin.execute(f"ALTER ROLE {role} LOGIN"))
+        finally:
+            admin.close()
 
 
 def _server_user() -> pwd.struct_passwd | None:

@@ -114,6 +114,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, OSError)
+"""Server down or restarting, connection lost, pool timeout (a PoolTimeout is one), a deadlock
+or serialisation failure (psycopg's TransactionRollback is one): "try again later"."""
+
+
 def redacted(url: str) -> str:
     """The URL as logs and errors may show it: any password replaced by ``***``."""
     parts = urlsplit(url)
@@ -126,12 +131,63 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def open_pool(url: str, *, name: str, where: str, component: str,
+                    migrations: Sequence[str], connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                    max_size: int = POOL_MAX) -> AsyncConnectionPool:
+    """A checked pool on ``url`` with ``component``'s schema brought up to date (the call
+    store's and the permission ledger's each). :class:`StoreUnavailable` when the server
+    cannot be used, naming ``where`` (the URL without its password)."""
+    pool = AsyncConnectionPool(
+        url, min_size=1, max_size=max_size, open=False, name=name,
+        kwargs={"autocommit": True, "row_factory": dict_row,
+                "connect_timeout": max(1, int(connect_timeout_s))},
+        check=AsyncConnectionPool.check_connection, timeout=connect_timeout_s)
+    try:
+        # One plain connection first: a wrong password or an unreachable server is
+        # reported at once, where the pool would keep retrying until its timeout.
+        first = await psycopg.AsyncConnection.connect(
+            url, connect_timeout=max(1, int(connect_timeout_s)))
+        await first.close()
+        await pool.open(wait=True, timeout=connect_timeout_s)
+        async with pool.connection() as conn:
+            await migrate(conn, component, migrations, where)
+    except BaseException as exc:
+        await pool.close()
+        if isinstance(exc, psycopg.Error):
+            raise StoreUnavailable(f"store.url: cannot use {where}: "
+                                   f"{str(exc).strip() or type(exc).__name__}") from None
+        raise
+    return pool
+
+
+async def migrate(conn: psycopg.AsyncConnection, component: str, migrations: Sequence[str],
+                  where: str) -> None:
+    """Apply ``component``'s missing steps, each committed with its version, under the one
+    advisory lock every gateway (and every component) takes for schema changes."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS wa_schema_versions ("
+                           "component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+        row = await (await conn.execute(
+            "SELECT version FROM wa_schema_versions WHERE component = %s",
+            (component,))).fetchone()
+        version = row["version"] if row else 0
+        if version > len(migrations):
+            raise RuntimeError(f"{where}: {component} schema version {version} is newer than "
+                               f"this gateway knows ({len(migrations)}); upgrade the gateway")
+        for number, script in enumerate(migrations[version:], start=version + 1):
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO wa_schema_versions (component, version) VALUES (%s, %s) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, number))
+
+
 class PostgresBackend:
     """Call records in a PostgreSQL database several gateways share."""
 
     shared = True
-    storage_errors: tuple[type[BaseException], ...] = (psycopg.OperationalError, OSError)
-    """Server down or restarting, connection lost, pool timeout (a PoolTimeout is one)."""
+    storage_errors = STORAGE_ERRORS
     schema_version = len(MIGRATIONS)
 
     def __init__(self, url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S):
@@ -142,27 +198,9 @@ class PostgresBackend:
         self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
-        pool = AsyncConnectionPool(
-            self._url, min_size=1, max_size=POOL_MAX, open=False, name="call-store",
-            kwargs={"autocommit": True, "row_factory": dict_row,
-                    "connect_timeout": max(1, int(self._connect_timeout_s))},
-            check=AsyncConnectionPool.check_connection, timeout=self._connect_timeout_s)
-        try:
-            # One plain connection first: a wrong password or an unreachable server is
-            # reported at once, where the pool would keep retrying until its timeout.
-            first = await psycopg.AsyncConnection.connect(
-                self._url, connect_timeout=max(1, int(self._connect_timeout_s)))
-            await first.close()
-            await pool.open(wait=True, timeout=self._connect_timeout_s)
-            self._pool = pool
-            await self._migrate()
-        except BaseException as exc:
-            await pool.close()
-            self._pool = None
-            if isinstance(exc, psycopg.Error):
-                raise StoreUnavailable(f"store.url: cannot use {self.where}: "
-                                       f"{str(exc).strip() or type(exc).__name__}") from None
-            raise
+        self._pool = await open_pool(self._url, name="call-store", where=self.where,
+                                     component=COMPONENT, migrations=MIGRATIONS,
+                                     connect_timeout_s=self._connect_timeout_s)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -174,25 +212,6 @@ class PostgresBackend:
         if self._pool is None:
             raise StoreClosed(f"call store {self.where} is closed")
         return self._pool
-
-    async def _migrate(self) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await conn.execute("CREATE TABLE IF NOT EXISTS wa_schema_versions ("
-                               "component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
-            row = await (await conn.execute(
-                "SELECT version FROM wa_schema_versions WHERE component = %s",
-                (COMPONENT,))).fetchone()
-            version = row["version"] if row else 0
-            if version > len(MIGRATIONS):
-                raise RuntimeError(f"{self.where}: schema version {version} is newer than this "
-                                   f"gateway knows ({len(MIGRATIONS)}); upgrade the gateway")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await conn.execute(script)
-                await conn.execute(
-                    "INSERT INTO wa_schema_versions (component, version) VALUES (%s, %s) "
-                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                    (COMPONENT, number))
 
     async def _write(self, sql: str, args: Sequence) -> int:
         async with self._write_lock, self.pool.connection() as conn:

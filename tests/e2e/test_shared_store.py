@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -21,7 +22,7 @@ from gateway.instance import new_channel_id, sweep_spares
 from gateway.store import CallStore
 from tests.ports import udp_range
 
-from .conftest import number_for, open_stack
+from .conftest import API_TOKEN, number_for, open_stack
 
 pytestmark = pytest.mark.asterisk
 
@@ -178,3 +179,47 @@ async def test_a_starting_gateway_hangs_up_the_channels_of_a_gone_one_only(
     finally:
         await ami.hangup(live)
     await asyncio.wait_for(hangups[live], WAIT_S)
+
+
+async def ask_permission(stack, user: str) -> tuple[int, dict]:
+    """``POST /v1/permission-requests`` at one gateway, as a CRM would."""
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    ask = {"to": f"+{user}", "phone_number_id": "100000000000002", "body": "May we call you?"}
+    async with aiohttp.ClientSession(headers=headers) as session, session.post(
+            f"{stack.gateway.url}/v1/permission-requests", json=ask) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.postgres
+async def test_two_gateways_share_the_permission_ledger_in_postgresql(
+        asterisk, pg_url: str, tmp_path) -> None:
+    """Meta allows one permission request per user per 24 h for the number, not per gateway:
+    a request sent through gw-a is in PostgreSQL and gw-b refuses the next one (429) without
+    asking Meta; asked through both at the same moment, exactly one gateway sends it."""
+    async with open_stack(asterisk, store={"path": str(tmp_path / "a.sqlite3"), "url": pg_url},
+                          gateway={"instance_id": "gw-a"}) as a, \
+            open_stack(asterisk, store={"path": str(tmp_path / "b.sqlite3"), "url": pg_url},
+                       gateway={"instance_id": "gw-b"},
+                       media={"rtp_ports": udp_range(400, 200),
+                              "webrtc_ports": udp_range(600, 200)}) as b:
+        for sim in (a.sim, b.sim):
+            for user in ("15550008801", "15550008802"):
+                sim.add_user(user, permission="no_permission")
+        status, body = await ask_permission(a, "15550008801")
+        assert status == 201, body
+        (row,) = stored(pg_url, "SELECT wa_id, message_id, counted FROM permission_requests")
+        assert row == {"wa_id": "15550008801", "message_id": body["message_id"], "counted": 1}
+
+        status, refused = await ask_permission(b, "15550008801")
+        assert status == 429 and refused["error"]["reason"] == "limit_requests_24h", refused
+        assert refused["error"]["next_allowed_at"] > time.time() + 23 * 3600
+        assert len(a.sim.messages) == 1 and not b.sim.messages
+
+        answers = await asyncio.gather(ask_permission(a, "15550008802"),
+                                       ask_permission(b, "15550008802"))
+        assert sorted(status for status, _ in answers) == [201, 429], answers
+        assert len(a.sim.messages) + len(b.sim.messages) == 2
+        assert len(stored(pg_url, "SELECT id FROM permission_requests WHERE wa_id = %s",
+                          "15550008802")) == 1
+    assert not stored(pg_url, "SELECT 1 FROM permission_requests WHERE message_id IS NULL")
+    assert not (tmp_path / "a.sqlite3").exists()  # no ledger in store.path's file any more

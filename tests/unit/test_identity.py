@@ -180,8 +180,8 @@ def test_user_changed_user_id_system_message():
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path):
-    led = await PermissionLedger.open(tmp_path / "gateway.sqlite3", clock=lambda: T0)
+async def ledger(ledger_at: str | Path):
+    led = await PermissionLedger.open(ledger_at, clock=lambda: T0)
     try:
         yield led
     finally:
@@ -245,9 +245,9 @@ async def test_user_changed_user_id_moves_the_user(ledger):
     assert (await ledger.get(PNID, "15550009999"))["permission"]["status"] == "permanent"
 
 
-async def test_permanent_grant_has_no_expiry_and_outlives_the_clock(tmp_path: Path):
+async def test_permanent_grant_has_no_expiry_and_outlives_the_clock(ledger_at: str | Path):
     now = [T0]
-    led = await PermissionLedger.open(tmp_path / "g.sqlite3", clock=lambda: now[0])
+    led = await PermissionLedger.open(ledger_at, clock=lambda: now[0])
     try:
         await led.apply_reply(grant("15550002222"))
         await led.apply_reply(grant("15550003333", permanent=False))

@@ -45,7 +45,7 @@ def test_instance_id_from_the_config_and_bad_ones_named_by_key() -> None:
 def test_store_url_is_checked_at_start_and_its_password_is_a_secret() -> None:
     cfg = config(store={"url": "postgresql://gw:${PGPASS}@db.internal:5432/gateway"})
     assert cfg.store.calls_at == "postgresql://gw:pg-s3cret@db.internal:5432/gateway"
-    assert cfg.store.path == "var/gateway.sqlite3"  # still the ledger's file
+    assert cfg.store.path == "var/gateway.sqlite3"  # the pid file goes beside it
     assert "pg-s3cret" not in repr(cfg)
     assert "pg-s3cret" in [s.reveal() for s in config_secrets(cfg)]
     assert config().store.calls_at == "var/gateway.sqlite3"

@@ -1,6 +1,7 @@
 """The permission rules as the gateway uses them: the API decides once and counts its refusals,
 the CLI opens the ledger as the gateway does, and a request is counted in the transaction that
-allows it (real SQLite, two ledgers on one file standing for two gateways)."""
+allows it: two ledgers on one SQLite file, or (marked ``postgres``) on one database of the real
+PostgreSQL, stand for two gateways."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 from aiohttp import web
@@ -22,14 +24,18 @@ from gateway.calls.permissions import (
     open_ledger,
     request_permission,
 )
+from gateway.calls.permissions.postgres_store import MIGRATIONS, PostgresLedgerStore
 from gateway.cli import main
 from gateway.config import parse_config
 from gateway.metrics import PERMISSION_REFUSAL_REASONS, GatewayMetrics
+from gateway.whatsapp.events import PermissionReply
 from tests import fakes
+from tests.pg import LocalPostgres
 
 USER = "15550002222"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 TOKEN = "api-token-1"
+PG_LEDGER_MIGRATIONS = len(MIGRATIONS)
 US_NUMBER = "+1 415 555 0100"
 """A business number of the USA: Meta refuses its business-initiated calls (138013)."""
 
@@ -147,9 +153,8 @@ class HeldGraph:
         return f"wamid.HELD{len(self.sent)}"
 
 
-async def test_two_gateways_sharing_a_ledger_cannot_both_send_a_request(tmp_path: Path):
-    path = tmp_path / "gateway.sqlite3"
-    first, second = await PermissionLedger.open(path), await PermissionLedger.open(path)
+async def test_two_gateways_sharing_a_ledger_cannot_both_send_a_request(ledger_at: str | Path):
+    first, second = await PermissionLedger.open(ledger_at), await PermissionLedger.open(ledger_at)
     graph = HeldGraph()
     try:
         sending = asyncio.ensure_future(
@@ -169,13 +174,15 @@ async def test_two_gateways_sharing_a_ledger_cannot_both_send_a_request(tmp_path
 
 
 async def test_a_request_is_still_sent_and_counted_when_the_disk_refuses_the_reservation(
-        tmp_path: Path, monkeypatch):
-    ledger = await PermissionLedger.open(tmp_path / "gateway.sqlite3")
+        ledger_at: str | Path, monkeypatch):
+    ledger = await PermissionLedger.open(ledger_at)
     graph = HeldGraph()
     graph.release.set()
+    refusal = sqlite3.OperationalError("database or disk is full") \
+        if isinstance(ledger_at, Path) else psycopg.OperationalError("server closed the connection")
 
     async def full(*args, **kwargs):
-        raise sqlite3.OperationalError("database or disk is full")
+        raise refusal
 
     try:
         monkeypatch.setattr(ledger.store, "reserve_request", full)
@@ -186,3 +193,140 @@ async def test_a_request_is_still_sent_and_counted_when_the_disk_refuses_the_res
         assert refused.reason == "limit_requests_24h"
     finally:
         await ledger.close()
+
+
+class InstantGraph:
+    """Meta's messages endpoint of one gateway: takes every request at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[dict] = []
+
+    async def send_message(self, pnid: str, body: dict) -> str:
+        self.sent.append(body)
+        return f"wamid.{self.name}{len(self.sent)}"
+
+
+async def test_two_gateways_asking_the_same_user_at_the_same_moment_send_one_request(
+        ledger_at: str | Path):
+    """Issue 10: the 1-per-24 h rule holds across gateways. Each round a new user is asked by
+    both gateways at once; the rule is checked and the request counted in one transaction, so
+    exactly one of them sends it, whichever wins."""
+    first, second = await PermissionLedger.open(ledger_at), await PermissionLedger.open(ledger_at)
+    graphs = InstantGraph("A"), InstantGraph("B")
+    try:
+        for round_ in range(40):
+            user = f"1555000{round_:04d}"
+            now = T0 + round_
+            results = await asyncio.gather(
+                request_permission(graphs[0], first, fakes.PNID, user, "hi", now=now),
+                request_permission(graphs[1], second, fakes.PNID, user, "hi", now=now))
+            sent = [message_id for decision, message_id in results if decision.allowed]
+            refused = [decision.reason for decision, _ in results if not decision.allowed]
+            assert len(sent) == 1 and refused == ["limit_requests_24h"], (round_, results)
+            state = await second.get(fakes.PNID, user, now=now + 1)
+            assert [r["message_id"] for r in state["requests"]["recent"]] == sent
+        assert len(graphs[0].sent) + len(graphs[1].sent) == 40
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_call_results_reported_by_two_gateways_at_once_are_each_counted_once(
+        ledger_at: str | Path):
+    """§10's streak across gateways: four unanswered calls ended at the same moment on two
+    gateways revoke the permission once (no update lost), and a call both report (a
+    duplicated terminate webhook) counts once."""
+    first, second = await PermissionLedger.open(ledger_at), await PermissionLedger.open(ledger_at)
+    try:
+        await first.apply_reply(reply_from(USER, T0))
+        await asyncio.gather(*(
+            gateway.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 10,
+                                       call_id=f"wacid.{n}")
+            for n in range(3) for gateway in (first, second)))  # each call reported twice
+        state = await second.get(fakes.PNID, USER, now=T0 + 11)
+        assert (state["unanswered_streak"], state["permission"]["status"]) == (3, "permanent")
+        await asyncio.gather(
+            first.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 20,
+                                     call_id="wacid.3"),
+            second.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 20,
+                                      call_id="wacid.4"))
+        state = await first.get(fakes.PNID, USER, now=T0 + 21)
+        assert state["permission"]["status"] == "no_permission"
+        assert state["permission"]["source"] == "automatic"
+        assert state["unanswered_streak"] == 1  # revoked at the 4th; the 5th starts anew
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.postgres
+async def test_open_ledger_keeps_the_ledger_in_postgresql_when_store_url_is_set(
+        tmp_path: Path, pg_url: str):
+    raw = yaml.safe_load(us_config(tmp_path).read_text())
+    raw["store"]["url"] = pg_url
+    raw["numbers"][0]["display_number"] = "+44 20 7946 0000"
+    config = parse_config(raw, env={})
+    ledger = await open_ledger(config)
+    try:
+        decision, message_id = await request_permission(InstantGraph("A"), ledger, fakes.PNID,
+                                                        USER, "hi", now=T0)
+        assert decision.allowed and message_id == "wamid.A1"
+    finally:
+        await ledger.close()
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT phone_number_id, wa_id, message_id FROM permission_requests"
+                          ).fetchall() == [(fakes.PNID, USER, "wamid.A1")]
+        assert db.execute("SELECT version FROM wa_schema_versions WHERE component = "
+                          "'permissions'").fetchone() == (PG_LEDGER_MIGRATIONS,)
+
+
+@pytest.mark.postgres
+async def test_a_ledger_write_the_server_refuses_is_kept_and_written_once_it_is_back(
+        postgres: LocalPostgres):
+    """A PostgreSQL outage (failover) is a storage outage: the call's result is kept, the
+    call is not ended by the ledger, and it is counted once the server takes logins again."""
+    with postgres.refusable_database() as (url, refuse, restore):
+        store = PostgresLedgerStore(url, connect_timeout_s=1.0)
+        await store.open()
+        ledger = PermissionLedger(store)
+        ledger.writes.retry_first_s = ledger.writes.retry_max_s = 0.05
+        try:
+            await ledger.apply_reply(reply_from(USER, T0))
+            refuse()
+            await ledger.record_call_result(fakes.PNID, USER, answered=False, now=T0 + 10,
+                                            call_id="wacid.kept")  # does not raise
+            assert ledger.writes.pending == 1 and ledger.writes.errors >= 1
+            restore()
+            await asyncio.wait_for(ledger.writes.drained.wait(), 15)
+            state = await ledger.get(fakes.PNID, USER, now=T0 + 20)
+            assert state["unanswered_streak"] == 1
+        finally:
+            await ledger.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_ledger_migrates_once_beside_the_call_store(pg_url: str):
+    from gateway.store import CallStore
+
+    ledgers = await asyncio.gather(*(PermissionLedger.open(pg_url) for _ in range(3)))
+    store = await CallStore.open(pg_url)
+    try:
+        await asyncio.gather(*(led.close() for led in ledgers))
+        with psycopg.connect(pg_url) as db:
+            assert dict(db.execute("SELECT component, version FROM wa_schema_versions"
+                                   ).fetchall()) == {"calls": store.schema_version,
+                                                     "permissions": PG_LEDGER_MIGRATIONS}
+            db.execute("UPDATE wa_schema_versions SET version = 99 "
+                       "WHERE component = 'permissions'")
+        with pytest.raises(RuntimeError, match="permissions schema version 99 is newer"):
+            await PermissionLedger.open(pg_url)
+    finally:
+        await store.close()
+
+
+def reply_from(user: str, at: float) -> PermissionReply:
+    return PermissionReply(phone_number_id=fakes.PNID, user=user, message_id=f"wamid.r{at}",
+                           timestamp=int(at), response="accept", is_permanent=True,
+                           expiration_timestamp=None, response_source="user_action",
+                           context_id=None)

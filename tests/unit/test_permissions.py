@@ -48,8 +48,8 @@ def reply(response: str = "accept", *, at: float = T0, permanent: bool = False,
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path):
-    led = await PermissionLedger.open(tmp_path / "gateway.sqlite3")
+async def ledger(ledger_at: str | Path):
+    led = await PermissionLedger.open(ledger_at)
     try:
         yield led
     finally:
@@ -290,8 +290,8 @@ async def test_100_connected_calls_in_24h_hit_the_limit(ledger: PermissionLedger
     assert (await ledger.get(PNID, USER, now=T0 + 7000))["permission"]["status"] == "permanent"
 
 
-async def test_unanswered_calls_do_not_count_toward_the_call_limit(tmp_path: Path):
-    led = await PermissionLedger.open(tmp_path / "db.sqlite3", limits=Limits(calls_per_24h=2))
+async def test_unanswered_calls_do_not_count_toward_the_call_limit(ledger_at: str | Path):
+    led = await PermissionLedger.open(ledger_at, limits=Limits(calls_per_24h=2))
     try:
         await led.apply_reply(reply(at=T0, permanent=True))
         await led.record_call_result(PNID, USER, answered=True, now=T0 + 1)
@@ -304,8 +304,8 @@ async def test_unanswered_calls_do_not_count_toward_the_call_limit(tmp_path: Pat
 # ---- persistence -------------------------------------------------------------------------------
 
 
-async def test_ledger_survives_reopen(tmp_path: Path):
-    path = tmp_path / "var" / "gateway.sqlite3"
+async def test_ledger_survives_reopen(ledger_at: str | Path):
+    path = ledger_at
     first = await PermissionLedger.open(path)
     await first.apply_reply(reply(at=T0))
     await first.record_request_sent(PNID, USER, "wamid.a", now=T0 - 60)
@@ -444,8 +444,8 @@ def test_business_country_block(number, blocked):
     assert (business_country_block(number) is not None) is blocked
 
 
-async def test_country_rule_refuses_calls_and_requests(tmp_path: Path):
-    led = await PermissionLedger.open(tmp_path / "db.sqlite3",
+async def test_country_rule_refuses_calls_and_requests(ledger_at: str | Path):
+    led = await PermissionLedger.open(ledger_at,
                                       display_numbers={PNID: "+1 415 555 0100"})
     try:
         await led.apply_reply(reply(at=T0, permanent=True))
@@ -460,8 +460,9 @@ async def test_country_rule_refuses_calls_and_requests(tmp_path: Path):
         await led.close()
 
 
-async def test_sandbox_limits_skip_the_country_rule_and_raise_request_limits(tmp_path: Path):
-    led = await PermissionLedger.open(tmp_path / "db.sqlite3", limits=SANDBOX_LIMITS,
+async def test_sandbox_limits_skip_the_country_rule_and_raise_request_limits(
+        ledger_at: str | Path):
+    led = await PermissionLedger.open(ledger_at, limits=SANDBOX_LIMITS,
                                       display_numbers={PNID: "+1 415 555 0100"})
     try:
         for i in range(25):

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from gateway.calls.record import CallRecord, Direction
@@ -96,27 +94,14 @@ async def postgres_outage(server: LocalPostgres) -> AsyncIterator[tuple[CallStor
                                                                         Callable]]:
     """The PostgreSQL server drops the gateway's connections and refuses its logins (as during
     a failover), then takes them again."""
-    db_url = server.create_database()
-    role = "gw_" + uuid.uuid4().hex[:10]
-    admin = psycopg.connect(server.url(), autocommit=True)
-    admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'gw-pass'")
-    with psycopg.connect(db_url, autocommit=True) as db:
-        db.execute(f'ALTER DATABASE "{db_url.rsplit("/", 1)[1]}" OWNER TO {role}')
-    url = f"postgresql://{role}:gw-pass@127.0.0.1:{server.port}/{db_url.rsplit('/', 1)[1]}"
-    backend = PostgresBackend(url, connect_timeout_s=1.0)
-    await backend.open()
-    store = CallStore(backend)
-
-    def refuse() -> None:
-        admin.execute(f"ALTER ROLE {role} NOLOGIN")
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE usename = %s", (role,))
-
-    try:
-        yield store, refuse, lambda: admin.execute(f"ALTER ROLE {role} LOGIN")
-    finally:
-        await store.close()
-        admin.close()
+    with server.refusable_database() as (url, refuse, restore):
+        backend = PostgresBackend(url, connect_timeout_s=1.0)
+        await backend.open()
+        store = CallStore(backend)
+        try:
+            yield store, refuse, restore
+        finally:
+            await store.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",

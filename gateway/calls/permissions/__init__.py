@@ -47,8 +47,8 @@ from gateway.calls.permissions.service import (
     request_permission,
     send_call_button,
 )
-from gateway.calls.permissions.sqlite_store import LedgerClosed, SqliteLedgerStore
-from gateway.calls.permissions.storage import LedgerStore, User
+from gateway.calls.permissions.sqlite_store import SqliteLedgerStore
+from gateway.calls.permissions.storage import LedgerClosed, LedgerStore, User
 
 __all__ = [
     "CALL_LIMIT", "COUNTRY_UNSUPPORTED", "DAY", "HOUR", "META_REFRESH_S", "NO_PERMISSION", "OK",

@@ -40,7 +40,7 @@ from gateway.calls.permissions.sqlite_store import SqliteLedgerStore
 from gateway.calls.permissions.storage import CALLS, REQUESTS, LedgerStore, User
 from gateway.whatsapp.events import PermissionReply, UserIdChanged
 from gateway.whatsapp.identity import WhatsAppUser, user_key
-from gateway.write_behind import STORAGE_ERRORS, WriteBehind
+from gateway.write_behind import WriteBehind
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -53,11 +53,28 @@ def display_numbers_from_config(numbers: Any) -> dict[str, str]:
     return {n.phone_number_id: n.display_number for n in numbers if n.display_number}
 
 
+def ledger_store_for(target: str | Path) -> LedgerStore:
+    """A ``postgresql://`` URL: PostgreSQL (shared by several gateways); anything else is an
+    SQLite file path."""
+    from gateway.store import backend_for, is_postgres_url
+
+    if not is_postgres_url(target):
+        return SqliteLedgerStore(target)
+    try:
+        from gateway.calls.permissions.postgres_store import PostgresLedgerStore
+    except ImportError:
+        backend_for(target)  # the call store's StoreUnavailable: which package, which extra
+        raise
+    return PostgresLedgerStore(str(target))
+
+
 async def open_ledger(config: Config, *, limits: Limits | None = None) -> PermissionLedger:
-    """The ledger of ``config``'s database, knowing its numbers' display numbers (without
-    them the country rule cannot refuse a +1 number's calls before Meta does)."""
+    """The ledger of ``config``'s database -- with the call records in PostgreSQL when
+    ``store.url`` is set, so every gateway of the number counts against one set of Meta's
+    limits -- knowing its numbers' display numbers (without them the country rule cannot
+    refuse a +1 number's calls before Meta does)."""
     return await PermissionLedger.open(
-        config.store.path, limits=limits,
+        config.store.calls_at, limits=limits,
         display_numbers=display_numbers_from_config(config.numbers))
 
 
@@ -76,19 +93,22 @@ class PermissionLedger:
         """Unix time "now" when a method is given none: tests move it (a 7-day-old grant)."""
         self._display_numbers: dict[str, str] = dict(display_numbers or {})
         self._meta_country_blocked: set[str] = set()
-        self.writes = WriteBehind(f"permission ledger {getattr(store, 'path', store)}")
-        """What happened to a pair (calls, requests, replies) that the disk refused to take:
-        kept in order and written later, so a full disk neither ends a call nor forgets it."""
+        self.writes = WriteBehind(f"permission ledger {store.where}",
+                                  storage_errors=store.storage_errors)
+        """What happened to a pair (calls, requests, replies) that the disk (or a restarting
+        server) refused to take: kept in order and written later, so an outage neither ends a
+        call nor forgets it."""
         self._locks: dict[tuple[str, str], list[Any]] = {}
 
     # ---- life ----------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str | Path, *, limits: Limits | None = None,
+    async def open(cls, target: str | Path, *, limits: Limits | None = None,
                    display_numbers: Mapping[str, str] | None = None,
                    clock: Callable[[], float] = time.time) -> PermissionLedger:
-        """Open the SQLite ledger at ``path`` (creating the file, its folder and the tables)."""
-        store = SqliteLedgerStore(path)
+        """Open the SQLite ledger at a path (creating the file, its folder and the tables) or
+        the PostgreSQL one at a ``postgresql://`` URL (migrating its tables)."""
+        store = ledger_store_for(target)
         await store.open()
         return cls(store, limits=limits, display_numbers=display_numbers, clock=clock)
 
@@ -214,7 +234,7 @@ class PermissionLedger:
         try:
             return await self.store.reserve_request(phone_number_id, user, now,
                                                     rules.LONGEST_WINDOW, decide)
-        except STORAGE_ERRORS as exc:
+        except self.store.storage_errors as exc:
             log.warning("permission ledger: cannot reserve the request (%s); deciding from a "
                         "read", exc)
             return decide(await self._state(phone_number_id, user, now)), None

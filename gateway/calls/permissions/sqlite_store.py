@@ -10,7 +10,6 @@ lock first (``BEGIN IMMEDIATE``), so a rule checked inside one holds until its w
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -19,23 +18,30 @@ from typing import Any, TypeVar
 
 from gateway.calls.permissions.reconcile import MetaChanges
 from gateway.calls.permissions.rules import (
-    ACTION_CALL,
     ACTION_REQUEST,
     Decision,
     PairState,
     PermissionChange,
 )
-from gateway.calls.permissions.storage import CALLS, REQUESTS, User
-from gateway.sqlite_thread import DatabaseClosed, SqliteThread
+from gateway.calls.permissions.storage import (
+    CALLS,
+    REQUESTS,
+    USES,
+    LedgerClosed,
+    User,
+    after_unanswered,
+    meta_limits_from_json,
+    meta_limits_to_json,
+    pair_state,
+    resets_streak,
+)
+from gateway.sqlite_thread import SqliteThread
 from gateway.whatsapp.events import UserIdChanged
 from gateway.whatsapp.identity import WhatsAppUser, canonical_number, is_bsuid, user_key
+from gateway.write_behind import STORAGE_ERRORS
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-class LedgerClosed(DatabaseClosed):
-    """The ledger was used after it was closed (or before it was opened)."""
 
 
 SCHEMA = """
@@ -93,16 +99,13 @@ added because Meta counted uses the gateway did not see (sent by another tool). 
 without a ``message_id`` is one being sent (reserved, not yet confirmed by Meta); if the gateway
 dies while sending it stays counted, since Meta may have taken it."""
 
-_TABLE = {ACTION_REQUEST: ("permission_requests", "sent_at", ""),
-          ACTION_CALL: ("business_calls", "at", " AND answered = 1")}
-"""Per Meta action: the table of its uses, their time column, and which of them count."""
-
-
 class SqliteLedgerStore:
     """:class:`~gateway.calls.permissions.storage.LedgerStore` in one SQLite file."""
 
+    storage_errors = STORAGE_ERRORS
+
     def __init__(self, path: str | Path):
-        self.path = str(path)
+        self.path = self.where = str(path)
         self._sql = SqliteThread(path, "permissions", LedgerClosed)
 
     async def open(self) -> None:
@@ -310,23 +313,13 @@ def _ensure_row(db: sqlite3.Connection, pnid: str, key: str, now: float) -> sqli
     return row
 
 
-def _meta_limits(text: str | None) -> dict[str, dict[float, int]]:
-    if not text:
-        return {}
-    try:
-        return {str(action): {float(p): int(m) for p, m in (limits or {}).items()}
-                for action, limits in json.loads(text).items()}
-    except (ValueError, TypeError, AttributeError):
-        return {}
-
-
 def _state(db: sqlite3.Connection, pnid: str, key: str, now: float, horizon: float,
            detail: bool) -> PairState:
     row = _row(db, pnid, key)
-    meta = _meta_limits(row["meta_limits"]) if row is not None else {}
+    meta = meta_limits_from_json(row["meta_limits"]) if row is not None else {}
     since = now - max([horizon] + [p for limits in meta.values() for p in limits])
     uses = {}
-    for action, (table, at, which) in _TABLE.items():
+    for action, (table, at, which) in USES.items():
         uses[action] = tuple((r[0], r[1]) for r in db.execute(
             f"SELECT id, {at} FROM {table} WHERE phone_number_id = ? AND wa_id = ? AND "
             f"counted = 1{which} AND {at} > ? ORDER BY {at}, id", (pnid, key, since)))
@@ -339,24 +332,13 @@ def _state(db: sqlite3.Connection, pnid: str, key: str, now: float, horizon: flo
             "'gateway' ORDER BY sent_at DESC LIMIT 10", (pnid, key)))
         user_ids = tuple(r[0] for r in db.execute(
             "SELECT user_id FROM user_links WHERE wa_id = ? ORDER BY user_id", (key,)))
-    common = {"key": key, "requests": uses[ACTION_REQUEST], "calls": uses[ACTION_CALL],
-              "recent_requests": recent, "user_ids": user_ids}
-    if row is None:
-        return PairState(**common)
-    return PairState(exists=True, status=row["status"], expires_at=row["expires_at"],
-                     source=row["source"], updated_at=row["updated_at"],
-                     unanswered_streak=row["unanswered_streak"],
-                     request_blocked_until=row["request_blocked_until"],
-                     call_blocked_until=row["call_blocked_until"], meta_limits=meta,
-                     meta_checked_at=row["meta_checked_at"], **common)
+    return pair_state(key, row, uses, recent, user_ids)
 
 
 def _set_permission(db: sqlite3.Connection, pnid: str, key: str,
                     change: PermissionChange) -> None:
-    """A grant after no permission starts a new unanswered streak (as ``reset_streak`` does)."""
     before = _ensure_row(db, pnid, key, change.at)
-    granted = change.status != "no_permission"
-    reset_streak = change.reset_streak or (granted and before["status"] == "no_permission")
+    reset_streak = resets_streak(before["status"], change)
     db.execute(
         "UPDATE permissions SET status = ?, expires_at = ?, source = ?, updated_at = ?, "
         "unanswered_streak = CASE WHEN ? THEN 0 ELSE unanswered_streak END "
@@ -393,16 +375,10 @@ def _record_call(db: sqlite3.Connection, pnid: str, key: str, now: float, answer
                "WHERE phone_number_id = ? AND wa_id = ?", (pnid, key))
     row = _row(db, pnid, key)
     assert row is not None
-    streak = row["unanswered_streak"]
-    if streak >= revoke_after and row["status"] != "no_permission":
-        log.warning("call permission %s/%s revoked: %d business calls in a row unanswered",
-                    pnid, key, streak)
-        # Meta's count restarts with the revocation (a new grant starts from zero).
-        _set_permission(db, pnid, key, PermissionChange("no_permission", None, "automatic",
-                                                        now, reset_streak=True))
-    elif streak == nudge_at:
-        log.info("call permission %s/%s: %d unanswered calls in a row; WhatsApp now nudges "
-                 "the user to revoke", pnid, key, streak)
+    revoked = after_unanswered(pnid, key, row["unanswered_streak"], row["status"], now,
+                               revoke_after, nudge_at)
+    if revoked is not None:
+        _set_permission(db, pnid, key, revoked)
 
 
 def _apply_meta(db: sqlite3.Connection, pnid: str, key: str, changes: MetaChanges) -> None:
@@ -410,7 +386,7 @@ def _apply_meta(db: sqlite3.Connection, pnid: str, key: str, changes: MetaChange
         _set_permission(db, pnid, key, changes.permission)
     for action, ids in changes.stale.items():
         if ids:
-            table = _TABLE[action][0]
+            table = USES[action][0]
             db.execute(f"UPDATE {table} SET counted = 0 WHERE id IN "
                        f"({','.join('?' * len(ids))})", ids)
     for action, times in changes.unseen.items():
@@ -425,9 +401,6 @@ def _apply_meta(db: sqlite3.Connection, pnid: str, key: str, changes: MetaChange
         column = "request_blocked_until" if action == ACTION_REQUEST else "call_blocked_until"
         db.execute(f"UPDATE permissions SET {column} = ? "
                    "WHERE phone_number_id = ? AND wa_id = ?", (until, pnid, key))
-    limits = {action: {str(p): m for p, m in windows.items()}
-              for action, windows in changes.meta_limits.items()}
     db.execute("UPDATE permissions SET meta_limits = ?, meta_checked_at = ? "
                "WHERE phone_number_id = ? AND wa_id = ?",
-               (json.dumps(limits, sort_keys=True) if limits else None, changes.checked_at,
-                pnid, key))
+               (meta_limits_to_json(changes.meta_limits), changes.checked_at, pnid, key))

@@ -1,13 +1,17 @@
 """Where the ledger keeps what it knows of each pair: the seam between the rules and a database.
 
 :class:`LedgerStore` is what :class:`~gateway.calls.permissions.ledger.PermissionLedger` needs
-of a database; :class:`~gateway.calls.permissions.sqlite_store.SqliteLedgerStore` is the one the
-gateway ships. Every method is one transaction. Where a rule check and the write it allows must
-not be separated -- two gateways asking the same user for permission at once must not both pass
-the 1-per-24 h rule (issue 10) -- the store takes the rule as a pure function of the pair's
+of a database: :class:`~gateway.calls.permissions.sqlite_store.SqliteLedgerStore` (the SQLite
+file at ``store.path``, one gateway on one box) or
+:class:`~gateway.calls.permissions.postgres_store.PostgresLedgerStore` (``store.url``, shared by
+several gateways). Both hold the same four tables; the pure pieces they share are at the end.
+
+Every method is one transaction. Where a rule check and the write it allows must not be
+separated -- two gateways asking the same user for permission at once must not both pass the
+1-per-24 h rule (issue 10) -- the store takes the rule as a pure function of the pair's
 :class:`PairState` and runs it inside that transaction (:meth:`LedgerStore.reserve_request`,
 :meth:`LedgerStore.apply_meta`); a backend serialises per pair as it can (SQLite: one writer at a
-time; a server database: a row lock on the pair).
+time; PostgreSQL: a transaction-scoped advisory lock keyed by the pair).
 
 Users are named as callers name them (:data:`User`); the store keys them as
 :mod:`gateway.whatsapp.identity` decides -- the canonical number, or the BSUID of a user Meta gave
@@ -18,11 +22,20 @@ link; reads only look up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from gateway.calls.permissions.reconcile import MetaChanges
-from gateway.calls.permissions.rules import Decision, PairState, PermissionChange
+from gateway.calls.permissions.rules import (
+    ACTION_CALL,
+    ACTION_REQUEST,
+    Decision,
+    PairState,
+    PermissionChange,
+)
+from gateway.sqlite_thread import DatabaseClosed
 from gateway.whatsapp.events import UserIdChanged
 from gateway.whatsapp.identity import WhatsAppUser
 
@@ -32,9 +45,26 @@ User = str | WhatsAppUser
 REQUESTS, CALLS = "requests", "calls"
 """The two kinds of use the limits count (:meth:`LedgerStore.block`)."""
 
+USES = {ACTION_REQUEST: ("permission_requests", "sent_at", ""),
+        ACTION_CALL: ("business_calls", "at", " AND answered = 1")}
+"""Per Meta action: the table of its uses, their time column, and which of them count (the
+same SQL text in both backends)."""
+
+log = logging.getLogger(__name__)
+
+
+class LedgerClosed(DatabaseClosed):
+    """The ledger was used after it was closed (or before it was opened)."""
+
 
 class LedgerStore(Protocol):
     """The ledger's storage. ``now`` is always given (unix seconds): the store reads no clock."""
+
+    where: str
+    """For messages: the file, or the URL without its password."""
+    storage_errors: tuple[type[BaseException], ...]
+    """Errors that mean "cannot take this now, try again" (a full disk, a server restarting):
+    the ledger's :class:`~gateway.write_behind.WriteBehind` keeps those writes."""
 
     async def open(self) -> None:
         """Create what is missing (tables, folders); safe on an existing store."""
@@ -103,3 +133,60 @@ class LedgerStore(Protocol):
 
     async def prune(self, before: float) -> int:
         """Delete request and call rows older than ``before``; returns how many went."""
+
+
+# ---- pure pieces both backends share -----------------------------------------------------------
+
+
+def meta_limits_from_json(text: str | None) -> dict[str, dict[float, int]]:
+    """``permissions.meta_limits``: Meta's live ``max_allowed`` per action and window (s)."""
+    if not text:
+        return {}
+    try:
+        return {str(action): {float(p): int(m) for p, m in (limits or {}).items()}
+                for action, limits in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def meta_limits_to_json(limits: Mapping[str, Mapping[float, int]]) -> str | None:
+    text = {action: {str(p): m for p, m in windows.items()} for action, windows in limits.items()}
+    return json.dumps(text, sort_keys=True) if text else None
+
+
+def pair_state(key: str, row: Mapping[str, Any] | None, uses: Mapping[str, tuple],
+               recent: tuple[dict[str, Any], ...] = (), user_ids: tuple[str, ...] = ()
+               ) -> PairState:
+    """The :class:`PairState` of a ``permissions`` row (None: the pair has none yet) and the
+    uses that count (:data:`USES`)."""
+    common = {"key": key, "requests": uses[ACTION_REQUEST], "calls": uses[ACTION_CALL],
+              "recent_requests": recent, "user_ids": user_ids}
+    if row is None:
+        return PairState(**common)
+    return PairState(exists=True, status=row["status"], expires_at=row["expires_at"],
+                     source=row["source"], updated_at=row["updated_at"],
+                     unanswered_streak=row["unanswered_streak"],
+                     request_blocked_until=row["request_blocked_until"],
+                     call_blocked_until=row["call_blocked_until"],
+                     meta_limits=meta_limits_from_json(row["meta_limits"]),
+                     meta_checked_at=row["meta_checked_at"], **common)
+
+
+def resets_streak(before_status: str, change: PermissionChange) -> bool:
+    """A grant after no permission starts a new unanswered streak (as ``reset_streak`` does)."""
+    return change.reset_streak or (change.status != "no_permission"
+                                   and before_status == "no_permission")
+
+
+def after_unanswered(pnid: str, key: str, streak: int, status: str, now: float,
+                     revoke_after: int, nudge_at: int) -> PermissionChange | None:
+    """§10: the permission revoked by ``streak`` unanswered calls in a row, or None."""
+    if streak >= revoke_after and status != "no_permission":
+        log.warning("call permission %s/%s revoked: %d business calls in a row unanswered",
+                    pnid, key, streak)
+        # Meta's count restarts with the revocation (a new grant starts from zero).
+        return PermissionChange("no_permission", None, "automatic", now, reset_streak=True)
+    if streak == nudge_at:
+        log.info("call permission %s/%s: %d unanswered calls in a row; WhatsApp now nudges "
+                 "the user to revoke", pnid, key, streak)
+    return None
