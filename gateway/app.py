@@ -23,12 +23,14 @@ from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.call_media import CallMediaLinker
 from gateway.calling_settings import calling_warnings, route_for
 from gateway.calls.base import CallDeps
+from gateway.calls.dial_claims import ClaimedDials
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
 from gateway.calls.observer import CallObserver, ObserverGroup
 from gateway.calls.orphans import OrphanSweep
 from gateway.calls.permissions import PermissionLedger, PermissionService, open_ledger
 from gateway.calls.record import CallRecord
+from gateway.calls.routing import CallHandOff, open_handoff
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
@@ -89,6 +91,8 @@ class Gateway:
         cfg = self.config
         self.metrics = GatewayMetrics.from_config(cfg)
         self.store: CallStore | None = None
+        self.handoff: CallHandOff | None = None
+        """On a shared store: later events of calls another gateway runs go there."""
         self.crm = CrmEvents(cfg.crm_events, self.metrics)
         self.observers = ObserverGroup(LogObserver(), MetricsObserver(self.metrics),
                                        _PermissionMetrics(self.metrics),
@@ -107,6 +111,7 @@ class Gateway:
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
+        self.dials: CallManager | ClaimedDials = self.calls  # who places a WhatsAppDial
         self.calls.event_hooks += [self.account.handle, self.media.handle]
         # Before anyone hears "connected", each (re)connect hangs up channels no call owns,
         # sparing those of other gateways still alive (gateway/instance.py).
@@ -205,7 +210,7 @@ class Gateway:
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
         if ev.get("UserEvent") == "WhatsAppDial":
-            self.calls.dial_from_dialplan(ev)
+            self.dials.dial_from_dialplan(ev)
 
     async def _readiness(self) -> ReadinessInputs:
         self.metrics.rtp_ports(self.ports.free)
@@ -225,6 +230,8 @@ class Gateway:
         account = self.account.info()
         if account:
             info["account"] = account  # docs/meta-2026-settings-events.md §3
+        if self.handoff is not None:
+            info["handoff"] = vars(self.handoff.stats)
         if self.crm.enabled:
             info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
                                           "dropped": s.dropped} for s in self.crm.sinks}
@@ -266,13 +273,19 @@ class Gateway:
             self.calls.spawn(self.calls.end_orphaned_records(left_open))
         if self.neighbours.shared and self.neighbours.gone():
             self.calls.spawn(self._adopt(self.neighbours.gone()))
+        # Several gateways on one store: later events and API requests go to the call's
+        # gateway, and one gateway only places an agent's WhatsAppDial
+        self.handoff = await open_handoff(self.calls, self.store, self.config,
+                                          self.neighbours.gone)
+        if self.handoff is not None:
+            self.dials = ClaimedDials(self.calls, self.store.claim_dial)
         try:
             await self.ami.connect()
         except AmiError as exc:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
         add_api_routes(self.web, lambda: self.config, self.calls, store=self.store,
-                       graph=self.graph, permissions=self.permissions)
+                       graph=self.graph, permissions=self.permissions, handoff=self.handoff)
         # lingering_time: after refusing an over-cap body (413), read and drop what the
         # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
         self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
@@ -420,6 +433,9 @@ class Gateway:
             self._ami_lost_timer.cancel()
             self._ami_lost_timer = None
         await self.calls.shutdown()
+        if self.handoff is not None:
+            await self.handoff.close()
+            self.handoff = None
         await self.media.stop()
         await self.crm.stop()
         if self._runner is not None:
