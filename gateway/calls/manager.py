@@ -202,11 +202,11 @@ class CallManager:
         return True
 
     def runs(self, ev: CallEvent | StatusEvent) -> bool:
-        """Is the event's call live (or being admitted) here? If not, its later events belong
-        to the gateway that runs it (gateway/handoff.py)."""
+        """Is the event's call live here? If not, the store says who runs it (a connect being
+        admitted may be another gateway's claim: gateway/calls/routing.py)."""
         if isinstance(ev, StatusEvent) or ev.direction == "BUSINESS_INITIATED":
             return self._outbound_for(ev.call_id, ev.biz_opaque_callback_data) is not None
-        return ev.call_id in self.calls or ev.call_id in self._admitting
+        return ev.call_id in self.calls
 
     def _on_call_event(self, ev: CallEvent) -> None:
         if ev.direction == "BUSINESS_INITIATED":

@@ -120,6 +120,29 @@ async def test_a_lost_hand_off_is_sent_again_and_a_copy_meta_sent_the_owner_is_d
     assert len(pair.a.observer.ended) == 1
 
 
+async def test_a_terminate_while_a_duplicate_connect_is_being_claimed_reaches_the_owner(
+        pair: Pair):
+    """gw-b got the same connect and is still asking the store (it will lose the claim) when
+    the terminate lands there too: the store says gw-a runs the call, so it goes to gw-a."""
+    webhook(pair.a, fakes.connect_event())
+    pair.owners[CALL] = "gw-a"
+    await asyncio.wait_for(pair.a.observer.reached("bridged"), 2)
+    claim_answered = asyncio.Event()
+
+    async def slow_claim(wacid: str) -> bool:
+        await claim_answered.wait()
+        return True  # taken: gw-a claimed it first
+
+    pair.b.manager.known_call = slow_claim
+    webhook(pair.b, fakes.connect_event())
+    webhook(pair.b, fakes.terminate_event())
+    assert await pair.a.manager.settle(5)  # its call task ends only on the terminate
+    assert len(pair.a.observer.ended) == 1
+    claim_answered.set()
+    assert await pair.b.manager.settle(5)
+    assert pair.b.graph.requests == [] and pair.b.manager.calls == {}
+
+
 async def test_a_terminate_of_a_call_no_gateway_runs_is_tombstoned_where_it_landed(
         pair: Pair):
     """Before its connect (out of order): the call must never start, as on one gateway."""
