@@ -70,7 +70,9 @@ class PgNotifyRouter:
 
     async def start(self, handler: HandOffHandler) -> None:
         """Listen from now on: returns once the first LISTEN is in place, so a hand-off sent
-        after a gateway started is never missed."""
+        after a gateway started is not missed (or, if the server does not let it listen
+        within the connect timeout, with the listener still trying: calls go on, and what is
+        handed here is resent until it listens)."""
         self._handler = handler
         self._pool = AsyncConnectionPool(
             self._url, min_size=1, max_size=2, open=False, name="handoff",
@@ -79,10 +81,14 @@ class PgNotifyRouter:
         await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
         self._listener = asyncio.ensure_future(self._listen())
         listening = asyncio.ensure_future(self.listening.wait())
-        await asyncio.wait({listening, self._listener}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({listening, self._listener}, timeout=CONNECT_TIMEOUT_S * 2,
+                           return_when=asyncio.FIRST_COMPLETED)
         listening.cancel()
-        if self._listener.done():  # failed before it listened: say why
+        if self._listener.done():  # failed for a reason no retry mends: say why
             self._listener.result()
+        if not self.listening.is_set():
+            log.warning("hand-offs: not listening yet on %s; still trying",
+                        channel_for(self.instance_id))
 
     async def close(self) -> None:
         for task in (self._listener, *self._answers):

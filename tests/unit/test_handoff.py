@@ -17,8 +17,9 @@ from gateway.calls.dial_claims import ClaimedDials, dial_key
 from gateway.calls.ending import CallState, What
 from gateway.calls.outbound import DialRequest, DialStatus
 from gateway.calls.record import EndReason, HangupSide
-from gateway.calls.routing import CallHandOff
+from gateway.calls.routing import CallHandOff, open_handoff
 from gateway.handoff import HandOff, HandOffHandler, event_from_dict, event_to_dict
+from gateway.store import CallStore
 from gateway.whatsapp.events import MetaError, ParsedWebhook
 from tests import fakes
 from tests.ports import udp_range
@@ -229,3 +230,13 @@ def test_a_whatsapp_dial_is_named_by_its_channel_and_dialplan_step():
     assert dial_key(event) == dial_key(dict(event))
     assert dial_key(event) != dial_key({**event, "Priority": "7"})
     assert dial_key(event) != dial_key({**event, "Uniqueid": "1700000000.12"})
+
+
+async def test_alone_on_sqlite_nothing_is_handed_off(tmp_path):
+    store = await CallStore.open(tmp_path / "calls.sqlite3", owner="gw-a")
+    try:
+        r = fakes.rig()
+        assert await open_handoff(r.manager, store, r.manager.deps.config, set) is None
+        assert r.manager.event_hooks == []
+    finally:
+        await store.close()
