@@ -1,4 +1,4 @@
-"""Later events of a call reach the gateway that runs it (gateway/handoff.py): two call
+"""Later events of a call reach the gateway that runs it (gateway/calls/routing.py): two call
 managers on fakes, joined by an in-memory router (a fake of our own CallEventRouter; the
 PostgreSQL transport is tested on the real server in test_handoff_pg.py, and the whole path
 end to end in tests/e2e/test_handoff.py)."""
