@@ -111,11 +111,12 @@ def _refused(decision: Decision) -> web.Response:
 
 def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
                    calls: CallManager, store: Any = None, graph: Any = None,
-                   permissions: PermissionService | None = None) -> None:
+                   permissions: PermissionService | None = None, handoff: Any = None) -> None:
     """``config`` may be a function returning the running config, so a reload's numbers and
     tokens apply to the next request. ``graph`` sends the call buttons; ``permissions``: the
     permission rules (None: no ledger, calls are placed unchecked and the permission routes
-    answer 404)."""
+    answer 404). ``handoff`` (gateway/handoff.py ``CallHandOff``, several gateways on one
+    store): a call live on another gateway is asked there."""
     current: Callable[[], Config] = config if callable(config) else (lambda: config)
 
     @web.middleware
@@ -203,6 +204,10 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
 
     async def get_call(request: web.Request) -> web.Response:
         call = calls.find_outbound(request.match_info["id"])
+        if call is None and handoff is not None:
+            state = await handoff.get_call(request.match_info["id"])
+            if state is not None:  # live on the gateway that runs it
+                return web.json_response(state)
         if call is None:
             if store is not None:
                 record = await store.get(request.match_info["id"])
@@ -214,6 +219,10 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
 
     async def delete_call(request: web.Request) -> web.Response:
         call = calls.find_outbound(request.match_info["id"])
+        if call is None and handoff is not None:
+            state = await handoff.delete_call(request.match_info["id"])
+            if state is not None:  # ended by the gateway that ran it
+                return web.json_response(state)
         if call is None:
             return _error(404, "no such call")
         call.hangup("hung up through the API")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,21 +23,24 @@ from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.call_media import CallMediaLinker
 from gateway.calling_settings import calling_warnings, route_for
 from gateway.calls.base import CallDeps
+from gateway.calls.dial_claims import ClaimedDials
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
+from gateway.calls.neighbours import NeighbourWatch
 from gateway.calls.observer import CallObserver, ObserverGroup
 from gateway.calls.orphans import OrphanSweep
 from gateway.calls.permissions import PermissionLedger, PermissionService, open_ledger
 from gateway.calls.record import CallRecord
+from gateway.calls.routing import CallHandOff, open_handoff
 from gateway.config import Config
 from gateway.crm_events import CrmEvents
 from gateway.health import PortUsage, ReadinessInputs, add_health_routes
-from gateway.instance import HEARTBEAT_S, Neighbours, sweep_spares
+from gateway.instance import Neighbours, sweep_spares
 from gateway.logs import LogObserver
 from gateway.media import aiortc_hooks
 from gateway.media.ports import PortPool
 from gateway.metrics import GatewayMetrics, MetricsObserver
-from gateway.store import CallStore, StoreClosed, StoreObserver
+from gateway.store import CallStore, StoreObserver
 from gateway.voicemail import VoicemailWatchdog
 from gateway.whatsapp.events import CallEvent, Event, PermissionReply, UserIdChanged
 from gateway.whatsapp.graph import GraphClient
@@ -90,6 +92,8 @@ class Gateway:
         cfg = self.config
         self.metrics = GatewayMetrics.from_config(cfg)
         self.store: CallStore | None = None
+        self.handoff: CallHandOff | None = None
+        """On a shared store: later events of calls another gateway runs go there."""
         self.crm = CrmEvents(cfg.crm_events, self.metrics)
         self.observers = ObserverGroup(LogObserver(), MetricsObserver(self.metrics),
                                        _PermissionMetrics(self.metrics),
@@ -108,12 +112,12 @@ class Gateway:
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
         self.calls.route_hook = self._route
+        self.dials: CallManager | ClaimedDials = self.calls  # who places a WhatsAppDial
         self.calls.event_hooks += [self.account.handle, self.media.handle]
         # Before anyone hears "connected", each (re)connect hangs up channels no call owns,
         # sparing those of other gateways still alive (gateway/instance.py).
         self.neighbours = Neighbours(cfg.gateway.instance_id)
-        self.heartbeat_s = HEARTBEAT_S
-        self._heartbeats: asyncio.Task | None = None
+        self.watch: NeighbourWatch | None = None
         self.orphan_sweep = OrphanSweep(
             self.ami, sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel,
                                    self.neighbours.spares)).install()
@@ -213,8 +217,10 @@ class Gateway:
                 await self._check_dialplan()
 
     def _on_user_event(self, ev: dict[str, str]) -> None:
+        # A worker of serve --workers N dials only its users' (claims_dial); gateways sharing
+        # a store claim each dial there, so exactly one of them places it (self.dials).
         if ev.get("UserEvent") == "WhatsAppDial" and self.claims_dial(ev):
-            self.calls.dial_from_dialplan(ev)
+            self.dials.dial_from_dialplan(ev)
 
     async def _readiness(self) -> ReadinessInputs:
         self.metrics.rtp_ports(self.ports.free)
@@ -234,6 +240,8 @@ class Gateway:
         account = self.account.info()
         if account:
             info["account"] = account  # docs/meta-2026-settings-events.md §3
+        if self.handoff is not None:
+            info["handoff"] = vars(self.handoff.stats)
         if self.crm.enabled:
             info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
                                           "dropped": s.dropped} for s in self.crm.sinks}
@@ -267,22 +275,30 @@ class Gateway:
                 log.warning("config: %s", warning)
         self.neighbours.shared = self.store.backend.shared
         # Before the AMI connect: its sweep must know who is gone (their calls: below)
-        await self._heartbeat(take_over=False)
-        self._heartbeats = asyncio.ensure_future(self._keep_heartbeat())
+        self.watch = NeighbourWatch(self.neighbours, self.store, self.ami, self.calls,
+                                    self.orphan_sweep)
+        await self.watch.beat(take_over=False)
+        self.watch.start()
         await self.crm.start()
         await self._start_ledger()
         await self.graph.start()
         if left_open:  # Meta still has those calls up: end them (retried, in the background)
             self.calls.spawn(self.calls.end_orphaned_records(left_open))
         if self.neighbours.shared and self.neighbours.gone():
-            self.calls.spawn(self._adopt(self.neighbours.gone()))
+            self.calls.spawn(self.watch.adopt(self.neighbours.gone()))
+        # Several gateways on one store: later events and API requests go to the call's
+        # gateway, and one gateway only places an agent's WhatsAppDial
+        self.handoff = await open_handoff(self.calls, self.store, self.config,
+                                          self.neighbours.gone)
+        if self.handoff is not None:
+            self.dials = ClaimedDials(self.calls, self.store.claim_dial)
         try:
             await self.ami.connect()
         except AmiError as exc:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
         add_api_routes(self.web, lambda: self.config, self.calls, store=self.store,
-                       graph=self.graph, permissions=self.permissions)
+                       graph=self.graph, permissions=self.permissions, handoff=self.handoff)
         # lingering_time: after refusing an over-cap body (413), read and drop what the
         # client still sends for at most 2 s (aiohttp's 10 s would hold the connection open).
         self._runner = web.AppRunner(self.web, access_log=None, lingering_time=2.0)
@@ -297,51 +313,6 @@ class Gateway:
             self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
             log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
         self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
-
-    async def _heartbeat(self, *, take_over: bool = True) -> None:
-        """Tell the store this gateway is alive and read who else is; when a gateway has
-        gone quiet (``take_over``), sweep its channels and end its calls: its callers are
-        left where nobody else would end them."""
-        assert self.store is not None
-        try:
-            last_seen = await self.store.heartbeat()
-        except (*self.store.backend.storage_errors, StoreClosed) as exc:
-            log.warning("heartbeat not written (%s); other gateways may take this one for gone "
-                        "after %g s", exc, self.neighbours.gone_after_s)
-            return
-        newly_gone = self.neighbours.update(last_seen, time.time())
-        if not newly_gone or not self.neighbours.shared or not take_over:
-            return
-        log.warning("gateway(s) %s silent for over %g s: taking over their calls",
-                    ", ".join(sorted(newly_gone)), self.neighbours.gone_after_s)
-        if self.ami.connected:
-            self.calls.spawn(self._sweep())
-        self.calls.spawn(self._adopt(newly_gone))
-
-    async def _adopt(self, gone: set[str]) -> None:
-        """The calls gone gateways left active: Meta still has them up, their callers hear
-        nothing. This gateway (one only) ends them at Meta and closes their records."""
-        assert self.store is not None
-        try:
-            records = await self.store.adopt(gone)
-        except (*self.store.backend.storage_errors, StoreClosed) as exc:
-            log.warning("cannot take over the calls of %s: %s", ", ".join(sorted(gone)), exc)
-            return
-        if records:
-            log.warning("%d call(s) left by gone gateway(s) %s: ending them", len(records),
-                        ", ".join(sorted(gone)))
-            await self.calls.end_orphaned_records(records)
-
-    async def _sweep(self) -> None:
-        try:
-            await self.orphan_sweep.sweep()
-        except AmiError as exc:
-            log.warning("orphan sweep failed: %s", exc)
-
-    async def _keep_heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            await self._heartbeat()
 
     async def _call_taken(self, wacid: str) -> bool:
         assert self.store is not None
@@ -428,13 +399,15 @@ class Gateway:
     async def stop(self) -> None:
         if self._dialplan_watch is not None:
             self._dialplan_watch.cancel()
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            self._heartbeats = None
+        if self.watch is not None:
+            self.watch.stop()
         if self._ami_lost_timer is not None:
             self._ami_lost_timer.cancel()
             self._ami_lost_timer = None
         await self.calls.shutdown()
+        if self.handoff is not None:
+            await self.handoff.close()
+            self.handoff = None
         await self.media.stop()
         await self.crm.stop()
         if self._runner is not None:

@@ -20,7 +20,7 @@ from gateway.calls.base import Call, CallDeps
 from gateway.calls.ending import CallState, GraphAction, What, ending_for
 from gateway.calls.inbound import InboundCall
 from gateway.calls.orphans import end_records
-from gateway.calls.outbound import DialRequest, OutboundCall
+from gateway.calls.outbound import DialRequest, OutboundCall, refuse_dial
 from gateway.calls.record import CallRecord, Direction
 from gateway.media.ports import PortsExhausted
 from gateway.media.sdp_offer import validate_offer
@@ -179,18 +179,37 @@ class CallManager:
                 continue
             if any(hook(ev) for hook in self.event_hooks):
                 continue
-            if isinstance(ev, CallEvent):
-                self._on_call_event(ev)
-            elif isinstance(ev, StatusEvent):
-                call = self._outbound_for(ev.call_id, ev.biz_opaque_callback_data)
-                if call is not None:
-                    call.status_webhook(ev)
-                else:
-                    log.info("call %s: status %s for no live call", ev.call_id, ev.status)
-            else:
-                log.info("webhook: %s for %s not handled here", type(ev).__name__,
-                         getattr(ev, "call_id", "?"))
+            self.dispatch(ev)
         return duplicates
+
+    def dispatch(self, ev: Event) -> None:
+        """Act on one new event here (de-duplicated, past the hooks)."""
+        if isinstance(ev, CallEvent):
+            self._on_call_event(ev)
+        elif isinstance(ev, StatusEvent):
+            call = self._outbound_for(ev.call_id, ev.biz_opaque_callback_data)
+            if call is not None:
+                call.status_webhook(ev)
+            else:
+                log.info("call %s: status %s for no live call", ev.call_id, ev.status)
+        else:
+            log.info("webhook: %s for %s not handled here", type(ev).__name__,
+                     getattr(ev, "call_id", "?"))
+
+    def deliver(self, ev: Event) -> bool:
+        """An event handed over by another gateway (gateway/handoff.py): de-duplicated (Meta
+        may have sent it here too), dispatched without the hooks. False: a duplicate."""
+        if self._is_duplicate(ev.dedup_key):
+            return False
+        self.dispatch(ev)
+        return True
+
+    def runs(self, ev: CallEvent | StatusEvent) -> bool:
+        """Is the event's call live here? If not, the store says who runs it (a connect being
+        admitted may be another gateway's claim: gateway/calls/routing.py)."""
+        if isinstance(ev, StatusEvent) or ev.direction == "BUSINESS_INITIATED":
+            return self._outbound_for(ev.call_id, ev.biz_opaque_callback_data) is not None
+        return ev.call_id in self.calls
 
     def _on_call_event(self, ev: CallEvent) -> None:
         if ev.direction == "BUSINESS_INITIATED":
@@ -373,23 +392,15 @@ class CallManager:
                 if number is None else "no channel"
             log.warning("WhatsAppDial from %s refused: %s", channel or "?", why)
             if channel:
-                self.spawn(self._refuse_dial(channel, why))
+                self.spawn(self.refuse_dial(channel, why))
             return None
         return self.dial(DialRequest(to=to, phone_number_id=number.phone_number_id,
                                      agent_channel=channel, agent_uniqueid=uniqueid or None))
 
-    async def _refuse_dial(self, channel: str, why: str) -> None:
-        """A WhatsAppDial naming no user or no business number of ours: the ending table says
-        what the waiting channel is told (it never became a call, so nothing else follows)."""
-        ending = ending_for(What.UNKNOWN_NUMBER, CallState.NEW, direction=Direction.OUTBOUND)
-        assert ending.dial_status is not None and ending.q850 is not None
-        ami = self.deps.ami
-        try:
-            await ami.setvar(channel, "WA_DIAL_STATUS", ending.dial_status.value)
-            await ami.hangup(channel, ending.q850)
-        except Exception as exc:
-            log.warning("could not hang up %s after a bad WhatsAppDial (%s): %s", channel, why,
-                        exc)
+    async def refuse_dial(self, channel: str, why: str,
+                          what: What = What.UNKNOWN_NUMBER) -> None:
+        """A WhatsAppDial this gateway will not place: see :func:`outbound.refuse_dial`."""
+        await refuse_dial(self.deps.ami, channel, why, what)
 
     def find_outbound(self, gateway_id: str) -> OutboundCall | None:
         return self.outbound.get(gateway_id) or self.finished_outbound.get(gateway_id)

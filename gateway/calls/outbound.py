@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.calls.base import Call, CallDeps, caller_id, user_caller_id
 from gateway.calls.ending import (
@@ -26,6 +27,7 @@ from gateway.calls.ending import (
     Happened,
     LedgerCount,
     What,
+    ending_for,
 )
 from gateway.calls.permissions import Decision, RefusalReason, decide_call, next_allowed_at
 from gateway.calls.record import CallRecord, Direction
@@ -33,7 +35,7 @@ from gateway.instance import new_channel_id
 from gateway.whatsapp.events import CallEvent, StatusEvent
 from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
 
-__all__ = ["DIAL_CAUSE", "DialRequest", "DialStatus", "OutboundCall"]
+__all__ = ["DIAL_CAUSE", "DialRequest", "DialStatus", "OutboundCall", "refuse_dial"]
 
 log = logging.getLogger(__name__)
 
@@ -296,3 +298,17 @@ class OutboundCall(Call):
             rec.wacid = self.gateway_id  # record is still kept, under our id
         log.info("outbound call %s to %s: %s (%s)", rec.wacid, rec.user_key, status,
                  self.ended_why)
+
+
+async def refuse_dial(ami: Any, channel: str, why: str,
+                      what: What = What.UNKNOWN_NUMBER) -> None:
+    """A WhatsAppDial naming no user or no business number of ours (or one no gateway can
+    claim): the ending table says what the waiting channel is told (it never became a call,
+    so nothing else follows)."""
+    ending = ending_for(what, CallState.NEW, direction=Direction.OUTBOUND)
+    assert ending.dial_status is not None and ending.q850 is not None
+    try:
+        await ami.setvar(channel, "WA_DIAL_STATUS", ending.dial_status.value)
+        await ami.hangup(channel, ending.q850)
+    except Exception as exc:
+        log.warning("could not hang up %s after a bad WhatsAppDial (%s): %s", channel, why, exc)

@@ -156,6 +156,18 @@ class CallStore:
         return await asyncio.wait_for(self.backend.claim(wacid, self.owner, time.time()),
                                       deadline_s)
 
+    async def owner_of(self, wacid: str) -> str | None:
+        """The gateway instance running this live call (gateway/handoff.py sends its later
+        events there); None when no gateway does (never claimed, or its record is closed)."""
+        return await self.backend.owner_of(wacid)
+
+    async def claim_dial(self, key: str, deadline_s: float = CLAIM_DEADLINE_S) -> bool:
+        """Take an agent's ``UserEvent(WhatsAppDial)`` for this gateway: every gateway on the
+        Asterisk sees the event, exactly one may place the call. Kept with the call claims
+        (``dial:`` keys never meet a Meta call id)."""
+        return await asyncio.wait_for(
+            self.backend.claim(f"dial:{key}", self.owner, time.time()), deadline_s)
+
     def tombstone_soon(self, wacid: str, seconds: float = TOMBSTONE_SECONDS) -> None:
         """Remember, for every gateway on this store, that this call id ended or must never
         start (a ``terminate`` that overtook its ``connect``)."""

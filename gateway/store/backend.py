@@ -89,6 +89,14 @@ def claim_sql(mark: str) -> str:
             f"ON CONFLICT (wacid) DO NOTHING")
 
 
+OWNER_SQL = ("SELECT owner FROM calls WHERE wacid = {m} AND outcome = 'active' "
+             "UNION ALL SELECT owner FROM call_claims WHERE wacid = {m} "
+             "AND NOT EXISTS (SELECT 1 FROM calls WHERE wacid = {m}) LIMIT 1")
+"""Who runs a live call: the owner of its active record (a take-over changes it), else of
+its claim while the record is not written yet; no row once the record is closed. Parameters:
+wacid three times."""
+
+
 class StoreBackend(Protocol):
     """One database holding call records, their media, claims and tombstones."""
 
@@ -124,6 +132,9 @@ class StoreBackend(Protocol):
 
     async def claim(self, wacid: str, owner: str, at: float) -> bool:
         """:func:`claim_sql`: True if this instance now owns the call."""
+
+    async def owner_of(self, wacid: str) -> str | None:
+        """:data:`OWNER_SQL`: the instance running this live call, None if none does."""
 
     async def tombstone(self, wacid: str, until: float, now: float) -> None:
         """Remember an ended or never-to-start call id until ``until`` (and forget expired

@@ -32,7 +32,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.calls.record import CallRecord
-from gateway.store.backend import ListQuery, StoreClosed, StoreUnavailable, claim_sql, upsert_sql
+from gateway.store.backend import (
+    OWNER_SQL,
+    ListQuery,
+    StoreClosed,
+    StoreUnavailable,
+    claim_sql,
+    upsert_sql,
+)
 from gateway.store.records import COLUMNS, CallMedia, row_to_record
 from gateway.store.sqlite import (
     HEARTBEAT,
@@ -252,6 +259,10 @@ class PostgresBackend:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(claim_sql("%s"), (wacid, owner, at, wacid, wacid, at))
             return cursor.rowcount == 1
+
+    async def owner_of(self, wacid: str) -> str | None:
+        rows = await self._rows(OWNER_SQL.format(m="%s"), (wacid,) * 3)
+        return rows[0]["owner"] if rows else None
 
     async def tombstone(self, wacid: str, until: float, now: float) -> None:
         async with self._write_lock, self.pool.connection() as conn, conn.transaction():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.calls.record import CallRecord
 from gateway.sqlite_thread import SqliteThread
-from gateway.store.backend import ListQuery, StoreClosed, claim_sql, upsert_sql
+from gateway.store.backend import OWNER_SQL, ListQuery, StoreClosed, claim_sql, upsert_sql
 from gateway.store.records import COLUMNS, CallMedia, row_to_record
 
 MIGRATIONS: tuple[str, ...] = (
@@ -185,6 +185,12 @@ class SqliteBackend:
     async def claim(self, wacid: str, owner: str, at: float) -> bool:
         return await self.sql.run(lambda: self._db.execute(
             claim_sql("?"), (wacid, owner, at, wacid, wacid, at)).rowcount == 1)
+
+    async def owner_of(self, wacid: str) -> str | None:
+        def run() -> str | None:
+            row = self._db.execute(OWNER_SQL.format(m="?"), (wacid,) * 3).fetchone()
+            return row[0] if row else None
+        return await self.sql.run(run)
 
     async def tombstone(self, wacid: str, until: float, now: float) -> None:
         def run() -> None:
