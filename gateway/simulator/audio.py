@@ -229,3 +229,28 @@ def describe(pcm: bytes, rate: int = RATE, silence_dbfs: float = SILENCE_DBFS) -
         low, high = sorted(f for f, _ in peaks)
         return Heard("tone", level, low, high)
     return Heard("audio", level)
+
+
+@dataclass
+class HeardSegment:
+    """A stretch of the call that sounded the same to the phone (times since call start)."""
+
+    start: float
+    end: float
+    heard: Heard | None
+    """None when no packet arrived at all in that stretch."""
+
+    def __str__(self) -> str:
+        what = "no media" if self.heard is None else str(self.heard)
+        return f"{self.start:.1f}-{self.end:.1f} s {what}"
+
+
+def timeline(frames: list[tuple[float, bytes]], rate: int = RATE) -> bytes:
+    """Frames laid out on the call's clock: gaps without packets become silence."""
+    out = bytearray()
+    for t, pcm in frames:
+        gap = int((t - len(out) / 2 / rate) * rate) * 2
+        if gap > 3 * (rate // 50) * 2:  # over 3 frames of 20 ms: a gap, not arrival jitter
+            out += bytes(gap)
+        out += pcm
+    return bytes(out)

@@ -25,9 +25,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import re
 import time
-import uuid
 import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,20 +36,19 @@ from gateway.media.codecs import FRAME_BYTES, RATE
 from gateway.media.webrtc import WebRtcLeg
 from gateway.simulator import audio
 from gateway.simulator.prompts import Heard as Recognised
-from gateway.simulator.prompts import PromptLibrary, recognise
+from gateway.simulator.prompts import PromptLibrary, recognise, same_heard
 from gateway.simulator.transcript import Transcript
+from gateway.simulator.whatsapp_sdp import (  # noqa: F401 (tests import them from here)
+    G711_STATIC_PTS,
+    META_ANSWER_OPUS_FMTP,
+    META_DTMF_PT,
+    WHATSAPP_OPUS_FMTP,
+    meta_answer,
+    whatsapp_offer,
+)
 
 log = logging.getLogger(__name__)
 
-WHATSAPP_OPUS_FMTP = ("maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;"
-                      "sprop-maxcapturerate=16000;useinbandfec=1")
-META_ANSWER_OPUS_FMTP = "minptime=10;useinbandfec=1"
-"""Opus fmtp of Meta's answer to a business's offer
-(tests/fixtures/payloads/webhook-connect-business-initiated.json)."""
-G711_STATIC_PTS = {"PCMU": 0, "PCMA": 8}
-"""RFC 3551 static payload types, as Meta's SDP samples write G.711."""
-META_DTMF_PT = 126
-"""§9: without telephone-event/8000 in the business's offer Meta still uses PT 126 at 8 kHz."""
 NO_MEDIA_ERROR = 138021
 """Client received no media for too long (docs/meta-calling.md §11)."""
 MAX_STRETCH_S = 20.0
@@ -77,20 +74,6 @@ class PhoneTimers:
 
 
 DEFAULT_TIMERS = PhoneTimers()
-
-
-@dataclass
-class HeardSegment:
-    """A stretch of the call that sounded the same to the phone (times since call start)."""
-
-    start: float
-    end: float
-    heard: audio.Heard | None
-    """None when no packet arrived at all in that stretch."""
-
-    def __str__(self) -> str:
-        what = "no media" if self.heard is None else str(self.heard)
-        return f"{self.start:.1f}-{self.end:.1f} s {what}"
 
 
 class SimulatedPhone:
@@ -129,7 +112,7 @@ class SimulatedPhone:
         """Every decoded 20 ms frame heard, with its arrival time (seconds since call start)."""
         self.sent: list[tuple[float, bytes]] = []
         """Every 20 ms frame the phone sent (silence is not sent), with its time."""
-        self.heard_segments: list[HeardSegment] = []
+        self.heard_segments: list[audio.HeardSegment] = []
         self.digits_pressed: list[str] = []
         self.dtmf_received: list[str] = []
         self.on_give_up: Callable[[int, str], None] = lambda code, reason: None
@@ -277,11 +260,11 @@ class SimulatedPhone:
     def save_wav(self, path: str, both: bool = False) -> None:
         """Everything heard as a 16 kHz WAV, gaps without packets filled with silence; with
         ``both``, stereo: left what the phone heard, right what it sent."""
-        heard = _timeline(self.received)
+        heard = audio.timeline(self.received)
         if not both:
             channels, frames = 1, heard
         else:
-            sent = _timeline(self.sent)
+            sent = audio.timeline(self.sent)
             length = max(len(heard), len(sent))
             left = np.frombuffer(heard.ljust(length, b"\0"), dtype="<i2")
             right = np.frombuffer(sent.ljust(length, b"\0"), dtype="<i2")
@@ -428,7 +411,7 @@ class SimulatedPhone:
                 log.exception("prompt recognition failed")
                 return
             for item in found:
-                if any(_same(item, old) for old in self.recognised):
+                if any(same_heard(item, old) for old in self.recognised):
                     continue
                 if item.kind == "audio" and item.start + item.duration <= start:
                     continue  # unexplained sound of the look-back was reported before
@@ -443,7 +426,7 @@ class SimulatedPhone:
         if last is not None and (None if last.heard is None else last.heard.key) == key:
             last.end = w1
             return
-        self.heard_segments.append(HeardSegment(w0, w1, heard))
+        self.heard_segments.append(audio.HeardSegment(w0, w1, heard))
         # Written now, when it is known, saying since when: the transcript stays in time order.
         text = "hearing " + ("nothing (no media packets)" if heard is None else str(heard)) \
             + f" since +{w0:.3f}"
@@ -456,153 +439,3 @@ class SimulatedPhone:
     def _close_segment(self, now: float) -> None:
         if self.heard_segments:
             self.heard_segments[-1].end = max(self.heard_segments[-1].end, now)
-
-
-def _same(a: Recognised, b: Recognised) -> bool:
-    """The same thing heard twice (found again in the next stretch's look-back)."""
-    return a.kind == b.kind and a.name == b.name and abs(a.start - b.start) < 0.15
-
-
-def _timeline(frames: list[tuple[float, bytes]]) -> bytes:
-    """Frames laid out on the call's clock: gaps without packets become silence."""
-    out = bytearray()
-    for t, pcm in frames:
-        gap = int((t - len(out) / 2 / RATE) * RATE) * 2
-        if gap > 3 * FRAME_BYTES:  # a real gap, not arrival jitter
-            out += bytes(gap)
-        out += pcm
-    return bytes(out)
-
-
-class _LocalSdp:
-    """What the simulator keeps of aiortc's own SDP when it re-dresses it as WhatsApp's or
-    Meta's: the real ICE credentials, fingerprint, DTLS role, mid, SSRC and host candidates
-    (one IPv4, one IPv6), so the other side's answer or offer still works against the phone."""
-
-    def __init__(self, sdp: str, what: str):
-        self.sdp, self.what = sdp, what
-        self.ufrag = self.one(r"a=ice-ufrag:(\S+)")
-        self.pwd = self.one(r"a=ice-pwd:(\S+)")
-        self.fingerprint = self.one(r"a=fingerprint:sha-256 (\S+)")
-        self.ssrc = self.one(r"a=ssrc:(\d+) ")
-        self.v4 = self.v6 = None
-        for m in re.finditer(r"a=candidate:(\S+) 1 udp (\d+) (\S+) (\d+) typ host", sdp):
-            foundation, priority, addr, port = m.groups()
-            if ":" in addr and self.v6 is None:
-                self.v6 = (foundation, priority, addr, port)
-            elif ":" not in addr and self.v4 is None:
-                self.v4 = (foundation, priority, addr, port)
-        if self.v4 is None and self.v6 is None:
-            raise ValueError(f"aiortc {what} has no host candidate")
-
-    def one(self, pattern: str) -> str:
-        m = re.search(pattern, self.sdp)
-        if not m:
-            raise ValueError(f"aiortc {self.what} lacks {pattern!r}")
-        return m.group(1)
-
-    def head(self, mid: str, payload_types: str, stream: str | None = None) -> list[str]:
-        """Session lines, the m-line and the host candidates, in WhatsApp's style."""
-        default = self.v4 or self.v6
-        assert default is not None
-        lines = [
-            "v=0",
-            f"o=- {int(time.time() * 1000)} 2 IN IP4 127.0.0.1",
-            "s=-",
-            "t=0 0",
-            f"a=group:BUNDLE {mid}",
-            f"a=msid-semantic: WMS {stream or uuid.uuid4()}",
-            "a=ice-lite",
-            f"m=audio {default[3]} UDP/TLS/RTP/SAVPF {payload_types}",
-            f"c=IN IP4 {self.v4[2]}" if self.v4 else f"c=IN IP6 {default[2]}",
-            "a=rtcp:9 IN IP4 0.0.0.0",
-        ]
-        for cand in (self.v4, self.v6):
-            if cand:
-                foundation, priority, addr, port = cand
-                # WhatsApp's foundations are decimal; the value only groups our candidates.
-                numeric = int(foundation, 16) % 10**10 \
-                    if re.fullmatch(r"[0-9a-f]+", foundation) else foundation
-                lines.append(f"a=candidate:{numeric} 1 udp {priority} {addr} {port} typ host "
-                             "generation 0 network-cost 50")
-        return lines
-
-
-def whatsapp_offer(local_sdp: str, g711: Sequence[str] = ()) -> str:
-    """Rewrite aiortc's offer into the shape WhatsApp's relay offers (see module docstring).
-
-    Only presentation changes: ICE credentials, fingerprint, candidates and SSRC are the real
-    ones of the phone's peer connection, so the business's answer works against it.
-
-    ``g711``: the number's ``audio.additional_codecs``. ASSUMPTION (no captured user-initiated
-    offer with G.711 exists, docs/meta-2026-settings-events.md §1): they follow Opus as static
-    PCMU/0 and PCMA/8 with rtpmap lines, in the order and shape of Meta's business-initiated
-    answer sample (``111 9 0 8 110 126``).
-    """
-    local = _LocalSdp(local_sdp, "offer")
-    stream = str(uuid.uuid4())
-    g711_pts = [(G711_STATIC_PTS[c], c) for c in G711_STATIC_PTS if c in g711]
-    fmts = " ".join(["111", *(str(pt) for pt, _ in g711_pts), "126"])
-    lines = local.head("audio", fmts, stream) + [
-        f"a=ice-ufrag:{local.ufrag}",
-        f"a=ice-pwd:{local.pwd}",
-        f"a=fingerprint:sha-256 {local.fingerprint}",
-        "a=setup:actpass",
-        "a=mid:audio",
-        "a=sendrecv",
-        f"a=msid:{stream} WhatsAppTrack1",
-        "a=rtcp-mux",
-        "a=rtpmap:111 opus/48000/2",
-        "a=rtcp-fb:111 transport-cc",
-        f"a=fmtp:111 {WHATSAPP_OPUS_FMTP}",
-        *(f"a=rtpmap:{pt} {name}/8000" for pt, name in g711_pts),
-        "a=rtpmap:126 telephone-event/8000",
-        "a=maxptime:20",
-        "a=ptime:20",
-        f"a=ssrc:{local.ssrc} cname:WhatsAppAudioStream1",
-    ]
-    return "\r\n".join(lines) + "\r\n"
-
-
-def meta_answer(local_sdp: str) -> str:
-    """Rewrite aiortc's answer to a business's offer into the shape of Meta's answer
-    (tests/fixtures/payloads/webhook-connect-business-initiated.json, §9 ⚠): session-level
-    ``a=ice-lite``,
-    ``a=ice-options:trickle``, one sha-256 fingerprint, the DTLS role aiortc chose (``active``
-    against an ``actpass`` offer, as in Meta's sample), mid and payload types mirrored from the
-    offer, Meta's Opus fmtp, host candidates of one IPv4 and one IPv6 address, one SSRC.
-
-    Only presentation changes: ICE credentials, fingerprint, DTLS role, candidates and SSRC are
-    the phone's real ones.
-    """
-    local = _LocalSdp(local_sdp, "answer")
-    setup = local.one(r"a=setup:(\S+)")
-    mid = local.one(r"a=mid:(\S+)")
-    direction = re.search(r"a=(sendrecv|sendonly|recvonly|inactive)", local_sdp)
-    rtpmaps = dict(re.findall(r"a=rtpmap:(\d+) ([^\r\n]+)", local_sdp))
-    opus = next((pt for pt, enc in rtpmaps.items() if enc.lower().startswith("opus/48000")),
-                None)
-    if opus is None:
-        raise ValueError("aiortc answer has no Opus")
-    dtmf = next((pt for pt, enc in rtpmaps.items()
-                 if enc.lower().startswith("telephone-event/8000")), None)
-    lines = local.head(mid, " ".join(pt for pt in (opus, dtmf) if pt)) + [
-        f"a=ice-ufrag:{local.ufrag}",
-        f"a=ice-pwd:{local.pwd}",
-        "a=ice-options:trickle",
-        f"a=fingerprint:sha-256 {local.fingerprint}",
-        f"a=setup:{setup}",
-        f"a=mid:{mid}",
-        f"a={direction.group(1) if direction else 'sendrecv'}",
-        "a=rtcp-mux",
-        f"a=rtpmap:{opus} opus/48000/2",
-        f"a=rtcp-fb:{opus} transport-cc",
-        f"a=fmtp:{opus} {META_ANSWER_OPUS_FMTP}",
-    ]
-    if dtmf:
-        lines.append(f"a=rtpmap:{dtmf} telephone-event/8000")
-    lines += [
-        "a=ptime:20",
-        f"a=ssrc:{local.ssrc} cname:WhatsAppAudioStream1",
-    ]
-    return "\r\n".join(lines) + "\r\n"

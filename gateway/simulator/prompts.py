@@ -407,3 +407,8 @@ def library_for(directory: str | Path) -> PromptLibrary:
     if path not in _LIBRARIES:
         _LIBRARIES[path] = PromptLibrary(path)
     return _LIBRARIES[path]
+
+
+def same_heard(a: Heard, b: Heard) -> bool:
+    """The same thing heard twice (found again in the next stretch's look-back)."""
+    return a.kind == b.kind and a.name == b.name and abs(a.start - b.start) < 0.15
