@@ -7,9 +7,10 @@ the store (its active record, else its claim). A call no live gateway owns (neve
 ended, or its owner gone, whose calls a take-over ends) is handled where the event landed, as
 on one gateway: a ``terminate`` leaves a tombstone, so a late ``connect`` never starts it.
 
-Delivery is acknowledged: an event is sent again (at most :data:`EVENT_ATTEMPTS` times) until
-the owner says it took it; the owner's de-duplication (Meta's own ``dedup_key``) drops a copy
-that did arrive twice. An owner that never answers is treated as no owner.
+Delivery is acknowledged: an event is sent again, with growing waits, until the owner says it
+took it, for as long as the owner's heartbeat says it is alive (:data:`EVENT_GIVE_UP_S`); the
+owner's de-duplication (Meta's own ``dedup_key``) drops a copy that did arrive twice. An owner
+that is gone, or never answers within that time, is treated as no owner.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from gateway.calls.manager import CallManager
 from gateway.handoff import CallEventRouter, HandOff, event_from_dict, event_to_dict
-from gateway.instance import channel_instance
+from gateway.instance import GONE_AFTER_S, channel_instance
 from gateway.whatsapp.events import CallEvent, Event, StatusEvent
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,13 @@ EVENT_ACK_S = 1.0
 """How long an event waits for the owner's acknowledgement before it is sent again: a hand-off
 takes about a millisecond on one host (docs/scaling.md), so a missing answer means the message
 was lost (the owner's listening connection was being re-made) or the owner is stuck."""
-EVENT_ATTEMPTS = 3
+EVENT_ACK_MAX_S = 5.0
+"""The longest wait for one acknowledgement: each unanswered send waits twice as long as the
+one before (1, 2, 4, 5, 5 ... s), so a loaded owner is not flooded with copies."""
+EVENT_GIVE_UP_S = GONE_AFTER_S
+"""An event is sent again for as long as its owner is alive: giving up sooner would leave the
+call up at the owner with nobody to end it (a lost terminate). Past this, or once the owner's
+heartbeat says it is gone, the event is handled where it landed."""
 API_ANSWER_S = 15.0
 """An API request for a call on another gateway: ``DELETE`` waits for the call to end there
 (its teardown: Graph terminate, Asterisk hangup), which is seconds at worst."""
@@ -110,15 +117,20 @@ class CallHandOff:
         if owner is not None and owner != self.instance_id:
             what = ev.event if isinstance(ev, CallEvent) else ev.status
             message = HandOff("event", event_to_dict(ev))
-            for attempt in range(1, EVENT_ATTEMPTS + 1):
+            deadline = time.monotonic() + EVENT_GIVE_UP_S
+            wait, attempt = EVENT_ACK_S, 0
+            while owner not in self.gone() and time.monotonic() < deadline:
+                attempt += 1
                 started = time.perf_counter()
-                answer = await self.router.send(owner, message, EVENT_ACK_S)
+                answer = await self.router.send(owner, message, wait)
                 if answer is not None:
                     self._acked(time.perf_counter() - started)
                     log.info("call %s: %s handed to gateway %s", ev.call_id, what, owner)
                     return
-                log.warning("call %s: gateway %s did not acknowledge the %s (attempt %d of "
-                            "%d)", ev.call_id, owner, what, attempt, EVENT_ATTEMPTS)
+                log.warning("call %s: gateway %s did not acknowledge the %s within %g s "
+                            "(attempt %d); sending it again while that gateway is alive",
+                            ev.call_id, owner, what, wait, attempt)
+                wait = min(wait * 2, EVENT_ACK_MAX_S)
             self.stats.unanswered += 1
         # No live owner elsewhere: as a single gateway would (a terminate leaves a tombstone)
         self.calls.dispatch(ev)
