@@ -132,6 +132,21 @@ def make_config(graph_url: str, ami_port: int, **overrides):
     return parse_config(data, env={})
 
 
+@pytest.fixture(autouse=True)
+async def no_channel_outlives_its_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Each test starts on an empty Asterisk: what a test left up (an agent's ``Local``
+    channel still in ``Wait()``, a channel of a call that failed its assertions) is hung up
+    after it, so one failure cannot cascade into the next test's channel counts or dials. The
+    tests that claim "no channel left" check it themselves before this runs."""
+    yield
+    if "asterisk" not in request.fixturenames:
+        return
+    pbx: LocalAsterisk = request.getfixturevalue("asterisk")
+    if pbx.running:
+        with contextlib.suppress(Exception):
+            await pbx.cli("channel request hangup all")
+
+
 @contextlib.asynccontextmanager
 async def open_stack(asterisk: LocalAsterisk, /, **config: Any) -> AsyncIterator[Stack]:
     """The simulator and a started gateway (``config``: sections for :func:`make_config`,
