@@ -32,7 +32,7 @@ class _Echo(asyncio.DatagramProtocol):
 async def asterisk_echo_rtt(ami_port: int, rounds: int = 5) -> float | None:
     """Median round trip of a loud frame through Asterisk's Echo() (None: not measured)."""
     ami = AmiClient(AmiSettings(host="127.0.0.1", port=ami_port, username="gateway",
-                                secret=Secret("gateway-secret")), sweep_on_connect=False)
+                                secret=Secret("gateway-secret")))
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

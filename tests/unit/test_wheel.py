@@ -10,6 +10,7 @@ with ``-m "not wheel"`` (it builds with pip, about 10 s).
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -163,3 +164,24 @@ def test_the_units_commands_run_a_gateway_from_the_wheel(installed: Path, tmp_pa
             proc.wait()
     log = proc.stderr.read()
     assert "secret-" not in log, "a secret reached the log"
+
+
+def test_the_demo_places_a_call_from_the_installed_wheel(installed: Path,
+                                                         tmp_path: Path) -> None:
+    """``whatsapp-gateway demo --call`` from the wheel alone, run where no checkout is: its
+    Asterisk configuration, chroot script and simulator all come from the package, and the
+    scripted call goes through a real Asterisk."""
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ami, http, sim = (str(s.getsockname()[1]) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+    proc = subprocess.run(
+        [installed / "bin" / "whatsapp-gateway", "demo", "--ami-port", ami, "--http-port", http,
+         "--sim-port", sim, "--log-level", "warning", "--call", "wait-answer; hangup"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "result: PASS" in proc.stdout.splitlines(), proc.stdout
