@@ -203,13 +203,13 @@ class Worker:
         a = self.args
         aiortc_hooks.install()
         aiortc_hooks.set_host_addresses(["127.0.0.1"])
-        cloud_api.SimulatedPhone = LoadPhone  # type: ignore[misc]
         if a.answer_url:
             return {"ready": True}
         self.sim = cloud_api.CloudApiSimulator(
             app_secret=a.secret, access_token=a.token, webhook_url=a.webhook_url,
             phone_number_id=a.pnid, display_phone_number=a.display,
             connect_webhook_delay_s=0.0, ringing_delay_s=0.0, ring_timeout_s=120.0)
+        self.sim.phones.phone_class = LoadPhone
         await self.sim.start()
         calling = self.sim.number_settings(a.pnid)["calling"]
         if a.g711:

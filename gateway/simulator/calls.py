@@ -32,14 +32,17 @@ class Phones:
         self.hearing_window_s = hearing_window_s
         self.prompts = prompts
         """Asterisk's sound files: phones name the prompts they hear (simulator/prompts.py)."""
+        self.phone_class: type[SimulatedPhone] = SimulatedPhone
+        """What a user's phone is: a load generator puts a cheaper subclass here
+        (benchmarks/load_phones.py)."""
 
     def new(self, transcript: Transcript, name: str, idle_audio: bytes | None = None,
             g711: Sequence[str] = ()) -> SimulatedPhone:
         """``g711``: the codecs of the number's ``audio.additional_codecs``, which Meta then
         offers beside Opus (docs/meta-2026-settings-events.md §7)."""
-        return SimulatedPhone(transcript=transcript, name=name, timers=self.timers,
-                              idle_audio=idle_audio, hearing_window_s=self.hearing_window_s,
-                              prompts=self.prompts, g711=g711)
+        return self.phone_class(transcript=transcript, name=name, timers=self.timers,
+                                idle_audio=idle_audio, hearing_window_s=self.hearing_window_s,
+                                prompts=self.prompts, g711=g711)
 
 
 class CallEnds:
