@@ -105,8 +105,7 @@ class Gateway:
         self.account = AccountHealth(cfg, self.metrics)
         self.media = CallMediaLinker(self.graph, lambda: self.store, self.observers,
                                      self.metrics, cfg.store.media_dir)
-        # asterisk.servers: one client each; a new call is placed on one (gateway/asterisk/
-        # pool.py) and keeps it. self.ami is the primary (the only one with asterisk.ami).
+        # One AMI client per Asterisk server, the first (self.ami) the primary: asterisk/pool.py
         self.asterisk = AsteriskPool.from_settings(cfg.asterisk.all_servers, cfg.asterisk.policy)
         self.ami = self.asterisk.primary
         for client in self.asterisk.clients:
@@ -132,9 +131,11 @@ class Gateway:
         self.orphan_sweep = OrphanSweep(
             self.ami, sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel,
                                    self.neighbours.spares)).install()
+        # each server's own sweep, sparing what the primary's spares (a worker narrows that)
+        self.orphan_sweeps = [self.orphan_sweep, *(
+            OrphanSweep(client, lambda uid: self.orphan_sweep.owned(uid)).install()
+            for client in self.asterisk.clients[1:])]
         for client in self.asterisk.clients:
-            if client is not self.ami:  # each server's own sweep, owning what the primary's does
-                OrphanSweep(client, lambda uid: self.orphan_sweep.owned(uid)).install()
             client.add_event_listener(
                 "UserEvent", lambda ev, client=client: self._on_user_event(ev, client))
             client.add_event_listener("Reload", self._on_reload)
@@ -302,8 +303,8 @@ class Gateway:
                 log.warning("config: %s", warning)
         self.neighbours.shared = self.store.backend.shared
         # Before the AMI connect: its sweep must know who is gone (their calls: below)
-        self.watch = NeighbourWatch(self.neighbours, self.store, self.ami, self.calls,
-                                    self.orphan_sweep)
+        self.watch = NeighbourWatch(self.neighbours, self.store, self.calls,
+                                    self.orphan_sweeps)
         await self.watch.beat(take_over=False)
         self.watch.start()
         await self.crm.start()

@@ -53,6 +53,9 @@ class SweepingAmi(Protocol):
 
     on_connect: list
 
+    @property
+    def connected(self) -> bool: ...
+
     async def core_show_channels(self) -> list[Event]: ...
 
     async def hangup(self, channel_id: str, cause: int = 16) -> bool: ...

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
@@ -23,6 +24,7 @@ from gateway.simulator.cloud_api import CloudApiSimulator
 from tests.ports import free_tcp_port, instance_name
 
 from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, make_config, number_for
+from .test_config_checks import whatsapp_gateway
 
 pytestmark = pytest.mark.asterisk
 
@@ -157,3 +159,32 @@ async def test_round_robin_spreads_calls_over_both_servers(pbxes, tmp_path):
         for call in calls:
             await call.hangup()
         assert await gw.calls.settle(10)
+
+
+async def test_check_config_checks_every_server(pbxes, tmp_path):
+    """``check-config --asterisk`` with asterisk.servers: each server is checked (a call may
+    land on any); one unreachable fails the check, naming it."""
+    primary, secondary = pbxes
+    for pbx in pbxes:
+        await pbx.start()
+    down = free_tcp_port()  # nothing listens there
+    config = {
+        "whatsapp": {"graph_url": "http://127.0.0.1:9/v23.0", "access_token": "${WA_TOKEN}",
+                     "app_secret": "${WA_SECRET}", "verify_token": "v"},
+        "numbers": [{"phone_number_id": "100000000000091", "context": "from-whatsapp"}],
+        "asterisk": {"servers": [{**server("primary", primary), "connect_timeout": 1},
+                                 {**server("secondary", secondary), "connect_timeout": 1}]},
+        "store": {"path": str(tmp_path / "gateway.sqlite3")},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out = await whatsapp_gateway("check-config", "-c", str(path), "--asterisk")
+    assert code == 0, out
+    assert f"Asterisk AMI 127.0.0.1:{primary.ami_port}: connected" in out
+    assert f"Asterisk AMI 127.0.0.1:{secondary.ami_port}: connected" in out
+    config["asterisk"]["servers"][1]["port"] = down
+    path.write_text(yaml.safe_dump(config))
+    code, out = await whatsapp_gateway("check-config", "-c", str(path), "--asterisk")
+    assert code == 1, out
+    assert f"no AMI connection to 127.0.0.1:{down}" in out
+    assert f"Asterisk AMI 127.0.0.1:{primary.ami_port}: connected" in out
