@@ -184,7 +184,7 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
                 continue
             if not isinstance(value, str) or not syntax.fullmatch(value):
                 return _field_error(field, f"not a valid Asterisk {field}: {rule}")
-        if not getattr(calls.deps.ami, "connected", True):
+        if not calls.ami_connected:
             # Else the user's phone would ring for a call that can never reach an agent.
             return _error(409, "Asterisk is not connected (AMI): no call can be bridged now",
                           reason="asterisk_down")

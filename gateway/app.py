@@ -20,6 +20,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.account_health import AccountHealth, PickupRate
 from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
+from gateway.asterisk.dialplan import configured_routes
+from gateway.asterisk.pool import AsteriskPool
 from gateway.call_media import CallMediaLinker
 from gateway.calling_settings import calling_warnings, route_for
 from gateway.calls.base import CallDeps
@@ -103,14 +105,22 @@ class Gateway:
         self.account = AccountHealth(cfg, self.metrics)
         self.media = CallMediaLinker(self.graph, lambda: self.store, self.observers,
                                      self.metrics, cfg.store.media_dir)
-        self.ami = AmiClient(cfg.asterisk.ami)
-        self.ami.on_connection_change.append(self.metrics.ami_connection)
-        self.ami.on_connection_change.append(self._ami_connection_changed)
+        # One AMI client per Asterisk server, the first (self.ami) the primary: asterisk/pool.py
+        self.asterisk = AsteriskPool.from_settings(cfg.asterisk.all_servers, cfg.asterisk.policy)
+        self.ami = self.asterisk.primary
+        for client in self.asterisk.clients:
+            name = self.asterisk.name(client)
+            self.metrics.ami_connection(False, server=name)  # shown as 0 until it connects
+            client.on_connection_change.append(
+                lambda up, name=name: self.metrics.ami_connection(up, server=name))
+            client.on_connection_change.append(
+                lambda up, client=client: self._ami_connection_changed(up, client))
         self.ports = PortPool(cfg.media.rtp_ports)
         self.ledger: PermissionLedger | None = None
         self.permissions: PermissionService | None = None
         self.calls = CallManager(CallDeps(config=cfg, graph=self.graph, ami=self.ami,
                                           ports=self.ports, observer=self.observers))
+        self.calls.servers = self.asterisk
         self.calls.route_hook = self._route
         self.dials: CallManager | ClaimedDials = self.calls  # who places a WhatsAppDial
         self.calls.event_hooks += [self.account.handle, self.media.handle]
@@ -121,8 +131,14 @@ class Gateway:
         self.orphan_sweep = OrphanSweep(
             self.ami, sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel,
                                    self.neighbours.spares)).install()
-        self.ami.add_event_listener("UserEvent", self._on_user_event)
-        self.ami.add_event_listener("Reload", self._on_reload)
+        # each server's own sweep, sparing what the primary's spares (a worker narrows that)
+        self.orphan_sweeps = [self.orphan_sweep, *(
+            OrphanSweep(client, lambda uid: self.orphan_sweep.owned(uid)).install()
+            for client in self.asterisk.clients[1:])]
+        for client in self.asterisk.clients:
+            client.add_event_listener(
+                "UserEvent", lambda ev, client=client: self._on_user_event(ev, client))
+            client.add_event_listener("Reload", self._on_reload)
         self.dialplan_recheck_s = DIALPLAN_RECHECK_S
         self._dialplan_watch: asyncio.Task | None = None
         self.web = web.Application()
@@ -133,7 +149,8 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.dialplan_problems: list[str] = []
-        self._ami_lost_timer: asyncio.Task | None = None
+        self._ami_lost_timers: dict[AmiClient, asyncio.Task] = {}
+        """Per server gone: ends its calls after asterisk.ami_down_grace."""
         # --- hooks for serve --workers N (gateway/workers/worker.py sets them) ---
         self.claims_dial: Callable[[dict[str, str]], bool] = lambda ev: True
         """Is this AMI ``UserEvent(WhatsAppDial)`` this gateway's to dial? Every worker sees it."""
@@ -151,50 +168,54 @@ class Gateway:
         route = route_for(number, dt.datetime.now(dt.UTC))
         return route.context, route.extension
 
-    def _ami_connection_changed(self, connected: bool) -> None:
-        if connected and self._ami_lost_timer is not None:
-            self._ami_lost_timer.cancel()
-            self._ami_lost_timer = None
-        elif not connected and self._ami_lost_timer is None:
-            self._ami_lost_timer = asyncio.ensure_future(self._end_calls_after_ami_grace())
+    def _ami_connection_changed(self, connected: bool, client: AmiClient) -> None:
+        timer = self._ami_lost_timers.pop(client, None) if connected \
+            else self._ami_lost_timers.get(client)
+        if connected and timer is not None:
+            timer.cancel()
+        elif not connected and timer is None:
+            self._ami_lost_timers[client] = asyncio.ensure_future(
+                self._end_calls_after_ami_grace(client))
         if connected and (self.calls.calls or self.calls.outbound):
-            self.calls.spawn(self.calls.reconcile_channels())
+            self.calls.spawn(self.calls.reconcile_channels(client))
         if connected:
             self.calls.spawn(self._check_dialplan())
 
-    async def _end_calls_after_ami_grace(self) -> None:
-        """AMI is gone. A short outage is survived (the reconnect checks each call's channel);
-        past ``asterisk.ami_down_grace`` the live calls are ended toward WhatsApp, since their
-        callers hear silence and nothing here can tell whether Asterisk still carries them."""
+    async def _end_calls_after_ami_grace(self, client: AmiClient) -> None:
+        """A server's AMI is gone. A short outage is survived (the reconnect checks each
+        call's channel); past ``asterisk.ami_down_grace`` the live calls on that server are
+        ended toward WhatsApp, since their callers hear silence and nothing here can tell
+        whether Asterisk still carries them. Calls on the other servers go on."""
         grace = self.config.asterisk.ami_down_grace_s
         await asyncio.sleep(grace)
-        self._ami_lost_timer = None
-        if self.ami.connected:
+        self._ami_lost_timers.pop(client, None)
+        if client.connected:
             return
-        ended = self.calls.end_all(What.AMI_LOST,
-                                   f"Asterisk AMI unreachable for more than {grace:g} s")
+        where = self.asterisk.name(client)
+        ended = self.calls.end_all(
+            What.AMI_LOST, f"Asterisk AMI {where} unreachable for more than {grace:g} s",
+            on=client)
         if ended:
-            log.warning("Asterisk AMI unreachable for more than %g s: ended %d live call(s) "
-                        "toward WhatsApp (asterisk.ami_down_grace)", grace, ended)
+            log.warning("Asterisk AMI %s unreachable for more than %g s: ended its %d live "
+                        "call(s) toward WhatsApp (asterisk.ami_down_grace)", where, grace, ended)
 
     async def _check_dialplan(self) -> None:
         """Every context/extension the config routes calls to must exist in Asterisk: a typo
         would otherwise only show as callers being hung up. Checked on every AMI connect
         (the admin may have reloaded the dialplan); reported in the log and in /readyz."""
         problems = []
-        for i, n in enumerate(self.config.numbers):
-            routes = [("context", n.context, n.extension)]
-            if n.closed_context:
-                routes.append(("closed_context", n.closed_context, n.closed_extension))
-            for key, context, exten in routes:
+        several = len(self.asterisk.clients) > 1
+        for ami in [c for c in self.asterisk.clients if c.connected]:
+            on = f" on {self.asterisk.name(ami)}" if several else ""
+            for key, context, exten in configured_routes(self.config):
                 try:
-                    found = await self.ami.dialplan_has(context, exten)
+                    found = await ami.dialplan_has(context, exten)
                 except AmiError as exc:
-                    log.warning("cannot check the dialplan for numbers[%d].%s: %s", i, key, exc)
+                    log.warning("cannot check the dialplan for %s%s: %s", key, on, exc)
                     continue
                 if not found:
-                    problems.append(f"numbers[{i}].{key}: extension {exten!r} in context "
-                                    f"{context!r} does not exist in Asterisk's dialplan")
+                    problems.append(f"{key}: extension {exten!r} in context {context!r} does "
+                                    f"not exist in Asterisk's dialplan{on}")
         for problem in problems:
             if problem not in self.dialplan_problems:  # rechecks do not repeat the warning
                 log.warning("%s: calls to this number will be hung up at once", problem)
@@ -213,26 +234,33 @@ class Gateway:
         ``module reload``) sends no AMI event, and /readyz should recover once it is fixed."""
         while True:
             await asyncio.sleep(self.dialplan_recheck_s)
-            if self.dialplan_problems and self.ami.connected:
+            if self.dialplan_problems and self.asterisk.connected:
                 await self._check_dialplan()
 
-    def _on_user_event(self, ev: dict[str, str]) -> None:
+    def _on_user_event(self, ev: dict[str, str], client: AmiClient | None = None) -> None:
         # A worker of serve --workers N dials only its users' (claims_dial); gateways sharing
         # a store claim each dial there, so exactly one of them places it (self.dials).
+        # The agent's channel is on the server that sent it: the call is bridged there.
         if ev.get("UserEvent") == "WhatsAppDial" and self.claims_dial(ev):
-            self.dials.dial_from_dialplan(ev)
+            self.dials.dial_from_dialplan(ev, client)
 
     async def _readiness(self) -> ReadinessInputs:
         self.metrics.rtp_ports(self.ports.free)
         writable, detail = (await self.store.check_writable()) if self.store \
             else (False, "store not open")
+        servers = self.asterisk.states()
+        down = [name for name, up in servers.items() if not up]
         return ReadinessInputs(
-            ami_connected=self.ami.connected,
-            ami_detail=f"AMI {self.config.asterisk.ami.host}:{self.config.asterisk.ami.port}",
+            ami_connected=self.asterisk.connected,
+            ami_detail=f"AMI {', '.join(down)}",
+            ami_servers=servers if len(servers) > 1 else {},
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
             draining=self.calls.draining,
-            warnings=tuple(self.dialplan_problems), extra=self._readiness_info())
+            warnings=(*self.dialplan_problems,
+                      *(f"asterisk server {name}: AMI not connected; new calls go to the "
+                        "others" for name in down if len(down) < len(servers))),
+            extra=self._readiness_info())
 
     def _readiness_info(self) -> dict:
         """Shown in /readyz ``info``; none of it makes the gateway unready."""
@@ -275,8 +303,8 @@ class Gateway:
                 log.warning("config: %s", warning)
         self.neighbours.shared = self.store.backend.shared
         # Before the AMI connect: its sweep must know who is gone (their calls: below)
-        self.watch = NeighbourWatch(self.neighbours, self.store, self.ami, self.calls,
-                                    self.orphan_sweep)
+        self.watch = NeighbourWatch(self.neighbours, self.store, self.calls,
+                                    self.orphan_sweeps)
         await self.watch.beat(take_over=False)
         self.watch.start()
         await self.crm.start()
@@ -293,7 +321,7 @@ class Gateway:
         if self.handoff is not None:
             self.dials = ClaimedDials(self.calls, self.store.claim_dial)
         try:
-            await self.ami.connect()
+            await self.asterisk.connect()
         except AmiError as exc:
             # Keep running: calls are refused with a reason until Asterisk is back.
             log.warning("starting without Asterisk: %s", exc)
@@ -369,7 +397,7 @@ class Gateway:
         for key in restart:
             log.warning("config reload: %s changed, but only a restart applies it; the running "
                         "value is kept", key)
-        if self.ami.connected:
+        if self.asterisk.connected:
             self.calls.spawn(self._check_dialplan())
         return restart
 
@@ -401,9 +429,9 @@ class Gateway:
             self._dialplan_watch.cancel()
         if self.watch is not None:
             self.watch.stop()
-        if self._ami_lost_timer is not None:
-            self._ami_lost_timer.cancel()
-            self._ami_lost_timer = None
+        for timer in self._ami_lost_timers.values():
+            timer.cancel()
+        self._ami_lost_timers.clear()
         await self.calls.shutdown()
         if self.handoff is not None:
             await self.handoff.close()
@@ -413,7 +441,7 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.ami.close()
+        await self.asterisk.close()
         await self.graph.close()
         if self.ledger is not None:
             await self.ledger.close()

@@ -24,6 +24,7 @@ from gateway.config_reader import (
     Reader,
     check_port_overlap,
     read_accountcode,
+    read_ami_servers,
     read_crm_events,
     read_gateway,
     read_media_mode,
@@ -131,25 +132,14 @@ def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "<m
         ))
 
     ast = r.section(data, "asterisk", "asterisk")
-    r.unknown(ast, {"ami", "codec", "ami_down_grace"}, "asterisk")
-    ami = r.section(ast, "ami", "asterisk.ami")
-    r.unknown(ami, {"host", "port", "username", "secret", "connect_timeout", "action_timeout"},
-              "asterisk.ami")
+    r.unknown(ast, {"ami", "servers", "policy", "codec", "ami_down_grace"}, "asterisk")
+    primary, servers, policy = read_ami_servers(r, ast)
     codec = str(ast.get("codec", "g722")).lower()
     if codec not in ASTERISK_CODECS:
         r.fail("asterisk.codec", f"must be one of {', '.join(ASTERISK_CODECS)}, got {codec!r}")
         codec = "g722"
     asterisk = AsteriskSettings(
-        ami=AmiSettings(
-            host=r.string(ami, "host", "asterisk.ami.host", default="127.0.0.1") or "127.0.0.1",
-            port=r.integer(ami, "port", "asterisk.ami.port", 5038, 1, 65535),
-            username=r.string(ami, "username", "asterisk.ami.username") or "",
-            secret=r.secret(ami, "secret", "asterisk.ami.secret"),
-            connect_timeout_s=r.number(ami, "connect_timeout", "asterisk.ami.connect_timeout",
-                                       5.0, 0.1),
-            action_timeout_s=r.number(ami, "action_timeout", "asterisk.ami.action_timeout",
-                                      5.0, 0.1),
-        ),
+        ami=primary, servers=servers, policy=policy,
         codec=codec,
         ami_down_grace_s=r.number(ast, "ami_down_grace", "asterisk.ami_down_grace", 10.0, 0.0),
     )

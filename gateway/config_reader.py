@@ -12,7 +12,9 @@ import re
 from typing import Any
 
 from gateway.config_types import (
+    AMI_POLICIES,
     USERNAME_PLACEHOLDERS,
+    AmiSettings,
     CrmEventsSettings,
     GatewaySettings,
     HttpSettings,
@@ -331,3 +333,53 @@ def check_port_overlap(r: Reader, media: MediaSettings) -> None:
         r.fail("media.rtp_ports", f"{rtp.first}-{rtp.last} overlaps media.webrtc_ports "
                                   f"{webrtc.first}-{webrtc.last} (ports {first}-{last}): "
                                   "give each leg its own range")
+
+
+AMI_KEYS = {"host", "port", "username", "secret", "connect_timeout", "action_timeout"}
+
+
+def read_ami(r: Reader, ami: dict, path: str, named: bool = False) -> AmiSettings:
+    """One AMI server (``asterisk.ami``, or one item of ``asterisk.servers``)."""
+    r.unknown(ami, AMI_KEYS | ({"name"} if named else set()), path)
+    return AmiSettings(
+        host=r.string(ami, "host", f"{path}.host", default="127.0.0.1") or "127.0.0.1",
+        port=r.integer(ami, "port", f"{path}.port", 5038, 1, 65535),
+        username=r.string(ami, "username", f"{path}.username") or "",
+        secret=r.secret(ami, "secret", f"{path}.secret"),
+        connect_timeout_s=r.number(ami, "connect_timeout", f"{path}.connect_timeout", 5.0, 0.1),
+        action_timeout_s=r.number(ami, "action_timeout", f"{path}.action_timeout", 5.0, 0.1),
+        name=(r.string(ami, "name", f"{path}.name", required=False) or "") if named else "",
+    )
+
+
+def read_ami_servers(r: Reader, ast: dict) -> tuple[AmiSettings, tuple[AmiSettings, ...], str]:
+    """``asterisk.ami`` (one server) or ``asterisk.servers`` (a list, failover or rotation:
+    gateway/asterisk/pool.py), never both. Returns (primary, servers, policy); servers is
+    empty with the one-server form."""
+    policy = str(ast.get("policy", "failover"))
+    if policy not in AMI_POLICIES:
+        r.fail("asterisk.policy", f"must be one of {', '.join(AMI_POLICIES)}, got {policy!r}")
+        policy = "failover"
+    if "servers" not in ast:
+        if "policy" in ast:
+            r.fail("asterisk.policy", "only with asterisk.servers (one server has no choice)")
+        return read_ami(r, r.section(ast, "ami", "asterisk.ami"), "asterisk.ami"), (), policy
+    if "ami" in ast:
+        r.fail("asterisk", "give asterisk.ami (one server) or asterisk.servers (a list), "
+                           "not both")
+    items = ast.get("servers")
+    if not isinstance(items, list) or not items:
+        r.fail("asterisk.servers", "must be a list of at least one AMI server "
+                                   "(host, port, username, secret, name)")
+        return read_ami(r, {}, "asterisk.servers[0]", named=True), (), policy
+    servers = []
+    for i, item in enumerate(items):
+        path = f"asterisk.servers[{i}]"
+        if not isinstance(item, dict):
+            r.fail(path, f"must be a mapping, got {type(item).__name__}")
+            item = {}
+        servers.append(read_ami(r, item, path, named=True))
+    labels = [s.label for s in servers]
+    for label in sorted({x for x in labels if labels.count(x) > 1}):
+        r.fail("asterisk.servers", f"two servers named {label!r} (give each a unique name)")
+    return servers[0], tuple(servers), policy

@@ -194,15 +194,37 @@ class AmiSettings:
     secret: Secret
     connect_timeout_s: float = 5.0
     action_timeout_s: float = 5.0
+    name: str = ""
+    """What logs, /readyz and the ``server`` metric label call this Asterisk (default
+    ``host:port``)."""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.host}:{self.port}"
+
+
+AMI_POLICIES = ("failover", "round_robin")
+"""How a new call picks among the connected ``asterisk.servers`` (gateway/asterisk/pool.py)."""
 
 
 @dataclass(frozen=True)
 class AsteriskSettings:
     ami: AmiSettings
+    """The first (primary) server: ``asterisk.ami``, or ``asterisk.servers[0]``."""
     codec: str = "g722"
     ami_down_grace_s: float = 10.0
     """Live calls survive an AMI outage this long (a reconnect finds their channels); after
     it, they are ended toward WhatsApp, so no caller sits in silence with no limit."""
+    servers: tuple[AmiSettings, ...] = ()
+    """``asterisk.servers``, in list order (its first is :attr:`ami`); empty with the
+    one-server form ``asterisk.ami``. Read it through :attr:`all_servers`."""
+    policy: str = "failover"
+    """``failover``: a new call goes to the first connected server in list order;
+    ``round_robin``: the connected servers take turns."""
+
+    @property
+    def all_servers(self) -> tuple[AmiSettings, ...]:
+        return self.servers or (self.ami,)
 
 
 @dataclass(frozen=True)
@@ -329,6 +351,8 @@ class Config:
             ("whatsapp.graph_timeout", self.whatsapp.graph_timeout_s,
              new.whatsapp.graph_timeout_s),
             ("asterisk.ami", self.asterisk.ami, new.asterisk.ami),
+            ("asterisk.servers", self.asterisk.all_servers[1:], new.asterisk.all_servers[1:]),
+            ("asterisk.policy", self.asterisk.policy, new.asterisk.policy),
             ("asterisk.codec", self.asterisk.codec, new.asterisk.codec),
             ("media", self.media, new.media),
             ("http", self.http, new.http),

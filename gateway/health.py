@@ -37,6 +37,9 @@ class ReadinessInputs:
     port_pools: tuple[PortUsage, ...] = ()
     ami_detail: str = ""
     """E.g. 'connection refused by 127.0.0.1:5038' when not connected."""
+    ami_servers: dict[str, bool] = field(default_factory=dict)
+    """With several Asterisk servers (asterisk.servers): each one's name and whether its AMI
+    is connected. Ready while one is; the app lists those down as warnings."""
     store_detail: str = ""
     """Why the store is not writable (CallStore.check_writable's message)."""
     draining: bool = False
@@ -73,7 +76,10 @@ def readiness(inputs: ReadinessInputs, min_free_ports: int = 1) -> tuple[bool, d
 
     check("ami", inputs.ami_connected,
           "connected" if inputs.ami_connected
-          else f"not connected to Asterisk{': ' + inputs.ami_detail if inputs.ami_detail else ''}")
+          else f"not connected to Asterisk{': ' + inputs.ami_detail if inputs.ami_detail else ''}",
+          **({"servers": {name: "connected" if up else "not connected"
+                          for name, up in inputs.ami_servers.items()}}
+             if inputs.ami_servers else {}))
     check("store", inputs.store_writable,
           "writable" if inputs.store_writable else (inputs.store_detail or "not writable"))
     for pool in inputs.port_pools:

@@ -167,7 +167,8 @@ def config_secrets(config: Config) -> list[Secret]:
 
     store_password = urlsplit(config.store.url).password if config.store.url else None
     return [config.whatsapp.access_token, config.whatsapp.app_secret,
-            config.whatsapp.verify_token, config.asterisk.ami.secret, *config.api.tokens,
+            config.whatsapp.verify_token,
+            *(server.secret for server in config.asterisk.all_servers), *config.api.tokens,
             *([Secret(store_password)] if store_password else [])]
 
 

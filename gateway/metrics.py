@@ -259,8 +259,9 @@ class GatewayMetrics:
         # ---- Asterisk -----------------------------------------------------------------------
         self.ami_connected = Gauge(
             f"{n}_ami_connected",
-            "1 while the AMI connection to Asterisk is up and logged in; 0 means new calls "
-            "are rejected.", registry=r,
+            "1 while the AMI connection to this Asterisk server (asterisk.servers) is up and "
+            "logged in; new calls are rejected only while every server is at 0.", ["server"],
+            registry=r,
             multiprocess_mode="livemin")
         self.ami_reconnects = Counter(
             f"{n}_ami_reconnects_total",
@@ -370,8 +371,8 @@ class GatewayMetrics:
             ProcessCollector(registry=r)
 
         self._numbers_started = False
-        self._ami_up = False
-        self._ami_was_connected = False
+        self._ami_up: set[str] = set()
+        self._ami_was_connected: set[str] = set()
         self._active: dict[str, tuple[str, str]] = {}
         self._ended: BoundedDict[str, None] = BoundedDict(ENDED_REMEMBERED)
 
@@ -502,13 +503,16 @@ class GatewayMetrics:
         if record.dtmf_out:
             self.dtmf_digits.labels(*labels, "asterisk").inc(record.dtmf_out)
 
-    def ami_connection(self, connected: bool) -> None:
-        """AMI went up or down; fits ``AmiClient.on_connection_change`` as is."""
-        if connected and not self._ami_up and self._ami_was_connected:
+    def ami_connection(self, connected: bool, server: str = "") -> None:
+        """The AMI connection to Asterisk ``server`` went up or down."""
+        if connected and server not in self._ami_up and server in self._ami_was_connected:
             self.ami_reconnects.inc()
-        self._ami_was_connected |= connected
-        self._ami_up = connected
-        self.ami_connected.set(1 if connected else 0)
+        if connected:
+            self._ami_was_connected.add(server)
+            self._ami_up.add(server)
+        else:
+            self._ami_up.discard(server)
+        self.ami_connected.labels(server).set(1 if connected else 0)
 
     def rtp_ports(self, free: int, total: int | None = None) -> None:
         """Free ports of the Asterisk RTP range (set after every allocation/release)."""

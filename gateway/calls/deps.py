@@ -53,6 +53,15 @@ class Ami(Protocol):
     def remove_channel_listener(self, uniqueid: str) -> None: ...
 
 
+class AsteriskServers(Protocol):
+    """Several Asterisk servers (gateway/asterisk/pool.py): which one takes a new call."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def pick(self) -> Ami | None: ...
+
+
 class Graph(Protocol):
     """Meta's ``/calls`` actions (and call_permissions, for the outbound permission check)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from gateway.calls.deps import Ami
 from gateway.calls.ending import What
 from gateway.calls.manager import CallManager
 
@@ -38,11 +39,12 @@ class ClaimedDials:
         self.calls = calls
         self.claim = claim
 
-    def dial_from_dialplan(self, ev: dict[str, str]) -> None:
-        """The AMI listener's entry: claims in the background (the listener must not wait)."""
-        self.calls.spawn(self._dial_if_claimed(ev))
+    def dial_from_dialplan(self, ev: dict[str, str], ami: Ami | None = None) -> None:
+        """The AMI listener's entry: claims in the background (the listener must not wait).
+        ``ami``: the server that sent it (see :meth:`CallManager.dial_from_dialplan`)."""
+        self.calls.spawn(self._dial_if_claimed(ev, ami))
 
-    async def _dial_if_claimed(self, ev: dict[str, str]) -> None:
+    async def _dial_if_claimed(self, ev: dict[str, str], ami: Ami | None = None) -> None:
         key = dial_key(ev)
         try:
             claimed = await self.claim(key)
@@ -55,9 +57,9 @@ class ClaimedDials:
                         "takes it (%s)", key, exc or type(exc).__name__)
             if ev.get("Channel"):
                 await self.calls.refuse_dial(ev["Channel"], "call store unavailable",
-                                             What.GATEWAY_ERROR)
+                                             What.GATEWAY_ERROR, ami=ami)
             return
         if not claimed:
             log.info("WhatsAppDial %s taken by another gateway", key)
             return
-        self.calls.dial_from_dialplan(ev)
+        self.calls.dial_from_dialplan(ev, ami)

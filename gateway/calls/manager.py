@@ -13,21 +13,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from gateway.bounded import BoundedDict
 from gateway.calls.base import Call, CallDeps
+from gateway.calls.deps import Ami, AsteriskServers
 from gateway.calls.ending import CallState, GraphAction, What, ending_for
 from gateway.calls.inbound import InboundCall
-from gateway.calls.orphans import end_records
-from gateway.calls.outbound import DialRequest, OutboundCall, refuse_dial
+from gateway.calls.orphans import end_records, reconcile
+from gateway.calls.outbound import DialRequest, OutboundCall, dial_request, refuse_dial
 from gateway.calls.record import CallRecord, Direction
 from gateway.media.ports import PortsExhausted
 from gateway.media.sdp_offer import validate_offer
 from gateway.media.webrtc import SdpError
 from gateway.whatsapp.events import CallEvent, Event, ParsedWebhook, StatusEvent
 from gateway.whatsapp.graph import GraphError
-from gateway.whatsapp.identity import parse_target
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ RouteHook = Callable[[CallEvent], tuple[str, str] | None]
 class CallManager:
     def __init__(self, deps: CallDeps):
         self.deps = deps
+        """What every call needs; ``deps.ami`` is the primary Asterisk."""
+        self.servers: AsteriskServers | None = None
+        """Set by the app with ``asterisk.servers``: each new call is placed on the server it
+        picks, and keeps it (its own ``deps.ami``)."""
         self.calls: dict[str, InboundCall] = {}
         """Inbound calls by wacid."""
         self.outbound: dict[str, OutboundCall] = {}
@@ -83,6 +88,23 @@ class CallManager:
     @property
     def accepting(self) -> bool:
         return not self.draining
+
+    @property
+    def ami_connected(self) -> bool:
+        """Can a new call reach Asterisk (any server connected)?"""
+        if self.servers is not None:
+            return self.servers.connected
+        return bool(getattr(self.deps.ami, "connected", False))
+
+    def deps_for_new_call(self, ami: Ami | None = None) -> CallDeps:
+        """The deps a new call keeps for its life: on ``ami`` (the server a WhatsAppDial
+        came from), else on the server :attr:`servers` picks. Its channel lives on that one
+        Asterisk, so every action and event of the call goes through that client."""
+        if ami is None and self.servers is not None:
+            ami = self.servers.pick()
+        if ami is None or ami is self.deps.ami:
+            return self.deps
+        return replace(self.deps, ami=ami)
 
     def stop_admitting(self) -> None:
         """Drain: calls in progress go on, new ones are refused (inbound: ``reject``ed with
@@ -160,10 +182,12 @@ class CallManager:
         call = self.find(call_id)
         return call is not None and call.end(what, why)
 
-    def end_all(self, what: What, why: str = "") -> int:
-        """End every live call because ``what`` happened (shutdown, Asterisk gone); returns
-        how many were ended. Their teardowns run in their own tasks: :meth:`settle`."""
-        return sum(1 for call in self.live_calls() if call.end(what, why))
+    def end_all(self, what: What, why: str = "", *, on: Ami | None = None) -> int:
+        """End every live call (``on``: every one on that Asterisk) because ``what`` happened
+        (shutdown, Asterisk gone); returns how many were ended. Their teardowns run in their
+        own tasks: :meth:`settle`."""
+        return sum(1 for call in self.live_calls()
+                   if (on is None or call.deps.ami is on) and call.end(what, why))
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -288,7 +312,7 @@ class CallManager:
                     f"unknown phone_number_id {ev.phone_number_id} (not in numbers:)")
         if self.draining:
             return What.SHUTDOWN, "gateway is shutting down (draining)"
-        if not getattr(self.deps.ami, "connected", False):
+        if not self.ami_connected:
             return What.NO_AMI, "Asterisk AMI not connected"
         if self.active_for(ev.phone_number_id) + self.elsewhere(ev.phone_number_id) \
                 >= number.max_calls:
@@ -304,7 +328,8 @@ class CallManager:
             assert number is not None
             route = self.route_hook(ev) if self.route_hook else None
             context, extension = route if route else (None, None)
-            call = InboundCall(ev, number, self.deps, context=context, extension=extension)
+            call = InboundCall(ev, number, self.deps_for_new_call(), context=context,
+                               extension=extension)
             try:
                 call.reserve_port()  # now, not after ICE: simultaneous calls cannot race
             except PortsExhausted as exc:
@@ -346,9 +371,10 @@ class CallManager:
 
     # --- outbound ---------------------------------------------------------------------------------
 
-    def dial(self, request: DialRequest) -> OutboundCall:
-        """Start an outbound call (its permission check runs inside the call)."""
-        call = OutboundCall(request, self.deps)
+    def dial(self, request: DialRequest, ami: Ami | None = None) -> OutboundCall:
+        """Start an outbound call (its permission check runs inside the call), on ``ami``
+        (the server whose dialplan asked) or the one :attr:`servers` picks."""
+        call = OutboundCall(request, self.deps_for_new_call(ami))
         if self.draining:
             call.end(What.SHUTDOWN, "gateway is shutting down (draining)")
         else:
@@ -369,64 +395,43 @@ class CallManager:
                 self.tombstone(call.record.wacid)
             self.finished_outbound[call.gateway_id] = call
 
-    def dial_from_dialplan(self, ev: dict[str, str]) -> OutboundCall | None:
+    def dial_from_dialplan(self, ev: dict[str, str],
+                           ami: Ami | None = None) -> OutboundCall | None:
         """AMI ``UserEvent(WhatsAppDial,To: +E164,From: <business number>)`` from a waiting
         channel (asterisk-conf/extensions.conf [to-whatsapp]). ``To:`` may be a BSUID (or
         given as ``Recipient:``): the call then goes to Meta as ``recipient``
-        (docs/meta-2026-identity.md §1)."""
-        try:
-            number_to, bsuid = parse_target(ev.get("Recipient") or ev.get("To"))
-        except ValueError:
-            number_to, bsuid = "", ""
-        to = number_to or bsuid
-        source = ev.get("From", "").strip().lstrip("+")
-        channel, uniqueid = ev.get("Channel", ""), ev.get("Uniqueid", "")
-        numbers = self.deps.config.numbers
-        number = next((n for n in numbers if source and source in
-                       (n.phone_number_id, (n.display_number or "").lstrip("+"))), None)
-        if number is None and not source and len(numbers) == 1:
-            number = numbers[0]
-        if not to or number is None or not channel:
-            why = "To: is not a number or a BSUID" if not to else \
-                f"From: {source or '(missing)'} is not a configured business number" \
-                if number is None else "no channel"
-            log.warning("WhatsAppDial from %s refused: %s", channel or "?", why)
+        (docs/meta-2026-identity.md §1). ``ami``: the server that sent it (the waiting
+        channel is there, so the call is bridged there); None: the primary."""
+        request = dial_request(ev, self.deps.config.numbers)
+        if isinstance(request, str):
+            channel = ev.get("Channel", "")
+            log.warning("WhatsAppDial from %s refused: %s", channel or "?", request)
             if channel:
-                self.spawn(self.refuse_dial(channel, why))
+                self.spawn(self.refuse_dial(channel, request, ami=ami))
             return None
-        return self.dial(DialRequest(to=to, phone_number_id=number.phone_number_id,
-                                     agent_channel=channel, agent_uniqueid=uniqueid or None))
+        return self.dial(request, ami or self.deps.ami)
 
-    async def refuse_dial(self, channel: str, why: str,
-                          what: What = What.UNKNOWN_NUMBER) -> None:
-        """A WhatsAppDial this gateway will not place: see :func:`outbound.refuse_dial`."""
-        await refuse_dial(self.deps.ami, channel, why, what)
+    async def refuse_dial(self, channel: str, why: str, what: What = What.UNKNOWN_NUMBER,
+                          *, ami: Ami | None = None) -> None:
+        """A WhatsAppDial this gateway will not place (on ``ami``, the server that sent it;
+        None: the primary): see :func:`outbound.refuse_dial`."""
+        await refuse_dial(ami or self.deps.ami, channel, why, what)
 
     def find_outbound(self, gateway_id: str) -> OutboundCall | None:
         return self.outbound.get(gateway_id) or self.finished_outbound.get(gateway_id)
 
     # --- Asterisk reconnects -------------------------------------------------------------------
 
-    async def reconcile_channels(self) -> None:
-        """After an AMI reconnect: end the calls whose Asterisk channel no longer exists.
-
-        While AMI was down, Asterisk may have restarted (taking every channel with it) or hung
-        channels up without the gateway hearing the Hangup event; those WhatsApp callers would
-        otherwise sit in silence until they gave up."""
+    async def reconcile_channels(self, ami: Ami | None = None) -> None:
+        """After an AMI reconnect (of ``ami``; None: the primary): end the calls on it whose
+        channel vanished while AMI was down (:func:`~gateway.calls.orphans.reconcile`)."""
+        ami = ami or self.deps.ami
         try:
-            channels = await self.deps.ami.core_show_channels()
+            channels = await ami.core_show_channels()
         except Exception as exc:
             log.warning("cannot list Asterisk channels after reconnect: %s", exc)
             return
-        alive = {c.get("Uniqueid", "") for c in channels}
-        for call in self.live_calls():
-            if call.channel_made and call.channel_id not in alive:
-                call.end(What.ASTERISK_VANISHED,
-                         "the Asterisk channel vanished while AMI was down")
-            if isinstance(call, OutboundCall) and call.request.agent_uniqueid \
-                    and call.state != CallState.ANSWERED \
-                    and call.request.agent_uniqueid not in alive:
-                call.cancel_dial("the waiting channel vanished while AMI was down")
+        reconcile([c for c in self.live_calls() if c.deps.ami is ami], channels)
 
     # --- restarts -------------------------------------------------------------------------------
 

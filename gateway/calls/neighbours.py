@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway.asterisk.ami import AmiError
@@ -23,7 +24,6 @@ from gateway.instance import HEARTBEAT_S, Neighbours
 from gateway.store import StoreClosed
 
 if TYPE_CHECKING:
-    from gateway.asterisk.ami import AmiClient
     from gateway.calls.manager import CallManager
     from gateway.calls.orphans import OrphanSweep
     from gateway.store import CallStore
@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 class NeighbourWatch:
     """Beats for this gateway and takes over the calls of gateways gone quiet."""
 
-    def __init__(self, neighbours: Neighbours, store: CallStore, ami: AmiClient,
-                 calls: CallManager, sweep: OrphanSweep, heartbeat_s: float = HEARTBEAT_S):
+    def __init__(self, neighbours: Neighbours, store: CallStore, calls: CallManager,
+                 sweeps: Sequence[OrphanSweep], heartbeat_s: float = HEARTBEAT_S):
         self.neighbours = neighbours
         self.store = store
-        self.ami = ami
         self.calls = calls
-        self.sweep = sweep
+        self.sweeps = sweeps
+        """One per Asterisk server (asterisk.servers): a gone gateway's channels may be on
+        any of them."""
         self.heartbeat_s = heartbeat_s
         self._task: asyncio.Task | None = None
 
@@ -68,8 +69,9 @@ class NeighbourWatch:
             return
         log.warning("gateway(s) %s silent for over %g s: taking over their calls",
                     ", ".join(sorted(newly_gone)), self.neighbours.gone_after_s)
-        if self.ami.connected:
-            self.calls.spawn(self._sweep())
+        for sweep in self.sweeps:
+            if sweep.ami.connected:
+                self.calls.spawn(self._sweep(sweep))
         self.calls.spawn(self.adopt(newly_gone))
 
     async def adopt(self, gone: set[str]) -> None:
@@ -85,9 +87,9 @@ class NeighbourWatch:
                         ", ".join(sorted(gone)))
             await self.calls.end_orphaned_records(records)
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, sweep: OrphanSweep) -> None:
         try:
-            await self.sweep.sweep()
+            await sweep.sweep()
         except AmiError as exc:
             log.warning("orphan sweep failed: %s", exc)
 

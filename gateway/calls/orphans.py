@@ -14,6 +14,8 @@ is hung up with cause :data:`ORPHAN_CAUSE`. The AMI client only offers the mecha
 A client that is not the gateway (``check-config --asterisk``) installs no sweep: it owns no
 call, so every live call of a running gateway would look orphaned to it.
 
+After a reconnect, the opposite: :func:`reconcile` ends the calls whose channel is gone.
+
 The other orphans are call records a killed previous run left active: Meta still has those
 calls up, so at start :func:`end_records` ends their WhatsApp side and closes the records.
 """
@@ -22,17 +24,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.asterisk.causes import NORMAL_TEMPORARY_FAILURE
 from gateway.calls.ending import CallState, GraphAction, What, ending_for
+from gateway.calls.outbound import OutboundCall
 from gateway.calls.record import CallRecord, Direction
 from gateway.instance import CHANNEL_PREFIX
 from gateway.store import ORPHAN_REASON
 from gateway.whatsapp.graph import GraphError
 
 if TYPE_CHECKING:
+    from gateway.calls.base import Call
     from gateway.calls.deps import CallDeps
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,9 @@ class SweepingAmi(Protocol):
     """What the sweep needs of the AMI client (gateway/asterisk/ami.py)."""
 
     on_connect: list
+
+    @property
+    def connected(self) -> bool: ...
 
     async def core_show_channels(self) -> list[Event]: ...
 
@@ -87,6 +94,24 @@ class OrphanSweep:
             if await self.ami.hangup(uniqueid, ORPHAN_CAUSE):
                 swept.append(uniqueid)
         return swept
+
+
+def reconcile(calls: Sequence[Call], channels: Iterable[Event]) -> None:
+    """After an AMI reconnect: end the ``calls`` (those on that Asterisk) whose channel is
+    not among ``channels`` (CoreShowChannel events), and cancel the outbound dials whose
+    waiting agent channel is gone.
+
+    While AMI was down, Asterisk may have restarted (taking every channel with it) or hung
+    channels up without the gateway hearing the Hangup event; those WhatsApp callers would
+    otherwise sit in silence until they gave up."""
+    alive = {c.get("Uniqueid", "") for c in channels}
+    for call in calls:
+        if call.channel_made and call.channel_id not in alive:
+            call.end(What.ASTERISK_VANISHED, "the Asterisk channel vanished while AMI was down")
+        if isinstance(call, OutboundCall) and call.request.agent_uniqueid \
+                and call.state != CallState.ANSWERED \
+                and call.request.agent_uniqueid not in alive:
+            call.cancel_dial("the waiting channel vanished while AMI was down")
 
 
 async def end_records(deps: CallDeps, records: Iterable[CallRecord]) -> int:

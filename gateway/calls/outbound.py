@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,10 @@ from gateway.calls.permissions import Decision, RefusalReason, decide_call, next
 from gateway.calls.record import CallRecord, Direction
 from gateway.instance import new_channel_id
 from gateway.whatsapp.events import CallEvent, StatusEvent
-from gateway.whatsapp.identity import WhatsAppUser, is_bsuid
+from gateway.whatsapp.identity import WhatsAppUser, is_bsuid, parse_target
 
-__all__ = ["DIAL_CAUSE", "DialRequest", "DialStatus", "OutboundCall", "refuse_dial"]
+__all__ = ["DIAL_CAUSE", "DialRequest", "DialStatus", "OutboundCall", "dial_request",
+           "refuse_dial"]
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +300,33 @@ class OutboundCall(Call):
             rec.wacid = self.gateway_id  # record is still kept, under our id
         log.info("outbound call %s to %s: %s (%s)", rec.wacid, rec.user_key, status,
                  self.ended_why)
+
+
+def dial_request(ev: dict[str, str], numbers: Sequence[Any]) -> DialRequest | str:
+    """The call an AMI ``UserEvent(WhatsAppDial)`` asks for, or why it cannot be placed.
+
+    ``To:`` may be a BSUID (or given as ``Recipient:``): the call then goes to Meta as
+    ``recipient`` (docs/meta-2026-identity.md §1). ``From:`` names the business number (its
+    id or display number); it may be left out when only one is configured."""
+    try:
+        number_to, bsuid = parse_target(ev.get("Recipient") or ev.get("To"))
+    except ValueError:
+        number_to, bsuid = "", ""
+    to = number_to or bsuid
+    source = ev.get("From", "").strip().lstrip("+")
+    channel, uniqueid = ev.get("Channel", ""), ev.get("Uniqueid", "")
+    number = next((n for n in numbers if source and source in
+                   (n.phone_number_id, (n.display_number or "").lstrip("+"))), None)
+    if number is None and not source and len(numbers) == 1:
+        number = numbers[0]
+    if not to:
+        return "To: is not a number or a BSUID"
+    if number is None:
+        return f"From: {source or '(missing)'} is not a configured business number"
+    if not channel:
+        return "no channel"
+    return DialRequest(to=to, phone_number_id=number.phone_number_id,
+                       agent_channel=channel, agent_uniqueid=uniqueid or None)
 
 
 async def refuse_dial(ami: Any, channel: str, why: str,

@@ -11,7 +11,7 @@ from gateway.asterisk.ami import AmiClient, AmiError, AmiNotConnected
 from gateway.asterisk.dialplan import check_dialplan
 from gateway.calling_settings import calling_warnings
 from gateway.cli.common import add_config_option, load
-from gateway.config import Config, graph_version_warning
+from gateway.config import AmiSettings, Config, graph_version_warning
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,8 +35,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for n in config.numbers:
         print(f"  number {n.phone_number_id} -> {n.context},{n.extension},1 "
               f"(max {n.max_calls} calls)")
-    print(f"  Asterisk AMI {config.asterisk.ami.host}:{config.asterisk.ami.port} as "
-          f"{config.asterisk.ami.username}, codec {config.asterisk.codec}")
+    for ami in config.asterisk.all_servers:
+        print(f"  Asterisk AMI {ami.host}:{ami.port}{f' ({ami.name})' if ami.name else ''} as "
+              f"{ami.username}, codec {config.asterisk.codec}")
     print(f"  Graph API {config.whatsapp.graph_url}; webhook on "
           f"http://{config.http.host}:{config.http.port}/webhook")
     warning = graph_version_warning(config.whatsapp.graph_url)
@@ -52,9 +53,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _check_asterisk(config: Config, guard_contexts: list[str]) -> int:
-    """``check-config --asterisk``: routes exist, and no WhatsApp context reaches a trunk.
-    Exit 1 when a route is missing or AMI is unreachable; PSTN risks are warnings (exit 0)."""
-    ami_cfg = config.asterisk.ami
+    """``check-config --asterisk``: on every server of ``asterisk.servers`` (a call may land
+    on any), routes exist, and no WhatsApp context reaches a trunk. Exit 1 when a route is
+    missing or an AMI is unreachable; PSTN risks are warnings (exit 0)."""
+    codes = [await _check_server(config, ami_cfg, guard_contexts)
+             for ami_cfg in config.asterisk.all_servers]
+    return max(codes)
+
+
+async def _check_server(config: Config, ami_cfg: AmiSettings, guard_contexts: list[str]) -> int:
     # No orphan sweep: this client owns no call, and a gateway may be serving live ones.
     ami = AmiClient(ami_cfg)  # no orphan sweep: the app installs it, a check never does
     try:

@@ -115,7 +115,8 @@ def numbers_config(extra: dict[str, dict] | None = None) -> list[dict]:
 
 def make_config(graph_url: str, ami_port: int, **overrides):
     """The e2e gateway config; each override replaces a top-level key, or for a dict is merged
-    into it (``media={"no_media_timeout": 2}``)."""
+    into it (``media={"no_media_timeout": 2}``; a None value removes that key:
+    ``asterisk={"ami": None, "servers": [...]}``)."""
     data = {
         "whatsapp": {"graph_url": graph_url, "access_token": ACCESS_TOKEN,
                      "app_secret": APP_SECRET, "verify_token": "e2e-verify"},
@@ -128,7 +129,9 @@ def make_config(graph_url: str, ami_port: int, **overrides):
         "api": {"tokens": [API_TOKEN]},
     }
     for key, value in overrides.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            value = {k: v for k, v in {**data.get(key, {}), **value}.items() if v is not None}
+        data[key] = value
     return parse_config(data, env={})
 
 

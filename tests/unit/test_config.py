@@ -127,3 +127,42 @@ def test_a_reload_applies_the_live_keys_and_keeps_the_rest():
     assert applied.whatsapp.access_token.reveal() == "tok-rotated"
     assert restart == ["asterisk.ami", "media"]
     assert applied.asterisk.ami == old.asterisk.ami and applied.media == old.media
+
+
+SERVERS = [{"name": "pbx-a", "host": "10.0.0.1", "username": "gw", "secret": "${AMI_SECRET}"},
+           {"host": "10.0.0.2", "port": 5039, "username": "gw", "secret": "s2"}]
+
+
+def test_asterisk_servers_list_and_policy():
+    cfg = parse_config(dict(GOOD, asterisk={"servers": SERVERS, "policy": "round_robin"}),
+                       env=ENV)
+    a, b = cfg.asterisk.all_servers
+    assert cfg.asterisk.ami is a and cfg.asterisk.policy == "round_robin"
+    assert (a.label, a.host, a.port, a.secret.reveal()) == ("pbx-a", "10.0.0.1", 5038, "ami-789")
+    assert (b.label, b.port) == ("10.0.0.2:5039", 5039)  # unnamed: host:port
+    one = parse_config(GOOD, env=ENV).asterisk
+    assert one.all_servers == (one.ami,) and one.policy == "failover"
+
+
+def test_asterisk_servers_problems_name_their_keys():
+    both = dict(GOOD, asterisk={"ami": GOOD["asterisk"]["ami"], "servers": SERVERS})
+    assert any(p.startswith("asterisk:") and "asterisk.ami" in p and "asterisk.servers" in p
+               for p in problems(both))
+    found = "\n".join(problems(dict(GOOD, asterisk={
+        "servers": [SERVERS[0], {"host": "x", "username": "gw", "port": 0, "typo": 1},
+                    dict(SERVERS[0], host="10.0.0.3")],
+        "policy": "random"})))
+    for key in ("asterisk.servers[1].port", "asterisk.servers[1].typo",
+                "asterisk.servers[1].secret", "asterisk.policy", "named 'pbx-a'"):
+        assert key in found, key
+    assert any(p.startswith("asterisk.servers:") for p in
+               problems(dict(GOOD, asterisk={"servers": []})))
+    assert any(p.startswith("asterisk.policy:") for p in
+               problems(dict(GOOD, asterisk=dict(GOOD["asterisk"], policy="failover"))))
+
+
+def test_secrets_of_every_server_are_redacted():
+    from gateway.logs import config_secrets
+
+    cfg = parse_config(dict(GOOD, asterisk={"servers": SERVERS}), env=ENV)
+    assert {"ami-789", "s2"} <= {s.reveal() for s in config_secrets(cfg)}

@@ -29,6 +29,21 @@ def test_not_ready_lists_every_reason() -> None:
     ]
 
 
+def test_each_asterisk_server_is_listed_and_one_up_is_enough() -> None:
+    """asterisk.servers: ready while one server is connected; the app adds a warning for
+    each one down, which makes the status degraded."""
+    servers = {"pbx-a": False, "pbx-b": True}
+    ready, body = readiness(ReadinessInputs(
+        ami_connected=True, store_writable=True, ami_servers=servers,
+        warnings=("asterisk server pbx-a: AMI not connected; new calls go to the others",)))
+    assert ready and body["status"] == "degraded"
+    assert body["checks"]["ami"]["servers"] == {"pbx-a": "not connected", "pbx-b": "connected"}
+    ready, body = readiness(ReadinessInputs(
+        ami_connected=False, store_writable=True, ami_detail="AMI pbx-a, pbx-b",
+        ami_servers={"pbx-a": False, "pbx-b": False}))
+    assert not ready and body["reasons"] == ["ami: not connected to Asterisk: AMI pbx-a, pbx-b"]
+
+
 async def test_routes() -> None:
     state = {"inputs": ReadinessInputs(True, True)}
 

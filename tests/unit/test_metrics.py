@@ -114,13 +114,27 @@ def test_permission_requests_and_refusals() -> None:
 
 def test_ami_reconnects_count_only_after_the_first_connect() -> None:
     m = GatewayMetrics(process=False)
-    m.ami_connection(True)
-    m.ami_connection(True)
+    m.ami_connection(True, server="pbx1")
+    m.ami_connection(True, server="pbx1")
     assert value(m, "whatsapp_gateway_ami_reconnects_total") == 0
-    m.ami_connection(False)
-    assert value(m, "whatsapp_gateway_ami_connected") == 0
-    m.ami_connection(True)
-    assert value(m, "whatsapp_gateway_ami_connected") == 1
+    m.ami_connection(False, server="pbx1")
+    assert value(m, "whatsapp_gateway_ami_connected", server="pbx1") == 0
+    m.ami_connection(True, server="pbx1")
+    assert value(m, "whatsapp_gateway_ami_connected", server="pbx1") == 1
+    assert value(m, "whatsapp_gateway_ami_reconnects_total") == 1
+
+
+def test_ami_connected_is_per_server() -> None:
+    """asterisk.servers: one series per server; a second server's first connect is no
+    reconnect, and one server going down leaves the other's series at 1."""
+    m = GatewayMetrics(process=False)
+    m.ami_connection(True, server="pbx1")
+    m.ami_connection(True, server="pbx2")
+    m.ami_connection(False, server="pbx1")
+    assert value(m, "whatsapp_gateway_ami_connected", server="pbx1") == 0
+    assert value(m, "whatsapp_gateway_ami_connected", server="pbx2") == 1
+    assert value(m, "whatsapp_gateway_ami_reconnects_total") == 0
+    m.ami_connection(True, server="pbx1")
     assert value(m, "whatsapp_gateway_ami_reconnects_total") == 1
 
 
