@@ -113,6 +113,7 @@ class FakeAmi:
         return self.rtp_port if variable == "UNICASTRTP_LOCAL_PORT" else "127.0.0.1"
 
     async def setvar(self, channel: str, variable: str, value: str) -> None:
+        await self.gates.pass_("setvar")
         self.setvars.append((channel, variable, value))
 
     async def play_dtmf(self, channel_id: str, digit: str, duration_ms: int = 120) -> None:

@@ -268,6 +268,16 @@ class OutboundCall(Call):
         """Tell the waiting agent channel, and the permission ledger, how the call went."""
         deps, rec = self.deps, self.record
         status = ending.dial_status or DialStatus.FAILED
+        if ending.answered and not self.channel_made and self.request.agent_channel:
+            # The user answered and the call ended before its channel was made to bridge the
+            # agent: the agent's channel waits in [to-whatsapp] for a bridge that will never
+            # come. It ends as a bridged one would, with the call's cause.
+            try:
+                await deps.ami.hangup(self.request.agent_channel,
+                                      ending.q850 or DIAL_CAUSE[DialStatus.ANSWER])
+            except Exception as exc:
+                log.warning("outbound %s: hangup of %s failed: %s", self.gateway_id,
+                            self.request.agent_channel, exc)
         if not ending.answered:
             rec.q850_cause = ending.q850
             if status != DialStatus.CANCEL and self.request.agent_channel:

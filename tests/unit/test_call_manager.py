@@ -349,8 +349,8 @@ async def test_outbound_refused_by_meta_teaches_the_ledger():
     assert r.ami.hangups == [("PJSIP/agent-1", 17)]
 
 
-OUTBOUND_STEPS = {"connect": "graph", "answer": None, "ringing": None, "originate": "ami",
-                  "getvar": "ami"}
+OUTBOUND_STEPS = {"connect": "graph", "answer": None, "ringing": None, "agent_status": "ami",
+                  "originate": "ami", "getvar": "ami"}
 """Each step of an outbound set-up, and the fake that holds the call at it (if any)."""
 
 
@@ -359,8 +359,9 @@ OUTBOUND_STEPS = {"connect": "graph", "answer": None, "ringing": None, "originat
 async def test_outbound_hang_up_at_every_step_leaves_nothing_behind(step, who):
     r = fakes.rig()
     fake = OUTBOUND_STEPS[step]
+    gate = "setvar" if step == "agent_status" else step  # answered, the agent told ANSWER
     if fake:
-        getattr(r, fake).gates.hold(step)
+        getattr(r, fake).gates.hold(gate)
     call = dial(r, agent_uniqueid="agent-uid")
     if step == "connect":
         await asyncio.wait_for(r.graph.gates.reached("connect"), 2)
@@ -369,9 +370,9 @@ async def test_outbound_hang_up_at_every_step_leaves_nothing_behind(step, who):
         if step != "answer":
             answer_sdp(r, call, wacid)
             webhook(r, fakes.status_event(wacid, "RINGING", callback_data=call.gateway_id))
-        if step in ("originate", "getvar"):
+        if step in ("agent_status", "originate", "getvar"):
             webhook(r, fakes.status_event(wacid, "ACCEPTED", 1767225620, call.gateway_id))
-            await asyncio.wait_for(r.ami.gates.reached(step), 2)
+            await asyncio.wait_for(r.ami.gates.reached(gate), 2)
     if who == "user" and call.record.wacid:
         webhook(r, fakes.terminate_event(call.record.wacid, 1767225630,
                                          direction="BUSINESS_INITIATED"))
@@ -381,10 +382,13 @@ async def test_outbound_hang_up_at_every_step_leaves_nothing_behind(step, who):
         call.hangup()
     await asyncio.sleep(0.01)
     if fake:
-        getattr(r, fake).gates.release(step)
+        getattr(r, fake).gates.release(gate)
     assert await r.manager.settle(5)
     await no_channel_left(r)
     assert call.state == CallState.ENDED and call.status is not None
+    if step == "agent_status" and who != "agent":
+        # answered, ended before the bridge: the waiting agent is not left in silence
+        assert ("PJSIP/agent-1", 16) in r.ami.hangups
     terminates = r.graph.actions(call.record.wacid).count("terminate")
     meta_ended = who == "user" and step != "connect"
     assert terminates == (0 if meta_ended or step == "connect" else 1)
