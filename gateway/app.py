@@ -9,6 +9,7 @@ and closes after the last call has ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 DIALPLAN_RECHECK_S = 60.0
 """How often configured routes missing from the dialplan are looked for again."""
+DRAIN_BEAT_S = 2.0
+"""How long a drain waits for its fresh heartbeat reading before it stops admitting calls
+(a store that is down must not hold the drain; the last reading is used then)."""
 
 
 class _ParserRefusals(logging.Filter):
@@ -289,7 +293,7 @@ class Gateway:
         # Several gateways on one store: later events and API requests go to the call's
         # gateway, and one gateway only places an agent's WhatsAppDial
         self.handoff = await open_handoff(self.calls, self.store, self.config,
-                                          self.neighbours.gone)
+                                          self.neighbours.gone, self.neighbours.alive_others)
         if self.handoff is not None:
             self.dials = ClaimedDials(self.calls, self.store.claim_dial)
         try:
@@ -374,9 +378,15 @@ class Gateway:
         return restart
 
     async def drain(self) -> None:
-        """SIGTERM: admit no new call (they are rejected, /readyz says draining) and let the
-        live ones finish, for up to ``service.shutdown_grace``; :meth:`stop` ends the rest."""
+        """SIGTERM: admit no new call (/readyz says draining; on a shared store a new call is
+        passed to a gateway still taking calls, else rejected) and let the live ones finish,
+        for up to ``service.shutdown_grace``; :meth:`stop` ends the rest."""
         grace = self.config.service.shutdown_grace_s
+        if self.watch is not None and self.neighbours.shared:
+            # First a fresh reading of who is alive (the last beat may be HEARTBEAT_S old and
+            # miss a gateway started since): new calls go to them (gateway/calls/pass_on.py)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watch.beat(take_over=False), DRAIN_BEAT_S)
         self.calls.stop_admitting()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
