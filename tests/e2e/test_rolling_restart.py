@@ -3,7 +3,8 @@ PostgreSQL, one Asterisk, one simulated Meta. gw-a carries a call and starts dra
 calls keep arriving at either gateway, as while the load balancer has not yet seen gw-a's
 /readyz answer 503: gw-a passes each new call to gw-b (gateway/calls/pass_on.py over the
 LISTEN/NOTIFY hand-off), gw-b answers every one, and gw-a's own call goes on until its user
-hangs up, when gw-a's drain completes."""
+hangs up, when gw-a's drain completes. An agent's WhatsAppDial during the drain is placed by
+gw-b."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import random
 import pytest
 
 from tests.e2e.conftest import number_for
-from tests.e2e.test_handoff import WAIT_S, Pair, pair, stored  # noqa: F401 (pair: fixture)
+from tests.e2e.test_handoff import AGENT, USER, WAIT_S, Pair, pair, stored  # noqa: F401
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.postgres]
 
@@ -72,3 +73,29 @@ async def test_new_calls_at_a_draining_gateway_are_answered_by_the_other_one(
     assert pair.sim.requests_for(action="reject") == []
     assert gw_a.handoff.new_calls.passed == targets.count("gw-a")
     assert gw_b.handoff.new_calls.taken == targets.count("gw-a")
+
+
+async def test_an_agents_whatsapp_dial_during_a_drain_is_placed_by_the_other_gateway(
+        pair: Pair) -> None:  # noqa: F811 (the fixture)
+    """Both gateways see the agent's UserEvent(WhatsAppDial); the draining one claims it
+    later (gateway/calls/dial_claims.py), so gw-b places the call and the agent hears
+    ANSWER."""
+    pair.sim.add_user(USER, permission="temporary", on_call="answer", answer_after_s=0.3)
+    gw_a, gw_b = pair.gateways["gw-a"], pair.gateways["gw-b"]
+    await asyncio.wait_for(gw_a.drain(), WAIT_S)  # no call of its own: over at once
+    results: asyncio.Queue[dict] = asyncio.Queue()
+    gw_a.ami.add_event_listener(
+        "UserEvent", lambda ev: ev.get("UserEvent") == "WhatsAppDialResult"
+        and results.put_nowait(ev))
+    pair.webhooks_to("gw-a")  # the answer and statuses: handed over to gw-b
+    agent = asyncio.ensure_future(gw_a.ami.originate(AGENT, context="test-agent", exten="s",
+                                                     timeout_s=30))
+    call = await pair.sim.wait_outbound_call(to=USER, timeout=WAIT_S)
+    await asyncio.wait_for(call.accepted.wait(), WAIT_S)
+    assert len(gw_b.calls.outbound) == 1 and gw_a.calls.outbound == {}
+    await call.hangup()
+    result = await asyncio.wait_for(results.get(), WAIT_S)
+    assert (result["Status"], result["Cause"]) == ("ANSWER", "16")
+    await asyncio.wait_for(agent, WAIT_S)
+    await pair.idle()
+    assert len(pair.sim.outbound_calls) == 1

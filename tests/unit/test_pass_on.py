@@ -1,7 +1,7 @@
 """A draining gateway passes a new call to a neighbour still taking calls
-(gateway/calls/pass_on.py): three call managers on fakes joined by the in-memory router of
-test_handoff.py; the real thing (two gateways, PostgreSQL, Asterisk) is
-tests/e2e/test_rolling_restart.py."""
+(gateway/calls/pass_on.py) and leaves an agent's WhatsAppDial to one (dial_claims.py): three
+call managers on fakes joined by the in-memory router of test_handoff.py; the real thing (two
+gateways, PostgreSQL, Asterisk) is tests/e2e/test_rolling_restart.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import dataclasses
 import pytest
 
 from gateway.api import call_state
+from gateway.calls.dial_claims import ClaimedDials, DialClaim
+from gateway.calls.ending import What
 from gateway.calls.pass_on import KIND
 from gateway.calls.record import EndReason
 from gateway.calls.routing import CallHandOff
@@ -134,3 +136,46 @@ async def test_a_draining_gateway_keeps_its_own_calls_and_their_events(trio: Tri
     (ended,) = a.observer.ended
     assert ended.end_reason == EndReason.NORMAL
     assert trio.hub.sent == [] and a.observer.rejected == []
+
+
+DIAL = {"UserEvent": "WhatsAppDial", "To": "+" + fakes.USER, "From": fakes.PNID,
+        "Channel": "Local/+1@to-whatsapp-00000001;2", "Uniqueid": "1700000000.11",
+        "Context": "to-whatsapp", "Exten": "+1", "Priority": "2"}
+
+
+def claims_once() -> tuple[set[str], DialClaim]:
+    claims: set[str] = set()
+
+    async def claim(key: str) -> bool:
+        if key in claims:
+            return False
+        claims.add(key)
+        return True
+
+    return claims, claim
+
+
+async def test_a_whatsapp_dial_seen_by_a_draining_gateway_is_placed_by_the_other(trio: Trio):
+    """The draining gateway sees the event first and would win the claim; it waits, the
+    gateway still taking calls claims and dials."""
+    a, b = trio.rigs["gw-a"], trio.rigs["gw-b"]
+    a.manager.stop_admitting()
+    claims, claim = claims_once()
+    for r in (a, b):
+        ClaimedDials(r.manager, claim).dial_from_dialplan(dict(DIAL))
+    await asyncio.wait_for(b.observer.reached("connect_sent"), 2)
+    assert await a.manager.settle(5)
+    assert a.manager.outbound == {} and a.ami.setvars == [] and len(claims) == 1
+    b.manager.end_all(What.SHUTDOWN)
+
+
+async def test_a_whatsapp_dial_only_draining_gateways_see_fails_the_agent_as_before(
+        trio: Trio):
+    a = trio.rigs["gw-a"]
+    a.manager.stop_admitting()
+    dials = ClaimedDials(a.manager, claims_once()[1])
+    dials.draining_delay_s = 0.01
+    dials.dial_from_dialplan(dict(DIAL))
+    assert await a.manager.settle(5)
+    assert (DIAL["Channel"], "WA_DIAL_STATUS", "FAILED") in a.ami.setvars
+    assert a.graph.requests == []
