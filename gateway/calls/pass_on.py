@@ -8,7 +8,8 @@ draining gateway offers the connect to its live neighbours over the hand-off sea
 (gateway/handoff.py), one at a time in random order (the load spreads); the first that takes
 it runs the call as if the webhook had landed there: its own claim in the store, its own
 checks. A neighbour that is draining too, or has no Asterisk, refuses at once; one that does
-not answer within :data:`PASS_ON_ANSWER_S` (stopped, its heartbeat not yet stale) is skipped.
+not answer within :data:`PASS_ON_ANSWER_S` (stopped, its heartbeat not yet stale) is skipped,
+and tried last for the next calls.
 Only when none takes it is the connect handled here as before: claimed, and rejected as
 shutdown.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +38,10 @@ PASS_ON_ANSWER_S = 1.0
 """How long a neighbour has to answer: a hand-off takes about a millisecond (docs/scaling.md),
 so silence means it is gone; the caller is ringing meanwhile, and WhatsApp rings for about a
 minute, so even a few silent neighbours cost the caller little."""
+SILENT_LAST_S = 60.0
+"""A neighbour that did not answer is tried after the others for this long: as long as its
+heartbeat may still look alive (gateway/instance.py GONE_AFTER_S), so only the first caller
+waits for it."""
 
 
 def is_new_call(ev: Event) -> bool:
@@ -68,6 +74,8 @@ class NewCallPassOn:
         self.neighbours = neighbours
         """The other live gateways on the store (:meth:`Neighbours.alive_others`)."""
         self.order = order
+        self.silent: dict[str, float] = {}
+        """Neighbours that did not answer, until when (time.monotonic()) they are tried last."""
         self.passed = 0
         """New calls this gateway passed on while draining."""
         self.taken = 0
@@ -88,15 +96,15 @@ class NewCallPassOn:
 
     async def pass_on(self, ev: CallEvent) -> str | None:
         """Offer the connect to each live neighbour until one takes it; returns who did."""
-        candidates = sorted(set(self.neighbours()) - {self.instance_id})
-        self.order(candidates)
         message = HandOff(KIND, event_to_dict(ev))
-        for neighbour in candidates:
+        for neighbour in self.candidates():
             answer = await self.router.send(neighbour, message, PASS_ON_ANSWER_S)
             if answer is None:
                 log.warning("call %s: gateway %s did not answer; trying the next", ev.call_id,
                             neighbour)
+                self.silent[neighbour] = time.monotonic() + SILENT_LAST_S
                 continue
+            self.silent.pop(neighbour, None)
             if answer.get("taken"):
                 self.passed += 1
                 log.info("call %s: draining; new call passed to gateway %s", ev.call_id,
@@ -105,6 +113,15 @@ class NewCallPassOn:
             log.info("call %s: gateway %s does not take it (%s)", ev.call_id, neighbour,
                      answer.get("why", "?"))
         return None
+
+    def candidates(self) -> list[str]:
+        """The live neighbours in the order to try them: at random, those that were silent
+        lately last."""
+        now = time.monotonic()
+        self.silent = {n: until for n, until in self.silent.items() if until > now}
+        candidates = sorted(set(self.neighbours()) - {self.instance_id})
+        self.order(candidates)
+        return sorted(candidates, key=lambda n: n in self.silent)  # stable: the order stays
 
     def receive(self, message: HandOff) -> dict[str, Any]:
         """A new call a draining neighbour passes here: run it, unless this gateway would only

@@ -179,3 +179,17 @@ async def test_a_whatsapp_dial_only_draining_gateways_see_fails_the_agent_as_bef
     assert await a.manager.settle(5)
     assert (DIAL["Channel"], "WA_DIAL_STATUS", "FAILED") in a.ami.setvars
     assert a.graph.requests == []
+
+
+async def test_a_neighbour_that_did_not_answer_is_tried_last_for_the_next_calls(trio: Trio):
+    a = trio.rigs["gw-a"]
+    a.manager.stop_admitting()
+    trio.hub.lose = 1  # gw-b stopped: its heartbeat still looks alive for up to a minute
+    webhook(a, fakes.connect_event())
+    await asyncio.wait_for(trio.rigs["gw-c"].observer.reached("bridged"), 2)
+    trio.hub.sent.clear()
+    webhook(a, fakes.connect_event("wacid.unit-2"))
+    await asyncio.wait_for(trio.rigs["gw-c"].observer.reached("bridged", "wacid.unit-2"), 2)
+    assert trio.sent() == [("gw-a", "gw-c", KIND)]  # gw-c first now
+    for r in trio.rigs.values():
+        r.manager.end_all(What.SHUTDOWN)
