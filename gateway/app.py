@@ -245,7 +245,9 @@ class Gateway:
         if account:
             info["account"] = account  # docs/meta-2026-settings-events.md §3
         if self.handoff is not None:
-            info["handoff"] = vars(self.handoff.stats)
+            info["handoff"] = {**vars(self.handoff.stats),  # and a drain's new calls:
+                               "new_calls_passed": self.handoff.new_calls.passed,
+                               "new_calls_taken": self.handoff.new_calls.taken}
         if self.crm.enabled:
             info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
                                           "dropped": s.dropped} for s in self.crm.sinks}
