@@ -9,6 +9,7 @@ and closes after the last call has ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -20,8 +21,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.account_health import AccountHealth, PickupRate
 from gateway.api import add_api_routes
 from gateway.asterisk.ami import AmiClient, AmiError
-from gateway.asterisk.dialplan import configured_routes
 from gateway.asterisk.pool import AsteriskPool
+from gateway.asterisk.route_watch import RouteWatch
 from gateway.call_media import CallMediaLinker
 from gateway.calling_settings import calling_warnings, route_for
 from gateway.calls.base import CallDeps
@@ -50,8 +51,9 @@ from gateway.whatsapp.webhook import add_webhook_routes
 
 log = logging.getLogger(__name__)
 
-DIALPLAN_RECHECK_S = 60.0
-"""How often configured routes missing from the dialplan are looked for again."""
+DRAIN_BEAT_S = 2.0
+"""How long a drain waits for its fresh heartbeat reading before it stops admitting calls
+(a store that is down must not hold the drain; the last reading is used then)."""
 
 
 class _ParserRefusals(logging.Filter):
@@ -138,9 +140,10 @@ class Gateway:
         for client in self.asterisk.clients:
             client.add_event_listener(
                 "UserEvent", lambda ev, client=client: self._on_user_event(ev, client))
-            client.add_event_listener("Reload", self._on_reload)
-        self.dialplan_recheck_s = DIALPLAN_RECHECK_S
-        self._dialplan_watch: asyncio.Task | None = None
+        self.routes = RouteWatch(self.asterisk, lambda: self.config, self.metrics,
+                                 self.calls.spawn)
+        for client in self.asterisk.clients:
+            client.add_event_listener("Reload", self.routes.on_reload)
         self.web = web.Application()
         add_webhook_routes(self.web, lambda: self.config.whatsapp, self.calls.handle,
                            self.metrics.webhook)
@@ -148,7 +151,6 @@ class Gateway:
         add_health_routes(self.web, self._readiness)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.dialplan_problems: list[str] = []
         self._ami_lost_timers: dict[AmiClient, asyncio.Task] = {}
         """Per server gone: ends its calls after asterisk.ami_down_grace."""
         # --- hooks for serve --workers N (gateway/workers/worker.py sets them) ---
@@ -179,7 +181,7 @@ class Gateway:
         if connected and (self.calls.calls or self.calls.outbound):
             self.calls.spawn(self.calls.reconcile_channels(client))
         if connected:
-            self.calls.spawn(self._check_dialplan())
+            self.calls.spawn(self.routes.check())
 
     async def _end_calls_after_ami_grace(self, client: AmiClient) -> None:
         """A server's AMI is gone. A short outage is survived (the reconnect checks each
@@ -199,43 +201,10 @@ class Gateway:
             log.warning("Asterisk AMI %s unreachable for more than %g s: ended its %d live "
                         "call(s) toward WhatsApp (asterisk.ami_down_grace)", where, grace, ended)
 
-    async def _check_dialplan(self) -> None:
-        """Every context/extension the config routes calls to must exist in Asterisk: a typo
-        would otherwise only show as callers being hung up. Checked on every AMI connect
-        (the admin may have reloaded the dialplan); reported in the log and in /readyz."""
-        problems = []
-        several = len(self.asterisk.clients) > 1
-        for ami in [c for c in self.asterisk.clients if c.connected]:
-            on = f" on {self.asterisk.name(ami)}" if several else ""
-            for key, context, exten in configured_routes(self.config):
-                try:
-                    found = await ami.dialplan_has(context, exten)
-                except AmiError as exc:
-                    log.warning("cannot check the dialplan for %s%s: %s", key, on, exc)
-                    continue
-                if not found:
-                    problems.append(f"{key}: extension {exten!r} in context {context!r} does "
-                                    f"not exist in Asterisk's dialplan{on}")
-        for problem in problems:
-            if problem not in self.dialplan_problems:  # rechecks do not repeat the warning
-                log.warning("%s: calls to this number will be hung up at once", problem)
-        for fixed in [p for p in self.dialplan_problems if p not in problems]:
-            log.info("dialplan fixed: no longer %s", fixed.split(": ", 1)[0] + " missing")
-        self.dialplan_problems = problems
-        self.metrics.dialplan_problems.set(len(problems))
-
-    def _on_reload(self, ev: dict[str, str]) -> None:
-        """``module reload pbx_config`` / ``core reload``: the dialplan may have changed."""
-        if ev.get("Module", "pbx_config").startswith("pbx_config"):
-            self.calls._spawn(self._check_dialplan())
-
-    async def _watch_dialplan(self) -> None:
-        """While a route is missing, check again now and then: ``dialplan reload`` (unlike
-        ``module reload``) sends no AMI event, and /readyz should recover once it is fixed."""
-        while True:
-            await asyncio.sleep(self.dialplan_recheck_s)
-            if self.dialplan_problems and self.asterisk.connected:
-                await self._check_dialplan()
+    @property
+    def dialplan_problems(self) -> list[str]:
+        """Configured routes the dialplan lacks (gateway/asterisk/route_watch.py)."""
+        return self.routes.problems
 
     def _on_user_event(self, ev: dict[str, str], client: AmiClient | None = None) -> None:
         # A worker of serve --workers N dials only its users' (claims_dial); gateways sharing
@@ -257,7 +226,7 @@ class Gateway:
             store_writable=writable, store_detail=detail,
             port_pools=(PortUsage("asterisk_rtp", self.ports.free, len(self.ports.range)),),
             draining=self.calls.draining,
-            warnings=(*self.dialplan_problems,
+            warnings=(*self.routes.problems,
                       *(f"asterisk server {name}: AMI not connected; new calls go to the "
                         "others" for name in down if len(down) < len(servers))),
             extra=self._readiness_info())
@@ -269,7 +238,9 @@ class Gateway:
         if account:
             info["account"] = account  # docs/meta-2026-settings-events.md §3
         if self.handoff is not None:
-            info["handoff"] = vars(self.handoff.stats)
+            info["handoff"] = {**vars(self.handoff.stats),  # and a drain's new calls:
+                               "new_calls_passed": self.handoff.new_calls.passed,
+                               "new_calls_taken": self.handoff.new_calls.taken}
         if self.crm.enabled:
             info["crm_events"] = {s.name: {"queued": len(s.queue), "delivered": s.delivered,
                                           "dropped": s.dropped} for s in self.crm.sinks}
@@ -317,7 +288,7 @@ class Gateway:
         # Several gateways on one store: later events and API requests go to the call's
         # gateway, and one gateway only places an agent's WhatsAppDial
         self.handoff = await open_handoff(self.calls, self.store, self.config,
-                                          self.neighbours.gone)
+                                          self.neighbours.gone, self.neighbours.alive_others)
         if self.handoff is not None:
             self.dials = ClaimedDials(self.calls, self.store.claim_dial)
         try:
@@ -340,7 +311,7 @@ class Gateway:
             sockets = getattr(site._server, "sockets", None) or []
             self.port = sockets[0].getsockname()[1] if sockets else self.config.http.port
             log.info("gateway listening on %s (webhook %s/webhook)", self.url, self.url)
-        self._dialplan_watch = asyncio.ensure_future(self._watch_dialplan())
+        self.routes.start()
 
     async def _call_taken(self, wacid: str) -> bool:
         assert self.store is not None
@@ -361,7 +332,7 @@ class Gateway:
     def _permission_reply(self, event: Event) -> bool:
         if isinstance(event, UserIdChanged) and self.ledger is not None:
             # docs/meta-2026-identity.md §1: re-key the user
-            self.calls._spawn(self.ledger.change_user_id(event))
+            self.calls.spawn(self.ledger.change_user_id(event))
             return True
         if not isinstance(event, PermissionReply) or self.ledger is None:
             return False
@@ -398,13 +369,19 @@ class Gateway:
             log.warning("config reload: %s changed, but only a restart applies it; the running "
                         "value is kept", key)
         if self.asterisk.connected:
-            self.calls.spawn(self._check_dialplan())
+            self.calls.spawn(self.routes.check())
         return restart
 
     async def drain(self) -> None:
-        """SIGTERM: admit no new call (they are rejected, /readyz says draining) and let the
-        live ones finish, for up to ``service.shutdown_grace``; :meth:`stop` ends the rest."""
+        """SIGTERM: admit no new call (/readyz says draining; on a shared store a new call is
+        passed to a gateway still taking calls, else rejected) and let the live ones finish,
+        for up to ``service.shutdown_grace``; :meth:`stop` ends the rest."""
         grace = self.config.service.shutdown_grace_s
+        if self.watch is not None and self.neighbours.shared:
+            # First a fresh reading of who is alive (the last beat may be HEARTBEAT_S old and
+            # miss a gateway started since): new calls go to them (gateway/calls/pass_on.py)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watch.beat(take_over=False), DRAIN_BEAT_S)
         self.calls.stop_admitting()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
@@ -425,8 +402,7 @@ class Gateway:
             log.info("drain: every call has ended")
 
     async def stop(self) -> None:
-        if self._dialplan_watch is not None:
-            self._dialplan_watch.cancel()
+        self.routes.stop()
         if self.watch is not None:
             self.watch.stop()
         for timer in self._ami_lost_timers.values():

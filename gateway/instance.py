@@ -99,6 +99,11 @@ class Neighbours:
         return {i for i, at in self.last_seen.items()
                 if i != self.instance_id and at < self.seen_at - self.gone_after_s}
 
+    def alive_others(self) -> set[str]:
+        """The other instances that beat recently: where a draining gateway may pass a new
+        call (gateway/calls/pass_on.py; one that is stopping too refuses it)."""
+        return {i for i in self.last_seen if i != self.instance_id} - self.gone()
+
     def spares(self, instance: str) -> bool:
         """Must this gateway leave another instance's channels up? On a shared store, yes
         unless that instance is gone; one the store never heard of may have started since

@@ -4,11 +4,13 @@ Asterisk sends every UserEvent to every AMI session that reads ``user`` events: 
 gateways on one Asterisk (docs/scaling.md), each would place the agent's call, the WhatsApp
 user's phone would ring twice, and both gateways would bridge to the same waiting channel. So
 on a shared store each gateway first claims the event there (``store.claim_dial``, the same
-atomic claim a ``connect`` gets) and only the one that wins dials.
+atomic claim a ``connect`` gets) and only the one that wins dials. A draining gateway (a
+rolling restart, docs/scaling.md) claims a little later, so a gateway still taking calls wins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +23,13 @@ log = logging.getLogger(__name__)
 DialClaim = Callable[[str], Awaitable[bool]]
 """Takes one WhatsAppDial (by :func:`dial_key`) for this gateway: True for exactly one of the
 gateways that ask (``CallStore.claim_dial``)."""
+
+
+DRAINING_CLAIM_DELAY_S = 0.5
+"""How much later a draining gateway claims a WhatsAppDial: the others' claims take about a
+millisecond, so one still taking calls wins it, where the draining one would only fail it. If
+none does (every gateway drains, or the others' store writes are slower than this), the
+draining one claims it and fails it, as before; the agent waits this much longer then."""
 
 
 def dial_key(ev: dict[str, str]) -> str:
@@ -38,6 +47,7 @@ class ClaimedDials:
     def __init__(self, calls: CallManager, claim: DialClaim):
         self.calls = calls
         self.claim = claim
+        self.draining_delay_s = DRAINING_CLAIM_DELAY_S
 
     def dial_from_dialplan(self, ev: dict[str, str], ami: Ami | None = None) -> None:
         """The AMI listener's entry: claims in the background (the listener must not wait).
@@ -46,6 +56,8 @@ class ClaimedDials:
 
     async def _dial_if_claimed(self, ev: dict[str, str], ami: Ami | None = None) -> None:
         key = dial_key(ev)
+        if self.calls.draining:
+            await asyncio.sleep(self.draining_delay_s)
         try:
             claimed = await self.claim(key)
         except Exception as exc:

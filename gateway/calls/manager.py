@@ -154,7 +154,6 @@ class CallManager:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    _spawn = spawn  # the old private name, for code not yet moved to spawn()
 
     async def settle(self, timeout: float | None = None) -> bool:
         """Until every call task and background job (including ones they start) is done;

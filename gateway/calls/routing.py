@@ -11,6 +11,9 @@ Delivery is acknowledged: an event is sent again, with growing waits, until the 
 took it, for as long as the owner's heartbeat says it is alive (:data:`EVENT_GIVE_UP_S`); the
 owner's de-duplication (Meta's own ``dedup_key``) drops a copy that did arrive twice. An owner
 that is gone, or never answers within that time, is treated as no owner.
+
+A new call (a user's ``connect``) is the store's claim to decide, except at a draining gateway:
+that one passes it on to a neighbour still taking calls (gateway/calls/pass_on.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.calls.manager import CallManager
+from gateway.calls.pass_on import KIND as NEW_CALL
+from gateway.calls.pass_on import NewCallPassOn, is_new_call
 from gateway.handoff import CallEventRouter, HandOff, event_from_dict, event_to_dict
 from gateway.instance import GONE_AFTER_S, channel_instance
 from gateway.whatsapp.events import CallEvent, Event, StatusEvent
@@ -66,7 +71,8 @@ class CallHandOff:
 
     def __init__(self, calls: CallManager, router: CallEventRouter, instance_id: str, *,
                  owner_of: OwnerOf, state_of: StateOf,
-                 gone: Callable[[], set[str]] = set):
+                 gone: Callable[[], set[str]] = set,
+                 alive: Callable[[], set[str]] = set):
         self.calls = calls
         self.router = router
         self.instance_id = instance_id
@@ -75,6 +81,8 @@ class CallHandOff:
         self.gone = gone
         """Instances silent for too long: their calls are taken over, not handed to."""
         self.stats = HandOffStats()
+        self.new_calls = NewCallPassOn(calls, router, instance_id, neighbours=alive)
+        """While draining, new calls go to a neighbour still taking calls."""
 
     async def start(self) -> None:
         await self.router.start(self.receive)
@@ -92,8 +100,11 @@ class CallHandOff:
         here (True), to be routed in the background."""
         if not isinstance(ev, CallEvent | StatusEvent):
             return False
-        if isinstance(ev, CallEvent) and ev.event == "connect" \
-                and ev.direction == "USER_INITIATED":
+        if self.new_calls.wants(ev):  # draining: a neighbour still taking calls runs it
+            assert isinstance(ev, CallEvent)
+            self.calls.spawn(self.new_calls.run(ev))
+            return True
+        if is_new_call(ev):
             return False  # a new call: the store's claim decides who runs it
         if self.calls.runs(ev):
             return False
@@ -178,6 +189,8 @@ class CallHandOff:
                 return {"ok": False}
             fresh = self.calls.deliver(ev)
             return {"ok": True, "duplicate": not fresh}
+        if message.kind == NEW_CALL:
+            return self.new_calls.receive(message)
         call_id = str(message.body.get("id", ""))
         call = self.calls.find_outbound(call_id)
         if message.kind == "get_call":
@@ -194,7 +207,8 @@ class CallHandOff:
 
 
 async def open_handoff(calls: CallManager, store: Any, config: Any,
-                       gone: Callable[[], set[str]]) -> CallHandOff | None:
+                       gone: Callable[[], set[str]],
+                       alive: Callable[[], set[str]] = set) -> CallHandOff | None:
     """The hand-off of a gateway on a shared PostgreSQL store, started (LISTEN/NOTIFY,
     gateway/store/notify.py); None alone on SQLite, where nothing is handed off."""
     if not (store.backend.shared and config.store.url):
@@ -204,6 +218,7 @@ async def open_handoff(calls: CallManager, store: Any, config: Any,
 
     instance = config.gateway.instance_id
     handoff = CallHandOff(calls, PgNotifyRouter(config.store.url, instance), instance,
-                          owner_of=store.owner_of, state_of=call_state, gone=gone)
+                          owner_of=store.owner_of, state_of=call_state, gone=gone,
+                          alive=alive)
     await handoff.start()
     return handoff

@@ -162,7 +162,8 @@ class Supervisor:
     async def drain(self) -> None:
         """SIGTERM: every worker drains (no new call, the live ones go on for up to
         ``service.shutdown_grace``); once all have, they stop together. Until then a new
-        call still reaches a worker, which refuses it (Meta gets its reject)."""
+        call still reaches a worker, which passes it to a gateway still taking calls on a
+        shared store (gateway/calls/pass_on.py), or else refuses it (Meta gets its reject)."""
         self.stopping = True
         self.signal_workers(signal.SIGTERM)
         await asyncio.gather(*(w.drained.wait() for w in self.workers))

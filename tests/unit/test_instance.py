@@ -88,6 +88,12 @@ def test_a_gateway_silent_too_long_is_gone_and_its_channels_are_swept() -> None:
     assert spared(new_channel_id("gw-b"))
 
 
+def test_a_draining_gateway_may_pass_new_calls_to_the_others_that_beat_recently() -> None:
+    neighbours = Neighbours("gw-a", gone_after_s=60.0)
+    neighbours.update({"gw-a": 1000.0, "gw-b": 990.0, "gw-c": 930.0}, now=1000.0)
+    assert neighbours.alive_others() == {"gw-b"}  # never itself, never a gone one
+
+
 def test_alone_on_sqlite_a_gateway_sweeps_every_channel_of_ours_as_before() -> None:
     neighbours = Neighbours("gw-a")  # shared stays False: the store is an SQLite file
     neighbours.update({"gw-a": 1000.0, "gw-b": 1000.0}, now=1000.0)
