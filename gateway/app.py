@@ -128,7 +128,7 @@ class Gateway:
         self.calls.event_hooks += [self.account.handle, self.media.handle]
         # Before anyone hears "connected", each (re)connect hangs up channels no call owns,
         # sparing those of other gateways still alive (gateway/instance.py).
-        self.neighbours = Neighbours(cfg.gateway.instance_id)
+        self.neighbours = Neighbours(cfg.gateway.instance_id, cfg.gateway.gone_after_s)
         self.watch: NeighbourWatch | None = None
         self.orphan_sweep = OrphanSweep(
             self.ami, sweep_spares(cfg.gateway.instance_id, self.calls.owns_channel,
@@ -275,7 +275,7 @@ class Gateway:
         self.neighbours.shared = self.store.backend.shared
         # Before the AMI connect: its sweep must know who is gone (their calls: below)
         self.watch = NeighbourWatch(self.neighbours, self.store, self.calls,
-                                    self.orphan_sweeps)
+                                    self.orphan_sweeps, self.config.gateway.heartbeat_s)
         await self.watch.beat(take_over=False)
         self.watch.start()
         await self.crm.start()

@@ -24,9 +24,12 @@ from gateway.config_types import (
     Secret,
     UsernameCallerId,
 )
-from gateway.instance import INSTANCE_ID, derive_instance_id
+from gateway.instance import GONE_AFTER_S, HEARTBEAT_S, INSTANCE_ID, derive_instance_id
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+GONE_AFTER_BEATS = 3
+"""``gateway.gone_after_s`` spans at least this many heartbeats: one late write must not make
+a live gateway look gone."""
 MEDIA_MODES = ("opus", "passthrough", "auto")
 ACCOUNTCODE = re.compile(r"[A-Za-z0-9_.@+-]{1,79}")
 """What an accountcode may hold: Asterisk keeps at most 79 characters (AST_MAX_ACCOUNT_CODE
@@ -211,19 +214,26 @@ def read_store_url(r: Reader, raw: dict) -> str | None:
 
 
 def read_gateway(r: Reader, raw: dict, http: HttpSettings) -> GatewaySettings:
-    """``gateway.instance_id``; derived from the host (and the HTTP listen address, so two
-    gateways on one host differ) when not given."""
-    r.unknown(raw, {"instance_id"}, "gateway")
+    """``gateway.instance_id``, derived from the host (and the HTTP listen address, so two
+    gateways on one host differ) when not given; ``heartbeat_s`` and ``gone_after_s``."""
+    r.unknown(raw, {"instance_id", "heartbeat_s", "gone_after_s"}, "gateway")
+    beat = r.number(raw, "heartbeat_s", "gateway.heartbeat_s", HEARTBEAT_S, 0.1)
+    gone = r.number(raw, "gone_after_s", "gateway.gone_after_s", GONE_AFTER_S, 0.3)
+    if gone < GONE_AFTER_BEATS * beat:
+        r.fail("gateway.gone_after_s", f"must be at least {GONE_AFTER_BEATS} x "
+               f"gateway.heartbeat_s ({GONE_AFTER_BEATS * beat:g} s), got {gone:g}: a live "
+               "gateway whose write is a moment late would be taken for gone and its calls "
+               "ended")
     given = r.string(raw, "instance_id", "gateway.instance_id", required=False)
     if given is None:
-        return GatewaySettings(derive_instance_id(f"{http.host}:{http.port}"))
+        return GatewaySettings(derive_instance_id(f"{http.host}:{http.port}"), beat, gone)
     if not INSTANCE_ID.fullmatch(given):
         r.fail("gateway.instance_id", f"{given!r}: use 1-32 lower-case letters, digits and "
                "inner hyphens (it goes into every Asterisk channel id)")
     elif re.search(r"-w\d+$", given):
         r.fail("gateway.instance_id", f"{given!r}: must not end in -w<digits>, which names a "
                "worker of serve --workers N (gateway/workers/identity.py)")
-    return GatewaySettings(given)
+    return GatewaySettings(given, beat, gone)
 
 
 RECORDING_LANGUAGE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import BadInput
-from gateway.instance import derive_instance_id
+from gateway.instance import GONE_AFTER_S, HEARTBEAT_S, derive_instance_id
 
 
 class ConfigError(BadInput):
@@ -296,6 +296,11 @@ class GatewaySettings:
 
     instance_id: str = field(default_factory=derive_instance_id)
     """In every channel id it creates and every record it writes (gateway/instance.py)."""
+    heartbeat_s: float = HEARTBEAT_S
+    """How often this gateway tells the shared store it is alive."""
+    gone_after_s: float = GONE_AFTER_S
+    """Silence after which this gateway takes another for gone and ends its calls: every
+    gateway on one store should use the same values."""
 
 
 @dataclass(frozen=True)

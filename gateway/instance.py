@@ -5,7 +5,8 @@ an id (``gateway.instance_id``, or one derived from the host), written into ever
 creates (``wa-<instance>-<32 hex>``, the Originate ChannelId, hence the channel's Uniqueid and
 ``WA_CHANNEL_ID``) and into its call records (``owner``). The orphan sweep then hangs up only
 channels this instance made and no longer owns, and those of instances that are gone (silent in
-the shared store for :data:`GONE_AFTER_S`): another live gateway's calls are not its to end.
+the shared store for ``gateway.gone_after_s``, default :data:`GONE_AFTER_S`): another live
+gateway's calls are not its to end.
 A gateway alone on its SQLite file sweeps every channel of ours, as before instance ids.
 
 Channel ids from before instance ids (``wa-<32 hex>``) belong to no instance; any gateway
@@ -68,11 +69,12 @@ def channel_instance(channel_id: str) -> str | None:
 
 
 HEARTBEAT_S = 10.0
-"""How often a gateway tells the store it is alive."""
+"""How often a gateway tells the store it is alive: the default ``gateway.heartbeat_s``."""
 GONE_AFTER_S = 60.0
-"""Silence after which a gateway counts as gone: six missed heartbeats, far past a slow
-database write, short enough that its callers are not left in silence for long (hosts keep
-their clocks with NTP, as Meta's signed webhook timestamps need anyway)."""
+"""Silence after which a gateway counts as gone (the default ``gateway.gone_after_s``): six
+missed heartbeats, far past a slow database write, short enough that its callers are not left
+in silence for long (hosts keep their clocks with NTP, as Meta's signed webhook timestamps need
+anyway)."""
 
 
 class Neighbours:

@@ -434,9 +434,10 @@ class CallManager:
 
     # --- restarts -------------------------------------------------------------------------------
 
-    async def end_orphaned_records(self, records: Iterable[CallRecord]) -> int:
-        """Calls a previous run left open: see :func:`gateway.calls.orphans.end_records`."""
-        return await end_records(self.deps, records)
+    async def end_orphaned_records(self, records: Iterable[CallRecord], **why: str) -> int:
+        """Calls a previous run (or a gone gateway) left open: see
+        :func:`gateway.calls.orphans.end_records`."""
+        return await end_records(self.deps, records, **why)
 
     # --- shutdown -------------------------------------------------------------------------------
 

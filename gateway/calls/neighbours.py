@@ -77,15 +77,18 @@ class NeighbourWatch:
     async def adopt(self, gone: set[str]) -> None:
         """The calls gone gateways left active: Meta still has them up, their callers hear
         nothing. This gateway (one only) ends them at Meta and closes their records."""
+        names = ", ".join(sorted(gone))
         try:
             records = await self.store.adopt(gone)
         except (*self.store.backend.storage_errors, StoreClosed) as exc:
-            log.warning("cannot take over the calls of %s: %s", ", ".join(sorted(gone)), exc)
+            log.warning("cannot take over the calls of %s: %s", names, exc)
             return
         if records:
             log.warning("%d call(s) left by gone gateway(s) %s: ending them", len(records),
-                        ", ".join(sorted(gone)))
-            await self.calls.end_orphaned_records(records)
+                        names)
+            await self.calls.end_orphaned_records(
+                records, why=f"gateway {names} went silent during the call",
+                when=f"on take-over by {self.neighbours.instance_id}")
 
     async def _sweep(self, sweep: OrphanSweep) -> None:
         try:

@@ -114,12 +114,14 @@ def reconcile(calls: Sequence[Call], channels: Iterable[Event]) -> None:
             call.cancel_dial("the waiting channel vanished while AMI was down")
 
 
-async def end_records(deps: CallDeps, records: Iterable[CallRecord]) -> int:
+async def end_records(deps: CallDeps, records: Iterable[CallRecord], *,
+                      why: str = ORPHAN_REASON, when: str = "on restart") -> int:
     """Calls a previous run left open (it was killed): end their WhatsApp side — Meta
     still has them up, the users connected to nothing — and close their records.
 
-    ``records`` are the store's active records as read at start; returns how many were
-    ended on the WhatsApp side."""
+    ``records`` are the store's active records as read at start, or those taken over from a
+    gone gateway (``why`` and ``when`` then say so in each record's reason); returns how
+    many were ended on the WhatsApp side."""
     ended = 0
     for record in records:
         state = CallState.ANSWERED if record.answered_at else (
@@ -129,7 +131,7 @@ async def end_records(deps: CallDeps, records: Iterable[CallRecord]) -> int:
         record.outcome, record.end_reason = ending.outcome, ending.reason
         record.hangup_side = record.hangup_side or ending.side
         record.ended_at = record.ended_at or time.time()
-        record.reason = ORPHAN_REASON
+        record.reason = why
         if ending.graph != GraphAction.NONE and record.wacid:
             # The record may predate an accept that went through before the crash: when
             # Meta refuses the reject as such, the call was accepted after all.
@@ -141,13 +143,13 @@ async def end_records(deps: CallDeps, records: Iterable[CallRecord]) -> int:
                 try:
                     await send(record.phone_number_id, record.wacid)
                 except GraphError as exc:
-                    record.reason += f"; {action.value} on restart failed: {exc}"
+                    record.reason += f"; {action.value} {when} failed: {exc}"
                     log.warning("call %s left by the previous run: %s failed: %s",
                                 record.wacid, action.value, exc)
                     if exc.retryable:
                         break  # Meta is down, not refusing: the other would fail too
                     continue
-                record.reason += f"; WhatsApp side ended with {action.value} on restart"
+                record.reason += f"; WhatsApp side ended with {action.value} {when}"
                 ended += 1
                 break
         log.warning("call %s left by the previous run closed: %s", record.wacid,

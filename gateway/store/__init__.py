@@ -241,7 +241,8 @@ class _SaveRow:
 
 
 class StoreObserver(CallObserver):
-    """Saves the record when a call is admitted, rejected and ended (one row per call)."""
+    """Saves the record when a call is admitted, rejected, answered and ended (one row per
+    call)."""
 
     def __init__(self, store: CallStore):
         self.store = store
@@ -251,6 +252,13 @@ class StoreObserver(CallObserver):
 
     def call_rejected(self, record: CallRecord) -> None:
         self.store.save_soon(record)
+
+    def call_event(self, record: CallRecord, event: str, **fields: object) -> None:
+        if event == "bridged":
+            # answered_at stored while the call is up: should this gateway die, whoever ends
+            # the call (its restart, or a neighbour taking over) sends Meta a terminate, not a
+            # reject Meta refuses for an answered call
+            self.store.save_soon(record)
 
     def call_ended(self, record: CallRecord) -> None:
         self.store.save_soon(record)

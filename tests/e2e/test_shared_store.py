@@ -176,6 +176,8 @@ async def test_a_starting_gateway_hangs_up_the_channels_of_a_gone_one_only(
             record = await a.gateway.store.get(left.wacid)
             assert record.owner == "gw-a" and record.outcome.value == "failed"
             assert record.end_reason.value == "shutdown"
+            assert record.reason.startswith("gateway gw-dead went silent during the call; "
+                                            "terminate on take-over by gw-a failed"), record
     finally:
         await ami.hangup(live)
     await asyncio.wait_for(hangups[live], WAIT_S)

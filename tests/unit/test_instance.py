@@ -42,6 +42,18 @@ def test_instance_id_from_the_config_and_bad_ones_named_by_key() -> None:
     assert any(p.startswith("gateway.colour:") for p in problems(gateway={"colour": 1}))
 
 
+def test_heartbeat_and_gone_after_default_to_10_and_60_s_and_bad_ones_named_by_key() -> None:
+    assert (config().gateway.heartbeat_s, config().gateway.gone_after_s) == (10.0, 60.0)
+    quick = config(gateway={"heartbeat_s": 0.5, "gone_after_s": 3}).gateway
+    assert (quick.heartbeat_s, quick.gone_after_s) == (0.5, 3.0)
+    for key, bad in (("heartbeat_s", 0), ("heartbeat_s", "often"), ("gone_after_s", -1)):
+        assert any(p.startswith(f"gateway.{key}:")
+                   for p in problems(gateway={key: bad})), (key, bad)
+    # gone after less than three beats: one late write would make a live gateway look gone
+    (problem,) = problems(gateway={"heartbeat_s": 5, "gone_after_s": 12})
+    assert problem.startswith("gateway.gone_after_s:") and "15 s" in problem, problem
+
+
 def test_store_url_is_checked_at_start_and_its_password_is_a_secret() -> None:
     cfg = config(store={"url": "postgresql://gw:${PGPASS}@db.internal:5432/gateway"})
     assert cfg.store.calls_at == "postgresql://gw:pg-s3cret@db.internal:5432/gateway"
