@@ -72,8 +72,12 @@ class CallHandOff:
     def __init__(self, calls: CallManager, router: CallEventRouter, instance_id: str, *,
                  owner_of: OwnerOf, state_of: StateOf,
                  gone: Callable[[], set[str]] = set,
-                 alive: Callable[[], set[str]] = set):
+                 alive: Callable[[], set[str]] = set,
+                 give_up_s: float = EVENT_GIVE_UP_S):
         self.calls = calls
+        self.give_up_s = give_up_s
+        """How long an event is re-sent to an owner that is not yet gone: the store's
+        gone-after time (``gateway.gone_after_s``), after which the owner counts as gone."""
         self.router = router
         self.instance_id = instance_id
         self.owner_of = owner_of
@@ -128,7 +132,7 @@ class CallHandOff:
         if owner is not None and owner != self.instance_id:
             what = ev.event if isinstance(ev, CallEvent) else ev.status
             message = HandOff("event", event_to_dict(ev))
-            deadline = time.monotonic() + EVENT_GIVE_UP_S
+            deadline = time.monotonic() + self.give_up_s
             wait, attempt = EVENT_ACK_S, 0
             while owner not in self.gone() and time.monotonic() < deadline:
                 attempt += 1
@@ -219,6 +223,6 @@ async def open_handoff(calls: CallManager, store: Any, config: Any,
     instance = config.gateway.instance_id
     handoff = CallHandOff(calls, PgNotifyRouter(config.store.url, instance), instance,
                           owner_of=store.owner_of, state_of=call_state, gone=gone,
-                          alive=alive)
+                          alive=alive, give_up_s=config.gateway.gone_after_s)
     await handoff.start()
     return handoff
