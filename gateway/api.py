@@ -61,6 +61,19 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o))
 
 
+def _storage_errors(permissions: Any) -> tuple[type[BaseException], ...]:
+    """What the ledger's database raises when it is away (disk full, PostgreSQL down)."""
+    store = getattr(getattr(permissions, "ledger", None), "store", None)
+    return tuple(getattr(store, "storage_errors", ()))
+
+
+def _ledger_unavailable(exc: BaseException) -> web.Response:
+    """The decision needs a read of the ledger and its database is away: the CRM may try
+    again later; nothing was sent to Meta (docs/scaling.md, "The permission ledger")."""
+    return _error(503, f"the permission ledger is unavailable: {type(exc).__name__}",
+                  reason="ledger_unavailable")
+
+
 def _error(status: int, message: str, **fields: Any) -> web.Response:
     return web.json_response({"error": {"message": message, **fields}}, status=status)
 
@@ -192,7 +205,10 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
         if permissions is not None:
             # Decided once, here: the CRM gets the refusal, and the call is told the decision
             # rather than asking the ledger (and Meta's call_permissions) again.
-            decision = await permissions.may_call(pnid, to)
+            try:
+                decision = await permissions.may_call(pnid, to)
+            except _storage_errors(permissions) as exc:
+                return _ledger_unavailable(exc)
             if not decision.allowed:
                 return _refused(decision)
         call = calls.dial(DialRequest(
@@ -266,6 +282,8 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
                           meta_code=exc.code)
         except ValueError as exc:
             return _field_error("body", str(exc))
+        except _storage_errors(permissions) as exc:
+            return _ledger_unavailable(exc)
         if not decision.allowed:
             return _refused(decision)
         return web.json_response({"message_id": message_id, "sent_at": time.time()}, status=201)

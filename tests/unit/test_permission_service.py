@@ -90,6 +90,24 @@ async def test_an_api_refusal_is_answered_and_counted(api, reason, status):
     assert r.graph.requests == [] and r.manager.outbound == {}
 
 
+async def test_a_ledger_whose_database_is_away_is_a_503_not_a_500(api):
+    """PostgreSQL down (or the disk refusing): the decision cannot be read, so the CRM gets a
+    JSON 503 it can retry on, and Meta is asked nothing."""
+    r, _, client = api
+
+    class Away(Exception):
+        pass
+
+    async def unreadable(*args, **kwargs):
+        raise Away("connection refused")
+
+    r.ledger.store = type("Store", (), {"storage_errors": (Away,)})()
+    r.ledger.can_call = unreadable
+    code, body = await post_call(client)
+    assert (code, body["error"]["reason"]) == (503, "ledger_unavailable")
+    assert r.graph.requests == [] and r.manager.outbound == {}
+
+
 def test_every_refusal_reason_is_its_own_metric_label():
     assert set(PERMISSION_REFUSAL_REASONS) == {r.value for r in RefusalReason}
     metrics = GatewayMetrics([fakes.PNID], process=False)
