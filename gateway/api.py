@@ -61,6 +61,29 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o))
 
 
+def bearer_auth(config: Callable[[], Config]):  # type: ignore[no-untyped-def]
+    """The middleware that guards ``/v1``: the one check of the bearer token, for a gateway
+    and for the supervisor of ``serve --workers N`` alike. ``config`` is read per request, so a
+    reload's new tokens apply at once."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        tokens = [t.reveal() for t in config().api.tokens if t.reveal()]
+        if not tokens:
+            return _error(403, "the /v1 API is disabled: set api.tokens in the config")
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        # Every token is compared (bytes, constant time), so timing tells nothing either.
+        matches = [same_secret(given, t) for t in tokens]
+        if not given or not any(matches):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer ...)")
+        return await handler(request)
+
+    return auth
+
+
 def _storage_errors(permissions: Any) -> tuple[type[BaseException], ...]:
     """What the ledger's database raises when it is away (disk full, PostgreSQL down)."""
     store = getattr(getattr(permissions, "ledger", None), "store", None)
@@ -132,22 +155,7 @@ def add_api_routes(app: web.Application, config: Config | Callable[[], Config],
     store): a call live on another gateway is asked there."""
     current: Callable[[], Config] = config if callable(config) else (lambda: config)
 
-    @web.middleware
-    async def auth(request: web.Request, handler):
-        if not request.path.startswith("/v1/"):
-            return await handler(request)
-        tokens = [t.reveal() for t in current().api.tokens if t.reveal()]
-        if not tokens:
-            return _error(403, "the /v1 API is disabled: set api.tokens in the config")
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        # Every token is compared (bytes, constant time), so timing tells nothing either.
-        matches = [same_secret(given, t) for t in tokens]
-        if not given or not any(matches):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer ...)")
-        return await handler(request)
-
-    app.middlewares.append(auth)
+    app.middlewares.append(bearer_auth(current))
 
     async def recipient(request: web.Request) -> tuple[dict, str, str]:
         """The JSON body, the WhatsApp user (E.164 digits, or a BSUID given as ``recipient``

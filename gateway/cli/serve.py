@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from gateway.cli.common import (
     start_logging,
 )
 from gateway.config import ConfigError, load_config
+from gateway.lifecycle import run_until_stopped
 
 log = logging.getLogger("gateway")
 
@@ -63,44 +63,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _serve(gateway: Gateway, config_path: str) -> None:
     """Run until SIGTERM/SIGINT, which drain (a second one stops at once); SIGHUP reloads."""
-    loop = asyncio.get_running_loop()
-    drain, now = asyncio.Event(), asyncio.Event()
     reloads: set[asyncio.Task] = set()
-
-    def on_stop_signal() -> None:
-        if drain.is_set():
-            log.warning("second stop signal: ending every call now")
-            now.set()
-        drain.set()
 
     def on_hangup() -> None:
         task = asyncio.ensure_future(_reload(gateway, config_path))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    for sig, handler in ((signal.SIGINT, on_stop_signal), (signal.SIGTERM, on_stop_signal),
-                         (signal.SIGHUP, on_hangup)):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, handler)
-    await gateway.start()
-    pid_file = gateway.config.pid_file
-    try:
-        pid_file.write_text(f"{os.getpid()}\n")
-    except OSError as exc:
-        log.warning("cannot write the pid file %s (reload needs it): %s", pid_file, exc)
-    try:
-        await drain.wait()
-        draining = asyncio.ensure_future(gateway.drain())
-        stop_now = asyncio.ensure_future(now.wait())
-        await asyncio.wait({draining, stop_now}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (draining, stop_now):
-            task.cancel()
-    finally:
-        log.info("stopping")
-        await gateway.stop()
-        with contextlib.suppress(OSError):
-            if pid_file.read_text().strip() == str(os.getpid()):
-                pid_file.unlink()
+    await run_until_stopped(gateway, gateway.config.pid_file, on_reload=on_hangup)
 
 
 async def _reload(gateway: Gateway, config_path: str) -> None:

@@ -35,10 +35,12 @@ import aiohttp
 from aiohttp import web
 
 from gateway import strict_json
+from gateway.api import bearer_auth
 from gateway.config import Config, ConfigError, load_config
 from gateway.health import liveness
+from gateway.lifecycle import run_until_stopped
 from gateway.whatsapp.events import ParsedWebhook
-from gateway.whatsapp.webhook import add_webhook_routes, same_secret
+from gateway.whatsapp.webhook import add_webhook_routes
 from gateway.workers import metrics as worker_metrics
 from gateway.workers.process import WorkerProcess
 from gateway.workers.routing import Delivery, Router
@@ -81,7 +83,7 @@ class Supervisor:
         self._watchers: list[asyncio.Task] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.web = web.Application(middlewares=[self._auth])
+        self.web = web.Application(middlewares=[bearer_auth(lambda: self.config)])
         add_webhook_routes(self.web, lambda: self.config.whatsapp, self._deliver,
                            self.metrics.webhook)
         self.web.router.add_get("/metrics", self._metrics)
@@ -216,21 +218,6 @@ class Supervisor:
 
     # -- /v1 -------------------------------------------------------------------------------
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler):
-        """The bearer token is checked here, as gateway/api.py does, before any worker."""
-        if not request.path.startswith("/v1/"):
-            return await handler(request)
-        tokens = [t.reveal() for t in self.config.api.tokens if t.reveal()]
-        if not tokens:
-            return _error(403, "the /v1 API is disabled: set api.tokens in the config")
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        matches = [same_secret(given, t) for t in tokens]
-        if not given or not any(matches):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer ...)")
-        return await handler(request)
-
     async def _api(self, request: web.Request) -> web.Response:
         body = await request.read() if request.can_read_body else None
         index = self._api_worker(request, body)
@@ -320,37 +307,8 @@ def _body_user(body: bytes | None) -> str:
 async def serve(config: Config, config_path: str, count: int, worker_args: list[str]) -> None:
     """Run the supervisor until SIGTERM/SIGINT (drain; a second one ends calls now)."""
     supervisor = Supervisor(config, config_path, count, worker_args)
-    loop = asyncio.get_running_loop()
-    drain, now = asyncio.Event(), asyncio.Event()
-
-    def on_stop_signal() -> None:
-        if drain.is_set():
-            log.warning("second stop signal: ending every call now")
-            supervisor.signal_workers(signal.SIGTERM)
-            now.set()
-        drain.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_stop_signal)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.reload)
-    try:
-        await supervisor.start()
-        pid_file = config.pid_file
-        try:
-            pid_file.write_text(f"{os.getpid()}\n")
-        except OSError as exc:
-            log.warning("cannot write the pid file %s (reload needs it): %s", pid_file, exc)
-        await drain.wait()
-        log.info("draining %d workers", count)
-        draining = asyncio.ensure_future(supervisor.drain())
-        stop_now = asyncio.ensure_future(now.wait())
-        await asyncio.wait({draining, stop_now}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (draining, stop_now):
-            task.cancel()
-    finally:
-        log.info("stopping")
-        await supervisor.stop()
-        with contextlib.suppress(OSError):
-            if config.pid_file.read_text().strip() == str(os.getpid()):
-                config.pid_file.unlink()
+    await run_until_stopped(
+        supervisor, config.pid_file, on_reload=supervisor.reload,
+        on_second_stop=lambda: supervisor.signal_workers(signal.SIGTERM),
+        draining=f"draining {count} workers")
 

@@ -65,7 +65,8 @@ async def test_api_without_the_token_never_reaches_a_worker(supervisor):
 
     for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "api-token"}):
         request = make_mocked_request("POST", "/v1/calls", headers=header)
-        response = await supervisor._auth(request, handler)
+        (auth,) = supervisor.web.middlewares  # the one /v1 guard, gateway/api.py bearer_auth
+        response = await auth(request, handler)
         assert response.status == 401
 
 
