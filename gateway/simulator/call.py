@@ -212,9 +212,9 @@ class SimulatedCall:
                     await self.end(by="phone", error_code=code, error_detail=reason)
         self.background.spawn(end())
 
-    async def ring_until_timeout(self, timeout_s: float) -> None:
-        """Meta gives up on a call nobody picks up (§8: about 30-60 s): unless it is accepted
-        or ended within ``timeout_s``, it ends by ``ring timeout``."""
+    async def accepted_or_ended_within(self, timeout_s: float) -> bool:
+        """Whether the call is accepted or ends within ``timeout_s`` (Meta's ring timeout,
+        the voicemail TIMEOUT trigger)."""
         waits = [asyncio.ensure_future(self.accepted.wait()),
                  asyncio.ensure_future(self.ended.wait())]
         try:
@@ -223,7 +223,12 @@ class SimulatedCall:
         finally:
             for w in waits:
                 w.cancel()
-        if done:
+        return bool(done)
+
+    async def ring_until_timeout(self, timeout_s: float) -> None:
+        """Meta gives up on a call nobody picks up (§8: about 30-60 s): unless it is accepted
+        or ended within ``timeout_s``, it ends by ``ring timeout``."""
+        if await self.accepted_or_ended_within(timeout_s):
             return
         async with self.lock:
             if not self.is_over and self.accepted_at is None and self.state != "voicemail":

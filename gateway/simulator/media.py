@@ -311,15 +311,7 @@ class CallMedia:
 
     async def voicemail_timer(self, call: SimulatedCall, timeout_s: float) -> None:
         """TIMEOUT trigger: not accepted nor rejected within ``timeout_s`` of ringing."""
-        waits = [asyncio.ensure_future(call.accepted.wait()),
-                 asyncio.ensure_future(call.ended.wait())]
-        try:
-            done, _ = await asyncio.wait(waits, timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if done:
+        if await call.accepted_or_ended_within(timeout_s):
             return
         async with call.lock:
             if call.state in ("ringing", "pre_accepted"):
