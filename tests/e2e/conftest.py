@@ -135,6 +135,15 @@ def make_config(graph_url: str, ami_port: int, **overrides):
     return parse_config(data, env={})
 
 
+async def start_simulator() -> CloudApiSimulator:
+    """The simulated Meta, started, with the business numbers the tests' dialplan routes."""
+    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    for pnid, (display, _context) in NUMBERS.items():
+        sim.numbers[pnid] = display
+    await sim.start()
+    return sim
+
+
 @pytest.fixture(autouse=True)
 async def no_channel_outlives_its_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Each test starts on an empty Asterisk: what a test left up (an agent's ``Local``
@@ -156,10 +165,7 @@ async def open_stack(asterisk: LocalAsterisk, /, **config: Any) -> AsyncIterator
     ``store`` at least), stopped at the end."""
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():  # the business's numbers at "Meta"
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     try:
         gateway = Gateway(make_config(sim.url, asterisk.ami_port, **config))
         await gateway.start()

@@ -23,7 +23,7 @@ from gateway.sandbox.local_asterisk import LocalAsterisk
 from gateway.simulator.cloud_api import CloudApiSimulator
 from tests.ports import free_tcp_port, instance_name
 
-from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, make_config, number_for
+from .conftest import make_config, number_for, start_simulator
 from .test_config_checks import whatsapp_gateway
 
 pytestmark = pytest.mark.asterisk
@@ -57,10 +57,7 @@ async def gateway_on(pbxes: tuple[LocalAsterisk, LocalAsterisk], tmp_path: Path,
         await pbx.start()
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     primary, secondary = pbxes
     gw = Gateway(make_config(
         sim.url, primary.ami_port, store={"path": str(tmp_path / "g.sqlite3")},

@@ -16,11 +16,15 @@ from gateway.calls.outbound import DialRequest, DialStatus
 from gateway.calls.record import Outcome
 from gateway.config import parse_config
 from gateway.sandbox.local_asterisk import LocalAsterisk
-from gateway.simulator.cloud_api import CloudApiSimulator
 from gateway.store import CallStore
 from tests.ports import free_tcp_port, udp_range
 
-from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, Stack, make_config, number_for
+from .conftest import (
+    Stack,
+    make_config,
+    number_for,
+    start_simulator,
+)
 from .test_operations import process_config, rtp_channel_prefix, start_gateway_process
 
 pytestmark = pytest.mark.asterisk
@@ -37,10 +41,7 @@ async def our_channels(gw: Gateway) -> list[dict]:
 
 async def test_gateway_killed_mid_call_terminates_every_live_call_on_restart(
         asterisk: LocalAsterisk, tmp_path):
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     http_port = free_tcp_port()
     config, path = process_config(sim, asterisk, tmp_path, http_port, udp_range(600, 100))
     proc = await start_gateway_process(path)
@@ -124,10 +125,7 @@ async def test_reject_is_retried_and_a_final_failure_is_recorded(stack: Stack):
 
 async def test_three_simultaneous_calls_with_two_ports_one_clean_capacity_reject(
         asterisk: LocalAsterisk, tmp_path, caplog):
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     gw = Gateway(make_config(sim.url, asterisk.ami_port,
                              media={"rtp_ports": udp_range(700, 2)},
                              store={"path": str(tmp_path / "g.sqlite3")}))

@@ -22,7 +22,12 @@ from gateway.media import aiortc_hooks
 from gateway.simulator.cloud_api import CloudApiSimulator
 from tests.ports import udp_range
 
-from .conftest import ACCESS_TOKEN, API_TOKEN, APP_SECRET, NUMBERS, make_config, number_for
+from .conftest import (
+    API_TOKEN,
+    make_config,
+    number_for,
+    start_simulator,
+)
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.postgres]
 
@@ -73,10 +78,7 @@ class Pair:
 async def pair(asterisk, pg_url: str, tmp_path) -> AsyncIterator[Pair]:
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     async with contextlib.AsyncExitStack() as running:
         running.push_async_callback(sim.close)
         gateways = {}

@@ -25,7 +25,7 @@ from gateway.simulator.cloud_api import CloudApiSimulator
 from gateway.store import CallStore
 from tests.ports import free_tcp_port, instance_name, udp_range
 
-from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, make_config, number_for
+from .conftest import ACCESS_TOKEN, APP_SECRET, NUMBERS, make_config, number_for, start_simulator
 from .test_operations import process_config, rtp_channel_prefix, start_gateway_process
 
 pytestmark = pytest.mark.asterisk
@@ -37,10 +37,7 @@ async def gateway_with(ami_port: int, store_path: Path,
     """The simulator and an in-process gateway with config ``overrides`` (as make_config)."""
     aiortc_hooks.install()
     aiortc_hooks.set_host_addresses(["127.0.0.1", "::1"])
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     gw = Gateway(make_config(sim.url, ami_port, store={"path": str(store_path)}, **overrides))
     try:
         await gw.start()

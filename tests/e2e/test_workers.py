@@ -26,7 +26,7 @@ from gateway.workers.identity import owner_of
 from gateway.workers.routing import user_worker
 from tests.ports import free_tcp_port, udp_range
 
-from .conftest import ACCESS_TOKEN, API_TOKEN, APP_SECRET, NUMBERS, number_for
+from .conftest import API_TOKEN, NUMBERS, number_for, start_simulator
 from .test_operations import process_config, value
 
 pytestmark = pytest.mark.asterisk
@@ -99,10 +99,7 @@ class Workers:
 
 @pytest.fixture
 async def workers(asterisk: LocalAsterisk, tmp_path) -> AsyncIterator[Workers]:
-    sim = CloudApiSimulator(app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
-    for pnid, (display, _context) in NUMBERS.items():
-        sim.numbers[pnid] = display
-    await sim.start()
+    sim = await start_simulator()
     http_port = free_tcp_port()
     config, path = process_config(sim, asterisk, tmp_path, http_port, udp_range(800, 100),
                                   api={"tokens": [API_TOKEN]},
