@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
 from gateway.cli.common import CONFIG_HELP, DEFAULT_CONFIG, NUMBER_HELP, load, number_id
 
@@ -14,29 +15,32 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = commands.add_parser("permissions",
                             help="outbound call permissions (ledger and requests)")
     perm_sub = p.add_subparsers(dest="permissions_command", required=True)
-    q = perm_sub.add_parser("show", help="what the ledger knows of one user")
-    q.add_argument("user", help="the WhatsApp user, E.164")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
-    q.add_argument("--phone-number-id", help=NUMBER_HELP)
-    q.set_defaults(func=cmd_permissions_show)
-    q = perm_sub.add_parser("request", help="send a call-permission request message")
-    q.add_argument("user", help="the WhatsApp user, E.164")
+    q = _user_command(perm_sub, "show", "what the ledger knows of one user",
+                      cmd_permissions_show)
+    q = _user_command(perm_sub, "request", "send a call-permission request message",
+                      cmd_permissions_request)
     q.add_argument("--body", default="May we call you on WhatsApp about your request?",
                    help="the message text the user sees")
-    q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
-    q.add_argument("--phone-number-id", help=NUMBER_HELP)
-    q.set_defaults(func=cmd_permissions_request)
-    q = perm_sub.add_parser("button", help="send the voice-call button message (user calls you)")
-    q.add_argument("user", help="the WhatsApp user, E.164")
+    q = _user_command(perm_sub, "button",
+                      "send the voice-call button message (user calls you)",
+                      cmd_permissions_button)
     q.add_argument("--body", default="Tap to call us on WhatsApp.",
                    help="the message text above the button")
     q.add_argument("--display-text", default="Call Now", help="button text, at most 20 chars")
     q.add_argument("--ttl-minutes", type=int, default=10080,
                    help="how long the button works, 1-43200 minutes (default a week)")
     q.add_argument("--payload", help="comes back as WA_CTA_PAYLOAD on the user's call")
+
+
+def _user_command(commands: argparse._SubParsersAction, name: str, help: str,  # type: ignore[type-arg]
+                  func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """A ``permissions`` command about one user: the user, the config and the number."""
+    q = commands.add_parser(name, help=help)
+    q.add_argument("user", help="the WhatsApp user, E.164")
     q.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     q.add_argument("--phone-number-id", help=NUMBER_HELP)
-    q.set_defaults(func=cmd_permissions_button)
+    q.set_defaults(func=func)
+    return q
 
 
 def cmd_permissions_show(args: argparse.Namespace) -> int:
